@@ -1,0 +1,35 @@
+"""The pipeline: each stage loads the previous stage's registered model, grows it, trains it and
+registers the result; the flow chains the stages and, on a rerun, skips those already registered."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+
+from tasks.config import PipelineConfig
+from tasks.registry import Store
+from tasks.report import plot_losses, publish
+from tasks.stage import StageResult, run_stage
+
+RETRY_DELAY_S = 10  # a retried stage starts over; give a flaky registry or disk a moment first
+
+
+@flow(name="staged-training")
+def staged_training(config: PipelineConfig | None = None, workdir: str = ".staged") -> list[StageResult]:
+    config = config or PipelineConfig()
+    store = Store.resolve(workdir)
+    stage = run_stage.with_options(retries=config.retries, retry_delay_seconds=RETRY_DELAY_S)
+    results: list[StageResult] = []
+    parent = None
+    for spec in config.stage_specs():
+        result = stage(spec, parent, store)  # configs and references in, never tensors
+        results.append(result)
+        parent = result.ref
+    png = plot_losses(results, Path(workdir) / f"{config.registry.model_name}-loss.png")
+    publish(results, png, store)
+    return results
+
+
+if __name__ == "__main__":
+    staged_training()

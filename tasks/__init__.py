@@ -1,0 +1,1 @@
+"""Prefect tasks and the I/O they need: registry (MLflow), weights on disk, reports."""

@@ -1,0 +1,119 @@
+"""The MLflow side of a stage: where runs and versions live, finding, downloading, registering.
+
+Everything goes through an explicit ``MlflowClient`` (the fluent API keeps a thread-local
+active run and a process-global tracking URI; neither is touched here).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+from mlflow.entities.model_registry import ModelVersion
+from pydantic import BaseModel
+
+from tasks.config import StageSpec
+from tasks.weights import load_state
+
+_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
+
+
+class Store(BaseModel):
+    """Where MLflow keeps runs, registered models and artifacts."""
+
+    tracking_uri: str
+    artifact_location: str | None = None  # only for the embedded store; a server chooses its own
+
+    @classmethod
+    def resolve(cls, workdir: str | Path) -> "Store":
+        """``MLFLOW_TRACKING_URI`` when set, else an embedded SQLite store under ``workdir``."""
+        if uri := os.environ.get("MLFLOW_TRACKING_URI"):
+            return cls(tracking_uri=uri)
+        root = Path(workdir).resolve()
+        return cls(tracking_uri=f"sqlite:///{root / 'mlflow.db'}", artifact_location=(root / "mlartifacts").as_uri())
+
+    def client(self) -> MlflowClient:
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+
+class ModelRef(BaseModel):
+    """A registered stage, as the next stage sees it."""
+
+    name: str
+    version: str
+    stage: int
+    n_layers: int
+    run_id: str
+    source: str
+    weights_sha256: str
+    stage_key: str
+    data_cursor: int  # where the next stage's data stream starts
+    global_step: int  # steps trained by this stage and all its ancestors
+
+
+def _ref(mv: ModelVersion) -> ModelRef:
+    t = mv.tags
+    return ModelRef(
+        name=mv.name, version=str(mv.version), stage=int(t["stage"]), n_layers=int(t["n_layers"]),
+        run_id=mv.run_id, source=mv.source, weights_sha256=t["weights_sha256"], stage_key=t["stage_key"],
+        data_cursor=int(t["data_cursor"]), global_step=int(t["global_step"]),
+    )  # fmt: skip
+
+
+def find_version(client: MlflowClient, model_name: str, stage_key: str) -> ModelRef | None:
+    """The version already registered for this exact stage, if any."""
+    found = client.search_model_versions(f"name = '{model_name}' and tags.stage_key = '{stage_key}'")
+    return _ref(found[0]) if found else None
+
+
+def download(store: Store, ref: ModelRef, dst: Path):
+    """Fetch a version's artifacts, verify the weights' sha256, return (GPTConfig, state dict)."""
+    local = mlflow.artifacts.download_artifacts(artifact_uri=ref.source, dst_path=str(dst), tracking_uri=store.tracking_uri)
+    return load_state(Path(local), ref.weights_sha256)
+
+
+def _experiment_id(client: MlflowClient, store: Store, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    return exp.experiment_id if exp else client.create_experiment(name, artifact_location=store.artifact_location)
+
+
+def register(
+    store: Store,
+    spec: StageSpec,
+    *,
+    model_dir: Path,
+    tags: dict[str, str],
+    params: dict[str, object],
+    metrics: dict[str, list[tuple[int, float]]],
+) -> ModelRef:
+    """Log one MLflow run for the stage and register its weights as a new model version.
+
+    The version is created last, with every lineage tag at once: a version that exists is complete.
+    """
+    client = store.client()
+    run = client.create_run(_experiment_id(client, store, spec.experiment), run_name=f"stage-{spec.index}", tags=tags)
+    run_id = run.info.run_id
+    try:
+        client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        points = [Metric(name, value, 0, step) for name, curve in metrics.items() for step, value in curve]
+        for i in range(0, len(points), _BATCH):
+            client.log_batch(run_id, metrics=points[i : i + _BATCH])
+        client.log_artifacts(run_id, str(model_dir), "model")
+        if not client.search_registered_models(f"name = '{spec.model_name}'"):
+            client.create_registered_model(spec.model_name)
+        mv = client.create_model_version(
+            spec.model_name, source=f"{run.info.artifact_uri}/model", run_id=run_id, tags=tags
+        )
+        client.set_registered_model_alias(spec.model_name, f"stage-{spec.index}", str(mv.version))
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return _ref(client.get_model_version(spec.model_name, str(mv.version)))
+
+
+def metric_history(store: Store, run_id: str, key: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in store.client().get_metric_history(run_id, key)]

@@ -1,0 +1,46 @@
+"""Model artifacts on disk: ``model.safetensors`` + ``config.json``. Nothing is ever pickled."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from models.gpt import GPT, GPTConfig
+
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_model(model: GPT, directory: Path) -> str:
+    """Write weights and config into ``directory``; return the sha256 of the weights file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    save_file(state, directory / WEIGHTS)
+    (directory / CONFIG).write_text(model.cfg.model_dump_json(indent=2) + "\n")
+    return sha256_file(directory / WEIGHTS)
+
+
+class WeightsMismatch(RuntimeError):
+    pass
+
+
+def load_state(directory: Path, expected_sha256: str | None) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
+    """Read a saved model, refusing weights whose sha256 differs from ``expected_sha256``."""
+    weights = directory / WEIGHTS
+    if expected_sha256 is not None:
+        actual = sha256_file(weights)
+        if actual != expected_sha256:
+            raise WeightsMismatch(f"{weights}: sha256 {actual[:12]}… does not match the registered {expected_sha256[:12]}…")
+    cfg = GPTConfig.model_validate_json((directory / CONFIG).read_text())
+    return cfg, load_file(weights)
