@@ -1,0 +1,26 @@
+# make demo   install into .venv/ (if needed) and train 3 -> 6 -> 12 layers (configs/demo.yaml)
+# make test   install into .venv/ (if needed) and run the whole test suite
+PY      ?= python3
+VENV    := .venv
+# the CPU wheel; on a CUDA machine: make install TORCH=torch
+TORCH   ?= torch==2.13.0
+
+.PHONY: install demo smoke test clean
+install: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install -q "$(TORCH)"
+	$(VENV)/bin/pip install -q -e ".[test]"
+	touch $@
+
+demo: install
+	$(VENV)/bin/staged run configs/demo.yaml
+
+smoke: install
+	$(VENV)/bin/staged run configs/smoke.yaml
+
+test: install
+	$(VENV)/bin/python -m pytest
+
+clean:
+	rm -rf .staged

@@ -1,0 +1,52 @@
+import math
+
+import torch
+
+from models.data import ByteCorpus, DataConfig
+from models.gpt import GPT, GPTConfig
+from models.train import TrainConfig, lr_at, train
+
+CFG = GPTConfig(n_layers=2, d_model=32, n_heads=2, d_ff=64, context=32)
+TRAIN = TrainConfig(steps=30, batch_size=8, lr=3e-3, warmup_steps=3, eval_every=10, eval_batches=2, device="cpu")
+
+
+def _corpus():
+    return ByteCorpus(DataConfig(max_bytes=200_000), context=32, seed=0)
+
+
+def test_training_lowers_validation_loss_and_advances_the_cursor():
+    torch.manual_seed(0)
+    result = train(GPT(CFG), _corpus(), TRAIN, cursor=16, seed=0)
+    assert result.val_loss < result.val_loss_init - 0.5
+    assert result.cursor == 16 + 30 * 8
+    assert [s for s, _ in result.val_curve] == [0, 10, 20, 30]
+    assert len(result.train_curve) == 30 and result.tokens == 30 * 8 * 32
+
+
+def test_training_is_deterministic():
+    def run():
+        torch.manual_seed(0)
+        model = GPT(CFG)
+        train(model, _corpus(), TRAIN.model_copy(update={"steps": 5}), seed=3)
+        return model.state_dict()
+
+    a, b = run(), run()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_zero_steps_only_evaluates():
+    torch.manual_seed(0)
+    model = GPT(CFG)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = train(model, _corpus(), TRAIN.model_copy(update={"steps": 0}))
+    assert result.val_loss == result.val_loss_init and result.cursor == 0 and result.train_curve == []
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    cfg = TrainConfig(steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == 0.1 and lr_at(9, cfg) == 1.0
+    assert lr_at(10, cfg) == 1.0
+    assert math.isclose(lr_at(55, cfg), 0.1 + 0.9 * 0.5)
+    assert math.isclose(lr_at(100, cfg), 0.1)
+    assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 100))
