@@ -13,7 +13,7 @@ The child's residual stream is the parent's, written twice: x' = [x; x] (B, T, 2
 Heads double and head_dim stays, so attention scores (and their 1/sqrt(head_dim)) are unchanged.
 
 Symmetry: the two copies receive identical gradients and would stay twins forever. ``noise``
-breaks that without breaking function preservation: a linear layer gets [[W + N1, -N1], [-N2, W + N2]],
+breaks that without breaking function preservation: a linear layer gets [[W - N1, N1], [N2, W - N2]],
 whose output on [x; x] is still [Wx; Wx] (the noise cancels within each row block). This antisymmetric
 form is our choice; the paper's code adds no noise.
 
@@ -56,15 +56,22 @@ def _twice(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([t, t], dim=dim)
 
 
-def _block_diag(w: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
-    """(n, m) -> (2n, 2m): [[W + N1, -N1], [-N2, W + N2]]; N = 0 without noise."""
-    out = torch.block_diag(w, w)  # (2n, 2m)
-    if noise is not None:  # (2n, m): one noise matrix per row block
-        n, m = w.shape
-        out[:n, :m] += noise[:n]
-        out[:n, m:] -= noise[:n]
-        out[n:, m:] += noise[n:]
-        out[n:, :m] -= noise[n:]
+def _block_diag(w: torch.Tensor, noise_std: float, gen: torch.Generator | None) -> torch.Tensor:
+    """(n, m) -> (2n, 2m): [[W - N1, N1], [N2, W - N2]], N ~ normal(0, noise_std) or 0.
+
+    Noise is drawn into contiguous (n, m) buffers: sampling into the strided blocks directly is
+    several times slower, and sampling is most of the cost of widening a large model.
+    """
+    n, m = w.shape
+    out = w.new_empty(2 * n, 2 * m)
+    for rows, diag, off in ((slice(None, n), slice(None, m), slice(m, None)), (slice(n, None), slice(m, None), slice(None, m))):
+        out[rows, diag] = w
+        if gen is None:
+            out[rows, off] = 0.0
+        else:
+            noise = torch.randn(n, m, generator=gen, dtype=w.dtype).mul_(noise_std)  # (n, m)
+            out[rows, off] = noise
+            out[rows, diag] -= noise
     return out
 
 
@@ -78,15 +85,9 @@ def _widen_tensor(key: str, t: torch.Tensor, moments: bool, noise_std: float, ge
         out = _twice(t, 0)  # (2n,)
         return out / 2 if key.startswith("ln_f.") and not moments else out  # the head sums two halves
     noisy = noise_std > 0 and not moments and t.device.type != "meta"
-
-    def diag(w: torch.Tensor) -> torch.Tensor:
-        n, m = w.shape
-        noise = torch.randn(2 * n, m, generator=gen, dtype=w.dtype) * noise_std if noisy else None
-        return _block_diag(w, noise)
-
-    if key.endswith("attn.qkv.weight"):
-        return torch.cat([diag(c) for c in t.chunk(3)])  # 3 x (2C, 2C) -> (6C, 2C)
-    return diag(t)
+    if key.endswith("attn.qkv.weight"):  # 3 x (C, C) -> 3 x (2C, 2C) stacked: (6C, 2C)
+        return torch.cat([_block_diag(c, noise_std, gen if noisy else None) for c in t.chunk(3)])
+    return _block_diag(t, noise_std, gen if noisy else None)
 
 
 def _gradient_ratio(key: str) -> float:
@@ -104,4 +105,4 @@ def widen_moments(moments: StateDict, parent: GPTConfig, child: GPTConfig, power
     """Map exp_avg (power 1) or exp_avg_sq (power 2), keyed by parameter name, onto the child."""
     check_width(parent, child)
     gen = torch.Generator()
-    return {key: _widen_tensor(key, t, True, 0.0, gen) * _gradient_ratio(key) ** power for key, t in moments.items()}
+    return {key: _widen_tensor(key, t, True, 0.0, gen).mul_(_gradient_ratio(key) ** power) for key, t in moments.items()}
