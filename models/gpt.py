@@ -48,7 +48,12 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm block: x + attn(ln(x)), then x + mlp(ln(x))."""
+    """Pre-LayerNorm block: x + g * attn(ln(x)), then x + g * mlp(ln(x)).
+
+    The gate ``g`` is 1 except while a masked growth stage ramps a new block in (models/growth.py):
+    at g = 0 the block is the identity on the residual stream. It is a non-persistent buffer, so
+    state dicts stay plain; :meth:`fold_gate` moves a gate < 1 into the weights before saving.
+    """
 
     def __init__(self, cfg: "GPTConfig"):
         super().__init__()
@@ -57,10 +62,21 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.d_model)
         self.mlp = MLP(cfg.d_model, cfg.d_ff)
         self.drop = nn.Dropout(cfg.dropout)
+        self.register_buffer("gate", torch.ones(()), persistent=False)  # scalar; x * 1.0 is exact
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln1(x)))  # (B, T, C)
-        return x + self.drop(self.mlp(self.ln2(x)))  # (B, T, C)
+        x = x + self.gate * self.drop(self.attn(self.ln1(x)))  # (B, T, C)
+        return x + self.gate * self.drop(self.mlp(self.ln2(x)))  # (B, T, C)
+
+    @torch.no_grad()
+    def fold_gate(self) -> None:
+        """Scale both residual-writing projections by the gate and reset it to 1: same function, plain weights."""
+        g = self.gate.item()
+        if g != 1.0:
+            for proj in (self.attn.proj, self.mlp.proj):
+                proj.weight.mul_(g)
+                proj.bias.mul_(g)
+            self.gate.fill_(1.0)
 
 
 class GPTConfig(BaseModel):
@@ -116,7 +132,8 @@ class GPT(nn.Module):
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logits = self(idx)
-        return F.cross_entropy(logits.view(-1, VOCAB_SIZE).float(), targets.reshape(-1))
+        logits = logits.view(-1, VOCAB_SIZE)  # bf16 under autocast: take the softmax in at least float32
+        return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), targets.reshape(-1))
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -1,27 +1,109 @@
 """Growth operators: pure functions from a parent state dict to a child state dict.
 
-A depth operator is described by a *layer plan*: child block j is a copy of parent block
-``plan[j]``. Plans are plain lists, so they can be printed, logged, tested and composed.
-The only place that rewrites ``blocks.<i>.`` keys is :func:`remap_blocks`.
+A depth operator is described by a *layer map*: child block j is a copy of parent block
+``sources[j]``, and ``new[j]`` says whether it is an added copy (not the first copy of its source).
+Maps are plain data, so they can be printed, logged, tested and composed. The only place that
+rewrites ``blocks.<i>.`` keys is :func:`remap_blocks`.
 
-    stack 3 -> 6   (StackingBERT, Gong et al. 2019):  [0, 1, 2, 0, 1, 2]
+    parent 3 blocks -> child 6 blocks        sources              new (*)
+    stack       (Gong et al. 2019)           [0, 1, 2, 0, 1, 2]   [- - - * * *]
+    interleave  (each block twice in place)  [0, 0, 1, 1, 2, 2]   [- * - * - *]
+    identity    (layout: interleave|stack)   as above; new blocks' out-projections zeroed
+    masked      (Yao et al. 2023, MSG)       as above; new blocks gated 0 -> 1 while training
+    width       (Shen et al. 2022)           [0, 1, 2], d_model/n_heads/d_ff doubled (models/width.py)
+
+Every operator also maps Adam moments (``grow_moments``): the moments are keyed by parameter
+name, so a depth operator maps them with the very same function as the weights (identity's zeroed
+projections get zero moments, i.e. a fresh start); width scales them as the gradients scale.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from models.gpt import GPT, GPTConfig
+from models.width import WidthError, widen, widen_config, widen_moments
 
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(.+)$")
 StateDict = dict[str, torch.Tensor]
+Operator = Literal["stack", "interleave", "identity", "masked", "width"]
+# identity zeroes, masked gates: the two projections that write a block's output to the residual stream
+RESIDUAL_WRITERS = ("attn.proj.weight", "attn.proj.bias", "mlp.proj.weight", "mlp.proj.bias")
 
 
 class GrowthError(ValueError):
-    """A growth request that cannot be carried out (wrong depth ratio, mismatched shapes, ...)."""
+    """A growth request that cannot be carried out (wrong depth ratio, mismatched shapes, ...). One line."""
+
+
+class GrowthConfig(BaseModel):
+    """``stages.<i>.growth``: how a stage is made from the previous one (ignored for stage 1)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    operator: Operator = "stack"
+    layout: Literal["interleave", "stack"] = "interleave"  # identity/masked: where the new blocks go
+    ramp_steps: int = Field(100, ge=1)  # masked: steps over which new blocks' gates rise 0 -> 1
+    noise: float = Field(0.0, ge=0)  # width: std of the (function-preserving) symmetry-breaking noise
+    noise_seed: int = 0  # width: the noise is a pure function of this seed
+
+
+# ---- layer maps --------------------------------------------------------------------------------
+
+
+def _depth_ratio(parent_layers: int, child_layers: int, what: str) -> int:
+    if child_layers % parent_layers:
+        raise GrowthError(
+            f"cannot {what} {parent_layers} layers into {child_layers}: "
+            f"the target depth must be a multiple of {parent_layers}"
+        )
+    return child_layers // parent_layers
+
+
+def stack_plan(parent_layers: int, child_layers: int) -> list[int]:
+    """Child block j <- parent block j mod L: the parent's stack repeated child/parent times."""
+    _depth_ratio(parent_layers, child_layers, "stack")
+    return [j % parent_layers for j in range(child_layers)]
+
+
+def interleave_plan(parent_layers: int, child_layers: int) -> list[int]:
+    """Child block j <- parent block j // k (k = child/parent): each block repeated in place."""
+    k = _depth_ratio(parent_layers, child_layers, "interleave")
+    return [j // k for j in range(child_layers)]
+
+
+@dataclass(frozen=True)
+class LayerMap:
+    sources: tuple[int, ...]  # child block j <- parent block sources[j]
+    new: tuple[bool, ...]  # child block j is an added copy (identity zeroes it, masked gates it)
+
+    @property
+    def new_blocks(self) -> list[int]:
+        return [j for j, is_new in enumerate(self.new) if is_new]
+
+
+def layer_map(cfg: GrowthConfig, parent_layers: int, child_layers: int) -> LayerMap:
+    """The layer map of a growth config; width keeps the depth."""
+    if cfg.operator == "width":
+        if child_layers != parent_layers:
+            raise GrowthError(f"width growth keeps the depth: n_layers must stay {parent_layers}, not {child_layers}")
+        sources = list(range(parent_layers))
+    else:
+        layout = cfg.operator if cfg.operator in ("stack", "interleave") else cfg.layout
+        sources = (stack_plan if layout == "stack" else interleave_plan)(parent_layers, child_layers)
+    new, seen = [], set()
+    for s in sources:  # the first copy of a parent block is the original, later copies are new
+        new.append(s in seen)
+        seen.add(s)
+    return LayerMap(tuple(sources), tuple(new))
+
+
+# ---- state dict plumbing -----------------------------------------------------------------------
 
 
 def split_blocks(state: StateDict) -> tuple[dict[int, StateDict], StateDict]:
@@ -50,14 +132,20 @@ def remap_blocks(state: StateDict, plan: Sequence[int]) -> StateDict:
     return child
 
 
-def stack_plan(parent_layers: int, child_layers: int) -> list[int]:
-    """Child block j <- parent block j mod L: the parent's stack repeated child/parent times."""
-    if child_layers % parent_layers:
-        raise GrowthError(
-            f"cannot stack {parent_layers} layers into {child_layers}: "
-            f"the target depth must be a multiple of {parent_layers}"
-        )
-    return [j % parent_layers for j in range(child_layers)]
+def expected_shapes(cfg: GPTConfig) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in GPT(cfg).state_dict().items()}
+
+
+def check_state(state: StateDict, cfg: GPTConfig, what: str) -> None:
+    """One-line error naming what does not match between a state dict and its config."""
+    want = expected_shapes(cfg)
+    problems = [f"missing {k}" for k in want if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in want]
+    problems += [f"{k} is {tuple(v.shape)}, expected {want[k]}" for k, v in state.items() if k in want and tuple(v.shape) != want[k]]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise GrowthError(f"{what} state does not match its config: {'; '.join(problems[:3])}{more}")
 
 
 def check_same_width(parent: GPTConfig, child: GPTConfig) -> None:
@@ -71,24 +159,84 @@ def check_same_width(parent: GPTConfig, child: GPTConfig) -> None:
         raise GrowthError(f"depth growth needs equal shapes, but {', '.join(diffs)}")
 
 
-def stack(state: StateDict, parent: GPTConfig, child: GPTConfig) -> StateDict:
+# ---- the operators -----------------------------------------------------------------------------
+
+
+def _depth(state: StateDict, cfg: GrowthConfig, parent: GPTConfig, child: GPTConfig) -> StateDict:
+    """stack, interleave, masked: copy blocks along the layer map (masked's gates live in the model)."""
     check_same_width(parent, child)
-    return remap_blocks(state, stack_plan(parent.n_layers, child.n_layers))
+    return remap_blocks(state, layer_map(cfg, parent.n_layers, child.n_layers).sources)
 
 
-OPERATORS = {"stack": stack}
+def _identity(state: StateDict, cfg: GrowthConfig, parent: GPTConfig, child: GPTConfig) -> StateDict:
+    """Copy blocks, then zero the new blocks' residual writers: each new block is x -> x."""
+    check_same_width(parent, child)
+    lmap = layer_map(cfg, parent.n_layers, child.n_layers)
+    grown = remap_blocks(state, lmap.sources)
+    for j in lmap.new_blocks:
+        for suffix in RESIDUAL_WRITERS:
+            grown[f"blocks.{j}.{suffix}"].zero_()
+    return grown
 
 
-def grow(operator: str, state: StateDict, parent: GPTConfig, child: GPTConfig) -> StateDict:
-    """Apply the named growth operator."""
+def _width(state: StateDict, cfg: GrowthConfig, parent: GPTConfig, child: GPTConfig) -> StateDict:
+    layer_map(cfg, parent.n_layers, child.n_layers)  # depth check, with the depth-specific message
+    return widen(state, parent, child, noise=cfg.noise, seed=cfg.noise_seed)
+
+
+OPERATORS: dict[str, Callable[[StateDict, GrowthConfig, GPTConfig, GPTConfig], StateDict]] = {
+    "stack": _depth, "interleave": _depth, "identity": _identity, "masked": _depth, "width": _width,
+}  # fmt: skip
+
+
+def child_config(cfg: GrowthConfig, parent: GPTConfig, n_layers: int) -> GPTConfig:
+    """The child's model config: the parent's at ``n_layers`` depth, or doubled in width for ``width``."""
+    base = widen_config(parent) if cfg.operator == "width" else parent
+    return base.model_copy(update={"n_layers": n_layers})
+
+
+def _config(operator: str | GrowthConfig) -> GrowthConfig:
+    if isinstance(operator, GrowthConfig):
+        return operator
+    if operator not in OPERATORS:
+        raise GrowthError(f"unknown growth operator {operator!r}; known: {', '.join(OPERATORS)}")
+    return GrowthConfig(operator=operator)
+
+
+def grow(operator: str | GrowthConfig, state: StateDict, parent: GPTConfig, child: GPTConfig) -> StateDict:
+    """Apply a growth operator (a name, or a full ``GrowthConfig``) to a parent state dict.
+
+    The parent state is checked against ``parent`` first and the result against ``child``, so a
+    wrong shape is reported here, in one line, rather than by ``load_state_dict``.
+    """
+    cfg = _config(operator)
+    check_state(state, parent, "parent")
     try:
-        op = OPERATORS[operator]
-    except KeyError:
-        raise GrowthError(f"unknown growth operator {operator!r}; known: {', '.join(OPERATORS)}") from None
-    return op(state, parent, child)
+        grown = OPERATORS[cfg.operator](state, cfg, parent, child)
+    except WidthError as e:
+        raise GrowthError(str(e)) from None
+    check_state(grown, child, "grown")
+    return grown
 
 
-def dry_run(operator: str, parent: GPTConfig, child: GPTConfig) -> None:
+def grow_moments(operator: str | GrowthConfig, moments: StateDict, parent: GPTConfig, child: GPTConfig) -> StateDict:
+    """Map AdamW moments (models.optim layout: ``exp_avg.<param>``, ``exp_avg_sq.<param>``, ``step``)."""
+    cfg = _config(operator)
+    out: StateDict = {"step": moments["step"].clone()}
+    for power, prefix in ((1, "exp_avg."), (2, "exp_avg_sq.")):
+        part = {k.removeprefix(prefix): v for k, v in moments.items() if k.startswith(prefix)}
+        if cfg.operator == "width":
+            try:
+                grown = widen_moments(part, parent, child, power)
+            except WidthError as e:
+                raise GrowthError(str(e)) from None
+        else:  # the weights' own function; no noise is involved in depth growth
+            grown = grow(cfg, part, parent, child)
+        out.update({prefix + k: v for k, v in grown.items()})
+    return out
+
+
+def dry_run(operator: str | GrowthConfig, parent: GPTConfig, child: GPTConfig) -> None:
     """Grow shape-only (meta-device) models and load the result strictly: catches every
     impossible growth request before any data is read or any step is trained."""
     with torch.device("meta"):

@@ -7,7 +7,6 @@ No I/O here: progress, logging and checkpoints reach the outside world through t
 from __future__ import annotations
 
 import contextlib
-import math
 import random
 import time
 from collections.abc import Callable
@@ -19,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from models.data import ByteCorpus
 from models.gpt import GPT
+from models.optim import StateDict, export_moments, load_moments
+from models.optim import make_optimizer as _adamw
+from models.policy import warmup_cosine
 
 
 class TrainConfig(BaseModel):
@@ -55,6 +57,24 @@ class TrainResult:
     val_curve: list[tuple[int, float]] = field(default_factory=list)  # (step, loss), step 0 = init
     tokens: int = 0
     seconds: float = 0.0
+    steps: int = 0  # steps actually trained (a stop rule may end the stage before cfg.steps)
+    moments: StateDict = field(default_factory=dict)  # AdamW state at the end (models.optim layout)
+
+
+@dataclass(frozen=True)
+class GateRamp:
+    """Masked growth: the gates of ``blocks`` rise linearly from 0 (step 1) to 1 (step ``steps`` + 1)."""
+
+    blocks: list[int]
+    steps: int
+
+    def gate(self, step: int) -> float:
+        """Gate used by training step ``step`` (1-based); step 0 is the evaluation before training."""
+        return min(1.0, max(0, step - 1) / self.steps)
+
+    def apply(self, model: GPT, step: int) -> None:
+        for j in self.blocks:
+            model.blocks[j].gate.fill_(self.gate(step))
 
 
 def resolve_device(device: str) -> torch.device:
@@ -71,19 +91,12 @@ def seed_everything(seed: int) -> None:
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Multiplier on the peak LR: linear warmup, then cosine decay to ``min_lr_ratio``."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    span = max(1, cfg.steps - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    """Multiplier on the peak LR: linear warmup, then cosine decay to ``min_lr_ratio`` (this stage only)."""
+    return warmup_cosine(step, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
 
 
 def make_optimizer(model: GPT, cfg: TrainConfig) -> torch.optim.AdamW:
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2))
+    return _adamw(model, cfg.lr, cfg.weight_decay, cfg.beta2)
 
 
 def _autocast(device: torch.device):
@@ -111,19 +124,36 @@ def train(
     cursor: int = 0,
     seed: int = 0,
     on_step: Callable[[StepInfo], None] | None = None,
+    lr_mult: Callable[[int], float] | None = None,
+    moments: StateDict | None = None,
+    ramp: GateRamp | None = None,
+    stop: Callable[[list[tuple[int, float]]], bool] | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place for ``cfg.steps`` steps, reading the train stream from ``cursor``."""
+    """Train ``model`` in place for up to ``cfg.steps`` steps, reading the train stream from ``cursor``.
+
+    lr_mult: step within this call (0-based) -> multiplier on cfg.lr; default: :func:`lr_at`.
+    moments: AdamW state to start from (optimizer transfer across growth); default: fresh AdamW.
+    ramp: masked growth; its gates are folded into the weights at the end, so the model is plain.
+    stop: called on the validation curve after each evaluation; True ends training (loss-slope rule).
+    """
     seed_everything(seed)
     device = resolve_device(cfg.device)
     model.to(device).train()
     val_batches = corpus.val_batches(cfg.eval_batches, cfg.batch_size)
     optimizer = make_optimizer(model, cfg)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, cfg))
+    if moments is not None:
+        load_moments(model, optimizer, moments)
+    mult = lr_mult or (lambda s: lr_at(s, cfg))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, mult)
 
+    if ramp is not None:
+        ramp.apply(model, 0)
     val = evaluate(model, val_batches)
     result = TrainResult(val_loss_init=val, val_loss=val, cursor=cursor, val_curve=[(0, val)])
     start = time.perf_counter()
     for step in range(1, cfg.steps + 1):
+        if ramp is not None:
+            ramp.apply(model, step)
         x, y = corpus.batch(result.cursor, cfg.batch_size)
         result.cursor += cfg.batch_size
         with _autocast(device):
@@ -137,12 +167,18 @@ def train(
 
         train_loss = loss.item()
         result.train_curve.append((step, train_loss))
+        result.steps = step
         val_now = None
         if step % cfg.eval_every == 0 or step == cfg.steps:
             val_now = result.val_loss = evaluate(model, val_batches)
             result.val_curve.append((step, val_now))
         if on_step is not None:
             on_step(StepInfo(step, cfg.steps, train_loss, lr, val_now))
-    result.tokens = cfg.steps * cfg.batch_size * corpus.context
+        if val_now is not None and stop is not None and stop(result.val_curve):
+            break
+    for block in model.blocks:
+        block.fold_gate()  # a no-op unless a ramp was still below 1
+    result.moments = export_moments(model, optimizer)
+    result.tokens = result.steps * cfg.batch_size * corpus.context
     result.seconds = time.perf_counter() - start
     return result

@@ -1,8 +1,9 @@
 """One pydantic config tree for a pipeline, loaded from YAML with ``--set a.b=c`` overrides.
 
     PipelineConfig
-      seed, retries, data, model (widths shared by all stages), train (defaults for all stages),
-      registry, stages: [StageConfig(n_layers, steps, growth, train overrides), ...]
+      seed, retries, data, model (stage 1's widths; a `width` stage doubles them for itself and later
+      stages), train (defaults for all stages), registry,
+      stages: [StageConfig(n_layers, steps | until, growth, optimizer, schedule, train overrides), ...]
 
 ``PipelineConfig.stage_specs()`` resolves it into one self-contained ``StageSpec`` per stage:
 the only thing a stage task needs, and what its ``stage_key`` hashes.
@@ -12,15 +13,19 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from models.data import DataConfig
 from models.gpt import GPTConfig
-from models.growth import GrowthError, dry_run
+from models.growth import GrowthConfig, GrowthError, child_config, dry_run
+from models.optim import OptimizerConfig
+from models.policy import ScheduleConfig, UntilConfig, step_cap
 from models.train import TrainConfig
+
+__all__ = ["GrowthConfig", "OptimizerConfig", "ScheduleConfig", "UntilConfig", "PipelineConfig", "StageSpec", "load_config"]
 
 
 class ConfigError(ValueError):
@@ -31,12 +36,8 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class GrowthConfig(Strict):
-    operator: Literal["stack"] = "stack"
-
-
 class WidthConfig(Strict):
-    """Model fields shared by every stage; each stage sets its own ``n_layers``."""
+    """Stage 1's model fields; each stage sets its own ``n_layers``, a ``width`` stage doubles the widths."""
 
     d_model: int = 128
     n_heads: int = 4
@@ -47,9 +48,19 @@ class WidthConfig(Strict):
 
 class StageConfig(Strict):
     n_layers: int = Field(ge=1)
-    steps: int = Field(ge=0)  # 0: grow and register without training
+    steps: int | None = Field(None, ge=0)  # 0: grow and register without training; or set `until` instead
+    until: UntilConfig = UntilConfig()  # a tokens budget or a loss-slope trigger, instead of `steps`
     growth: GrowthConfig = GrowthConfig()  # how this stage is made from the previous one (ignored for stage 1)
+    optimizer: OptimizerConfig = OptimizerConfig()  # AdamW after growth: reset or transfer (ignored for stage 1)
+    schedule: ScheduleConfig = ScheduleConfig()  # LR across growth: restart, continue or rewarm
     train: dict[str, Any] = {}  # overrides of the pipeline's `train` for this stage, e.g. {lr: 1e-3}
+
+    @model_validator(mode="after")
+    def _one_end_rule(self) -> "StageConfig":
+        rules = [self.steps is not None, self.until.tokens is not None, self.until.loss_slope is not None]
+        if sum(rules) != 1:
+            raise ValueError("set exactly one of steps, until.tokens and until.loss_slope")
+        return self
 
 
 class RegistryConfig(Strict):
@@ -65,8 +76,12 @@ class StageSpec(Strict):
     model_name: str
     experiment: str
     model: GPTConfig
-    train: TrainConfig
+    train: TrainConfig  # train.steps: the stage's step cap (steps, tokens / (batch x context), or max_steps)
     growth: GrowthConfig
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    until: UntilConfig = UntilConfig()
+    total_steps: int | None = None  # planned steps of the whole pipeline; set only when the schedule reads it
     data: DataConfig
 
     def content_hash(self) -> str:
@@ -99,30 +114,40 @@ class PipelineConfig(Strict):
         specs = self.stage_specs()  # raises on bad per-stage train overrides or model shapes
         for prev, spec in zip(specs, specs[1:]):
             try:
-                dry_run(spec.growth.operator, prev.model, spec.model)
+                dry_run(spec.growth, prev.model, spec.model)
             except GrowthError as e:
                 raise ValueError(f"stages.{spec.index - 1}: {e}") from None
         return self
 
     def stage_specs(self) -> list[StageSpec]:
-        specs = []
+        specs: list[StageSpec] = []
+        model: GPTConfig | None = None
         for k, stage in enumerate(self.stages, start=1):
-            train = {**self.train.model_dump(), **stage.train, "steps": stage.steps}
             try:
+                if model is None:
+                    model = GPTConfig(n_layers=stage.n_layers, **self.model.model_dump())
+                else:  # derived from the previous stage: same widths, or doubled by a width stage
+                    model = child_config(stage.growth, model, stage.n_layers)
+                train = TrainConfig(**{**self.train.model_dump(), **stage.train, "steps": 0})
+                cap = step_cap(stage.steps, stage.until, train.batch_size * model.context)
                 spec = StageSpec(
                     index=k,
                     seed=self.seed,
                     model_name=self.registry.model_name,
                     experiment=self.registry.experiment or self.registry.model_name,
-                    model=GPTConfig(n_layers=stage.n_layers, **self.model.model_dump()),
-                    train=TrainConfig(**train),
+                    model=model,
+                    train=train.model_copy(update={"steps": cap}),
                     growth=stage.growth,
+                    optimizer=stage.optimizer,
+                    schedule=stage.schedule,
+                    until=stage.until,
                     data=self.data,
                 )
             except ValidationError as e:
                 raise ValueError(f"stages.{k - 1}: {format_validation_error(e)}") from None
             specs.append(spec)
-        return specs
+        total = sum(s.train.steps for s in specs)  # only schedules that read it carry it: no needless cache misses
+        return [s.model_copy(update={"total_steps": total}) if s.schedule.policy != "restart" else s for s in specs]
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:

@@ -16,7 +16,7 @@ from mlflow.entities.model_registry import ModelVersion
 from pydantic import BaseModel
 
 from tasks.config import StageSpec
-from tasks.weights import load_state
+from tasks.weights import load_optimizer, load_state
 
 _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 
@@ -52,6 +52,7 @@ class ModelRef(BaseModel):
     stage_key: str
     data_cursor: int  # where the next stage's data stream starts
     global_step: int  # steps trained by this stage and all its ancestors
+    optimizer_sha256: str | None = None  # of optimizer.safetensors; None for versions registered without it
 
 
 def _ref(mv: ModelVersion) -> ModelRef:
@@ -60,6 +61,7 @@ def _ref(mv: ModelVersion) -> ModelRef:
         name=mv.name, version=str(mv.version), stage=int(t["stage"]), n_layers=int(t["n_layers"]),
         run_id=mv.run_id, source=mv.source, weights_sha256=t["weights_sha256"], stage_key=t["stage_key"],
         data_cursor=int(t["data_cursor"]), global_step=int(t["global_step"]),
+        optimizer_sha256=t.get("optimizer_sha256") or None,
     )  # fmt: skip
 
 
@@ -69,10 +71,21 @@ def find_version(client: MlflowClient, model_name: str, stage_key: str) -> Model
     return _ref(found[0]) if found else None
 
 
+def fetch(store: Store, ref: ModelRef, dst: Path) -> Path:
+    """Download a version's artifact directory; return its local path."""
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.source, dst_path=str(dst), tracking_uri=store.tracking_uri))
+
+
 def download(store: Store, ref: ModelRef, dst: Path):
     """Fetch a version's artifacts, verify the weights' sha256, return (GPTConfig, state dict)."""
-    local = mlflow.artifacts.download_artifacts(artifact_uri=ref.source, dst_path=str(dst), tracking_uri=store.tracking_uri)
-    return load_state(Path(local), ref.weights_sha256)
+    return load_state(fetch(store, ref, dst), ref.weights_sha256)
+
+
+def download_with_optimizer(store: Store, ref: ModelRef, dst: Path):
+    """(GPTConfig, state dict, AdamW moments or None), each file verified against its registered sha256."""
+    local = fetch(store, ref, dst)
+    cfg, state = load_state(local, ref.weights_sha256)
+    return cfg, state, load_optimizer(local, ref.optimizer_sha256)
 
 
 def _experiment_id(client: MlflowClient, store: Store, name: str) -> str:

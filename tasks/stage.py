@@ -23,11 +23,13 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 import models
 from models.data import ByteCorpus
 from models.gpt import GPT
-from models.growth import grow
-from models.train import StepInfo, seed_everything, train
+from models.growth import GrowthError, grow, grow_moments, layer_map
+from models.optim import StateDict
+from models.policy import lr_schedule, slope_stop
+from models.train import GateRamp, StepInfo, seed_everything, train
 from tasks.config import StageSpec
-from tasks.registry import ModelRef, Store, download, find_version, metric_history, register
-from tasks.weights import save_model
+from tasks.registry import ModelRef, Store, download_with_optimizer, find_version, metric_history, register
+from tasks.weights import OPTIMIZER, save_model, save_optimizer
 
 
 class StageResult(BaseModel):
@@ -55,15 +57,35 @@ def stage_key(spec: StageSpec, parent: ModelRef | None) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
-def build_model(spec: StageSpec, parent: ModelRef | None, store: Store) -> GPT:
-    """Stage 1: a fresh model. Later stages: the parent's verified weights, grown."""
+def build_model(spec: StageSpec, parent: ModelRef | None, store: Store) -> tuple[GPT, StateDict | None]:
+    """Stage 1: a fresh model. Later stages: the parent's verified weights, grown, and with
+    ``optimizer.state: transfer`` the parent's AdamW moments grown by the same operator."""
     seed_everything(spec.seed)
     model = GPT(spec.model)
-    if parent is not None:
-        with tempfile.TemporaryDirectory(prefix="staged-parent-") as tmp:
-            parent_cfg, parent_state = download(store, parent, Path(tmp))
-        model.load_state_dict(grow(spec.growth.operator, parent_state, parent_cfg, spec.model), strict=True)
-    return model
+    if parent is None:
+        return model, None
+    with tempfile.TemporaryDirectory(prefix="staged-parent-") as tmp:
+        parent_cfg, parent_state, parent_moments = download_with_optimizer(store, parent, Path(tmp))
+    model.load_state_dict(grow(spec.growth, parent_state, parent_cfg, spec.model), strict=True)
+    if spec.optimizer.state == "reset":
+        return model, None
+    if parent_moments is None:
+        raise GrowthError(f"optimizer.state transfer: parent version {parent.version} has no {OPTIMIZER}")
+    return model, grow_moments(spec.growth, parent_moments, parent_cfg, spec.model)
+
+
+def train_policies(spec: StageSpec, parent: ModelRef | None) -> dict:
+    """train()'s keyword arguments for this stage's LR, gate-ramp and stop policies."""
+    start = parent.global_step if parent else 0
+    lr_mult = lr_schedule(
+        spec.schedule, warmup=spec.train.warmup_steps, min_ratio=spec.train.min_lr_ratio,
+        stage_steps=spec.train.steps, start=start, total=spec.total_steps or spec.train.steps,
+    )  # fmt: skip
+    ramp = None
+    if parent is not None and spec.growth.operator == "masked":
+        new = layer_map(spec.growth, parent.n_layers, spec.model.n_layers).new_blocks
+        ramp = GateRamp(blocks=new, steps=spec.growth.ramp_steps)
+    return {"lr_mult": lr_mult, "ramp": ramp, "stop": slope_stop(spec.until.loss_slope)}
 
 
 class _Progress:
@@ -111,34 +133,39 @@ def run_stage(spec: StageSpec, parent: ModelRef | None, store: Store) -> StageRe
         return _skipped(existing, store, params)
 
     start = time.perf_counter()
-    model = build_model(spec, parent, store)
+    model, moments = build_model(spec, parent, store)
     corpus = ByteCorpus(spec.data, spec.model.context, spec.seed)
     cursor, offset = (parent.data_cursor, parent.global_step) if parent else (0, 0)
     progress = _Progress(spec)
     with progress.bar:
-        result = train(model, corpus, spec.train, cursor=cursor, seed=spec.seed + spec.index, on_step=progress)
-    log.info("stage %d: val loss %.4f -> %.4f in %d steps", spec.index, result.val_loss_init, result.val_loss, spec.train.steps)
+        result = train(
+            model, corpus, spec.train, cursor=cursor, seed=spec.seed + spec.index, on_step=progress,
+            moments=moments, **train_policies(spec, parent),
+        )  # fmt: skip
+    steps = result.steps  # a loss-slope rule may end the stage before its cap
+    log.info("stage %d: val loss %.4f -> %.4f in %d steps", spec.index, result.val_loss_init, result.val_loss, steps)
 
     with tempfile.TemporaryDirectory(prefix="staged-model-") as tmp:
         sha = save_model(model, Path(tmp))
+        optimizer_sha = save_optimizer(result.moments, Path(tmp))
         tags = {
             "stage": str(spec.index), "n_layers": str(spec.model.n_layers),
             "parent_version": parent.version if parent else "", "weights_sha256": sha, "stage_key": key,
             "growth": spec.growth.operator if parent else "none", "data_cursor": str(result.cursor),
-            "global_step": str(offset + spec.train.steps), "config_hash": spec.content_hash()[:16],
+            "global_step": str(offset + steps), "config_hash": spec.content_hash()[:16], "optimizer_sha256": optimizer_sha,
             "code_version": code_version(), "val_loss": f"{result.val_loss:.6f}",
         }  # fmt: skip
-        params = {"steps": spec.train.steps, "params": model.num_params(), **spec.model.model_dump(),
+        params = {"steps": steps, "params": model.num_params(), **spec.model.model_dump(),
                   **{f"train.{k}": v for k, v in spec.train.model_dump().items()}}  # fmt: skip
         metrics = {
             "train_loss": result.train_curve, "val_loss": result.val_curve,
-            "val_loss_init": [(0, result.val_loss_init)], "tokens_per_s": [(spec.train.steps, result.tokens / max(result.seconds, 1e-9))],
+            "val_loss_init": [(0, result.val_loss_init)], "tokens_per_s": [(steps, result.tokens / max(result.seconds, 1e-9))],
         }  # fmt: skip
         ref = register(store, spec, model_dir=Path(tmp), tags=tags, params=params, metrics=metrics)
     log.info("stage %d registered as %s version %s", spec.index, ref.name, ref.version)
     shift = lambda curve: [(offset + s, v) for s, v in curve]  # noqa: E731
     return StageResult(
-        ref=ref, params=model.num_params(), steps=spec.train.steps, val_loss_init=result.val_loss_init,
+        ref=ref, params=model.num_params(), steps=steps, val_loss_init=result.val_loss_init,
         val_loss=result.val_loss, seconds=time.perf_counter() - start, skipped=False,
         train_curve=shift(result.train_curve), val_curve=shift(result.val_curve),
     )  # fmt: skip

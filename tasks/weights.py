@@ -1,4 +1,7 @@
-"""Model artifacts on disk: ``model.safetensors`` + ``config.json``. Nothing is ever pickled."""
+"""Model artifacts on disk: ``model.safetensors`` + ``config.json`` + ``optimizer.safetensors``.
+
+The optimizer file holds the AdamW moments by parameter name (models/optim.py), for stages that
+transfer optimizer state across growth. Nothing is ever pickled."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from models.gpt import GPT, GPTConfig
 
-WEIGHTS, CONFIG = "model.safetensors", "config.json"
+WEIGHTS, CONFIG, OPTIMIZER = "model.safetensors", "config.json", "optimizer.safetensors"
 
 
 def sha256_file(path: Path) -> str:
@@ -44,3 +47,20 @@ def load_state(directory: Path, expected_sha256: str | None) -> tuple[GPTConfig,
             raise WeightsMismatch(f"{weights}: sha256 {actual[:12]}… does not match the registered {expected_sha256[:12]}…")
     cfg = GPTConfig.model_validate_json((directory / CONFIG).read_text())
     return cfg, load_file(weights)
+
+
+def save_optimizer(moments: dict[str, torch.Tensor], directory: Path) -> str:
+    """Write the AdamW moments (models.optim layout) into ``directory``; return the file's sha256."""
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in moments.items()}, directory / OPTIMIZER)
+    return sha256_file(directory / OPTIMIZER)
+
+
+def load_optimizer(directory: Path, expected_sha256: str | None) -> dict[str, torch.Tensor] | None:
+    """The saved moments, or None for an artifact without them (registered before they were saved)."""
+    path = directory / OPTIMIZER
+    if not path.is_file():
+        return None
+    if expected_sha256 is not None and (actual := sha256_file(path)) != expected_sha256:
+        raise WeightsMismatch(f"{path}: sha256 {actual[:12]}… does not match the registered {expected_sha256[:12]}…")
+    return load_file(path)

@@ -1,0 +1,92 @@
+"""Per-stage policies around growth: the learning rate across stages and when a stage ends.
+
+    stages.<i>.schedule  {policy: restart | continue | rewarm, rewarm_steps}
+    stages.<i>.until     {tokens} or {loss_slope: {threshold, window, max_steps}}; neither = stages.<i>.steps
+
+Learning rates are multipliers on the peak LR. ``continue`` and ``rewarm`` read one schedule laid
+over the whole pipeline (warmup, then cosine over the planned total steps of all stages) at the
+stage's *global* step, which the stage learns from its parent (``ModelRef.global_step``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScheduleConfig(_Strict):
+    # restart: this stage's own warmup + cosine over its own steps (each stage starts over; the default)
+    # continue: the pipeline schedule from the stage's global step, as if no growth had happened
+    # rewarm: a linear warmup over rewarm_steps multiplied onto `continue` (Adam's moments re-settle)
+    policy: Literal["restart", "continue", "rewarm"] = "restart"
+    rewarm_steps: int = Field(20, ge=1)
+
+
+class LossSlope(_Strict):
+    """Grow when validation loss improves by less than ``threshold`` nats per step (Shen et al. 2022)."""
+
+    threshold: float = Field(gt=0)  # nats per step
+    window: int = Field(3, ge=2)  # evaluations (eval_every apart) the improvement is measured over
+    max_steps: int = Field(ge=1)  # the stage ends here at the latest
+
+
+class UntilConfig(_Strict):
+    tokens: int | None = Field(None, ge=1)  # train bytes; rounded up to whole steps of batch_size x context
+    loss_slope: LossSlope | None = None
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> "UntilConfig":
+        if self.tokens is not None and self.loss_slope is not None:
+            raise ValueError("set one of until.tokens and until.loss_slope, not both")
+        return self
+
+
+def step_cap(steps: int | None, until: UntilConfig, tokens_per_step: int) -> int:
+    """The most steps a stage may train: its steps budget, its tokens budget, or the slope rule's cap."""
+    if until.tokens is not None:
+        return math.ceil(until.tokens / tokens_per_step)
+    if until.loss_slope is not None:
+        return until.loss_slope.max_steps
+    assert steps is not None
+    return steps
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Multiplier at ``step`` (0-based): linear warmup, then cosine decay to ``min_ratio`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def lr_schedule(
+    cfg: ScheduleConfig, *, warmup: int, min_ratio: float, stage_steps: int, start: int, total: int
+) -> Callable[[int], float]:
+    """Multiplier as a function of the step within this stage (0-based).
+
+    start: the stage's first global step; total: planned steps of the whole pipeline.
+    """
+    if cfg.policy == "restart":
+        return lambda t: warmup_cosine(t, warmup, stage_steps, min_ratio)
+    if cfg.policy == "continue":
+        return lambda t: warmup_cosine(start + t, warmup, total, min_ratio)
+    return lambda t: min(1.0, (t + 1) / cfg.rewarm_steps) * warmup_cosine(start + t, warmup, total, min_ratio)
+
+
+def slope_stop(rule: LossSlope | None) -> Callable[[list[tuple[int, float]]], bool]:
+    """A predicate on the validation curve [(step, loss), ...]: True when the stage should end."""
+
+    def stop(curve: list[tuple[int, float]]) -> bool:
+        if rule is None or len(curve) < rule.window:
+            return False
+        (s0, v0), (s1, v1) = curve[-rule.window], curve[-1]
+        return (v0 - v1) / (s1 - s0) < rule.threshold
+
+    return stop
