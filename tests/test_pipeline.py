@@ -53,7 +53,7 @@ def test_three_stages_register_three_versions_with_lineage(smoke_run, tmp_path):
     assert {k: str(v) for k, v in model.aliases.items()} == {"stage-1": "1", "stage-2": "2", "stage-3": "3"}
     for v in versions:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=v.source, dst_path=str(tmp_path / str(v.version)), tracking_uri=store.tracking_uri))
-        assert sorted(p.name for p in local.iterdir()) == ["config.json", "model.safetensors"]
+        assert sorted(p.name for p in local.iterdir()) == ["config.json", "model.safetensors", "optimizer.safetensors"]
         assert sha256_file(local / "model.safetensors") == v.tags["weights_sha256"]
     # the run writes nothing outside its workdir
     assert (workdir / "mlflow.db").is_file() and (workdir / "staged-smoke-loss.png").stat().st_size > 10_000
