@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks.registry import Store
-from tasks.stage import StageResult
+from tasks.stage import StageResult, artifact_key
 
 COLUMNS = ["stage", "layers", "params", "steps", "val loss (init)", "val loss", "wall s", "version"]
 
@@ -64,7 +64,7 @@ def markdown_summary(results: list[StageResult]) -> str:
 
 def publish(results: list[StageResult], png: Path, store: Store) -> None:
     """The summary as Prefect table + markdown artifacts, and summary + plot on the last stage's MLflow run."""
-    key = results[0].ref.name.lower().replace("_", "-").replace(".", "-")
+    key = artifact_key(results[0].ref.name)
     md = markdown_summary(results)
     create_table_artifact(table=summary_rows(results), key=f"{key}-summary", description="Staged training summary")
     create_markdown_artifact(markdown=md, key=f"{key}-versions", description="Registered model versions")

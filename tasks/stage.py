@@ -9,6 +9,7 @@ is returned as is, never retrained or registered twice.
 from __future__ import annotations
 
 import hashlib
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -100,7 +101,7 @@ class _Progress:
         self.task = self.bar.add_task("train", total=spec.train.steps, loss=float("nan"))
         self.every = max(1, spec.train.steps // 20)  # artifact updates: ~5% apart
         self.artifact = create_progress_artifact(
-            progress=0.0, key=f"{spec.model_name.lower().replace('_', '-').replace('.', '-')}-stage-{spec.index}",
+            progress=0.0, key=f"{artifact_key(spec.model_name)}-stage-{spec.index}",
             description=f"Training stage {spec.index} ({spec.model.n_layers} layers)",
         )  # fmt: skip
 
@@ -110,15 +111,25 @@ class _Progress:
             update_progress_artifact(self.artifact, progress=100.0 * info.step / info.steps)
 
 
+def artifact_key(model_name: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]", "-", model_name.lower())
+
+
+def _shift(curve: list[tuple[int, float]], offset: int) -> list[tuple[int, float]]:
+    """Stage-local steps -> steps counted across all stages."""
+    return [(offset + step, value) for step, value in curve]
+
+
 def _skipped(ref: ModelRef, store: Store, params: int) -> StageResult:
     """Rebuild a registered stage's result from the registry."""
-    offset = ref.global_step - int(store.client().get_run(ref.run_id).data.params["steps"])
-    shift = lambda curve: [(offset + s, v) for s, v in curve]  # noqa: E731
+    steps = int(store.client().get_run(ref.run_id).data.params["steps"])
+    offset = ref.global_step - steps
     val = metric_history(store, ref.run_id, "val_loss")
     init = metric_history(store, ref.run_id, "val_loss_init")
     return StageResult(
-        ref=ref, params=params, steps=ref.global_step - offset, val_loss_init=init[0][1], val_loss=val[-1][1],
-        seconds=0.0, skipped=True, train_curve=shift(metric_history(store, ref.run_id, "train_loss")), val_curve=shift(val),
+        ref=ref, params=params, steps=steps, val_loss_init=init[0][1], val_loss=val[-1][1], seconds=0.0, skipped=True,
+        train_curve=_shift(metric_history(store, ref.run_id, "train_loss"), offset), val_curve=_shift(val, offset),
     )  # fmt: skip
 
 
@@ -163,9 +174,8 @@ def run_stage(spec: StageSpec, parent: ModelRef | None, store: Store) -> StageRe
         }  # fmt: skip
         ref = register(store, spec, model_dir=Path(tmp), tags=tags, params=params, metrics=metrics)
     log.info("stage %d registered as %s version %s", spec.index, ref.name, ref.version)
-    shift = lambda curve: [(offset + s, v) for s, v in curve]  # noqa: E731
     return StageResult(
         ref=ref, params=model.num_params(), steps=steps, val_loss_init=result.val_loss_init,
         val_loss=result.val_loss, seconds=time.perf_counter() - start, skipped=False,
-        train_curve=shift(result.train_curve), val_curve=shift(result.val_curve),
+        train_curve=_shift(result.train_curve, offset), val_curve=_shift(result.val_curve, offset),
     )  # fmt: skip
