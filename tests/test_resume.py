@@ -27,13 +27,22 @@ SMOKE = ROOT / "configs" / "smoke.yaml"
 OVERRIDES = ["checkpoint_every=2", "stages.0.steps=30", "stages.1.steps=16", "stages.2.steps=8"]
 
 
+class Reference(list):
+    """The uninterrupted run's weights_sha256 per stage, and its workdir."""
+
+    def __init__(self, workdir: Path, shas: list[str]):
+        super().__init__(shas)
+        self.workdir = workdir
+
+
 @pytest.fixture(scope="module")
 def reference(prefect_harness, tmp_path_factory):
     """weights_sha256 per stage of an uninterrupted run (in-process, same seed, same CPU)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        results = staged_training(load_config(SMOKE, OVERRIDES), str(tmp_path_factory.mktemp("reference")))
-    return [r.ref.weights_sha256 for r in results]
+        workdir = tmp_path_factory.mktemp("reference")
+        results = staged_training(load_config(SMOKE, OVERRIDES), str(workdir))
+    return Reference(workdir, [r.ref.weights_sha256 for r in results])
 
 
 def _cmd(workdir: Path, *extra: str) -> list[str]:
@@ -161,3 +170,15 @@ def test_a_nan_loss_fails_the_stage_with_its_step_and_keeps_the_last_good_checkp
     storage = LocalStorage(workdir / "checkpoints")
     assert checkpoint.latest(storage, stage_key(config.stage_specs()[0], None)).step == 1
     assert Store.resolve(workdir).client().search_model_versions("name = 'staged-smoke'") == []
+
+
+def test_from_version_starts_a_pipeline_from_a_registered_version(reference):
+    """--from-version 2 with a changed stage 3: version 2 is reported as given, a new stage 3 grows from it."""
+    config = load_config(SMOKE, OVERRIDES + ["stages.2.steps=3"])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        results = staged_training(config, str(reference.workdir), from_version="2")
+    assert [(r.ref.stage, r.ref.version, r.skipped) for r in results] == [(2, "2", True), (3, "4", False)]
+    assert results[1].ref.stage_key != "" and results[1].steps == 3
+    version = Store.resolve(reference.workdir).client().get_model_version("staged-smoke", "4")
+    assert version.tags["parent_version"] == "2"
