@@ -97,7 +97,7 @@ def s3_client(max_attempts: int = 5):
     endpoint = None
     if not (os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")):
         endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None
-    config = Config(retries={"max_attempts": max_attempts, "mode": "standard"}, connect_timeout=5, read_timeout=60)
+    config = Config(retries={"total_max_attempts": max_attempts, "mode": "standard"}, connect_timeout=5, read_timeout=60)
     return boto3.client("s3", endpoint_url=endpoint, config=config)
 
 
