@@ -1,9 +1,13 @@
 """``staged``: the command line.
 
-    staged run CONFIG [--workdir DIR] [--set dotted.key=value ...]
+    staged run CONFIG [--workdir DIR] [--set dotted.key=value ...] [--from-version N]
+    staged resume CONFIG [--workdir DIR] ...   (run, but only where an earlier run left a registry)
 
-User mistakes (a missing file, an unknown key, a wrong type, an impossible growth) end with a
-one-line message and exit code 2 before anything is trained or registered; a failed run exits 1.
+Rerunning the same command resumes: registered stages are skipped, an interrupted one continues
+from its newest checkpoint. User mistakes (a missing file, an unknown key, a wrong type, an
+impossible growth, a missing or tampered parent version) end with a one-line message and exit
+code 2 before anything is trained or registered; an unreachable MLflow or S3 endpoint, and a
+failed run, exit 1.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ import sys
 from pathlib import Path
 
 from tasks.config import ConfigError, PipelineConfig, load_config
+
+# MLflow's own HTTP retries (urllib3 backoff); its defaults wait minutes before giving up
+MLFLOW_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -37,6 +44,70 @@ def _check_inputs(config: PipelineConfig, workdir: Path) -> None:
         probe.unlink()
     except OSError as e:
         _fail(f"workdir {str(workdir)!r} is not writable: {e.strerror}")
+
+
+def _endpoint(uri: str) -> str:
+    """A URI as safe to print: no user or password."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    return parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")).geturl() if parts.hostname else uri
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return (text[0] if text else type(err).__name__)[:300]
+
+
+def _check_endpoints(config: PipelineConfig, workdir: Path, from_version: str | None):
+    """Reach the storage and the registry before anything runs; verify a --from-version parent."""
+    from tasks.registry import Store
+    from tasks.storage import S3Storage, StorageError, open_storage
+
+    store = Store.resolve(workdir, config.storage)
+    try:
+        storage = open_storage(store.checkpoints, store.max_attempts)
+        if isinstance(storage, S3Storage):
+            storage.check()
+    except StorageError as e:
+        _fail(str(e), code=2 if "does not exist" in str(e) else 1)
+    except Exception as e:  # botocore configuration errors (bad profile, region): still one line
+        _fail(f"storage {config.storage.uri}: {_one_line(e)}")
+    embedded = store.artifact_location is not None
+    if not embedded:
+        try:
+            store.client().search_experiments(max_results=1)
+        except Exception as e:
+            _fail(f"MLflow tracking URI {_endpoint(store.tracking_uri)} unreachable: {_one_line(e)}", code=1)
+    if from_version is not None:
+        _check_parent(config, store, workdir, from_version, embedded)
+
+
+def _check_parent(config: PipelineConfig, store, workdir: Path, version: str, embedded: bool) -> None:
+    import tempfile
+
+    from tasks.registry import download, get_version
+
+    name = config.registry.model_name
+    if embedded and not (workdir / "mlflow.db").is_file():
+        _fail(f"--from-version {version}: no registry in workdir {str(workdir)!r}")
+    if not version.isdigit():
+        _fail(f"--from-version {version!r} is not a version number")
+    try:
+        ref = get_version(store.client(), name, version)
+    except Exception:
+        _fail(f"--from-version {version}: model {name!r} has no version {version}")
+    if ref.stage >= len(config.stages):
+        _fail(f"--from-version {version} is stage {ref.stage}; the config has no later stage to run")
+    try:
+        with tempfile.TemporaryDirectory(prefix="staged-check-") as tmp:
+            cfg, _ = download(store, ref, Path(tmp))
+    except Exception as e:
+        _fail(f"--from-version {version}: refusing a parent whose weights do not verify: {_one_line(e)}")
+    want = config.stage_specs()[ref.stage - 1].model
+    if cfg != want:
+        _fail(f"--from-version {version}: its model ({cfg.n_layers} layers, d_model {cfg.d_model}) is not "
+              f"stage {ref.stage} of this config ({want.n_layers} layers, d_model {want.d_model})")  # fmt: skip
 
 
 def _embedded_defaults(workdir: Path) -> None:
@@ -70,13 +141,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         _fail(str(e))
     workdir = Path(args.workdir)
+    if args.command == "resume" and not (workdir / "mlflow.db").is_file() and "MLFLOW_TRACKING_URI" not in os.environ:
+        _fail(f"nothing to resume: workdir {str(workdir)!r} holds no earlier run")
     _check_inputs(config, workdir)
-    _embedded_defaults(workdir)
+    for key, value in MLFLOW_RETRY_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    _check_endpoints(config, workdir, args.from_version)
+    _embedded_defaults(workdir)
 
     from flows.staged import staged_training
 
-    state = staged_training(config, str(workdir), return_state=True)
+    state = staged_training(config, str(workdir), args.from_version, return_state=True)
     if not state.is_completed():
         error = state.result(raise_on_failure=False)
         _fail(f"run {state.name.lower()}: {error}", code=1)
@@ -89,11 +165,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="staged", description="Staged (progressive) training with Prefect and MLflow.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train every stage of a pipeline config, registering each in MLflow")
-    run.add_argument("config", help="pipeline YAML, e.g. configs/demo.yaml")
-    run.add_argument("--workdir", default=".staged", help="where the embedded MLflow/Prefect stores and plots go (default: %(default)s)")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config value, e.g. --set stages.1.steps=0 (repeatable)")  # fmt: skip
-    run.set_defaults(func=cmd_run)
+    resume = sub.add_parser("resume", help="rerun an interrupted `run` (same config and workdir): skip done stages, resume the rest")
+    for p in (run, resume):
+        p.add_argument("config", help="pipeline YAML, e.g. configs/demo.yaml")
+        p.add_argument("--workdir", default=".staged", help="where the embedded MLflow/Prefect stores and plots go (default: %(default)s)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set stages.1.steps=0 (repeatable)")  # fmt: skip
+        p.add_argument("--from-version", default=None, metavar="N",
+                       help="start from registered version N: run the config's stages after N's stage, growing from it")  # fmt: skip
+        p.set_defaults(func=cmd_run)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -1,18 +1,22 @@
 """The training loop as a function: model + corpus + config in, losses and the new cursor out.
 
-No I/O here: progress, logging and checkpoints reach the outside world through the
-``on_step`` callback, so the same loop runs under Prefect, in a benchmark or in a notebook.
+No I/O here: progress and logging reach the outside world through the ``on_step`` callback,
+checkpoints through ``on_checkpoint`` (a :class:`TrainState` every ``checkpoint_every`` steps),
+so the same loop runs under Prefect, in a benchmark or in a notebook. ``resume=TrainState``
+continues a stage bit for bit: same batches (cursor), optimizer state, step-based LR and RNG.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -61,6 +65,43 @@ class TrainResult:
     moments: StateDict = field(default_factory=dict)  # AdamW state at the end (models.optim layout)
 
 
+@dataclass
+class TrainState:
+    """Everything needed to continue a stage after step ``step`` exactly as if it had never stopped.
+
+    The weights are not here: they live in the model the caller holds. The LR schedule needs no
+    state of its own: it is a function of the step.
+    """
+
+    step: int  # steps done in this stage
+    cursor: int  # train sequences consumed (models/data.py)
+    moments: StateDict  # AdamW state (models.optim layout)
+    rng: dict[str, object]  # rng_state(): torch, numpy and python generators
+    val_loss_init: float
+    val_loss: float
+    train_curve: list[tuple[int, float]]
+    val_curve: list[tuple[int, float]]
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The loss became NaN or Inf; raised before the optimizer step, so the weights are still finite."""
+
+    def __init__(self, step: int, loss: float):
+        super().__init__(f"loss is {loss} at step {step}")
+        self.step = step
+
+
+def rng_state() -> dict[str, object]:
+    """The generators a step may read (dropout, anything seeded by seed_everything)."""
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict[str, object]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
 @dataclass(frozen=True)
 class GateRamp:
     """Masked growth: the gates of ``blocks`` rise linearly from 0 (step 1) to 1 (step ``steps`` + 1)."""
@@ -87,6 +128,7 @@ def resolve_device(device: str) -> torch.device:
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
+    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
@@ -128,6 +170,9 @@ def train(
     moments: StateDict | None = None,
     ramp: GateRamp | None = None,
     stop: Callable[[list[tuple[int, float]]], bool] | None = None,
+    resume: TrainState | None = None,
+    checkpoint_every: int = 0,
+    on_checkpoint: Callable[[TrainState], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for up to ``cfg.steps`` steps, reading the train stream from ``cursor``.
 
@@ -135,37 +180,52 @@ def train(
     moments: AdamW state to start from (optimizer transfer across growth); default: fresh AdamW.
     ramp: masked growth; its gates are folded into the weights at the end, so the model is plain.
     stop: called on the validation curve after each evaluation; True ends training (loss-slope rule).
+    resume: continue from this state (the model must already hold the weights saved with it).
+    on_checkpoint: called every ``checkpoint_every`` steps and after the last step.
+    Raises NonFiniteLoss (before stepping the optimizer) when the loss is NaN or Inf.
     """
     seed_everything(seed)
     device = resolve_device(cfg.device)
     model.to(device).train()
     val_batches = corpus.val_batches(cfg.eval_batches, cfg.batch_size)
     optimizer = make_optimizer(model, cfg)
-    if moments is not None:
-        load_moments(model, optimizer, moments)
     mult = lr_mult or (lambda s: lr_at(s, cfg))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, mult)
-
-    if ramp is not None:
-        ramp.apply(model, 0)
-    val = evaluate(model, val_batches)
-    result = TrainResult(val_loss_init=val, val_loss=val, cursor=cursor, val_curve=[(0, val)])
+    if resume is not None:
+        load_moments(model, optimizer, resume.moments)
+        set_rng_state(resume.rng)
+        result = TrainResult(
+            val_loss_init=resume.val_loss_init, val_loss=resume.val_loss, cursor=resume.cursor, steps=resume.step,
+            train_curve=list(resume.train_curve), val_curve=list(resume.val_curve),
+        )  # fmt: skip
+        first = resume.step + 1
+        stopped = stop is not None and result.val_curve[-1][0] == resume.step > 0 and stop(result.val_curve)
+    else:
+        if moments is not None:
+            load_moments(model, optimizer, moments)
+        if ramp is not None:
+            ramp.apply(model, 0)
+        val = evaluate(model, val_batches)
+        result = TrainResult(val_loss_init=val, val_loss=val, cursor=cursor, val_curve=[(0, val)])
+        first, stopped = 1, False
     start = time.perf_counter()
-    for step in range(1, cfg.steps + 1):
+    for step in range(first, cfg.steps + 1 if not stopped else first):
         if ramp is not None:
             ramp.apply(model, step)
         x, y = corpus.batch(result.cursor, cfg.batch_size)
         result.cursor += cfg.batch_size
         with _autocast(device):
             loss = model.loss(x.to(device), y.to(device))
+        train_loss = loss.item()
+        if not math.isfinite(train_loss):
+            raise NonFiniteLoss(step, train_loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        lr = schedule.get_last_lr()[0]
+        lr = cfg.lr * mult(step - 1)  # what LambdaLR computed: a function of the step, nothing to save
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         optimizer.step()
-        schedule.step()
 
-        train_loss = loss.item()
         result.train_curve.append((step, train_loss))
         result.steps = step
         val_now = None
@@ -174,11 +234,23 @@ def train(
             result.val_curve.append((step, val_now))
         if on_step is not None:
             on_step(StepInfo(step, cfg.steps, train_loss, lr, val_now))
-        if val_now is not None and stop is not None and stop(result.val_curve):
+        stopping = val_now is not None and stop is not None and stop(result.val_curve)
+        if on_checkpoint is not None and checkpoint_every > 0 and (step % checkpoint_every == 0 or step == cfg.steps or stopping):
+            on_checkpoint(snapshot(model, optimizer, result))
+        if stopping:
             break
     for block in model.blocks:
         block.fold_gate()  # a no-op unless a ramp was still below 1
     result.moments = export_moments(model, optimizer)
-    result.tokens = result.steps * cfg.batch_size * corpus.context
+    result.tokens = (result.steps - first + 1) * cfg.batch_size * corpus.context
     result.seconds = time.perf_counter() - start
     return result
+
+
+def snapshot(model: GPT, optimizer: torch.optim.Optimizer, result: TrainResult) -> TrainState:
+    """The state after ``result.steps`` steps, copied so that training on does not change it."""
+    return TrainState(
+        step=result.steps, cursor=result.cursor, moments=export_moments(model, optimizer), rng=rng_state(),
+        val_loss_init=result.val_loss_init, val_loss=result.val_loss,
+        train_curve=list(result.train_curve), val_curve=list(result.val_curve),
+    )  # fmt: skip

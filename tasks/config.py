@@ -1,7 +1,7 @@
 """One pydantic config tree for a pipeline, loaded from YAML with ``--set a.b=c`` overrides.
 
     PipelineConfig
-      seed, retries, data, model (stage 1's widths; a `width` stage doubles them for itself and later
+      seed, retries, checkpoint_every, checkpoint_keep, storage, data, model (stage 1's widths; a `width` stage doubles them for itself and later
       stages), train (defaults for all stages), registry,
       stages: [StageConfig(n_layers, steps | until, growth, optimizer, schedule, train overrides), ...]
 
@@ -24,6 +24,7 @@ from models.growth import GrowthConfig, GrowthError, child_config, dry_run
 from models.optim import OptimizerConfig
 from models.policy import ScheduleConfig, UntilConfig, step_cap
 from models.train import TrainConfig
+from tasks.storage import check_uri
 
 __all__ = ["GrowthConfig", "OptimizerConfig", "ScheduleConfig", "UntilConfig", "PipelineConfig", "StageSpec", "load_config"]
 
@@ -54,6 +55,7 @@ class StageConfig(Strict):
     optimizer: OptimizerConfig = OptimizerConfig()  # AdamW after growth: reset or transfer (ignored for stage 1)
     schedule: ScheduleConfig = ScheduleConfig()  # LR across growth: restart, continue or rewarm
     train: dict[str, Any] = {}  # overrides of the pipeline's `train` for this stage, e.g. {lr: 1e-3}
+    checkpoint_every: int | None = Field(None, ge=0)  # overrides the pipeline's checkpoint_every
 
     @model_validator(mode="after")
     def _one_end_rule(self) -> "StageConfig":
@@ -66,6 +68,18 @@ class StageConfig(Strict):
 class RegistryConfig(Strict):
     model_name: str = Field("staged-gpt", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     experiment: str | None = None  # MLflow experiment; defaults to the model name
+
+
+class StorageConfig(Strict):
+    """Where checkpoints (and, with an embedded MLflow store, MLflow artifacts) go."""
+
+    uri: str | None = None  # None: <workdir>/checkpoints; a local path; or s3://bucket/prefix
+    max_attempts: int = Field(5, ge=1)  # botocore standard-mode attempts per S3 call
+
+    @field_validator("uri")
+    @classmethod
+    def _valid_uri(cls, uri: str | None) -> str | None:
+        return None if uri is None else check_uri(uri)
 
 
 class StageSpec(Strict):
@@ -83,16 +97,23 @@ class StageSpec(Strict):
     until: UntilConfig = UntilConfig()
     total_steps: int | None = None  # planned steps of the whole pipeline; set only when the schedule reads it
     data: DataConfig
+    checkpoint_every: int = 0  # 0: no in-stage checkpoints
+    checkpoint_keep: int = 2
 
     def content_hash(self) -> str:
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+        """What the stage computes; checkpoint cadence changes nothing in the weights, so it is left out."""
+        return hashlib.sha256(self.model_dump_json(exclude={"checkpoint_every", "checkpoint_keep"}).encode()).hexdigest()
 
 
 class PipelineConfig(Strict):
     """Defaults are the demo: 3 -> 6 -> 12 layers, about five minutes on 2 CPU cores."""
 
     seed: int = 0
-    retries: int = Field(1, ge=0)  # Prefect task retries per stage (a retry re-runs the whole stage)
+    retries: int = Field(1, ge=0)  # Prefect task retries per stage (a retry resumes from the last checkpoint)
+    retry_delay_s: float = Field(10, ge=0)  # pause before a retry: give a flaky registry or disk a moment
+    checkpoint_every: int = Field(50, ge=0)  # steps between in-stage checkpoints (and one after the last); 0: none
+    checkpoint_keep: int = Field(2, ge=1)  # newest checkpoints kept per stage
+    storage: StorageConfig = StorageConfig()
     data: DataConfig = DataConfig()
     model: WidthConfig = WidthConfig()
     train: TrainConfig = TrainConfig()
@@ -142,6 +163,8 @@ class PipelineConfig(Strict):
                     schedule=stage.schedule,
                     until=stage.until,
                     data=self.data,
+                    checkpoint_every=self.checkpoint_every if stage.checkpoint_every is None else stage.checkpoint_every,
+                    checkpoint_keep=self.checkpoint_keep,
                 )
             except ValidationError as e:
                 raise ValueError(f"stages.{k - 1}: {format_validation_error(e)}") from None

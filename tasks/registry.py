@@ -15,7 +15,7 @@ from mlflow.entities import Metric, Param
 from mlflow.entities.model_registry import ModelVersion
 from pydantic import BaseModel
 
-from tasks.config import StageSpec
+from tasks.config import StageSpec, StorageConfig
 from tasks.weights import load_optimizer, load_state
 
 _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
@@ -26,14 +26,26 @@ class Store(BaseModel):
 
     tracking_uri: str
     artifact_location: str | None = None  # only for the embedded store; a server chooses its own
+    checkpoints: str = ""  # storage URI of the in-stage checkpoints (tasks/storage.py)
+    max_attempts: int = 5  # botocore attempts per S3 call
 
     @classmethod
-    def resolve(cls, workdir: str | Path) -> "Store":
-        """``MLFLOW_TRACKING_URI`` when set, else an embedded SQLite store under ``workdir``."""
-        if uri := os.environ.get("MLFLOW_TRACKING_URI"):
-            return cls(tracking_uri=uri)
+    def resolve(cls, workdir: str | Path, storage: StorageConfig | None = None) -> "Store":
+        """``MLFLOW_TRACKING_URI`` when set, else an embedded SQLite store under ``workdir``.
+
+        Checkpoints go to ``storage.uri`` (default ``<workdir>/checkpoints``); with an S3 storage
+        URI the embedded store keeps its artifacts in the same bucket, under ``mlartifacts/``.
+        """
+        storage = storage or StorageConfig()
         root = Path(workdir).resolve()
-        return cls(tracking_uri=f"sqlite:///{root / 'mlflow.db'}", artifact_location=(root / "mlartifacts").as_uri())
+        base = (storage.uri or str(root)).rstrip("/")
+        remote = base.startswith("s3://")
+        checkpoints = f"{base}/checkpoints" if remote or storage.uri is None else base
+        common = {"checkpoints": checkpoints, "max_attempts": storage.max_attempts}
+        if uri := os.environ.get("MLFLOW_TRACKING_URI"):
+            return cls(tracking_uri=uri, **common)
+        artifacts = f"{base}/mlartifacts" if remote else (root / "mlartifacts").as_uri()
+        return cls(tracking_uri=f"sqlite:///{root / 'mlflow.db'}", artifact_location=artifacts, **common)
 
     def client(self) -> MlflowClient:
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
@@ -71,6 +83,19 @@ def find_version(client: MlflowClient, model_name: str, stage_key: str) -> Model
     return _ref(found[0]) if found else None
 
 
+def get_version(client: MlflowClient, model_name: str, version: str) -> ModelRef:
+    """A registered version by number (``staged run --from-version``); MlflowException when absent."""
+    return _ref(client.get_model_version(model_name, str(version)))
+
+
+def finalize(store: Store, ref: ModelRef) -> None:
+    """Finish what a crash after ``create_model_version`` may have left undone: alias and run status."""
+    client = store.client()
+    client.set_registered_model_alias(ref.name, f"stage-{ref.stage}", ref.version)
+    if client.get_run(ref.run_id).info.status == "RUNNING":
+        client.set_terminated(ref.run_id, "FINISHED")
+
+
 def fetch(store: Store, ref: ModelRef, dst: Path) -> Path:
     """Download a version's artifact directory; return its local path."""
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.source, dst_path=str(dst), tracking_uri=store.tracking_uri))
@@ -102,12 +127,20 @@ def register(
     params: dict[str, object],
     metrics: dict[str, list[tuple[int, float]]],
 ) -> ModelRef:
-    """Log one MLflow run for the stage and register its weights as a new model version.
+    """Log one MLflow run for the stage and register its weights as a new model version, exactly once.
 
     The version is created last, with every lineage tag at once: a version that exists is complete.
+    If one already carries this ``stage_key`` (an earlier attempt died after creating it), it is
+    returned instead; runs left by attempts that died before creating it are deleted first.
     """
     client = store.client()
-    run = client.create_run(_experiment_id(client, store, spec.experiment), run_name=f"stage-{spec.index}", tags=tags)
+    key = tags["stage_key"]
+    if (existing := find_version(client, spec.model_name, key)) is not None:
+        finalize(store, existing)
+        return existing
+    experiment_id = _experiment_id(client, store, spec.experiment)
+    delete_orphans(client, experiment_id, key)
+    run = client.create_run(experiment_id, run_name=f"stage-{spec.index}", tags=tags)
     run_id = run.info.run_id
     try:
         client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
@@ -126,6 +159,15 @@ def register(
         raise
     client.set_terminated(run_id, "FINISHED")
     return _ref(client.get_model_version(spec.model_name, str(mv.version)))
+
+
+def delete_orphans(client: MlflowClient, experiment_id: str, stage_key: str) -> list[str]:
+    """Delete runs of this stage key that never became a model version (their attempt died mid-way)."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.stage_key = '{stage_key}'")
+    orphans = [r.info.run_id for r in runs]
+    for run_id in orphans:
+        client.delete_run(run_id)
+    return orphans
 
 
 def metric_history(store: Store, run_id: str, key: str) -> list[tuple[int, float]]:

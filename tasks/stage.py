@@ -3,7 +3,9 @@
     run_stage(spec, parent, store) -> StageResult
 
 Idempotent: a stage whose ``stage_key`` (config + parent weights + code) is already registered
-is returned as is, never retrained or registered twice.
+is returned as is, never retrained or registered twice. Resumable: every ``checkpoint_every``
+steps a checkpoint goes to storage under the stage key (tasks/checkpoint.py); a retried or
+rerun stage continues from the newest valid one and ends with the same weights, bit for bit.
 """
 
 from __future__ import annotations
@@ -23,13 +25,15 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 import models
 from models.data import ByteCorpus
-from models.gpt import GPT
+from models.gpt import GPT, GPTConfig
 from models.growth import GrowthError, grow, grow_moments, layer_map
 from models.optim import StateDict
 from models.policy import lr_schedule, slope_stop
-from models.train import GateRamp, StepInfo, seed_everything, train
+from models.train import GateRamp, NonFiniteLoss, StepInfo, TrainState, seed_everything, train
+from tasks import checkpoint
 from tasks.config import StageSpec
-from tasks.registry import ModelRef, Store, download_with_optimizer, find_version, metric_history, register
+from tasks.registry import ModelRef, Store, download_with_optimizer, finalize, find_version, metric_history, register
+from tasks.storage import Storage, open_storage
 from tasks.weights import OPTIMIZER, save_model, save_optimizer
 
 
@@ -43,6 +47,7 @@ class StageResult(BaseModel):
     skipped: bool  # found already registered: nothing was trained
     train_curve: list[tuple[int, float]]  # (global step, loss)
     val_curve: list[tuple[int, float]]
+    resumed_from: int | None = None  # the checkpoint step this attempt started from
 
 
 def code_version() -> str:
@@ -92,13 +97,13 @@ def train_policies(spec: StageSpec, parent: ModelRef | None) -> dict:
 class _Progress:
     """A terminal progress bar and a Prefect progress artifact for one stage."""
 
-    def __init__(self, spec: StageSpec):
+    def __init__(self, spec: StageSpec, done: int = 0):
         self.bar = Progress(
             TextColumn(f"stage {spec.index} ({spec.model.n_layers}L)"), BarColumn(),
             TextColumn("{task.completed}/{task.total} steps  loss {task.fields[loss]:.3f}"),
             TimeElapsedColumn(), TimeRemainingColumn(),
         )  # fmt: skip
-        self.task = self.bar.add_task("train", total=spec.train.steps, loss=float("nan"))
+        self.task = self.bar.add_task("train", total=spec.train.steps, completed=done, loss=float("nan"))
         self.every = max(1, spec.train.steps // 20)  # artifact updates: ~5% apart
         self.artifact = create_progress_artifact(
             progress=0.0, key=f"{artifact_key(spec.model_name)}-stage-{spec.index}",
@@ -121,8 +126,10 @@ def _shift(curve: list[tuple[int, float]], offset: int) -> list[tuple[int, float
     return [(offset + step, value) for step, value in curve]
 
 
-def _skipped(ref: ModelRef, store: Store, params: int) -> StageResult:
+def skipped_result(ref: ModelRef, store: Store, model: GPTConfig) -> StageResult:
     """Rebuild a registered stage's result from the registry."""
+    with torch.device("meta"):
+        params = GPT(model).num_params()
     steps = int(store.client().get_run(ref.run_id).data.params["steps"])
     offset = ref.global_step - steps
     val = metric_history(store, ref.run_id, "val_loss")
@@ -133,26 +140,59 @@ def _skipped(ref: ModelRef, store: Store, params: int) -> StageResult:
     )  # fmt: skip
 
 
+class StageFailed(RuntimeError):
+    """A stage that cannot go on (NaN/Inf loss); the message is one line and says what is kept."""
+
+
+def _resume_or_build(spec: StageSpec, parent: ModelRef | None, store: Store, storage: Storage, key: str):
+    """(model, transferred moments, TrainState or None): from the newest valid checkpoint when there is one."""
+    found = checkpoint.latest(storage, key)
+    if found is None:
+        model, moments = build_model(spec, parent, store)
+        return model, moments, None
+    model = GPT(spec.model)
+    model.load_state_dict(found.weights, strict=True)
+    return model, None, found.state
+
+
+def _checkpointer(spec: StageSpec, storage: Storage, key: str, model: GPT):
+    def save(state: TrainState) -> None:
+        checkpoint.save(storage, key, model, state)
+        checkpoint.prune(storage, key, spec.checkpoint_keep)
+
+    return save
+
+
 @task(name="run-stage", task_run_name="stage-{spec.index}-{spec.model.n_layers}L")
 def run_stage(spec: StageSpec, parent: ModelRef | None, store: Store) -> StageResult:
     log = get_run_logger()
     key = stage_key(spec, parent)
     if (existing := find_version(store.client(), spec.model_name, key)) is not None:
         log.info("stage %d already registered as version %s: skipping", spec.index, existing.version)
-        with torch.device("meta"):
-            params = GPT(spec.model).num_params()
-        return _skipped(existing, store, params)
+        finalize(store, existing)
+        return skipped_result(existing, store, spec.model)
 
     start = time.perf_counter()
-    model, moments = build_model(spec, parent, store)
+    storage = open_storage(store.checkpoints, store.max_attempts)
+    model, moments, resume = _resume_or_build(spec, parent, store, storage, key)
+    if resume is not None:
+        log.info("stage %d: resuming from checkpoint step %d of %d", spec.index, resume.step, spec.train.steps)
     corpus = ByteCorpus(spec.data, spec.model.context, spec.seed)
     cursor, offset = (parent.data_cursor, parent.global_step) if parent else (0, 0)
-    progress = _Progress(spec)
-    with progress.bar:
-        result = train(
-            model, corpus, spec.train, cursor=cursor, seed=spec.seed + spec.index, on_step=progress,
-            moments=moments, **train_policies(spec, parent),
-        )  # fmt: skip
+    progress = _Progress(spec, resume.step if resume else 0)
+    try:
+        with progress.bar:
+            result = train(
+                model, corpus, spec.train, cursor=cursor, seed=spec.seed + spec.index, on_step=progress,
+                moments=moments, resume=resume, checkpoint_every=spec.checkpoint_every,
+                on_checkpoint=_checkpointer(spec, storage, key, model), **train_policies(spec, parent),
+            )  # fmt: skip
+    except NonFiniteLoss as e:
+        last = checkpoint.steps(storage, key)
+        kept = f"last good checkpoint: step {last[-1]}" if last else "no checkpoint was written"
+        raise StageFailed(f"stage {spec.index}: {e}; stopped, {kept}") from None
+    except checkpoint.CheckpointError as e:
+        raise checkpoint.CheckpointError(f"stage {spec.index}: {e}") from None
     steps = result.steps  # a loss-slope rule may end the stage before its cap
     log.info("stage %d: val loss %.4f -> %.4f in %d steps", spec.index, result.val_loss_init, result.val_loss, steps)
 
@@ -178,4 +218,5 @@ def run_stage(spec: StageSpec, parent: ModelRef | None, store: Store) -> StageRe
         ref=ref, params=model.num_params(), steps=steps, val_loss_init=result.val_loss_init,
         val_loss=result.val_loss, seconds=time.perf_counter() - start, skipped=False,
         train_curve=_shift(result.train_curve, offset), val_curve=_shift(result.val_curve, offset),
+        resumed_from=resume.step if resume else None,
     )  # fmt: skip

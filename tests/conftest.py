@@ -23,3 +23,45 @@ def workdir(tmp_path, monkeypatch):
     """An empty workdir with the embedded MLflow store (no MLFLOW_TRACKING_URI from the environment)."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return tmp_path / "work"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real HTTP S3 endpoint on 127.0.0.1 (moto), shared by the session; yields its URL."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+FAKE_KEY, FAKE_SECRET = "AKIAFAKEKEYFORTESTS1", "fake/secret+Xq93ZtT1sEcReT0nlyForTests"
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """AWS variables for the local S3 endpoint (test-scoped, never global) and a fresh bucket; yields its name."""
+    import uuid
+
+    env = {"AWS_ACCESS_KEY_ID": FAKE_KEY, "AWS_SECRET_ACCESS_KEY": FAKE_SECRET, "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL_S3": s3_server, "MLFLOW_S3_ENDPOINT_URL": s3_server}  # fmt: skip
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    from tasks.storage import s3_client
+
+    bucket = f"b-{uuid.uuid4().hex[:12]}"
+    s3_client().create_bucket(Bucket=bucket)
+    return bucket

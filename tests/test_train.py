@@ -50,3 +50,39 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     assert math.isclose(lr_at(55, cfg), 0.1 + 0.9 * 0.5)
     assert math.isclose(lr_at(100, cfg), 0.1)
     assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 100))
+
+
+def test_resuming_from_a_checkpoint_is_bitwise_identical_even_with_dropout():
+    cfg = CFG.model_copy(update={"dropout": 0.1})
+    steps = TRAIN.model_copy(update={"steps": 10, "eval_every": 3})
+    saved = {}
+
+    def keep(model):
+        def on_checkpoint(state):
+            saved[state.step] = ({k: v.clone() for k, v in model.state_dict().items()}, state)
+
+        return on_checkpoint
+
+    torch.manual_seed(0)
+    full = GPT(cfg)
+    ref = train(full, _corpus(), steps, cursor=8, seed=3, checkpoint_every=4, on_checkpoint=keep(full))
+    assert sorted(saved) == [4, 8, 10]
+    weights, state = saved[4]
+    resumed = GPT(cfg)
+    resumed.load_state_dict(weights)
+    out = train(resumed, _corpus(), steps, cursor=8, seed=3, resume=state)
+    assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in full.state_dict().items())
+    assert out.cursor == ref.cursor and out.train_curve == ref.train_curve and out.val_curve == ref.val_curve
+    assert all(torch.equal(v, out.moments[k]) for k, v in ref.moments.items())
+
+
+def test_a_nan_loss_stops_before_the_optimizer_step_and_names_the_step():
+    import pytest
+
+    from models.train import NonFiniteLoss
+
+    torch.manual_seed(0)
+    model = GPT(CFG)
+    with pytest.raises(NonFiniteLoss, match="at step 2") as err:
+        train(model, _corpus(), TRAIN.model_copy(update={"lr": 1e30, "warmup_steps": 0, "grad_clip": 1e30}))
+    assert err.value.step == 2

@@ -1,0 +1,38 @@
+"""Registration is exactly-once: a crash between logging the run and creating the version leaves an
+orphan run that the next attempt deletes; a version with the stage key is never created twice."""
+
+from pathlib import Path
+
+import pytest
+from mlflow.entities import ViewType
+
+from models.gpt import GPT
+from tasks.config import load_config
+from tasks.registry import Store, register
+from tasks.weights import save_model, save_optimizer
+
+SMOKE = Path(__file__).parent.parent / "configs" / "smoke.yaml"
+
+
+def test_an_orphan_run_is_cleaned_up_and_a_second_register_returns_the_same_version(workdir, tmp_path):
+    store, spec = Store.resolve(workdir), load_config(SMOKE).stage_specs()[0]
+    out = tmp_path / "model"
+    sha = save_model(GPT(spec.model), out)
+    tags = {"stage": "1", "n_layers": "3", "weights_sha256": sha, "stage_key": "key-1", "data_cursor": "0",
+            "global_step": "0", "optimizer_sha256": save_optimizer({}, out)}  # fmt: skip
+    client = store.client()
+    # an attempt that died after logging its run and artifacts, before create_model_version
+    exp = client.create_experiment(spec.experiment, artifact_location=store.artifact_location)
+    orphan = client.create_run(exp, run_name="stage-1", tags=tags).info.run_id
+    client.log_artifacts(orphan, str(out), "model")
+
+    ref = register(store, spec, model_dir=out, tags=tags, params={"steps": 0}, metrics={})
+    again = register(store, spec, model_dir=out, tags=tags, params={"steps": 0}, metrics={})
+
+    assert again.version == ref.version == "1" and again.run_id == ref.run_id != orphan
+    assert len(client.search_model_versions("name = 'staged-smoke'")) == 1
+    live = client.search_runs([exp], filter_string="tags.stage_key = 'key-1'")
+    assert [r.info.run_id for r in live] == [ref.run_id]
+    assert client.get_run(orphan).info.lifecycle_stage == "deleted"
+    assert len(client.search_runs([exp], run_view_type=ViewType.ALL)) == 2
+    assert str(client.get_model_version_by_alias("staged-smoke", "stage-1").version) == "1"
