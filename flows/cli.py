@@ -1,6 +1,7 @@
 """``staged``: the command line.
 
     staged run CONFIG [--workdir DIR] [--set dotted.key=value ...]
+    staged generate|eval MODEL_URI ...,  staged models list NAME   (flows/use_cli.py)
 
 User mistakes (a missing file, an unknown key, a wrong type, an impossible growth) end with a
 one-line message and exit code 2 before anything is trained or registered; a failed run exits 1.
@@ -14,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from flows.use_cli import add_use_commands, print_gate
 from tasks.config import ConfigError, PipelineConfig, load_config
 
 
@@ -82,6 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _fail(f"run {state.name.lower()}: {error}", code=1)
     results = state.result()
     _print_summary(results, workdir / f"{config.registry.model_name}-loss.png")
+    print_gate(workdir, config.registry.model_name, results[-1].ref.version)
     return 0
 
 
@@ -94,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value, e.g. --set stages.1.steps=0 (repeatable)")  # fmt: skip
     run.set_defaults(func=cmd_run)
+    add_use_commands(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 
