@@ -122,7 +122,8 @@ def test_pyfunc_and_mlflow_models_serve_match_the_project_loader(served_run, tmp
     assert np.array_equal(load_pyfunc(url, "models:/staged-smoke@champion").predict(ids), expected)
 
     port = _free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": url, "PYTHONPATH": str(ROOT)}
+    bin_dir = str(Path(MLFLOW).parent)  # `mlflow models serve` execs `uvicorn` by name, as in an activated venv
+    env = {**os.environ, "MLFLOW_TRACKING_URI": url, "PYTHONPATH": str(ROOT), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     args = [MLFLOW, "models", "serve", "-m", "models:/staged-smoke@champion", "--env-manager", "local",
             "-h", "127.0.0.1", "-p", str(port), "-w", "1"]  # fmt: skip
     proc = _start(args, tmp_path / "serve.log", f"http://127.0.0.1:{port}/ping", env)
