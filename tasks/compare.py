@@ -1,7 +1,7 @@
 """Comparison tables: the stages of one pipeline run, and the champion history across runs.
 
 Both go to Prefect (table artifacts) and to MLflow (markdown on the last stage's run). The
-history is derived from version tags (``gate_promoted_at``, set only on promotion), so it needs
+history is derived from version tags (``gate_promoted_at``, ``gate_replaced``: set only on promotion), so it needs
 no extra bookkeeping and survives any number of runs.
 """
 
@@ -54,7 +54,7 @@ def champion_history(store: Store, name: str, alias: str = "champion") -> list[d
         {
             "promoted at": v.tags["gate_promoted_at"], "version": str(v.version), "stage": v.tags.get("stage", ""),
             "layers": v.tags.get("n_layers", ""), "held-out val loss": v.tags.get("gate_val_loss", ""),
-            "replaced": v.tags.get("gate_champion_before", ""), "current": "yes" if str(v.version) == current else "",
+            "replaced": v.tags.get("gate_replaced", ""), "current": "yes" if str(v.version) == current else "",
         }  # fmt: skip
         for v in promoted
     ]

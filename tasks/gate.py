@@ -113,7 +113,7 @@ def run_gate(ref: ModelRef, store: Store, gate: GateConfig, data: DataConfig, se
         "gate_champion_val_loss": f"{champion.val_loss:.6f}" if champion else "",
     }  # fmt: skip
     if decision == "promoted":
-        tags["gate_promoted_at"] = now  # champion history: never overwritten by a later refusal
+        tags |= {"gate_promoted_at": now, "gate_replaced": before or ""}  # champion history: kept through later refusals
     for key, value in tags.items():
         client.set_model_version_tag(ref.name, ref.version, key, value)
     if decision == "promoted":
