@@ -52,3 +52,23 @@ def test_gate_report_is_logged_on_the_candidates_run(gated_runs):
     mv = store.client().get_model_version("staged-smoke", "3")
     text = mlflow.artifacts.load_text(f"{store.client().get_run(mv.run_id).info.artifact_uri}/gate/gate.md")
     assert "REFUSED" in text and "champion before | 6" in text and "bits/byte" in text
+
+
+@pytest.mark.integration
+def test_every_stage_gates_each_version_in_order(prefect_harness, workdir):
+    from pathlib import Path
+
+    from flows.staged import staged_training
+    from tasks.config import load_config
+    from tasks.registry import Store
+
+    smoke = Path(__file__).parent.parent / "configs" / "smoke.yaml"
+    config = load_config(smoke, ["gate.every_stage=true", "gate.margin=0", "stages.0.steps=3", "stages.1.steps=0", "stages.2.steps=0"])
+    staged_training(config, str(workdir))
+    client = Store.resolve(workdir).client()
+    tags = [client.get_model_version("staged-smoke", v).tags for v in ("1", "2", "3")]
+    assert tags[0]["gate_decision"] == "promoted" and tags[0]["gate_champion_before"] == ""
+    assert [t["gate_champion_before"] for t in tags[1:]] != ["", ""]  # each later stage met a champion
+    champion = str(client.get_registered_model("staged-smoke").aliases["champion"])
+    assert all(t["gate_decision"] in {"promoted", "refused"} for t in tags)
+    assert champion == max((t for t in tags if t["gate_decision"] == "promoted"), key=lambda t: t["stage"])["stage"]
