@@ -2,6 +2,7 @@
 
     staged run CONFIG [--workdir DIR] [--set dotted.key=value ...] [--from-version N]
     staged resume CONFIG [--workdir DIR] ...   (run, but only where an earlier run left a registry)
+    staged generate|eval MODEL_URI ...,  staged models list NAME   (flows/use_cli.py)
 
 Rerunning the same command resumes: registered stages are skipped, an interrupted one continues
 from its newest checkpoint. User mistakes (a missing file, an unknown key, a wrong type, an
@@ -18,6 +19,7 @@ import os
 import sys
 from pathlib import Path
 
+from flows.use_cli import add_use_commands, print_gate
 from tasks.config import ConfigError, PipelineConfig, load_config
 
 # MLflow's own HTTP retries (urllib3 backoff); its defaults wait minutes before giving up
@@ -158,6 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _fail(f"run {state.name.lower()}: {error}", code=1)
     results = state.result()
     _print_summary(results, workdir / f"{config.registry.model_name}-loss.png")
+    print_gate(workdir, config.registry.model_name, results[-1].ref.version)
     return 0
 
 
@@ -174,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--from-version", default=None, metavar="N",
                        help="start from registered version N: run the config's stages after N's stage, growing from it")  # fmt: skip
         p.set_defaults(func=cmd_run)
+    add_use_commands(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -1,6 +1,8 @@
 """The pipeline: each stage loads the previous stage's registered model, grows it, trains it and
 registers the result; the flow chains the stages and, on a rerun, skips those already registered
-and resumes the interrupted one from its newest checkpoint."""
+and resumes the interrupted one from its newest checkpoint. After the last stage (or every stage,
+with ``gate.every_stage``) the evaluation gate decides whether the new version becomes the
+champion; each version gets a model card."""
 
 from __future__ import annotations
 
@@ -8,7 +10,10 @@ from pathlib import Path
 
 from prefect import flow
 
+from tasks.card import write_card
+from tasks.compare import publish_comparison
 from tasks.config import PipelineConfig
+from tasks.gate import GateResult, run_gate
 from tasks.registry import Store, get_version
 from tasks.report import plot_losses, publish
 from tasks.stage import StageResult, run_stage, skipped_result
@@ -30,12 +35,17 @@ def staged_training(
         parent = get_version(store.client(), config.registry.model_name, from_version)
         results.append(skipped_result(parent, store, specs[parent.stage - 1].model))
         specs = specs[parent.stage :]
+    gated: GateResult | None = None
     for spec in specs:
         result = stage(spec, parent, store)  # configs and references in, never tensors
         results.append(result)
         parent = result.ref
+        gate_now = config.gate.enabled and (config.gate.every_stage or spec.index == len(config.stages))
+        gated = run_gate(result.ref, store, config.gate, config.data, config.seed) if gate_now else None
+        write_card(store, results, config.data, gated)
     png = plot_losses(results, Path(workdir) / f"{config.registry.model_name}-loss.png")
     publish(results, png, store)
+    publish_comparison(store, results, gated, config.gate.alias)
     return results
 
 

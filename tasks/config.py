@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -26,7 +26,7 @@ from models.policy import ScheduleConfig, UntilConfig, step_cap
 from models.train import TrainConfig
 from tasks.storage import check_uri
 
-__all__ = ["GrowthConfig", "OptimizerConfig", "ScheduleConfig", "UntilConfig", "PipelineConfig", "StageSpec", "load_config"]
+__all__ = ["GateConfig", "GrowthConfig", "OptimizerConfig", "ScheduleConfig", "UntilConfig", "PipelineConfig", "StageSpec", "load_config"]
 
 
 class ConfigError(ValueError):
@@ -82,6 +82,23 @@ class StorageConfig(Strict):
         return None if uri is None else check_uri(uri)
 
 
+class GateConfig(Strict):
+    """The evaluation gate: which version may become the champion alias (tasks/gate.py).
+
+    Not part of any stage key: changing the gate never retrains anything.
+    """
+
+    enabled: bool = True
+    metric: Literal["val_loss", "bpb"] = "val_loss"  # lower is better for both; bpb = val_loss / ln 2
+    margin: float = Field(0.01, ge=0)  # the candidate must beat the champion by more than this, in the metric's unit
+    every_stage: bool = False  # gate every stage's version, not only the last one
+    alias: str = Field("champion", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+    eval_batches: int = Field(8, ge=1)  # held-out set: this many fixed validation batches...
+    batch_size: int = Field(16, ge=1)  # ...of this many sequences of the model's context
+    prompt: str = "def "  # the fixed generation sample: seeded, so the same version always writes the same text
+    sample_bytes: int = Field(64, ge=0)
+
+
 class StageSpec(Strict):
     """Everything one stage needs, resolved: stage k of a pipeline (1-based)."""
 
@@ -118,6 +135,7 @@ class PipelineConfig(Strict):
     model: WidthConfig = WidthConfig()
     train: TrainConfig = TrainConfig()
     registry: RegistryConfig = RegistryConfig()
+    gate: GateConfig = GateConfig()
     stages: list[StageConfig] = Field(
         default=[StageConfig(n_layers=3, steps=400), StageConfig(n_layers=6, steps=250), StageConfig(n_layers=12, steps=200)],
         min_length=1,

@@ -34,6 +34,7 @@ from tasks import checkpoint
 from tasks.config import StageSpec
 from tasks.registry import ModelRef, Store, download_with_optimizer, finalize, find_version, metric_history, register
 from tasks.storage import Storage, open_storage
+from tasks.serving import add_pyfunc
 from tasks.weights import OPTIMIZER, save_model, save_optimizer
 
 
@@ -199,6 +200,7 @@ def run_stage(spec: StageSpec, parent: ModelRef | None, store: Store) -> StageRe
     with tempfile.TemporaryDirectory(prefix="staged-model-") as tmp:
         sha = save_model(model, Path(tmp))
         optimizer_sha = save_optimizer(result.moments, Path(tmp))
+        add_pyfunc(Path(tmp), spec.model.context)  # the same directory is also an MLflow pyfunc model
         tags = {
             "stage": str(spec.index), "n_layers": str(spec.model.n_layers),
             "parent_version": parent.version if parent else "", "weights_sha256": sha, "stage_key": key,

@@ -65,3 +65,35 @@ def s3_env(s3_server, monkeypatch):
     bucket = f"b-{uuid.uuid4().hex[:12]}"
     s3_client().create_bucket(Bucket=bucket)
     return bucket
+
+
+@pytest.fixture(scope="session")
+def gated_runs(prefect_harness, tmp_path_factory):
+    """Two smoke pipelines with different seeds in one embedded store, gated in a known order.
+
+    1. seed 1, a few steps ("worse"): no champion yet, so its version 3 is promoted.
+    2. seed 0, full smoke ("better"), with a margin larger than its gain: refused.
+    3. the same run again (stages skipped, gate only) with the default margin: version 6 promoted.
+    4. the worse run again (gate only): refused, the champion stays 6.
+    Returns the workdir and the four final-version GateResults' tags, read after each step.
+    """
+    from pathlib import Path
+
+    from flows.staged import staged_training
+    from tasks.config import load_config
+    from tasks.registry import Store
+
+    smoke = Path(__file__).parent.parent / "configs" / "smoke.yaml"
+    worse = ["seed=1", "stages.0.steps=2", "stages.1.steps=1", "stages.2.steps=1"]
+    workdir = tmp_path_factory.mktemp("gated")
+    steps = [worse, ["gate.margin=100"], [], worse]
+    snapshots = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        client = Store.resolve(workdir).client()
+        for overrides in steps:
+            results = staged_training(load_config(smoke, overrides), str(workdir))
+            mv = client.get_model_version("staged-smoke", results[-1].ref.version)
+            champion = client.get_registered_model("staged-smoke").aliases.get("champion")
+            snapshots.append({"version": str(mv.version), "tags": dict(mv.tags), "champion": str(champion), "results": results})
+    return workdir, snapshots

@@ -61,6 +61,7 @@ def test_run_smoke_prints_the_summary_and_keeps_everything_in_the_workdir(tmp_pa
     for header in ("stage", "layers", "params", "steps", "val loss", "wall s", "version"):
         assert header in proc.stdout
     assert "staged-smoke-loss.png" in proc.stdout
+    assert "gate: version 3 promoted: no champion yet" in proc.stdout  # the gate's decision is reported
     assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]  # no mlruns/ or mlflow.db in the cwd
     written = {p.name for p in (tmp_path / "work").iterdir()}
     assert {"mlflow.db", "mlartifacts", "prefect.db", "staged-smoke-loss.png"} <= written

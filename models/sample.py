@@ -1,0 +1,53 @@
+"""Sampling bytes from a GPT: pure PyTorch, so the CLI, the evaluation gate and the MLflow pyfunc
+wrapper all produce text the same way."""
+
+from __future__ import annotations
+
+import torch
+
+from models.gpt import GPT
+
+
+@torch.no_grad()
+def generate(
+    model: GPT,
+    prompt: bytes,
+    max_new_bytes: int = 200,
+    *,
+    temperature: float = 0.8,
+    top_k: int | None = 40,
+    seed: int = 0,
+) -> bytes:
+    """The prompt's continuation (new bytes only).
+
+    temperature 0 is greedy decoding. A local generator seeded with ``seed`` makes a sample
+    reproducible without touching the global RNG (training code relies on it).
+    The model sees at most its last ``context`` bytes, as during training.
+    """
+    if not prompt:
+        prompt = b"\n"  # the model needs at least one byte to condition on
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    idx = torch.tensor([list(prompt)], dtype=torch.long, device=device)  # (1, T)
+    out: list[int] = []
+    for _ in range(max_new_bytes):
+        logits = model(idx[:, -model.cfg.context :])[0, -1].float()  # (256,)
+        if temperature <= 0:
+            nxt = int(logits.argmax())
+        else:
+            logits = logits / temperature
+            if top_k is not None and top_k < logits.numel():
+                kth = torch.topk(logits, top_k).values[-1]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            nxt = int(torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=gen))
+        out.append(nxt)
+        idx = torch.cat([idx, torch.tensor([[nxt]], device=device)], dim=1)
+    model.train(was_training)
+    return bytes(out)
+
+
+def decode(data: bytes) -> str:
+    """Bytes as text; a model can emit invalid UTF-8, which is shown, not raised."""
+    return data.decode("utf-8", errors="replace")

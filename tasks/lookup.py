@@ -1,0 +1,101 @@
+"""Finding and loading registered versions by ``models:/`` URI, for people and for the gate.
+
+Every failure a user can cause (a malformed URI, a model, version or alias that does not exist,
+a workdir with no store) is a :class:`UseError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+
+import mlflow
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from models.gpt import GPT
+from tasks.registry import Store
+from tasks.weights import load_state
+
+_URI = re.compile(r"^models:/(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)(?:/(?P<version>\d+|latest)|@(?P<alias>[A-Za-z0-9_-]+))$")
+
+
+class UseError(ValueError):
+    """A bad URI or a missing model, version or alias; the message is one line."""
+
+
+def parse_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """``models:/NAME/VERSION``, ``models:/NAME/latest`` or ``models:/NAME@ALIAS`` -> (name, version, alias)."""
+    m = _URI.match(uri)
+    if not m:
+        raise UseError(f"bad model URI {uri!r}: expected models:/NAME/VERSION, models:/NAME/latest or models:/NAME@ALIAS")
+    return m["name"], m["version"], m["alias"]
+
+
+def open_store(workdir: str | Path) -> Store:
+    """The store ``staged run`` used; an embedded one must already exist (reading never creates a database)."""
+    store = Store.resolve(workdir)
+    if store.tracking_uri.startswith("sqlite:///") and store.artifact_location is not None:
+        db = Path(store.tracking_uri.removeprefix("sqlite:///"))
+        if not db.is_file():
+            raise UseError(f"no MLflow store at {db} (run `staged run` with this --workdir, or set MLFLOW_TRACKING_URI)")
+    return store
+
+
+def _one_line(e: MlflowException) -> str:
+    return (e.message or str(e)).strip().splitlines()[0]
+
+
+def registered_model(store: Store, name: str):
+    client = store.client()
+    try:
+        found = client.search_registered_models(f"name = '{name}'")
+    except MlflowException as e:
+        raise UseError(f"cannot reach the registry at {store.tracking_uri}: {_one_line(e)}") from None
+    if not found:
+        raise UseError(f"no registered model named {name!r} in {store.tracking_uri}")
+    return client.get_registered_model(name)
+
+
+def resolve(store: Store, uri: str) -> ModelVersion:
+    """The model version a ``models:/`` URI names."""
+    name, version, alias = parse_uri(uri)
+    model = registered_model(store, name)
+    client = store.client()
+    try:
+        if alias is not None:
+            if alias not in model.aliases:
+                known = ", ".join(sorted(model.aliases)) or "none"
+                raise UseError(f"model {name!r} has no alias {alias!r} (aliases: {known})")
+            return client.get_model_version_by_alias(name, alias)
+        if version == "latest":
+            versions = client.search_model_versions(f"name = '{name}'")
+            if not versions:
+                raise UseError(f"model {name!r} has no versions")
+            return max(versions, key=lambda v: int(v.version))
+        return client.get_model_version(name, version)
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise UseError(f"model {name!r} has no version {version}") from None
+        raise UseError(f"{uri}: {_one_line(e)}") from None
+
+
+def load_model(store: Store, mv: ModelVersion) -> GPT:
+    """The project's own loader: download the version's source, verify its sha256 tag, rebuild the GPT (eval mode)."""
+    with tempfile.TemporaryDirectory(prefix="staged-use-") as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=tmp, tracking_uri=store.tracking_uri))
+        cfg, state = load_state(local, mv.tags.get("weights_sha256"))
+    model = GPT(cfg)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def versions(store: Store, name: str) -> tuple[list[ModelVersion], dict[str, list[str]]]:
+    """All versions of ``name`` (oldest first) and each version's aliases."""
+    model = registered_model(store, name)
+    found = sorted(store.client().search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
+    aliases: dict[str, list[str]] = {}
+    for alias, version in sorted(model.aliases.items()):
+        aliases.setdefault(str(version), []).append(alias)
+    return found, aliases

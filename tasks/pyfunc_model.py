@@ -1,0 +1,46 @@
+"""MLflow models-from-code entry point: the pyfunc flavour of a staged model version.
+
+MLflow copies this file into the version's ``model/`` directory and executes it on
+``mlflow.pyfunc.load_model``; it sits next to ``model.safetensors`` and ``config.json``, which it
+reads from its own directory. No Python object is pickled, at logging or at loading: the weights
+are safetensors, the config JSON, and the code is this file plus the installed ``models`` package.
+
+Input: byte ids, int64 of shape (batch, T) with T <= the model's context. Output: float32 logits
+of shape (batch, T, 256), exactly what ``models.gpt.GPT`` returns.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from models.gpt import GPT, GPTConfig
+
+HERE = Path(__file__).resolve().parent  # MLflow loads this file from the model directory itself
+
+
+
+class StagedGPT(mlflow.pyfunc.PythonModel):
+    """Logits for byte ids, from the safetensors + config.json beside this file."""
+
+    _skip_type_hint_validation = True  # the signature is explicit (tasks/serving.py); no type-hint wrapping
+
+    def load_context(self, context) -> None:
+        cfg = GPTConfig.model_validate_json((HERE / "config.json").read_text())
+        self.model = GPT(cfg)
+        self.model.load_state_dict(load_file(HERE / "model.safetensors"), strict=True)
+        self.model.eval()
+
+    def predict(self, context, model_input, params=None) -> np.ndarray:
+        ids = torch.as_tensor(np.asarray(model_input, dtype=np.int64))
+        if ids.dim() == 1:
+            ids = ids.unsqueeze(0)
+        with torch.no_grad():
+            return self.model(ids).float().numpy()
+
+
+mlflow.models.set_model(StagedGPT())

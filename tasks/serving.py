@@ -1,0 +1,125 @@
+"""The MLflow pyfunc flavour of a version, written with models-from-code (no pickle anywhere).
+
+``add_pyfunc(model_dir)`` turns a saved ``model.safetensors`` + ``config.json`` directory into one
+that is also a valid MLflow model (MLmodel, the code file tasks/pyfunc_model.py, a copy of the
+``models`` package's sources, environment files, signature and input example). The registered
+version's source stays that one directory, so tools that read the safetensors directly keep
+working, and ``mlflow.pyfunc.load_model("models:/name@alias")`` / ``mlflow models serve`` work too.
+
+``mlflow.pyfunc.save_model`` is used rather than ``log_model``: it writes files only, so no
+LoggedModel, no fluent run and no process-global tracking URI are involved; the stage's run then
+uploads the directory through its explicit client as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+
+import models
+
+CODE = Path(__file__).with_name("pyfunc_model.py")
+EXAMPLE = b"def main():\n    "
+_PINNED = ("torch", "safetensors", "pydantic", "numpy", "mlflow")
+
+
+def requirements() -> list[str]:
+    """Exact versions of what the wrapper imports (explicit: MLflow's inference would load the model in a subprocess)."""
+    reqs = []
+    for name in _PINNED:
+        try:
+            reqs.append(f"{name}=={version(name).split('+')[0]}")
+        except PackageNotFoundError:
+            reqs.append(name)
+    return reqs
+
+
+def signature():
+    """int64 byte ids (batch, T) -> float32 logits (batch, T, 256)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype("int64"), (-1, -1))]),
+        outputs=Schema([TensorSpec(np.dtype("float32"), (-1, -1, 256))]),
+    )
+
+
+def input_example(context: int) -> np.ndarray:
+    return np.array([list(EXAMPLE[:context])], dtype=np.int64)
+
+
+def add_pyfunc(model_dir: Path, context: int) -> None:
+    """Make ``model_dir`` (model.safetensors + config.json) also an MLflow pyfunc model directory."""
+    import mlflow.pyfunc
+
+    with tempfile.TemporaryDirectory(prefix="staged-pyfunc-") as tmp:
+        code = Path(tmp) / "code" / "models"  # sources only: no __pycache__ bytecode in the artifact
+        code.mkdir(parents=True)
+        for src in Path(models.__file__).parent.glob("*.py"):
+            shutil.copy2(src, code / src.name)
+        out = Path(tmp) / "pyfunc"
+        with _quiet("mlflow.pyfunc", "mlflow.models"):
+            mlflow.pyfunc.save_model(
+                str(out), python_model=str(CODE), code_paths=[str(code)], signature=signature(),
+                input_example=input_example(context), pip_requirements=requirements(),
+            )  # fmt: skip
+        for item in out.iterdir():
+            if (model_dir / item.name).exists():
+                raise FileExistsError(f"pyfunc file {item.name} would overwrite {model_dir / item.name}")
+            shutil.move(str(item), model_dir / item.name)
+
+
+@contextmanager
+def _quiet(*loggers: str) -> Iterator[None]:
+    saved = [(logging.getLogger(n), logging.getLogger(n).level) for n in loggers]
+    for logger, _ in saved:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in saved:
+            logger.setLevel(level)
+
+
+@contextmanager
+def mlflow_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's process-global tracking and registry URIs at ``uri`` for a block, then restore them.
+
+    Only for APIs that read the globals (``mlflow.pyfunc.load_model("models:/…")``); set_tracking_uri
+    also writes the MLFLOW_*_URI environment variables, so those are restored too. Not thread-safe.
+    """
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    saved = tracking_utils._tracking_uri, registry_utils._registry_uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved[0])
+        registry_utils._registry_uri = saved[1]
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def load_pyfunc(tracking_uri: str, model_uri: str):
+    """``mlflow.pyfunc.load_model(model_uri)`` against ``tracking_uri``, leaving global state as it was."""
+    import mlflow.pyfunc
+
+    with mlflow_uri(tracking_uri):
+        return mlflow.pyfunc.load_model(model_uri)

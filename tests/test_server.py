@@ -1,0 +1,137 @@
+"""The same pipeline and commands against a real MLflow server on loopback, and `mlflow models serve`."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from flows.cli import main
+from flows.staged import staged_training
+from tasks.config import load_config
+from tasks.lookup import load_model, resolve
+from tasks.registry import Store
+from tasks.serving import load_pyfunc
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).parent.parent
+MLFLOW = str(Path(sys.executable).parent / "mlflow")
+SHORT = ["stages.0.steps=4", "stages.1.steps=2", "stages.2.steps=1"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(url: str, proc: subprocess.Popen, log: Path, seconds: float = 120) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: process exited {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} not healthy after {seconds} s: {log.read_text()[-2000:]}")
+
+
+def _start(args: list[str], log: Path, health: str, env: dict | None = None) -> subprocess.Popen:
+    proc = subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    try:
+        _wait(health, proc, log)
+    except BaseException:
+        _stop(proc)
+        raise
+    return proc
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """By PID: the CLI stops its own children (uvicorn workers) on SIGTERM."""
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    args = [MLFLOW, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", (root / "artifacts").as_uri()]  # fmt: skip
+    proc = _start(args, root / "server.log", f"http://127.0.0.1:{port}/health", env)
+    yield f"http://127.0.0.1:{port}", root
+    _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def served_run(server, prefect_harness, tmp_path_factory):
+    url, _ = server
+    workdir = tmp_path_factory.mktemp("server-run")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", url)
+        results = staged_training(load_config(ROOT / "configs" / "smoke.yaml", SHORT), str(workdir))
+    return url, workdir, results
+
+
+def test_pipeline_gate_and_commands_against_the_server(served_run, capsys, monkeypatch):
+    url, workdir, results = served_run
+    assert not (workdir / "mlflow.db").exists()  # everything went to the server
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    monkeypatch.setenv("COLUMNS", "200")
+    store = Store.resolve(workdir)
+    assert store.client().get_model_version("staged-smoke", "3").tags["gate_decision"] == "promoted"
+    assert main(["models", "list", "staged-smoke"]) == 0
+    listing = capsys.readouterr().out
+    assert "champion, stage-3" in listing and "promoted" in listing
+    assert main(["eval", "models:/staged-smoke@champion"]) == 0
+    assert "bits/byte" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "models:/staged-smoke@nope"])
+    assert e.value.code == 2 and "has no alias 'nope'" in capsys.readouterr().err
+    # the real command, as a user runs it
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "generate", "models:/staged-smoke@champion", "--prompt", "def ", "--max-bytes", "20"],
+        cwd=workdir, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.startswith("def "), proc.stderr[-2000:]
+    assert sorted(p.name for p in workdir.iterdir()) == ["staged-smoke-loss.png"]
+
+
+def test_pyfunc_and_mlflow_models_serve_match_the_project_loader(served_run, tmp_path):
+    url, _, _ = served_run
+    store = Store(tracking_uri=url)
+    ids = np.array([list(b"def f(x):\n")], dtype=np.int64)
+    with torch.no_grad():
+        expected = load_model(store, resolve(store, "models:/staged-smoke@champion"))(torch.from_numpy(ids)).numpy()
+    assert np.array_equal(load_pyfunc(url, "models:/staged-smoke@champion").predict(ids), expected)
+
+    port = _free_port()
+    bin_dir = str(Path(MLFLOW).parent)  # `mlflow models serve` execs `uvicorn` by name, as in an activated venv
+    env = {**os.environ, "MLFLOW_TRACKING_URI": url, "PYTHONPATH": str(ROOT), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    args = [MLFLOW, "models", "serve", "-m", "models:/staged-smoke@champion", "--env-manager", "local",
+            "-h", "127.0.0.1", "-p", str(port), "-w", "1"]  # fmt: skip
+    proc = _start(args, tmp_path / "serve.log", f"http://127.0.0.1:{port}/ping", env)
+    try:
+        body = json.dumps({"inputs": ids.tolist()}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            got = np.array(json.load(r)["predictions"], dtype=np.float32)
+    finally:
+        _stop(proc)
+    assert np.array_equal(got, expected)
