@@ -110,7 +110,7 @@ def test_pipeline_gate_and_commands_against_the_server(served_run, capsys, monke
         cwd=workdir, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0 and proc.stdout.startswith("def "), proc.stderr[-2000:]
-    assert sorted(p.name for p in workdir.iterdir()) == ["staged-smoke-loss.png"]
+    assert sorted(p.name for p in workdir.iterdir()) == ["checkpoints", "staged-smoke-loss.png"]  # no local store
 
 
 def test_pyfunc_and_mlflow_models_serve_match_the_project_loader(served_run, tmp_path):
