@@ -1,6 +1,7 @@
 """``staged``: the command line.
 
     staged run CONFIG [--workdir DIR] [--set dotted.key=value ...]
+    staged bench --preset quick --out FILE.json [--workdir DIR]   (options: bench/main.py)
 
 User mistakes (a missing file, an unknown key, a wrong type, an impossible growth) end with a
 one-line message and exit code 2 before anything is trained or registered; a failed run exits 1.
@@ -94,6 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value, e.g. --set stages.1.steps=0 (repeatable)")  # fmt: skip
     run.set_defaults(func=cmd_run)
+    bench = sub.add_parser("bench", help="staged vs scratch benchmark: time/FLOPs to target, efficiency, report")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # the benchmark's module is imported only when it is asked for
+        from bench.main import add_arguments, cmd_bench
+
+        add_arguments(bench)
+        bench.set_defaults(func=cmd_bench)
     args = parser.parse_args(argv)
     return args.func(args)
 
