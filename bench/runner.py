@@ -72,8 +72,12 @@ def _check_policies(schedule: Schedule) -> None:
 def run_arm(
     preset: Preset, schedule: Schedule, corpus: ByteCorpus, seed: int, *, stop_below: float | None = None
 ) -> ArmResult:
-    """Train every stage of ``schedule`` in turn; stop early once val loss <= ``stop_below``."""
+    """Train every stage of ``schedule`` in turn; stop once the *final* stage's val loss <= ``stop_below``
+    (a smaller model that reaches the target on the way does not count: see bench.main.final_stage)."""
     _check_policies(schedule)
+    if schedule.baseline:
+        schedule = schedule.model_copy(update={"stages": [p.model_copy(update={"train": {**preset.scratch_train, **p.train}})
+                                                          for p in schedule.stages]})  # fmt: skip
     device = resolve_device(preset.train.device)
     val = corpus.val_batches(preset.eval_batches, preset.eval_batch_size)
     arm, clock = ArmResult(schedule.name, seed), Clock()
@@ -105,7 +109,7 @@ def run_arm(
                 return
             clock.pause()
             loss = record(model, k, step0 + info.step, tokens0 + info.step * tok_step, flops0 + info.step * flops_step)
-            if stop_below is not None and loss <= stop_below:
+            if stop_below is not None and loss <= stop_below and k == len(schedule.stages):
                 raise _Reached
             clock.start()
 

@@ -44,9 +44,11 @@ def test_flops_formula_is_6n_plus_attention():
     assert train_flops_per_token(cfg) == 6 * n + 6 * 2 * 4 * 8
 
 
-def _arm(schedule: str, seed: int, curve: list[tuple[float, float]]) -> dict:
-    points = [Point(1, i, t, i * 10, t * 100.0, loss).as_dict() for i, (t, loss) in enumerate(curve)]
-    return {"schedule": schedule, "seed": seed, "points": points, "final_val_loss": points[-1]["val_loss"]}
+def _arm(schedule: str, seed: int, curve: list[tuple[float, float]], stages: list[int] | None = None) -> dict:
+    stages = stages or [1] * len(curve)
+    points = [Point(k, i, t, i * 10, t * 100.0, loss).as_dict() for i, ((t, loss), k) in enumerate(zip(curve, stages))]
+    boundaries = [{"stage": k} for k in sorted(set(stages))]
+    return {"schedule": schedule, "seed": seed, "points": points, "final_val_loss": points[-1]["val_loss"], "boundaries": boundaries}
 
 
 def test_summarise_computes_ratios_per_seed_from_known_curves():
@@ -66,6 +68,16 @@ def test_summarise_computes_ratios_per_seed_from_known_curves():
     assert s["best_schedule"] == "plain"  # two-stage missed the target on one seed: it cannot win
     assert s["time_to_target_ratio"] == pytest.approx(0.55)
     assert s["schedules"]["two-stage"]["time_to_target_ratio"]["mean"] is None
+
+
+def test_only_the_final_architecture_counts():
+    arms = [
+        _arm("scratch", 0, [(0, 5.0), (100, 2.0)]),
+        # the 2nd stage (a smaller model) dips below 2.0 at t=40; the final stage gets there at t=80
+        _arm("plain", 0, [(0, 5.0), (40, 1.9), (40, 2.4), (80, 2.0)], stages=[1, 1, 2, 2]),
+    ]
+    row = summarise(PRESETS["tiny"], arms)["schedules"]["plain"]["per_seed"][0]
+    assert row["time_ratio"] == pytest.approx(0.8) and row["reached_before_final_stage"]
 
 
 def test_stage_steps_are_shares_of_the_scratch_budget():
@@ -107,3 +119,12 @@ def test_bench_runs_end_to_end_on_a_tiny_preset(tmp_path):
 def test_unknown_schedule_is_a_one_line_error():
     with pytest.raises(ValueError, match="unknown schedules"):
         build_preset("quick", "nope", None, [])
+
+
+def test_baseline_variants_train_on_top_of_the_tuned_scratch_settings():
+    from bench.spec import scratch_schedule
+
+    preset = PRESETS["quick"]
+    assert scratch_schedule(preset).stages[0].train == preset.scratch_train
+    variant = SCHEDULES["scratch-lr0.006"]
+    assert variant.baseline and variant.stages[0].train == {"lr": 6e-3}
