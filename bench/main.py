@@ -3,7 +3,7 @@
     staged bench --preset quick --out FILE.json [--workdir DIR] [--schedules a,b] [--seeds 0,1,2] [--set key=value]
 
 Per seed the scratch arm runs first (its final val loss is the target), then each schedule,
-stopping once it reaches the target. Arms of one seed run back to back, so a shared machine's
+stopping once its final stage reaches the target. Arms of one seed run back to back, so a shared machine's
 load drifts over both; every speed figure is a ratio of two things measured in this run.
 """
 
