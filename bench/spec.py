@@ -120,7 +120,7 @@ SCHEDULES: dict[str, Schedule] = {
 }  # fmt: skip
 # The baseline gets the same tuning effort: scratch variants, run as "schedules" against the default
 # scratch arm (ratio < 1 means the variant is the better baseline and should become scratch_train).
-for _k, _v in [("lr", 1e-3), ("lr", 2e-3), ("lr", 3e-3), ("lr", 4e-3), ("lr", 6e-3), ("warmup_steps", 5), ("warmup_steps", 60)]:
+for _k, _v in [("lr", 1e-3), ("lr", 2e-3), ("lr", 3e-3), ("lr", 4e-3), ("lr", 6e-3), ("warmup_steps", 5), ("warmup_steps", 20), ("warmup_steps", 60)]:
     _n = f"scratch-{'wu' if _k == 'warmup_steps' else 'lr'}{_v:g}"
     SCHEDULES[_n] = Schedule(name=_n, stages=[StagePlan(n_layers=12, share=1.0, train={_k: _v})], note="baseline sweep", baseline=True)
 
