@@ -136,8 +136,8 @@ PRESETS: dict[str, Preset] = {
     ),
     "cpu": Preset(
         name="cpu", model=GPTConfig(n_layers=12, d_model=128, n_heads=4, d_ff=512, context=128), data=DataConfig(),
-        train=TrainConfig(batch_size=32, lr=2e-3, warmup_steps=20), scratch_train=_SCRATCH_TUNED, scratch_steps=400,
-        eval_every=25, eval_batches=4, eval_batch_size=32, seeds=[0, 1, 2], schedules=["nodecay-lr4"],
+        train=TrainConfig(batch_size=32, lr=2e-3, warmup_steps=20), scratch_train=_SCRATCH_TUNED, scratch_steps=300,
+        eval_every=20, eval_batches=4, eval_batch_size=32, seeds=[0, 1, 2], schedules=["nodecay-lr4"],
     ),
     "gpu": Preset(
         name="gpu", model=GPTConfig(n_layers=12, d_model=512, n_heads=8, d_ff=2048, context=512), data=DataConfig(),
