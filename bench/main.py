@@ -88,6 +88,10 @@ def _log(msg: str) -> None:
 def run_bench(preset: Preset, workdir: Path, *, flow: bool = True, publish_artifacts: bool = True, log=_log) -> dict:
     torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
     workdir.mkdir(parents=True, exist_ok=True)
+    if flow or publish_artifacts:  # before anything imports prefect or matplotlib: keep their files in the workdir
+        from bench.orchestration import embedded_env
+
+        embedded_env(workdir)
     started = time.perf_counter()
     corpora = {seed: ByteCorpus(preset.data, preset.model.context, seed) for seed in preset.seeds}
     log(f"[bench] efficiency: train() vs bare loop, matmul peak ({preset.name})")
@@ -122,9 +126,6 @@ def run_bench(preset: Preset, workdir: Path, *, flow: bool = True, publish_artif
     files[1].write_text(md)
     files.append(write_json({**summary, "arms": arms}, workdir / f"bench-{preset.name}.json"))
     if publish_artifacts:
-        from bench.orchestration import embedded_env
-
-        embedded_env(workdir)
         summary["artifacts"] = publish(summary, files, md, workdir)
     summary["files"] = [str(f) for f in files]
     return summary | {"arms": arms}
