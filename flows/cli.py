@@ -3,6 +3,7 @@
     staged run CONFIG [--workdir DIR] [--set dotted.key=value ...] [--from-version N]
     staged resume CONFIG [--workdir DIR] ...   (run, but only where an earlier run left a registry)
     staged generate|eval MODEL_URI ...,  staged models list NAME   (flows/use_cli.py)
+    staged bench --preset quick --out FILE.json [--workdir DIR]   (options: bench/main.py)
 
 Rerunning the same command resumes: registered stages are skipped, an interrupted one continues
 from its newest checkpoint. User mistakes (a missing file, an unknown key, a wrong type, an
@@ -178,6 +179,13 @@ def main(argv: list[str] | None = None) -> int:
                        help="start from registered version N: run the config's stages after N's stage, growing from it")  # fmt: skip
         p.set_defaults(func=cmd_run)
     add_use_commands(sub)
+    bench = sub.add_parser("bench", help="staged vs scratch benchmark: time/FLOPs to target, efficiency, report")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # the benchmark's module is imported only when it is asked for
+        from bench.main import add_arguments, cmd_bench
+
+        add_arguments(bench)
+        bench.set_defaults(func=cmd_bench)
     args = parser.parse_args(argv)
     return args.func(args)
 

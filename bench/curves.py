@@ -1,0 +1,64 @@
+"""Pure functions on measured curves: when a curve first reaches a target, and spread over seeds.
+
+Kept free of torch and I/O so the figures the benchmark reports can be checked on hand-made curves.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Point:
+    """One validation eval. ``seconds`` is training wall time so far, eval time excluded."""
+
+    stage: int
+    step: int  # global step over all stages
+    seconds: float
+    tokens: int
+    flops: float
+    val_loss: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def time_to_target(curve: Sequence[tuple[float, float]], target: float) -> float | None:
+    """The first x at which the loss reaches ``target``, linearly interpolated between the last
+    eval above it and the first at or below it; None if the curve never gets there.
+
+    ``curve`` is (x, loss) in increasing x (x = seconds, tokens or FLOPs)."""
+    prev: tuple[float, float] | None = None
+    for x, loss in curve:
+        if loss <= target:
+            if prev is None or prev[1] == loss:
+                return float(x)
+            x0, l0 = prev
+            return x0 + (x - x0) * (l0 - target) / (l0 - loss)
+        prev = (x, loss)
+    return None
+
+
+def to_target(points: Sequence[Point], target: float, axis: str) -> float | None:
+    return time_to_target([(getattr(p, axis), p.val_loss) for p in points], target)
+
+
+def ratio(staged: float | None, scratch: float | None) -> float | None:
+    """staged / scratch; None when the staged arm never reached the target."""
+    if staged is None or not scratch:
+        return None
+    return staged / scratch
+
+
+def spread(values: Sequence[float | None]) -> dict[str, float | int | None]:
+    """Mean, sample std, min, max over seeds; a seed that never reached the target makes the mean None
+    (reported as 'not reached', never silently dropped)."""
+    reached = [v for v in values if v is not None and math.isfinite(v)]
+    out: dict[str, float | int | None] = {"n": len(values), "reached": len(reached)}
+    if not reached or len(reached) < len(values):
+        return {**out, "mean": None, "std": None, "min": min(reached, default=None), "max": max(reached, default=None)}
+    std = statistics.stdev(reached) if len(reached) > 1 else 0.0
+    return {**out, "mean": statistics.fmean(reached), "std": std, "min": min(reached), "max": max(reached)}

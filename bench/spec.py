@@ -1,0 +1,156 @@
+"""What a benchmark runs: presets (model, data, budget, seeds) and staged schedules, by name.
+
+A schedule is a list of stages; each stage names its growth operator, optimizer policy and LR
+policy as *strings*, so the operators and policies of the growth branch (interleave, identity,
+masked, width; optimizer transfer; LR continue) plug in by name without changing this file's shape.
+Stage lengths are *shares* of the scratch baseline's step count, so one schedule fits every preset.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.data import DataConfig
+from models.gpt import GPTConfig
+from models.train import TrainConfig
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StagePlan(Strict):
+    n_layers: int = Field(ge=1)
+    share: float = Field(gt=0)  # steps = round(share * preset.scratch_steps)
+    growth: str = "stack"  # a models.growth.OPERATORS name; ignored for the first stage
+    optimizer: Literal["reset", "transfer"] = "reset"  # transfer: Adam moments (growth branch)
+    schedule: Literal["rewarm", "continue"] = "rewarm"  # continue: one LR curve across stages (growth branch)
+    train: dict[str, Any] = {}  # TrainConfig overrides for this stage: lr, warmup_steps, batch_size, min_lr_ratio
+    model: dict[str, Any] = {}  # GPTConfig overrides (width growth), e.g. {d_model: 64}
+
+
+class Schedule(Strict):
+    name: str
+    stages: list[StagePlan] = Field(min_length=1)
+    note: str = ""  # why this schedule exists, shown in the report
+    baseline: bool = False  # a scratch variant: its stage trains on top of the preset's scratch_train
+
+
+class Preset(Strict):
+    name: str
+    model: GPTConfig  # the final (scratch) architecture
+    data: DataConfig
+    train: TrainConfig  # shared defaults; `steps`, `eval_*` are set per stage by the runner
+    scratch_train: dict[str, Any] = {}  # the scratch baseline's tuned overrides (swept like the staged ones)
+    scratch_steps: int = Field(ge=2)
+    eval_every: int = Field(ge=1)  # steps between validation evals, in every stage and arm
+    eval_batches: int = Field(ge=1)
+    eval_batch_size: int = Field(ge=1)
+    seeds: list[int] = Field(min_length=1)
+    schedules: list[str] = Field(min_length=1)  # names in SCHEDULES; the first one also runs through the flow
+    throughput_steps: int = Field(12, ge=4)  # steps per throughput sample (train() vs bare loop)
+    throughput_rounds: int = Field(3, ge=1)
+    matmul_size: int = 2048
+    peak_dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+def scratch_schedule(preset: Preset) -> Schedule:
+    """The baseline: the final architecture trained from a fresh init for the whole budget."""
+    plan = StagePlan(n_layers=preset.model.n_layers, share=1.0, train=preset.scratch_train)
+    return Schedule(name="scratch", stages=[plan], note="12 layers from scratch, LR/warmup swept")
+
+
+def stage_model(preset: Preset, plan: StagePlan) -> GPTConfig:
+    return GPTConfig(**{**preset.model.model_dump(), **plan.model, "n_layers": plan.n_layers})
+
+
+def stage_train(preset: Preset, plan: StagePlan) -> TrainConfig:
+    """The stage's TrainConfig. train()'s own evals are reduced to one batch at the end: the
+    benchmark evaluates on its own fixed batches from the step callback, with the clock paused."""
+    steps = max(1, round(plan.share * preset.scratch_steps))
+    cfg = {**preset.train.model_dump(), **plan.train, "steps": steps, "eval_every": steps, "eval_batches": 1}
+    return TrainConfig(**cfg)
+
+
+def train_flops_per_token(cfg: GPTConfig) -> float:
+    """Training FLOPs per token (forward + backward = 3 x forward), Kaplan et al. 2020:
+    6 * N + 6 * n_layers * context * d_model, where N counts the parameters that take part in
+    matmuls (blocks and head; embeddings are lookups). The only FLOPs formula in the benchmark."""
+    d, f = cfg.d_model, cfg.d_ff
+    per_block = 3 * d * d + d * d + 2 * d * f  # qkv, out-proj, mlp in and out (biases and norms: negligible)
+    n_matmul = cfg.n_layers * per_block + d * 256  # + the byte head
+    return 6.0 * n_matmul + 6.0 * cfg.n_layers * cfg.context * d
+
+
+def _s(*stages: StagePlan, name: str, note: str) -> Schedule:
+    return Schedule(name=name, stages=list(stages), note=note)
+
+
+_HI = {"lr": 4e-3}
+_CONST4 = {"lr": 4e-3, "min_lr_ratio": 1.0}
+SCHEDULES: dict[str, Schedule] = {
+    s.name: s
+    for s in [
+        _s(StagePlan(n_layers=3, share=0.25), StagePlan(n_layers=6, share=0.25), StagePlan(n_layers=12, share=1.0),
+           name="plain", note="reference: stacking, fresh AdamW per stage, a quarter of the budget per small stage"),
+        _s(StagePlan(n_layers=3, share=0.25), StagePlan(n_layers=6, share=0.25), StagePlan(n_layers=12, share=0.5),
+           name="short-final", note="plain, but the 12L cosine is half the scratch budget"),
+        _s(StagePlan(n_layers=3, share=0.4), StagePlan(n_layers=6, share=0.3), StagePlan(n_layers=12, share=0.5),
+           name="front-loaded", note="more steps in the cheap stages, short final stage"),
+        _s(StagePlan(n_layers=3, share=0.4, train=_HI), StagePlan(n_layers=6, share=0.3, train=_HI),
+           StagePlan(n_layers=12, share=0.5),
+           name="front-loaded-hilr", note="front-loaded with 2x LR in the small stages"),
+        _s(StagePlan(n_layers=3, share=0.4, train={"min_lr_ratio": 1.0}), StagePlan(n_layers=6, share=0.3, train={"min_lr_ratio": 1.0}),
+           StagePlan(n_layers=12, share=0.5),
+           name="front-loaded-nodecay", note="front-loaded, constant LR in the small stages (no cosine before growth)"),
+        _s(StagePlan(n_layers=3, share=0.2, train={"batch_size": 64}), StagePlan(n_layers=6, share=0.15, train={"batch_size": 64}),
+           StagePlan(n_layers=12, share=0.5),
+           name="front-loaded-bigbatch", note="front-loaded tokens, 2x batch in the small stages"),
+        _s(StagePlan(n_layers=6, share=0.6), StagePlan(n_layers=12, share=0.5),
+           name="two-stage", note="6 -> 12 only"),
+        _s(StagePlan(n_layers=3, share=0.4, train=_CONST4), StagePlan(n_layers=6, share=0.3, train=_CONST4),
+           StagePlan(n_layers=12, share=0.5, train=_HI),
+           name="nodecay-lr4", note="front-loaded, constant 4e-3 in the small stages, 4e-3 cosine in the final one"),
+        _s(StagePlan(n_layers=3, share=0.5, train=_CONST4), StagePlan(n_layers=6, share=0.35, train=_CONST4),
+           StagePlan(n_layers=12, share=0.35, train=_HI),
+           name="heavy-nodecay-lr4", note="nodecay-lr4 with even more in the small stages and a shorter final stage"),
+    ]
+}  # fmt: skip
+# The baseline gets the same tuning effort: scratch variants, run as "schedules" against the default
+# scratch arm (ratio < 1 means the variant is the better baseline and should become scratch_train).
+for _k, _v in [("lr", 1e-3), ("lr", 2e-3), ("lr", 3e-3), ("lr", 4e-3), ("lr", 6e-3), ("warmup_steps", 5), ("warmup_steps", 20), ("warmup_steps", 60)]:
+    _n = f"scratch-{'wu' if _k == 'warmup_steps' else 'lr'}{_v:g}"
+    SCHEDULES[_n] = Schedule(name=_n, stages=[StagePlan(n_layers=12, share=1.0, train={_k: _v})], note="baseline sweep", baseline=True)
+
+_DATA_QUICK = DataConfig(max_bytes=3_000_000)
+# Swept on the quick preset, seed 0 (docs/benchmarks.md): lr {1e-3, 2e-3, 4e-3} and warmup {5, 60} at
+# lr 2e-3 / warmup 20; then lr 6e-3 and warmup 60 against lr 4e-3. Best: lr 4e-3, warmup 60.
+_SCRATCH_TUNED = {"lr": 4e-3, "warmup_steps": 60}
+PRESETS: dict[str, Preset] = {
+    "quick": Preset(
+        name="quick", model=GPTConfig(n_layers=12, d_model=64, n_heads=4, d_ff=256, context=64), data=_DATA_QUICK,
+        train=TrainConfig(batch_size=32, lr=2e-3, warmup_steps=20), scratch_train=_SCRATCH_TUNED, scratch_steps=240,
+        eval_every=12, eval_batches=4, eval_batch_size=32, seeds=[0, 1, 2], schedules=["nodecay-lr4"],
+    ),
+    "cpu": Preset(
+        name="cpu", model=GPTConfig(n_layers=12, d_model=128, n_heads=4, d_ff=512, context=128), data=DataConfig(),
+        train=TrainConfig(batch_size=32, lr=2e-3, warmup_steps=20), scratch_train=_SCRATCH_TUNED, scratch_steps=300,
+        eval_every=20, eval_batches=4, eval_batch_size=32, seeds=[0, 1, 2], schedules=["nodecay-lr4"],
+    ),
+    "gpu": Preset(
+        name="gpu", model=GPTConfig(n_layers=12, d_model=512, n_heads=8, d_ff=2048, context=512), data=DataConfig(),
+        train=TrainConfig(batch_size=32, lr=1e-3, warmup_steps=100), scratch_steps=3000, eval_every=100,
+        eval_batches=8, eval_batch_size=32, seeds=[0, 1, 2], schedules=["nodecay-lr4", "plain"],
+        throughput_steps=30, matmul_size=8192, peak_dtype="bfloat16",
+    ),
+    "tiny": Preset(  # for tests: seconds, not minutes
+        name="tiny", model=GPTConfig(n_layers=4, d_model=16, n_heads=2, d_ff=32, context=16),
+        data=DataConfig(max_bytes=200_000), train=TrainConfig(batch_size=4, lr=3e-3, warmup_steps=2),
+        scratch_steps=12, eval_every=3, eval_batches=1, eval_batch_size=4, seeds=[0, 1], schedules=["tiny"],
+        throughput_steps=4, throughput_rounds=1, matmul_size=128,
+    ),
+}  # fmt: skip
+SCHEDULES["tiny"] = _s(StagePlan(n_layers=1, share=0.5), StagePlan(n_layers=2, share=0.5), StagePlan(n_layers=4, share=0.5),
+                       name="tiny", note="test schedule for the tiny preset")  # fmt: skip

@@ -1,0 +1,130 @@
+"""The benchmark's arithmetic on hand-made curves, and its machinery end to end on a tiny preset.
+No timing assertions: timings on a shared machine are noise; only their bookkeeping is tested."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from bench.curves import Point, ratio, spread, time_to_target
+from bench.main import build_preset, run_bench, summarise
+from bench.spec import PRESETS, SCHEDULES, stage_train, train_flops_per_token
+from models.gpt import GPTConfig
+
+
+def test_time_to_target_interpolates_between_evals():
+    curve = [(0.0, 5.0), (10.0, 3.0), (20.0, 2.0), (30.0, 1.5)]
+    assert time_to_target(curve, 2.5) == pytest.approx(15.0)
+    assert time_to_target(curve, 2.0) == pytest.approx(20.0)
+    assert time_to_target(curve, 6.0) == 0.0  # already there at the first eval
+    assert time_to_target(curve, 1.0) is None  # never reached
+
+
+def test_time_to_target_takes_the_first_crossing_across_a_growth_jump():
+    # stage boundary at t=10: loss jumps up after growth, then comes down again
+    curve = [(0.0, 5.0), (10.0, 2.9), (10.0, 3.4), (20.0, 2.0)]
+    assert time_to_target(curve, 3.0) == pytest.approx(10.0 * (5.0 - 3.0) / (5.0 - 2.9))
+
+
+def test_ratio_and_spread():
+    assert ratio(6.0, 10.0) == pytest.approx(0.6)
+    assert ratio(None, 10.0) is None
+    s = spread([0.5, 0.7, 0.6])
+    assert (s["mean"], s["min"], s["max"], s["reached"]) == (pytest.approx(0.6), 0.5, 0.7, 3)
+    assert s["std"] == pytest.approx(0.1)
+    missing = spread([0.5, None])
+    assert missing["mean"] is None and missing["reached"] == 1 and missing["min"] == 0.5
+
+
+def test_flops_formula_is_6n_plus_attention():
+    cfg = GPTConfig(n_layers=2, d_model=8, n_heads=2, d_ff=32, context=4)
+    n = 2 * (4 * 8 * 8 + 2 * 8 * 32) + 8 * 256
+    assert train_flops_per_token(cfg) == 6 * n + 6 * 2 * 4 * 8
+
+
+def _arm(schedule: str, seed: int, curve: list[tuple[float, float]], stages: list[int] | None = None) -> dict:
+    stages = stages or [1] * len(curve)
+    points = [Point(k, i, t, i * 10, t * 100.0, loss).as_dict() for i, ((t, loss), k) in enumerate(zip(curve, stages))]
+    boundaries = [{"stage": k} for k in sorted(set(stages))]
+    return {"schedule": schedule, "seed": seed, "points": points, "final_val_loss": points[-1]["val_loss"], "boundaries": boundaries}
+
+
+def test_summarise_computes_ratios_per_seed_from_known_curves():
+    arms = [
+        _arm("scratch", 0, [(0, 5.0), (50, 3.0), (100, 2.0)]),  # target 2.0, reached at t=100
+        _arm("plain", 0, [(0, 5.0), (40, 2.5), (60, 1.5)]),  # crosses 2.0 at t=50 -> 0.5
+        _arm("scratch", 1, [(0, 5.0), (100, 2.5), (200, 2.0)]),  # target 2.0 at t=200
+        _arm("plain", 1, [(0, 5.0), (120, 2.0)]),  # 0.6
+        _arm("two-stage", 0, [(0, 5.0), (90, 2.1)]),  # never reaches seed 0's target
+        _arm("two-stage", 1, [(0, 5.0), (100, 1.9)]),
+    ]
+    s = summarise(PRESETS["tiny"], arms)
+    assert s["seeds"] == [0, 1] and s["targets"] == [2.0, 2.0]
+    plain = s["schedules"]["plain"]
+    assert [r["time_ratio"] for r in plain["per_seed"]] == [pytest.approx(0.5), pytest.approx(0.6)]
+    assert [r["flops_ratio"] for r in plain["per_seed"]] == [pytest.approx(0.5), pytest.approx(0.6)]
+    assert s["best_schedule"] == "plain"  # two-stage missed the target on one seed: it cannot win
+    assert s["time_to_target_ratio"] == pytest.approx(0.55)
+    assert s["schedules"]["two-stage"]["time_to_target_ratio"]["mean"] is None
+
+
+def test_only_the_final_architecture_counts():
+    arms = [
+        _arm("scratch", 0, [(0, 5.0), (100, 2.0)]),
+        # the 2nd stage (a smaller model) dips below 2.0 at t=40; the final stage gets there at t=80
+        _arm("plain", 0, [(0, 5.0), (40, 1.9), (40, 2.4), (80, 2.0)], stages=[1, 1, 2, 2]),
+    ]
+    row = summarise(PRESETS["tiny"], arms)["schedules"]["plain"]["per_seed"][0]
+    assert row["time_ratio"] == pytest.approx(0.8) and row["reached_before_final_stage"]
+
+
+def test_stage_steps_are_shares_of_the_scratch_budget():
+    preset = PRESETS["quick"]
+    plan = SCHEDULES["front-loaded-hilr"].stages[0]
+    cfg = stage_train(preset, plan)
+    assert cfg.steps == round(plan.share * preset.scratch_steps) and cfg.lr == 4e-3
+
+
+def test_schedule_maps_onto_the_prefect_pipeline_config():
+    from bench.orchestration import pipeline_config
+
+    preset = PRESETS["quick"]
+    cfg = pipeline_config(preset, SCHEDULES["front-loaded-hilr"], seed=3, model_name="bench-test")
+    specs = cfg.stage_specs()
+    assert [s.model.n_layers for s in specs] == [3, 6, 12]
+    assert [s.train.steps for s in specs] == [96, 72, 120] and specs[0].train.lr == 4e-3 and specs[2].train.lr == 2e-3
+
+
+def test_bench_runs_end_to_end_on_a_tiny_preset(tmp_path):
+    preset = build_preset("tiny", None, "0,1", ["scratch_steps=8"])
+    summary = run_bench(preset, tmp_path, flow=False, publish_artifacts=False, log=lambda *_: None)
+    for key in ("time_to_target_ratio", "flops_to_target_ratio", "seeds", "throughput_ratio_vs_bare_loop",
+                "orchestration_overhead_fraction", "mfu", "schedules"):  # fmt: skip
+        assert key in summary
+    assert summary["seeds"] == [0, 1] and len(summary["schedules"]["tiny"]["per_seed"]) == 2
+    arms = [a for a in summary["arms"] if a["schedule"] == "tiny"]
+    assert all(len(a["boundaries"]) >= 1 for a in arms)
+    for arm in summary["arms"]:  # clocks, tokens and FLOPs only move forward
+        for key in ("seconds", "tokens", "flops"):
+            xs = [p[key] for p in arm["points"]]
+            assert xs == sorted(xs)
+    assert summary["mfu"] > 0 and math.isfinite(summary["throughput_ratio_vs_bare_loop"])
+    written = json.loads((tmp_path / "bench-tiny.json").read_text())
+    assert written["schedules"].keys() == summary["schedules"].keys()
+    assert (tmp_path / "bench-tiny.png").stat().st_size > 0 and "time-to-target" in (tmp_path / "bench-tiny.md").read_text()
+
+
+def test_unknown_schedule_is_a_one_line_error():
+    with pytest.raises(ValueError, match="unknown schedules"):
+        build_preset("quick", "nope", None, [])
+
+
+def test_baseline_variants_train_on_top_of_the_tuned_scratch_settings():
+    from bench.spec import scratch_schedule
+
+    preset = PRESETS["quick"]
+    assert scratch_schedule(preset).stages[0].train == preset.scratch_train
+    variant = SCHEDULES["scratch-lr0.006"]
+    assert variant.baseline and variant.stages[0].train == {"lr": 6e-3}
