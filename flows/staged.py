@@ -12,7 +12,7 @@ from prefect import flow
 
 from tasks.card import write_card
 from tasks.compare import publish_comparison
-from tasks.config import PipelineConfig
+from tasks.config import PipelineConfig, load_config
 from tasks.gate import GateResult, run_gate
 from tasks.registry import Store, get_version
 from tasks.report import plot_losses, publish
@@ -21,11 +21,19 @@ from tasks.stage import StageResult, run_stage, skipped_result
 
 @flow(name="staged-training")
 def staged_training(
-    config: PipelineConfig | None = None, workdir: str = ".staged", from_version: str | None = None
+    config: PipelineConfig | str | None = None,
+    workdir: str = ".staged",
+    from_version: str | None = None,
+    overrides: list[str] | None = None,
 ) -> list[StageResult]:
     """Train every stage of ``config``; with ``from_version``, start after that registered version's
-    stage, growing from it (its own stage is reported as skipped)."""
-    config = config or PipelineConfig()
+    stage, growing from it (its own stage is reported as skipped).
+
+    ``config`` is a :class:`PipelineConfig`, a YAML path (what deployments pass, relative to the
+    checkout the worker pulled) with ``overrides`` as ``--set`` would give them, or None for the
+    defaults (== configs/demo.yaml)."""
+    if not isinstance(config, PipelineConfig):
+        config = load_config(config, overrides or [])
     store = Store.resolve(workdir, config.storage)
     stage = run_stage.with_options(retries=config.retries, retry_delay_seconds=config.retry_delay_s)
     specs = config.stage_specs()

@@ -107,8 +107,9 @@ def test_rerun_skips_registered_stages(smoke_run):
 
 
 def test_zero_step_stage_registers_exactly_the_stacked_parent(prefect_harness, workdir, tmp_path):
-    config = load_config(SMOKE, ["stages.1.steps=0", "stages.2.steps=0", "stages.0.steps=3"])
-    results = staged_training(config, str(workdir))
+    # the form a deployment uses: a YAML path and --set style overrides as flow parameters
+    overrides = ["stages.1.steps=0", "stages.2.steps=0", "stages.0.steps=3"]
+    results = staged_training(str(SMOKE), str(workdir), overrides=overrides)
     assert results[1].val_loss == results[1].val_loss_init
     store = Store.resolve(workdir)
     _, (v1, v2, v3) = _versions(store, "staged-smoke")
