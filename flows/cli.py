@@ -3,6 +3,7 @@
     staged run CONFIG [--workdir DIR] [--set dotted.key=value ...] [--from-version N]
     staged resume CONFIG [--workdir DIR] ...   (run, but only where an earlier run left a registry)
     staged generate|eval MODEL_URI ...,  staged models list NAME   (flows/use_cli.py)
+    staged servers up|down|status|env [--dir DIR]   (flows/servers.py: local Postgres/S3/Prefect/MLflow)
     staged bench --preset quick --out FILE.json [--workdir DIR]   (options: bench/main.py)
 
 Rerunning the same command resumes: registered stages are skipped, an interrupted one continues
@@ -20,6 +21,7 @@ import os
 import sys
 from pathlib import Path
 
+from flows.servers import add_server_commands
 from flows.use_cli import add_use_commands, print_gate
 from tasks.config import ConfigError, PipelineConfig, load_config
 
@@ -179,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                        help="start from registered version N: run the config's stages after N's stage, growing from it")  # fmt: skip
         p.set_defaults(func=cmd_run)
     add_use_commands(sub)
+    add_server_commands(sub)
     bench = sub.add_parser("bench", help="staged vs scratch benchmark: time/FLOPs to target, efficiency, report")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # the benchmark's module is imported only when it is asked for

@@ -97,3 +97,16 @@ def gated_runs(prefect_harness, tmp_path_factory):
             champion = client.get_registered_model("staged-smoke").aliases.get("champion")
             snapshots.append({"version": str(mv.version), "tags": dict(mv.tags), "champion": str(champion), "results": results})
     return workdir, snapshots
+
+
+@pytest.fixture(scope="session")
+def local_servers(tmp_path_factory):
+    """``staged servers up`` for real (Postgres, moto S3, Prefect server + process worker, MLflow
+    server) on free loopback ports; stopped, data included, at the end of the session."""
+    from flows.servers import DEFAULT_PORTS, down, up
+
+    dir = tmp_path_factory.mktemp("servers")
+    try:
+        yield up(dir, {name: free_port() for name in DEFAULT_PORTS})
+    finally:
+        down(dir)
