@@ -149,6 +149,7 @@ class _Starter:
         env = {
             "PREFECT_HOME": str(Path(self.servers.dir) / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_API_DATABASE_CONNECTION_URL": f"postgresql+asyncpg://postgres@127.0.0.1:{pg}/prefect",
+            "PREFECT_UI_API_URL": f"{self.servers.urls['prefect']}/api",  # the UI's own default is port 4200
         }  # fmt: skip
         argv = [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
         self.spawn("prefect", argv, env, f"{self.servers.urls['prefect']}/api/health")

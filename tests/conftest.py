@@ -110,3 +110,11 @@ def local_servers(tmp_path_factory):
         yield up(dir, {name: free_port() for name in DEFAULT_PORTS})
     finally:
         down(dir)
+
+
+@pytest.fixture(scope="session")
+def deployed_run(local_servers):
+    """deploy/prefect.yaml deployed to `local_servers` and its `on-demand` deployment run by the worker."""
+    from tests.deployed import deploy_and_run
+
+    return deploy_and_run(local_servers)
