@@ -211,7 +211,13 @@ def test_deploy_then_a_flow_run_imports_from_the_clone(cli, pools, repo, tmp_pat
         assert nightly.entrypoint == "flows/staged.py:staged_training"
         step = nightly.pull_steps[0]["prefect.deployments.steps.git_clone"]
         assert (step["repository"], step["branch"]) == (str(repo), "main")  # resolved when deploying
-        run = client.create_flow_run_from_deployment(demand.id)
+
+    # Trigger on-demand the documented way (no worker in this session polls the pool).
+    ran = cli("deployment", "run", "staged-training/on-demand", "--param", 'overrides=["stages.0.steps=1"]')
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(re.search(r"UUID:\s+(\S+)", ran).group(1))
+    assert run.deployment_id == demand.id and run.work_pool_name == POOLS["process"]
+    assert run.parameters == {**demand.parameters, "overrides": ["stages.0.steps=1"]}
 
     # What the engine does in a worker's flow-run process: pull steps, chdir, import the entrypoint.
     probe = (
