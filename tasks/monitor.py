@@ -18,6 +18,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
@@ -93,16 +94,18 @@ def stage_markdown(result: StageResult, parent_val_loss: str | None, links: dict
 
 
 def failure_markdown(spec: StageSpec, error: BaseException, phase: str, step: int, checkpoints: list[int], where: str) -> str:
-    at = f"at step {error.step}" if isinstance(error, NonFiniteLoss) else f"after step {step}"
+    """What failed, in which stage, phase and step, and which checkpoint a rerun resumes from (``where``: its prefix)."""
+    at = f"at step {error.step}" if isinstance(error, NonFiniteLoss) else f"after step {step}" if step else "before the first step"
+    message = (str(error).splitlines() or [""])[0].replace("|", "\\|")  # one line, and no table cell breaks
     kept = f"step {checkpoints[-1]} (`{where}/step-{checkpoints[-1]:08d}`)" if checkpoints else "none written"
     rows = {
-        "what failed": f"`{type(error).__name__}`: {str(error).splitlines()[0] if str(error) else ''}",
+        "what failed": f"`{type(error).__name__}`: {message}",
         "stage": f"{spec.index} ({spec.model.n_layers} layers)", "while": phase,
         "step": f"{at} of {spec.train.steps}", "last good checkpoint": kept,
         "attempt": str(task_run.run_count or 1), "flow run": f"`{flow_run.id}`",
     }  # fmt: skip
     table = "\n".join(f"| {k} | {v} |" for k, v in rows.items())
-    resume = "Rerunning the same command resumes from the last good checkpoint." if checkpoints else "A rerun starts the stage over."
+    resume = "A rerun of the same command resumes from it." if checkpoints else "A rerun starts the stage over."
     return f"# {spec.model_name}: stage {spec.index} FAILED\n\n| | |\n|---|---|\n{table}\n\n{resume}\n"
 
 
@@ -116,8 +119,11 @@ class StageWatch:
     """One training stage as the UIs show it: its MLflow parent run, step times, its end-of-stage summary,
     and, used as ``with watch.during("training"):``, a failure report (the exception then propagates)."""
 
-    def __init__(self, spec: StageSpec, store: Store, pipeline: Pipeline | None, storage: Storage, key: str, parent: ModelRef | None):
-        self.spec, self.store, self.pipeline, self.storage, self.key, self.parent = spec, store, pipeline, storage, key, parent
+    def __init__(
+        self, spec: StageSpec, store: Store, pipeline: Pipeline | None, storage: Storage, key: str, parent: ModelRef | None
+    ):
+        self.spec, self.store, self.pipeline, self.parent = spec, store, pipeline, parent
+        self.storage, self.key = storage, key  # the stage's checkpoints
         self.parent_run_id = pipeline_run(store, pipeline, create=True) if pipeline else None
         self.step, self.phase = 0, "starting"
         self.step_times: list[tuple[int, float]] = []  # (stage step, seconds), evaluation steps included
@@ -153,14 +159,15 @@ class StageWatch:
     def _report_failure(self, error: Exception) -> None:
         kept = complete_checkpoints(self.storage, self.key)
         md = failure_markdown(self.spec, error, self.phase, self.step, kept, f"{self.storage.uri}/{self.key}")
-        create_markdown_artifact(markdown=md, key=f"{artifact_key(self.spec.model_name)}-failure", description=f"Stage {self.spec.index} failed")
+        key = f"{artifact_key(self.spec.model_name)}-failure"
+        create_markdown_artifact(markdown=md, key=key, description=f"Stage {self.spec.index} failed")
         if self.parent_run_id is not None:
             self.store.client().log_text(self.parent_run_id, md, f"failures/stage-{self.spec.index}.md")
             end_pipeline_run(self.store, self.pipeline, "FAILED")
 
     def extras(self, corpus: ByteCorpus, start: int, end: int) -> StageRunExtras:
         """The stage run's parent, Prefect ids, resolved config and data (corpus digest, cursor range)."""
-        source = self.spec.data.source or str(stdlib_dir())
+        source = str(Path(self.spec.data.source).resolve()) if self.spec.data.source else str(stdlib_dir())
         digest = corpus_digest(corpus)
         return StageRunExtras(
             parent_run_id=self.parent_run_id,
@@ -180,4 +187,5 @@ class StageWatch:
             links["model version page"] = version_url(server, ref.name, ref.version)
             create_link_artifact(link=links["MLflow run page"], link_text=f"stage-{ref.stage} run", key=f"{key}-run")
             create_link_artifact(link=links["model version page"], link_text=f"{ref.name} v{ref.version}", key=f"{key}-version")
-        create_markdown_artifact(markdown=stage_markdown(result, before, links), key=f"{key}-summary", description=f"Stage {ref.stage} summary")
+        md = stage_markdown(result, before, links)
+        create_markdown_artifact(markdown=md, key=f"{key}-summary", description=f"Stage {ref.stage} summary")
