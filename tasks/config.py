@@ -11,6 +11,7 @@ the only thing a stage task needs, and what its ``stage_key`` hashes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 from typing import Any, Literal
@@ -251,3 +252,23 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> PipelineC
         return PipelineConfig.model_validate(tree)
     except ValidationError as e:
         raise ConfigError(f"invalid config: {format_validation_error(e)}") from None
+
+
+def pipeline_hash(config: PipelineConfig) -> str:
+    """Short hash of the whole resolved config: names the pipeline in Prefect (flow run) and MLflow (parent run)."""
+    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:8]
+
+
+def resolve_config(config: PipelineConfig | str | Path | None, overrides: list[str] | None = None) -> PipelineConfig:
+    """The flow's ``config`` parameter as a PipelineConfig: as given, or loaded from a YAML path (None: the
+    defaults) with ``overrides``. A file is parsed and validated once per content: the flow-run name and the flow body share it."""
+    if isinstance(config, PipelineConfig):
+        return config
+    path = None if config is None else str(config)
+    content = hashlib.sha256(Path(path).read_bytes()).hexdigest() if path and Path(path).is_file() else None
+    return _load_cached(path, tuple(overrides or ()), content)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(path: str | None, overrides: tuple[str, ...], content: str | None) -> PipelineConfig:
+    return load_config(path, list(overrides))  # PipelineConfig is frozen: sharing one instance is safe

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-from tasks.registry import Store
-from tasks.stage import StageResult, artifact_key
+from tasks.monitor import artifact_key, mlflow_server, run_url, version_url
+from tasks.registry import Pipeline, Store, pipeline_run
+from tasks.stage import StageResult
 
-COLUMNS = ["stage", "layers", "params", "steps", "val loss (init)", "val loss", "wall s", "version"]
+COLUMNS = ["stage", "layers", "params", "steps", "val loss (init)", "val loss", "wall s", "version"]  # the terminal table
+TABLE_COLUMNS = COLUMNS + ["tokens/s"]  # the Prefect artifacts
 
 
 def summary_rows(results: list[StageResult]) -> list[dict[str, object]]:
@@ -18,6 +20,7 @@ def summary_rows(results: list[StageResult]) -> list[dict[str, object]]:
             "stage": r.ref.stage, "layers": r.ref.n_layers, "params": r.params, "steps": r.steps,
             "val loss (init)": round(r.val_loss_init, 4), "val loss": round(r.val_loss, 4),
             "wall s": "skipped" if r.skipped else round(r.seconds, 1), "version": r.ref.version,
+            "tokens/s": round(r.tokens_per_s) if r.tokens_per_s else "",
         }  # fmt: skip
         for r in results
     ]
@@ -53,22 +56,36 @@ def plot_losses(results: list[StageResult], path: Path) -> Path:
     return path
 
 
-def markdown_summary(results: list[StageResult]) -> str:
+def markdown_summary(results: list[StageResult], server: str | None = None, pipeline_url: str | None = None) -> str:
+    """The summary table and the registered versions; with an MLflow server URL, links to their pages."""
     rows = summary_rows(results)
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(str(row[c]) for c in COLUMNS) + " |" for row in rows]
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    lines += ["| " + " | ".join(str(row[c]) for c in TABLE_COLUMNS) + " |" for row in rows]
     name = results[0].ref.name
-    versions = ", ".join(f"`models:/{name}/{r.ref.version}` (alias `stage-{r.ref.stage}`)" for r in results)
-    return f"# {name}: staged training\n\n" + "\n".join(lines) + f"\n\nRegistered versions: {versions}\n"
+
+    def version(r: StageResult) -> str:
+        uri = f"`models:/{name}/{r.ref.version}` (alias `stage-{r.ref.stage}`)"
+        return f"[{uri}]({version_url(server, name, r.ref.version)})" if server else uri
+
+    versions = ", ".join(version(r) for r in results)
+    link = f"\n\nMLflow pipeline run: [{pipeline_url}]({pipeline_url})" if pipeline_url else ""
+    return f"# {name}: staged training\n\n" + "\n".join(lines) + f"\n\nRegistered versions: {versions}{link}\n"
 
 
-def publish(results: list[StageResult], png: Path, store: Store) -> None:
-    """The summary as Prefect table + markdown artifacts, and summary + plot on the last stage's MLflow run."""
+def publish(results: list[StageResult], png: Path, store: Store, pipeline: Pipeline | None = None) -> None:
+    """The summary as Prefect table + markdown artifacts; summary + plot on the last stage's MLflow run and on
+    the pipeline's parent run, which is then FINISHED (a rerun that trained nothing has none: nothing is logged)."""
     key = artifact_key(results[0].ref.name)
-    md = markdown_summary(results)
+    client, server = store.client(), mlflow_server(store.tracking_uri)
+    parent = pipeline_run(store, pipeline, create=False) if pipeline else None
+    pipeline_url = run_url(server, client.get_run(parent).info.experiment_id, parent) if server and parent else None
+    md = markdown_summary(results, server, pipeline_url)
     create_table_artifact(table=summary_rows(results), key=f"{key}-summary", description="Staged training summary")
     create_markdown_artifact(markdown=md, key=f"{key}-versions", description="Registered model versions")
-    client = store.client()
-    run_id = results[-1].ref.run_id
-    client.log_artifact(run_id, str(png), "summary")
-    client.log_text(run_id, md, "summary/summary.md")
+    if pipeline_url:
+        create_link_artifact(link=pipeline_url, link_text=pipeline.run_name, key=f"{key}-pipeline-run")
+    for run_id in [results[-1].ref.run_id] + ([parent] if parent else []):
+        client.log_artifact(run_id, str(png), "summary")
+        client.log_text(run_id, md, "summary/summary.md")
+    if parent:
+        client.set_terminated(parent, "FINISHED")

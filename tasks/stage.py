@@ -11,7 +11,6 @@ rerun stage continues from the newest valid one and ends with the same weights, 
 from __future__ import annotations
 
 import hashlib
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +31,8 @@ from models.policy import lr_schedule, slope_stop
 from models.train import GateRamp, NonFiniteLoss, StepInfo, TrainState, seed_everything, train
 from tasks import checkpoint
 from tasks.config import StageSpec
-from tasks.registry import ModelRef, Store, download_with_optimizer, finalize, find_version, metric_history, register
+from tasks.monitor import StageWatch, artifact_key
+from tasks.registry import ModelRef, Pipeline, Store, download_with_optimizer, finalize, find_version, metric_history, register
 from tasks.storage import Storage, open_storage
 from tasks.serving import add_pyfunc
 from tasks.weights import OPTIMIZER, save_model, save_optimizer
@@ -49,6 +49,8 @@ class StageResult(BaseModel):
     train_curve: list[tuple[int, float]]  # (global step, loss)
     val_curve: list[tuple[int, float]]
     resumed_from: int | None = None  # the checkpoint step this attempt started from
+    tokens: int = 0  # trained on in this stage
+    tokens_per_s: float | None = None  # training throughput of the attempt that finished the stage
 
 
 def code_version() -> str:
@@ -117,11 +119,6 @@ class _Progress:
             update_progress_artifact(self.artifact, progress=100.0 * info.step / info.steps)
 
 
-def artifact_key(model_name: str) -> str:
-    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
-    return re.sub(r"[^a-z0-9-]", "-", model_name.lower())
-
-
 def _shift(curve: list[tuple[int, float]], offset: int) -> list[tuple[int, float]]:
     """Stage-local steps -> steps counted across all stages."""
     return [(offset + step, value) for step, value in curve]
@@ -131,12 +128,14 @@ def skipped_result(ref: ModelRef, store: Store, model: GPTConfig) -> StageResult
     """Rebuild a registered stage's result from the registry."""
     with torch.device("meta"):
         params = GPT(model).num_params()
-    steps = int(store.client().get_run(ref.run_id).data.params["steps"])
+    run = store.client().get_run(ref.run_id)
+    steps = int(run.data.params["steps"])
     offset = ref.global_step - steps
     val = metric_history(store, ref.run_id, "val_loss")
     init = metric_history(store, ref.run_id, "val_loss_init")
     return StageResult(
         ref=ref, params=params, steps=steps, val_loss_init=init[0][1], val_loss=val[-1][1], seconds=0.0, skipped=True,
+        tokens=steps * int(run.data.params["train.batch_size"]) * model.context, tokens_per_s=run.data.metrics.get("tokens_per_s"),
         train_curve=_shift(metric_history(store, ref.run_id, "train_loss"), offset), val_curve=_shift(val, offset),
     )  # fmt: skip
 
@@ -165,7 +164,7 @@ def _checkpointer(spec: StageSpec, storage: Storage, key: str, model: GPT):
 
 
 @task(name="run-stage", task_run_name="stage-{spec.index}-{spec.model.n_layers}L")
-def run_stage(spec: StageSpec, parent: ModelRef | None, store: Store) -> StageResult:
+def run_stage(spec: StageSpec, parent: ModelRef | None, store: Store, pipeline: Pipeline | None = None) -> StageResult:
     log = get_run_logger()
     key = stage_key(spec, parent)
     if (existing := find_version(store.client(), spec.model_name, key)) is not None:
@@ -175,16 +174,18 @@ def run_stage(spec: StageSpec, parent: ModelRef | None, store: Store) -> StageRe
 
     start = time.perf_counter()
     storage = open_storage(store.checkpoints, store.max_attempts)
-    model, moments, resume = _resume_or_build(spec, parent, store, storage, key)
+    watch = StageWatch(spec, store, pipeline, storage, key, parent)  # MLflow parent run, step times, failure report
+    with watch.during("loading and growing the parent"):
+        model, moments, resume = _resume_or_build(spec, parent, store, storage, key)
     if resume is not None:
         log.info("stage %d: resuming from checkpoint step %d of %d", spec.index, resume.step, spec.train.steps)
     corpus = ByteCorpus(spec.data, spec.model.context, spec.seed)
     cursor, offset = (parent.data_cursor, parent.global_step) if parent else (0, 0)
     progress = _Progress(spec, resume.step if resume else 0)
     try:
-        with progress.bar:
+        with progress.bar, watch.during("training"):
             result = train(
-                model, corpus, spec.train, cursor=cursor, seed=spec.seed + spec.index, on_step=progress,
+                model, corpus, spec.train, cursor=cursor, seed=spec.seed + spec.index, on_step=watch.observe(progress),
                 moments=moments, resume=resume, checkpoint_every=spec.checkpoint_every,
                 on_checkpoint=_checkpointer(spec, storage, key, model), **train_policies(spec, parent),
             )  # fmt: skip
@@ -197,7 +198,7 @@ def run_stage(spec: StageSpec, parent: ModelRef | None, store: Store) -> StageRe
     steps = result.steps  # a loss-slope rule may end the stage before its cap
     log.info("stage %d: val loss %.4f -> %.4f in %d steps", spec.index, result.val_loss_init, result.val_loss, steps)
 
-    with tempfile.TemporaryDirectory(prefix="staged-model-") as tmp:
+    with watch.during("registering"), tempfile.TemporaryDirectory(prefix="staged-model-") as tmp:
         sha = save_model(model, Path(tmp))
         optimizer_sha = save_optimizer(result.moments, Path(tmp))
         add_pyfunc(Path(tmp), spec.model.context)  # the same directory is also an MLflow pyfunc model
@@ -213,12 +214,17 @@ def run_stage(spec: StageSpec, parent: ModelRef | None, store: Store) -> StageRe
         metrics = {
             "train_loss": result.train_curve, "val_loss": result.val_curve,
             "val_loss_init": [(0, result.val_loss_init)], "tokens_per_s": [(steps, result.tokens / max(result.seconds, 1e-9))],
+            "step_time_s": watch.step_times,
         }  # fmt: skip
-        ref = register(store, spec, model_dir=Path(tmp), tags=tags, params=params, metrics=metrics)
+        extras = watch.extras(corpus, cursor, result.cursor)
+        ref = register(store, spec, model_dir=Path(tmp), tags=tags, params=params, metrics=metrics, extras=extras)
     log.info("stage %d registered as %s version %s", spec.index, ref.name, ref.version)
-    return StageResult(
+    done = StageResult(
         ref=ref, params=model.num_params(), steps=steps, val_loss_init=result.val_loss_init,
         val_loss=result.val_loss, seconds=time.perf_counter() - start, skipped=False,
         train_curve=_shift(result.train_curve, offset), val_curve=_shift(result.val_curve, offset),
-        resumed_from=resume.step if resume else None,
+        resumed_from=resume.step if resume else None, tokens=(result.cursor - cursor) * spec.model.context,
+        tokens_per_s=result.tokens / max(result.seconds, 1e-9),
     )  # fmt: skip
+    watch.publish(done)
+    return done

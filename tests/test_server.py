@@ -113,6 +113,27 @@ def test_pipeline_gate_and_commands_against_the_server(served_run, capsys, monke
     assert sorted(p.name for p in workdir.iterdir()) == ["checkpoints", "staged-smoke-loss.png"]  # no local store
 
 
+def test_prefect_artifacts_link_to_each_stages_mlflow_run_and_version_pages(served_run):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    url, _, results = served_run
+    client = Store(tracking_uri=url).client()
+    keys = [f"staged-smoke-stage-{r.ref.stage}-{kind}" for r in results for kind in ("run", "version", "summary")]
+    with get_client(sync_client=True) as prefect:
+        found = prefect.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys + ["staged-smoke-pipeline-run"])))
+    latest = {a.key: a.data for a in sorted(found, key=lambda a: a.created)}
+    for r in results:
+        page = f"{url}/#/experiments/{client.get_run(r.ref.run_id).info.experiment_id}/runs/{r.ref.run_id}"
+        version_page = f"{url}/#/models/staged-smoke/versions/{r.ref.version}"
+        assert f"({page})" in latest[f"staged-smoke-stage-{r.ref.stage}-run"] and f"({page})" in latest[f"staged-smoke-stage-{r.ref.stage}-summary"]
+        assert f"({version_page})" in latest[f"staged-smoke-stage-{r.ref.stage}-version"]
+    parent = client.get_run(client.get_run(results[0].ref.run_id).data.tags["mlflow.parentRunId"])
+    assert f"/runs/{parent.info.run_id})" in latest["staged-smoke-pipeline-run"] and parent.info.status == "FINISHED"
+    with urllib.request.urlopen(page.split("#")[0], timeout=10) as r:  # the UI that serves those pages
+        assert r.status == 200
+
+
 def test_pyfunc_and_mlflow_models_serve_match_the_project_loader(served_run, tmp_path):
     url, _, _ = served_run
     store = Store(tracking_uri=url)
