@@ -4,6 +4,7 @@ Prefect UI's flow-run page and the MLflow UI's registered-model page opened in h
 temporary directory); the README's images in docs/img/ were made with STAGED_SCREENSHOTS=docs/img."""
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -73,8 +74,19 @@ def test_prefect_flow_run_page_shows_three_completed_stages_and_the_summary(depl
     summary = _artifact(servers, flow_run.id, "staged-smoke-versions")
     page.goto(f"{servers.urls['prefect']}/artifacts/artifact/{summary.id}")  # the markdown, rendered
     page.get_by_text("staged-smoke: staged training").first.wait_for()
-    assert "models:/staged-smoke/3" in page.inner_text("body")
     page.screenshot(path=str(shots / "prefect-summary.png"))
+    link = page.locator("a", has_text="models:/staged-smoke/3")  # from the summary to the registry
+    page.goto(link.get_attribute("href"))
+    page.get_by_text("stage-3", exact=False).first.wait_for()
+    assert page.url.endswith("#/models/staged-smoke/versions/3")
+
+
+def test_prefect_names_the_flow_run_after_the_pipeline(deployed_run, page):
+    servers, flow_run = deployed_run
+    assert re.fullmatch(r"staged-smoke-[0-9a-f]{8}", flow_run.name)
+    page.goto(f"{servers.urls['prefect']}/runs/flow-run/{flow_run.id}")
+    page.get_by_text(flow_run.name, exact=True).first.wait_for()
+    assert "staged-smoke" in _lines(page)  # the flow-run tag, shown beside the name
 
 
 def test_mlflow_model_page_shows_three_versions_with_their_aliases(deployed_run, page, shots):
