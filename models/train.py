@@ -10,7 +10,8 @@ model is wrapped in DistributedDataParallel: each rank trains on its contiguous 
 global batch (``cfg.batch_size`` stays the global batch, so the cursor moves as in one process),
 the reported train loss is the mean over ranks, validation runs on rank 0 and is broadcast (every
 rank takes the same stop decision), and the callbacks run on rank 0 only. Every rank is seeded
-alike, so rank 0's RNG state in a checkpoint is every rank's.
+alike, so rank 0's RNG state in a checkpoint is every rank's (with dropout > 0 the ranks then
+share masks over different slices: not the masks of one process).
 """
 
 from __future__ import annotations

@@ -123,7 +123,8 @@ class StageSpec(Strict):
 
     def content_hash(self) -> str:
         """What the stage computes. Left out: checkpoint cadence (changes nothing in the weights) and
-        nproc (the same global batch and steps, so the same weights up to float summation order)."""
+        nproc (the same global batch and steps: the same weights up to float summation order, and,
+        with dropout > 0, other dropout masks)."""
         exclude = {"checkpoint_every", "checkpoint_keep", "nproc"}
         return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()
 
