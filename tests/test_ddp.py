@@ -73,6 +73,7 @@ def _weights(store: Store, version, dst: Path) -> dict[str, torch.Tensor]:
     return load_file(Path(local) / "model.safetensors")
 
 
+@pytest.mark.integration
 def test_stages_under_torchrun_match_a_single_process_run(single, workdir, tmp_path):
     """Stage 1 resumes under nproc=2 from a checkpoint an interrupted attempt left (step 4 of 6);
     stage 2 grows and trains under nproc=2 from the start; stage 3 runs in the task process."""
@@ -105,6 +106,7 @@ def test_stages_under_torchrun_match_a_single_process_run(single, workdir, tmp_p
     assert sorted(float(a.data) for a in progress) == [100.0] * 3
 
 
+@pytest.mark.integration
 def test_a_failing_rank_fails_the_stage_with_one_line(prefect_harness, workdir):
     overrides = ["checkpoint_every=1", "stages.0.steps=4", "stages.0.nproc=2", "stages.0.train.lr=1e30",
                  "stages.0.train.grad_clip=1e30", "stages.0.train.warmup_steps=0"]  # fmt: skip
