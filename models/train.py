@@ -227,7 +227,8 @@ def train(
     model.to(device).train()
     net = model  # what runs the forward pass; DDP all-reduces the gradients in backward
     if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        device_ids = [device.index] if device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     if rank > 0:
         on_step = on_checkpoint = None
     val_batches = corpus.val_batches(cfg.eval_batches, cfg.batch_size)

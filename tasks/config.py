@@ -177,7 +177,8 @@ class PipelineConfig(Strict):
                 train = TrainConfig(**{**self.train.model_dump(), **stage.train, "steps": 0})
                 cap = step_cap(stage.steps, stage.until, train.batch_size * model.context)
                 if train.batch_size % stage.nproc:
-                    raise ValueError(f"stages.{k - 1}: train.batch_size {train.batch_size} is not divisible by nproc {stage.nproc}")
+                    batch, n = train.batch_size, stage.nproc
+                    raise ValueError(f"stages.{k - 1}: train.batch_size {batch} is not divisible by nproc {n}")
                 spec = StageSpec(
                     index=k,
                     seed=self.seed,

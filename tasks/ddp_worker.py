@@ -32,14 +32,16 @@ def main(job_dir: Path) -> int:
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         dist.init_process_group("nccl" if cuda else "gloo")
         log = logging.getLogger("tasks.ddp_worker")
-        model, result, resumed_from = train_stage(job.spec, job.parent, job.store, job.key, log=log, on_step=progress_writer(job_dir))
+        model, result, resumed_from = train_stage(
+            job.spec, job.parent, job.store, job.key, log=log, on_step=progress_writer(job_dir)
+        )
         if rank == 0:
             save_outputs(job_dir, model, result, resumed_from)
     except Exception as e:
         traceback.print_exc()
         known = isinstance(e, (StageFailed, CheckpointError))  # their messages are one line and name the stage
-        reason = str(e).split("\n")[0] if known else f"stage {job.spec.index}: rank {rank}: {type(e).__name__}: {e}".split("\n")[0]
-        (job_dir / f"error-{rank}.txt").write_text(reason)
+        reason = str(e) if known else f"stage {job.spec.index}: rank {rank}: {type(e).__name__}: {e}"
+        (job_dir / f"error-{rank}.txt").write_text(reason.split("\n")[0])
         return 1
     finally:
         if dist.is_initialized():

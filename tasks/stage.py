@@ -199,7 +199,9 @@ def train_stage(spec: StageSpec, parent: ModelRef | None, store: Store, key: str
     return model, result, resume.step if resume else None
 
 
-def _register_trained(spec: StageSpec, parent: ModelRef | None, store: Store, key: str, model: GPT, result: TrainResult) -> ModelRef:
+def _register_trained(
+    spec: StageSpec, parent: ModelRef | None, store: Store, key: str, model: GPT, result: TrainResult
+) -> ModelRef:
     """Register the trained model with its lineage tags, parameters and loss curves."""
     offset, steps = parent.global_step if parent else 0, result.steps  # a loss-slope rule may end the stage early
     with tempfile.TemporaryDirectory(prefix="staged-model-") as tmp:
@@ -237,12 +239,14 @@ def run_stage(spec: StageSpec, parent: ModelRef | None, store: Store) -> StageRe
             model, result, resumed_from = train_stage(spec, parent, store, key, log=log, on_step=progress)
         else:
             try:
-                model, result, resumed_from = launch(DDPJob(spec=spec, parent=parent, store=store, key=key), progress, log)
+                job = DDPJob(spec=spec, parent=parent, store=store, key=key)
+                model, result, resumed_from = launch(job, progress, log)
             except TorchrunFailed as e:
                 raise StageFailed(str(e)) from None
             resumed = f", resumed from checkpoint step {resumed_from}" if resumed_from is not None else ""
             log.info("stage %d: trained by %d processes under torchrun%s", spec.index, spec.nproc, resumed)
-    log.info("stage %d: val loss %.4f -> %.4f in %d steps", spec.index, result.val_loss_init, result.val_loss, result.steps)
+    init, val, steps = result.val_loss_init, result.val_loss, result.steps
+    log.info("stage %d: val loss %.4f -> %.4f in %d steps", spec.index, init, val, steps)
     ref = _register_trained(spec, parent, store, key, model, result)
     log.info("stage %d registered as %s version %s", spec.index, ref.name, ref.version)
     offset = parent.global_step if parent else 0

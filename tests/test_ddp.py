@@ -35,13 +35,15 @@ def test_rank_slices_partition_the_global_batch():
         for world in (2, 3, 4):
             slices = [corpus.batch(cursor, 12, rank, world) for rank in range(world)]
             assert all(len(sx) == 12 // world for sx, _ in slices)
-            assert torch.equal(torch.cat([sx for sx, _ in slices]), x) and torch.equal(torch.cat([sy for _, sy in slices]), y)
+            assert torch.equal(torch.cat([sx for sx, _ in slices]), x)
+            assert torch.equal(torch.cat([sy for _, sy in slices]), y)
     with pytest.raises(ValueError, match="not divisible by 5"):
         corpus.batch(0, 12, 0, 5)
 
 
 def test_nproc_must_divide_the_global_batch_and_leaves_the_stage_key_alone():
-    with pytest.raises(ConfigError, match=r"^invalid config: stages\.1: train\.batch_size 8 is not divisible by nproc 3$"):
+    expected = r"^invalid config: stages\.1: train\.batch_size 8 is not divisible by nproc 3$"
+    with pytest.raises(ConfigError, match=expected):
         load_config(SMOKE, ["stages.1.nproc=3"])
     spread, single = load_config(SMOKE, ["stages.1.nproc=2"]).stage_specs(), load_config(SMOKE).stage_specs()
     assert spread[1].nproc == 2 and spread[1].train.batch_size == 8  # the global batch
@@ -69,7 +71,8 @@ def _versions(workdir: Path):
 
 
 def _weights(store: Store, version, dst: Path) -> dict[str, torch.Tensor]:
-    local = mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dst), tracking_uri=store.tracking_uri)
+    uri, tracking = version.source, store.tracking_uri
+    local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst), tracking_uri=tracking)
     return load_file(Path(local) / "model.safetensors")
 
 
@@ -93,16 +96,19 @@ def test_stages_under_torchrun_match_a_single_process_run(single, workdir, tmp_p
         for tag in ("n_layers", "parent_version", "growth", "data_cursor", "global_step", "config_hash"):
             assert v.tags[tag] == s.tags[tag], tag
     for v, s, r, sr in zip(versions[:2], single_versions, results, single_results):
-        ours, theirs = _weights(store, v, tmp_path / "ddp" / str(v.version)), _weights(single_store, s, tmp_path / "one" / str(s.version))
+        ours = _weights(store, v, tmp_path / "ddp" / str(v.version))
+        theirs = _weights(single_store, s, tmp_path / "one" / str(s.version))
         assert ours.keys() == theirs.keys()
         for name in ours:
-            torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=ATOL, msg=f"stage {v.tags['stage']}: {name}")
+            where = f"stage {v.tags['stage']}: {name}"
+            torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=ATOL, msg=where)
         assert r.val_loss == pytest.approx(sr.val_loss, abs=ATOL)  # the rank-0 evaluation every rank saw
         assert [loss for _, loss in r.train_curve] == pytest.approx([loss for _, loss in sr.train_curve], abs=ATOL)
 
     with get_client(sync_client=True) as prefect:  # the ranks' progress reached the task's progress artifacts
         flow_run = ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
-        progress = [a for a in prefect.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=flow_run)) if a.type == "progress"]
+        artifacts = prefect.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=flow_run))
+    progress = [a for a in artifacts if a.type == "progress"]
     assert sorted(float(a.data) for a in progress) == [100.0] * 3
 
 
@@ -113,6 +119,7 @@ def test_a_failing_rank_fails_the_stage_with_one_line(prefect_harness, workdir):
     state = staged_training(load_config(SMOKE, overrides), str(workdir), return_state=True)
     assert state.is_failed()
     message = str(state.result(raise_on_failure=False))
-    assert message.startswith("stage 1: loss is ") and message.endswith(" at step 2; stopped, last good checkpoint: step 1")
+    assert message.startswith("stage 1: loss is ")
+    assert message.endswith(" at step 2; stopped, last good checkpoint: step 1")
     assert "\n" not in message
     assert _versions(workdir)[2] == []
