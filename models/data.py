@@ -81,10 +81,17 @@ class ByteCorpus:
         seq = torch.stack([stream[s : s + self.context + 1] for s in starts]).long()  # (B, T+1)
         return seq[:, :-1], seq[:, 1:]  # inputs (B, T), targets (B, T)
 
-    def batch(self, cursor: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The ``batch_size`` sequences at positions cursor .. cursor+batch_size-1 of the train stream."""
+    def batch(self, cursor: int, batch_size: int, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``batch_size`` sequences at positions cursor .. cursor+batch_size-1 of the train stream.
+
+        With ``world`` > 1 (data parallel), rank ``rank``'s contiguous 1/world of them: the ranks'
+        slices, in rank order, are exactly the global batch, and the cursor advances by ``batch_size``.
+        """
+        if batch_size % world:
+            raise ValueError(f"batch size {batch_size} is not divisible by {world} processes")
+        local = batch_size // world
         starts = []
-        for g in range(cursor, cursor + batch_size):
+        for g in range(cursor + rank * local, cursor + (rank + 1) * local):
             epoch, pos = divmod(g, self.n_train)
             starts.append(int(self._permutation(epoch)[pos]) * (self.context + 1))
         return self._chunks(self.train, starts)

@@ -131,9 +131,14 @@ class GPT(nn.Module):
         return self.head(self.ln_f(x))  # (B, T, 256)
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logits = self(idx)
-        logits = logits.view(-1, VOCAB_SIZE)  # bf16 under autocast: take the softmax in at least float32
-        return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), targets.reshape(-1))
+        return byte_loss(self(idx), targets)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def byte_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-byte cross-entropy of logits (B, T, 256) against targets (B, T). A function of the
+    logits, so that a DistributedDataParallel wrapper can run the forward pass (models/train.py)."""
+    logits = logits.reshape(-1, VOCAB_SIZE)  # bf16 under autocast: take the softmax in at least float32
+    return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), targets.reshape(-1))

@@ -4,6 +4,14 @@ No I/O here: progress and logging reach the outside world through the ``on_step`
 checkpoints through ``on_checkpoint`` (a :class:`TrainState` every ``checkpoint_every`` steps),
 so the same loop runs under Prefect, in a benchmark or in a notebook. ``resume=TrainState``
 continues a stage bit for bit: same batches (cursor), optimizer state, step-based LR and RNG.
+
+Under ``torchrun`` (an initialized torch.distributed process group of more than one process) the
+model is wrapped in DistributedDataParallel: each rank trains on its contiguous slice of every
+global batch (``cfg.batch_size`` stays the global batch, so the cursor moves as in one process),
+the reported train loss is the mean over ranks, validation runs on rank 0 and is broadcast (every
+rank takes the same stop decision), and the callbacks run on rank 0 only. Every rank is seeded
+alike, so rank 0's RNG state in a checkpoint is every rank's (with dropout > 0 the ranks then
+share masks over different slices: not the masks of one process).
 """
 
 from __future__ import annotations
@@ -18,10 +26,11 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.data import ByteCorpus
-from models.gpt import GPT
+from models.gpt import GPT, byte_loss
 from models.optim import StateDict, export_moments, load_moments
 from models.optim import make_optimizer as _adamw
 from models.policy import warmup_cosine
@@ -63,6 +72,7 @@ class TrainResult:
     seconds: float = 0.0
     steps: int = 0  # steps actually trained (a stop rule may end the stage before cfg.steps)
     moments: StateDict = field(default_factory=dict)  # AdamW state at the end (models.optim layout)
+    world_size: int = 1  # processes that trained it (DistributedDataParallel under torchrun)
 
 
 @dataclass
@@ -123,7 +133,14 @@ def resolve_device(device: str) -> torch.device:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but CUDA is not available")
-    return torch.device(device)
+    return torch.device("cuda", torch.cuda.current_device()) if device == "cuda" else torch.device(device)
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of the torch.distributed process group; (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def seed_everything(seed: int) -> None:
@@ -158,6 +175,25 @@ def evaluate(model: GPT, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> fl
     return sum(losses) / len(losses)
 
 
+def _evaluate_on_rank0(model: GPT, batches: list[tuple[torch.Tensor, torch.Tensor]], rank: int, world: int) -> float:
+    """Rank 0 evaluates, every rank gets its figure: the same stop decision everywhere."""
+    if world == 1:
+        return evaluate(model, batches)
+    device = next(model.parameters()).device
+    value = torch.tensor([evaluate(model, batches) if rank == 0 else 0.0], dtype=torch.float64, device=device)
+    dist.broadcast(value, src=0)
+    return value.item()
+
+
+def _mean_over_ranks(loss: torch.Tensor, world: int) -> float:
+    """The global batch's loss: each rank's slice has the same number of tokens, so the mean of means."""
+    if world == 1:
+        return loss.item()
+    total = loss.detach().float().clone()
+    dist.all_reduce(total)  # SUM: gloo has no AVG
+    return total.item() / world
+
+
 def train(
     model: GPT,
     corpus: ByteCorpus,
@@ -182,11 +218,19 @@ def train(
     stop: called on the validation curve after each evaluation; True ends training (loss-slope rule).
     resume: continue from this state (the model must already hold the weights saved with it).
     on_checkpoint: called every ``checkpoint_every`` steps and after the last step.
+    on_step, on_checkpoint: on rank 0 only under torchrun.
     Raises NonFiniteLoss (before stepping the optimizer) when the loss is NaN or Inf.
     """
     seed_everything(seed)
     device = resolve_device(cfg.device)
+    rank, world = rank_and_world()
     model.to(device).train()
+    net = model  # what runs the forward pass; DDP all-reduces the gradients in backward
+    if world > 1:
+        device_ids = [device.index] if device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    if rank > 0:
+        on_step = on_checkpoint = None
     val_batches = corpus.val_batches(cfg.eval_batches, cfg.batch_size)
     optimizer = make_optimizer(model, cfg)
     mult = lr_mult or (lambda s: lr_at(s, cfg))
@@ -204,18 +248,18 @@ def train(
             load_moments(model, optimizer, moments)
         if ramp is not None:
             ramp.apply(model, 0)
-        val = evaluate(model, val_batches)
+        val = _evaluate_on_rank0(model, val_batches, rank, world)
         result = TrainResult(val_loss_init=val, val_loss=val, cursor=cursor, val_curve=[(0, val)])
         first, stopped = 1, False
     start = time.perf_counter()
     for step in range(first, cfg.steps + 1 if not stopped else first):
         if ramp is not None:
             ramp.apply(model, step)
-        x, y = corpus.batch(result.cursor, cfg.batch_size)
+        x, y = corpus.batch(result.cursor, cfg.batch_size, rank, world)  # this rank's slice of the global batch
         result.cursor += cfg.batch_size
         with _autocast(device):
-            loss = model.loss(x.to(device), y.to(device))
-        train_loss = loss.item()
+            loss = byte_loss(net(x.to(device)), y.to(device))
+        train_loss = _mean_over_ranks(loss, world)
         if not math.isfinite(train_loss):
             raise NonFiniteLoss(step, train_loss)
         optimizer.zero_grad(set_to_none=True)
@@ -230,7 +274,7 @@ def train(
         result.steps = step
         val_now = None
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            val_now = result.val_loss = evaluate(model, val_batches)
+            val_now = result.val_loss = _evaluate_on_rank0(model, val_batches, rank, world)
             result.val_curve.append((step, val_now))
         if on_step is not None:
             on_step(StepInfo(step, cfg.steps, train_loss, lr, val_now))
@@ -242,6 +286,7 @@ def train(
     for block in model.blocks:
         block.fold_gate()  # a no-op unless a ramp was still below 1
     result.moments = export_moments(model, optimizer)
+    result.world_size = world
     result.tokens = (result.steps - first + 1) * cfg.batch_size * corpus.context
     result.seconds = time.perf_counter() - start
     return result

@@ -57,6 +57,9 @@ class StageConfig(Strict):
     schedule: ScheduleConfig = ScheduleConfig()  # LR across growth: restart, continue or rewarm
     train: dict[str, Any] = {}  # overrides of the pipeline's `train` for this stage, e.g. {lr: 1e-3}
     checkpoint_every: int | None = Field(None, ge=0)  # overrides the pipeline's checkpoint_every
+    # > 1: train under torchrun with DistributedDataParallel, this many processes (one per GPU, or
+    # gloo on CPU); train.batch_size stays the global batch and must divide by it. Not in the stage key.
+    nproc: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _one_end_rule(self) -> "StageConfig":
@@ -117,10 +120,14 @@ class StageSpec(Strict):
     data: DataConfig
     checkpoint_every: int = 0  # 0: no in-stage checkpoints
     checkpoint_keep: int = 2
+    nproc: int = 1  # processes under torchrun (DistributedDataParallel); 1: in the task process
 
     def content_hash(self) -> str:
-        """What the stage computes; checkpoint cadence changes nothing in the weights, so it is left out."""
-        return hashlib.sha256(self.model_dump_json(exclude={"checkpoint_every", "checkpoint_keep"}).encode()).hexdigest()
+        """What the stage computes. Left out: checkpoint cadence (changes nothing in the weights) and
+        nproc (the same global batch and steps: the same weights up to float summation order, and,
+        with dropout > 0, other dropout masks)."""
+        exclude = {"checkpoint_every", "checkpoint_keep", "nproc"}
+        return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()
 
 
 class PipelineConfig(Strict):
@@ -170,6 +177,9 @@ class PipelineConfig(Strict):
                     model = child_config(stage.growth, model, stage.n_layers)
                 train = TrainConfig(**{**self.train.model_dump(), **stage.train, "steps": 0})
                 cap = step_cap(stage.steps, stage.until, train.batch_size * model.context)
+                if train.batch_size % stage.nproc:
+                    batch, n = train.batch_size, stage.nproc
+                    raise ValueError(f"stages.{k - 1}: train.batch_size {batch} is not divisible by nproc {n}")
                 spec = StageSpec(
                     index=k,
                     seed=self.seed,
@@ -184,6 +194,7 @@ class PipelineConfig(Strict):
                     data=self.data,
                     checkpoint_every=self.checkpoint_every if stage.checkpoint_every is None else stage.checkpoint_every,
                     checkpoint_keep=self.checkpoint_keep,
+                    nproc=stage.nproc,
                 )
             except ValidationError as e:
                 raise ValueError(f"stages.{k - 1}: {format_validation_error(e)}") from None
