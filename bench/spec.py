@@ -140,6 +140,8 @@ for _sched in [
     _variant("nodecay-lr4-transfer", "nodecay-lr4, Adam moments carried across growth", optimizer="transfer"),
     _variant("nodecay-lr4-transfer-nowarm", "nodecay-lr4 + transfer, no LR warmup after growth",
              optimizer="transfer", train={"warmup_steps": 0}),
+    _variant("nodecay-lr4-identity-transfer-nowarm", "identity growth + Adam moments carried, no LR warmup after growth",
+             growth="identity", optimizer="transfer", train={"warmup_steps": 0}),
     _variant("nodecay-lr4-interleave", "nodecay-lr4, each block repeated in place", growth="interleave"),
     _variant("nodecay-lr4-identity", "nodecay-lr4, function-preserving: new blocks' out-projections zeroed", growth="identity"),
     _variant("nodecay-lr4-masked", "nodecay-lr4, function-preserving: new blocks gated 0 -> 1 over 20 steps (MSG)", growth=_MASKED),
