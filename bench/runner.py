@@ -117,7 +117,8 @@ def run_arm(
 
         clock.start()
         try:
-            result = train(model, corpus, tcfg, cursor=cursor, seed=seed + k, on_step=on_step, moments=moments, **policies)
+            result = train(model, corpus, tcfg, cursor=cursor, seed=seed + k, on_step=on_step,
+                           moments=moments, **policies)
         except _Reached:
             arm.stopped_at_target = True
             return arm

@@ -176,3 +176,12 @@ def test_policies_reach_the_prefect_pipeline_unchanged():
     assert specs[1].growth.ramp_steps == 3 and specs[2].total_steps == 18
     width = pipeline_config(PRESETS["quick"], SCHEDULES["width-depth"], seed=0, model_name="bench-test").stage_specs()
     assert [(s.model.n_layers, s.model.d_model) for s in width] == [(3, 32), (6, 32), (6, 64), (12, 64)]
+
+
+def test_every_schedule_is_a_pipeline_the_flow_accepts():
+    from bench.orchestration import pipeline_config
+
+    for name, schedule in SCHEDULES.items():  # PipelineConfig dry-runs every growth on meta tensors
+        preset = PRESETS["tiny" if name.startswith("tiny") else "quick"]
+        assert len(pipeline_config(preset, schedule, seed=0, model_name="bench-test").stage_specs()) == len(schedule.stages)
+    assert all(name in SCHEDULES for p in PRESETS.values() for name in p.schedules)
