@@ -16,7 +16,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.spec import Preset, Schedule, stage_train
+from bench.spec import Preset, Schedule, stage_model, stage_train
 
 
 def embedded_env(workdir: Path) -> None:
@@ -30,22 +30,26 @@ def embedded_env(workdir: Path) -> None:
 
 
 def pipeline_config(preset: Preset, schedule: Schedule, seed: int, model_name: str):
-    """The staged schedule as a PipelineConfig for `staged run`; only what the flow supports today."""
+    """The staged schedule as a PipelineConfig for `staged run`: the same stages, operators and policies."""
     from tasks.config import PipelineConfig
 
     stages = []
     for plan in schedule.stages:
-        if plan.model or plan.optimizer != "reset" or plan.schedule != "rewarm":
-            raise ValueError(f"schedule {schedule.name!r} uses options the flow does not have yet")
         t = stage_train(preset, plan)
         train = {k: getattr(t, k) for k in ("lr", "warmup_steps", "batch_size", "min_lr_ratio")}
-        stages.append({"n_layers": plan.n_layers, "steps": t.steps, "growth": {"operator": plan.growth}, "train": train})
-    width = preset.model.model_dump(exclude={"n_layers"})
+        stages.append({"n_layers": plan.n_layers, "steps": t.steps, "growth": plan.growth.model_dump(),
+                       "optimizer": {"state": plan.optimizer}, "schedule": plan.schedule.model_dump(), "train": train})  # fmt: skip
+    width = stage_model(preset, schedule.stages[0]).model_dump(exclude={"n_layers"})  # the flow derives later widths
     base = preset.train.model_dump(exclude={"steps"}) | {"eval_every": 10**6, "eval_batches": 1}
-    return PipelineConfig.model_validate({
+    cfg = PipelineConfig.model_validate({
         "seed": seed, "retries": 0, "data": preset.data.model_dump(), "model": width, "train": base,
         "registry": {"model_name": model_name}, "stages": stages,
     })  # fmt: skip
+    for spec, plan in zip(cfg.stage_specs(), schedule.stages):
+        if spec.model != stage_model(preset, plan):
+            raise ValueError(f"schedule {schedule.name!r} stage {spec.index}: the flow would build {spec.model}, "
+                             f"the bench {stage_model(preset, plan)}")  # fmt: skip
+    return cfg
 
 
 @contextmanager

@@ -25,13 +25,23 @@ def _verdict(name: str, value: float | None, goals: dict) -> str:
     return f"{'met' if ok else 'NOT met'} (goal {op} {goal})"
 
 
+def _stage_label(st: dict, k: int) -> str:
+    """e.g. `6L×0.3 masked transfer continue {'lr': 0.004}`: growth and policies only where not the default."""
+    growth, schedule = st.get("growth") or {}, st.get("schedule") or {}
+    words = [f"{st['n_layers']}L" + (f" d{st['model']['d_model']}" if "d_model" in (st.get("model") or {}) else "") + f"×{st['share']:g}"]
+    words += [growth["operator"]] if k and growth.get("operator", "stack") != "stack" else []
+    words += ["transfer"] if k and st.get("optimizer") == "transfer" else []
+    words += [schedule["policy"]] if schedule.get("policy", "restart") != "restart" else []
+    return " ".join(words + ([str(st["train"])] if st["train"] else []))
+
+
 def markdown(summary: dict) -> str:
     goals = {**GOALS, "mfu": (">=", 0.45 if summary["efficiency"].get("peak_dtype") == "bfloat16" else 0.30)}
     lines = [f"## staged bench — preset `{summary['preset']}`, seeds {summary['seeds']}", "",
              "| schedule | stages (layers × share of scratch steps) | time-to-target / scratch | FLOPs-to-target / scratch |",
              "|---|---|---|---|"]  # fmt: skip
     for name, s in summary["schedules"].items():
-        stages = " → ".join(f"{st['n_layers']}L×{st['share']:g}" + (f" {st['train']}" if st["train"] else "") for st in s["stages"])
+        stages = " → ".join(_stage_label(st, k) for k, st in enumerate(s["stages"]))
         lines.append(f"| {name}{' (best)' if name == summary['best_schedule'] else ''} | {stages} | "
                      f"{_fmt(s['time_to_target_ratio'])} | {_fmt(s['flops_to_target_ratio'])} |")  # fmt: skip
     lines += ["", "Per seed (target = that seed's scratch final val loss; only the final 12-layer stage's evals count):", "",

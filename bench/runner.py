@@ -1,7 +1,11 @@
 """Train one arm (scratch or a staged schedule) with the project's own train() and grow(),
 recording validation loss against training wall time, tokens and FLOPs.
 
-Clock: runs while building/growing the model and inside train(); paused for every benchmark
+Every stage is grown and trained as the Prefect stage task does it: models.growth.grow (and
+grow_moments for ``optimizer: transfer``), and train() with models.stage_policies.train_policies
+(LR schedule across stages, masked growth's gate ramp).
+
+Clock: runs while building/growing the model (Adam moments included) and inside train(); paused for every benchmark
 evaluation (same fixed validation batches for every arm). train()'s own one-batch evals at the
 start and end of each stage stay inside the clock; that costs under one step per stage.
 """
@@ -17,7 +21,9 @@ from bench.curves import Point
 from bench.spec import Preset, Schedule, stage_model, stage_train, train_flops_per_token
 from models.data import ByteCorpus
 from models.gpt import GPT
-from models.growth import grow
+from models.growth import grow, grow_moments
+from models.policy import UntilConfig
+from models.stage_policies import train_policies
 from models.train import StepInfo, evaluate, resolve_device, seed_everything, train
 
 
@@ -60,28 +66,19 @@ class ArmResult:
                 "points": [p.as_dict() for p in self.points]}  # fmt: skip
 
 
-def _check_policies(schedule: Schedule) -> None:
-    for k, plan in enumerate(schedule.stages[1:], start=2):
-        if plan.optimizer != "reset" or plan.schedule != "rewarm":
-            raise ValueError(
-                f"schedule {schedule.name!r} stage {k}: optimizer={plan.optimizer!r}, schedule={plan.schedule!r} "
-                "need the growth branch's train() policies; only reset/rewarm are available here"
-            )
-
-
 def run_arm(
     preset: Preset, schedule: Schedule, corpus: ByteCorpus, seed: int, *, stop_below: float | None = None
 ) -> ArmResult:
     """Train every stage of ``schedule`` in turn; stop once the *final* stage's val loss <= ``stop_below``
     (a smaller model that reaches the target on the way does not count: see bench.main.final_stage)."""
-    _check_policies(schedule)
     if schedule.baseline:
         schedule = schedule.model_copy(update={"stages": [p.model_copy(update={"train": {**preset.scratch_train, **p.train}})
                                                           for p in schedule.stages]})  # fmt: skip
     device = resolve_device(preset.train.device)
     val = corpus.val_batches(preset.eval_batches, preset.eval_batch_size)
     arm, clock = ArmResult(schedule.name, seed), Clock()
-    state, parent_cfg, cursor, step0, tokens0, flops0 = None, None, 0, 0, 0, 0.0
+    state, moments, parent_cfg, cursor, step0, tokens0, flops0 = None, None, None, 0, 0, 0, 0.0
+    total = sum(stage_train(preset, p).steps for p in schedule.stages)  # what `continue` lays its LR curve over
 
     def record(model: GPT, stage: int, step: int, tokens: int, flops: float) -> float:
         t = time.perf_counter()
@@ -97,6 +94,11 @@ def run_arm(
         model = GPT(cfg)
         if state is not None:
             model.load_state_dict(grow(plan.growth, state, parent_cfg, cfg), strict=True)
+            moments = grow_moments(plan.growth, moments, parent_cfg, cfg) if plan.optimizer == "transfer" else None
+        policies = train_policies(tcfg, plan.schedule, plan.growth, UntilConfig(), start=step0, total=total,
+                                  parent_layers=parent_cfg.n_layers if parent_cfg else None, child_layers=cfg.n_layers)
+        if policies["ramp"] is not None:  # the benchmark's first eval must see the gates train() starts from
+            policies["ramp"].apply(model, 0)
         model.to(device)
         clock.pause()
         arm.boundaries.append({"stage": k, "n_layers": cfg.n_layers, "seconds": clock.seconds, "flops": flops0, "tokens": tokens0})
@@ -115,7 +117,8 @@ def run_arm(
 
         clock.start()
         try:
-            result = train(model, corpus, tcfg, cursor=cursor, seed=seed + k, on_step=on_step)
+            result = train(model, corpus, tcfg, cursor=cursor, seed=seed + k, on_step=on_step,
+                           moments=moments, **policies)
         except _Reached:
             arm.stopped_at_target = True
             return arm
@@ -123,6 +126,7 @@ def run_arm(
         cursor, step0 = result.cursor, step0 + tcfg.steps
         tokens0, flops0 = tokens0 + tcfg.steps * tok_step, flops0 + tcfg.steps * flops_step
         state, parent_cfg = {n: t.detach().cpu() for n, t in model.state_dict().items()}, cfg
+        moments = result.moments
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -27,10 +27,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 import models
 from models.data import ByteCorpus
 from models.gpt import GPT, GPTConfig
-from models.growth import GrowthError, grow, grow_moments, layer_map
+from models.growth import GrowthError, grow, grow_moments
 from models.optim import StateDict
-from models.policy import lr_schedule, slope_stop
-from models.train import GateRamp, NonFiniteLoss, StepInfo, TrainResult, TrainState, seed_everything, train
+from models.stage_policies import train_policies as stage_policies
+from models.train import NonFiniteLoss, StepInfo, TrainResult, TrainState, seed_everything, train
 from tasks import checkpoint
 from tasks.config import StageSpec
 from tasks.ddp import DDPJob, TorchrunFailed, launch
@@ -88,16 +88,10 @@ def build_model(spec: StageSpec, parent: ModelRef | None, store: Store) -> tuple
 
 def train_policies(spec: StageSpec, parent: ModelRef | None) -> dict:
     """train()'s keyword arguments for this stage's LR, gate-ramp and stop policies."""
-    start = parent.global_step if parent else 0
-    lr_mult = lr_schedule(
-        spec.schedule, warmup=spec.train.warmup_steps, min_ratio=spec.train.min_lr_ratio,
-        stage_steps=spec.train.steps, start=start, total=spec.total_steps or spec.train.steps,
+    return stage_policies(
+        spec.train, spec.schedule, spec.growth, spec.until, parent_layers=parent.n_layers if parent else None,
+        child_layers=spec.model.n_layers, start=parent.global_step if parent else 0, total=spec.total_steps,
     )  # fmt: skip
-    ramp = None
-    if parent is not None and spec.growth.operator == "masked":
-        new = layer_map(spec.growth, parent.n_layers, spec.model.n_layers).new_blocks
-        ramp = GateRamp(blocks=new, steps=spec.growth.ramp_steps)
-    return {"lr_mult": lr_mult, "ramp": ramp, "stop": slope_stop(spec.until.loss_slope)}
 
 
 class _Progress:

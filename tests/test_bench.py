@@ -128,3 +128,60 @@ def test_baseline_variants_train_on_top_of_the_tuned_scratch_settings():
     assert scratch_schedule(preset).stages[0].train == preset.scratch_train
     variant = SCHEDULES["scratch-lr0.006"]
     assert variant.baseline and variant.stages[0].train == {"lr": 6e-3}
+
+
+def _tiny_arm(schedule: str, **overrides):
+    from bench.runner import run_arm
+    from models.data import ByteCorpus
+
+    preset = build_preset("tiny", None, "0", [f"{k}={v}" for k, v in overrides.items()])
+    return run_arm(preset, SCHEDULES[schedule], ByteCorpus(preset.data, preset.model.context, 0), 0)
+
+
+def _across_growth(arm) -> list[tuple[float, float]]:
+    """(last val loss before growth, first val loss after it) for each growth."""
+    return [(max((p for p in arm.points if p.stage == k - 1), key=lambda p: p.step).val_loss,
+             min((p for p in arm.points if p.stage == k), key=lambda p: p.step).val_loss)
+            for k in range(2, len(arm.boundaries) + 1)]  # fmt: skip
+
+
+def test_masked_growth_with_moment_transfer_and_one_lr_curve_runs_end_to_end():
+    arm = _tiny_arm("tiny-msg")
+    assert [b["n_layers"] for b in arm.boundaries] == [1, 2, 4] and [b["stage"] for b in arm.boundaries] == [1, 2, 3]
+    assert {p.stage for p in arm.points} == {1, 2, 3} and all(math.isfinite(p.val_loss) for p in arm.points)
+    assert [p.step for p in arm.points] == sorted(p.step for p in arm.points)  # global steps run on across stages
+    assert arm.boundaries[1]["tokens"] > 0 and arm.boundaries[2]["seconds"] >= arm.boundaries[1]["seconds"]
+
+
+def test_function_preserving_growth_keeps_the_loss_across_the_boundary_and_stack_does_not():
+    for name in ("tiny-identity", "tiny-msg"):
+        for before, after in _across_growth(_tiny_arm(name)):
+            assert after == pytest.approx(before, abs=1e-5), name
+    assert any(abs(after - before) > 1e-3 for before, after in _across_growth(_tiny_arm("tiny")))
+
+
+def test_transferred_moments_change_the_first_steps_after_growth():
+    reset, transfer = _tiny_arm("tiny", eval_every=1), _tiny_arm("tiny-transfer", eval_every=1)
+    stage = lambda arm, k: [(p.step, p.val_loss) for p in arm.points if p.stage == k]  # noqa: E731
+    assert stage(reset, 1) == stage(transfer, 1)  # the same run until the first growth...
+    assert stage(reset, 2)[0] == stage(transfer, 2)[0]  # ...and the same grown weights
+    assert stage(reset, 2)[1][1] != pytest.approx(stage(transfer, 2)[1][1], abs=1e-6)  # one step later: not the same update
+
+
+def test_policies_reach_the_prefect_pipeline_unchanged():
+    from bench.orchestration import pipeline_config
+
+    specs = pipeline_config(PRESETS["tiny"], SCHEDULES["tiny-msg"], seed=0, model_name="bench-test").stage_specs()
+    assert [(s.growth.operator, s.optimizer.state, s.schedule.policy) for s in specs[1:]] == [("masked", "transfer", "continue")] * 2
+    assert specs[1].growth.ramp_steps == 3 and specs[2].total_steps == 18
+    width = pipeline_config(PRESETS["quick"], SCHEDULES["width-depth"], seed=0, model_name="bench-test").stage_specs()
+    assert [(s.model.n_layers, s.model.d_model) for s in width] == [(3, 32), (6, 32), (6, 64), (12, 64)]
+
+
+def test_every_schedule_is_a_pipeline_the_flow_accepts():
+    from bench.orchestration import pipeline_config
+
+    for name, schedule in SCHEDULES.items():  # PipelineConfig dry-runs every growth on meta tensors
+        preset = PRESETS["tiny" if name.startswith("tiny") else "quick"]
+        assert len(pipeline_config(preset, schedule, seed=0, model_name="bench-test").stage_specs()) == len(schedule.stages)
+    assert all(name in SCHEDULES for p in PRESETS.values() for name in p.schedules)
