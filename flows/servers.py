@@ -82,7 +82,8 @@ def _pgdata(dir: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix="staged-pgdata-"))  # e.g. under pytest's 0700 tmp dirs
 
 
-def _wait(name: str, url: str, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+def wait_healthy(name: str, url: str, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+    """Until ``url`` answers 200; a ServerError naming the log's last line if ``proc`` exits or time runs out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -116,7 +117,7 @@ class _Starter:
         self.servers.pids[name] = proc.pid
         self.servers.save()
         if health:
-            _wait(name, health, proc, log)
+            wait_healthy(name, health, proc, log)
 
     def postgres(self) -> None:
         data, port = Path(self.servers.pgdata), self.servers.ports["postgres"]

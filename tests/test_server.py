@@ -2,10 +2,8 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -14,11 +12,13 @@ import pytest
 import torch
 
 from flows.cli import main
+from flows.servers import wait_healthy
 from flows.staged import staged_training
 from tasks.config import load_config
 from tasks.lookup import load_model, resolve
 from tasks.registry import Store
 from tasks.serving import load_pyfunc
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).parent.parent
@@ -26,30 +26,10 @@ MLFLOW = str(Path(sys.executable).parent / "mlflow")
 SHORT = ["stages.0.steps=4", "stages.1.steps=2", "stages.2.steps=1"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(url: str, proc: subprocess.Popen, log: Path, seconds: float = 120) -> None:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: process exited {proc.returncode}: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} not healthy after {seconds} s: {log.read_text()[-2000:]}")
-
-
 def _start(args: list[str], log: Path, health: str, env: dict | None = None) -> subprocess.Popen:
     proc = subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
     try:
-        _wait(health, proc, log)
+        wait_healthy(health, health, proc, log, timeout=120)
     except BaseException:
         _stop(proc)
         raise
@@ -69,7 +49,7 @@ def _stop(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     args = [MLFLOW, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
             "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", (root / "artifacts").as_uri()]  # fmt: skip
@@ -142,7 +122,7 @@ def test_pyfunc_and_mlflow_models_serve_match_the_project_loader(served_run, tmp
         expected = load_model(store, resolve(store, "models:/staged-smoke@champion"))(torch.from_numpy(ids)).numpy()
     assert np.array_equal(load_pyfunc(url, "models:/staged-smoke@champion").predict(ids), expected)
 
-    port = _free_port()
+    port = free_port()
     bin_dir = str(Path(MLFLOW).parent)  # `mlflow models serve` execs `uvicorn` by name, as in an activated venv
     env = {**os.environ, "MLFLOW_TRACKING_URI": url, "PYTHONPATH": str(ROOT), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     args = [MLFLOW, "models", "serve", "-m", "models:/staged-smoke@champion", "--env-manager", "local",
