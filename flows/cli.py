@@ -3,7 +3,7 @@
     staged run CONFIG [--workdir DIR] [--set dotted.key=value ...] [--from-version N]
     staged resume CONFIG [--workdir DIR] ...   (run, but only where an earlier run left a registry)
     staged generate|eval MODEL_URI ...,  staged models list NAME   (flows/use_cli.py)
-    staged servers up|down|status|env [--dir DIR]   (flows/servers.py: local Postgres/S3/Prefect/MLflow)
+    staged servers up|down|status|env [--dir DIR]   (flows/servers_cli.py: local Postgres/S3/Prefect/MLflow)
     staged bench --preset quick --out FILE.json [--workdir DIR]   (options: bench/main.py)
 
 Rerunning the same command resumes: registered stages are skipped, an interrupted one continues
@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from flows.servers import add_server_commands
+from flows.servers_cli import add_server_commands
 from flows.use_cli import add_use_commands, print_gate
 from tasks.config import ConfigError, PipelineConfig, load_config
 

@@ -1,4 +1,4 @@
-"""``staged servers up|down|status|env``: the local-servers topology on one machine.
+"""The local-servers topology on one machine (``staged servers``: flows/servers_cli.py).
 
     PostgreSQL   (the machine's binaries, run as the unprivileged ``postgres`` user when we are root)
     S3 endpoint  (moto's HTTP server; a bucket for MLflow's artifacts)
@@ -233,10 +233,10 @@ def _check_ports_free(ports: dict[str, int]) -> None:
 
 
 def _alive(servers: Servers) -> bool:
-    return bool(servers.pids) and all(_pid_alive(pid) for pid in servers.pids.values())
+    return bool(servers.pids) and all(pid_alive(pid) for pid in servers.pids.values())
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -256,7 +256,7 @@ def down(dir: str | Path, grace: float = 15) -> list[str]:
         return []
     stopped = []
     for name, pid in reversed(servers.pids.items()):
-        if _pid_alive(pid):
+        if pid_alive(pid):
             _stop_group(pid, grace)
             stopped.append(name)
     if (Path(servers.pgdata) / "postmaster.pid").is_file():
@@ -284,42 +284,3 @@ def _stop_group(pid: int, grace: float) -> None:
         if time.monotonic() > deadline:
             sig = signal.SIGKILL
         time.sleep(0.2)
-
-
-def add_server_commands(sub) -> None:
-    servers = sub.add_parser("servers", help="local Postgres + S3 + Prefect server/worker + MLflow server on 127.0.0.1")
-    servers.add_argument("action", choices=["up", "down", "status", "env"])
-    servers.add_argument("--dir", default=".staged/servers", help="state, logs and data (default: %(default)s)")
-    for name, port in DEFAULT_PORTS.items():
-        servers.add_argument(f"--{name}-port", type=int, default=port, metavar="PORT")
-    servers.set_defaults(func=cmd_servers)
-
-
-def cmd_servers(args) -> int:
-    if args.action == "up":
-        ports = {name: getattr(args, f"{name}_port") for name in DEFAULT_PORTS}
-        try:
-            servers = up(args.dir, ports)
-        except ServerError as e:
-            print(f"staged: error: {e}", file=sys.stderr)
-            return 1
-        _print_status(servers)
-        print(f"\nuse them from this shell:  eval $(staged servers env --dir {args.dir})")
-    elif args.action == "down":
-        stopped = down(args.dir)
-        print(f"stopped: {', '.join(stopped)}" if stopped else "nothing running")
-    elif (servers := Servers.load(args.dir)) is None or not servers.pids:
-        print(f"staged: error: no servers running from {args.dir!r} (start them: staged servers up)", file=sys.stderr)
-        return 1
-    elif args.action == "status":
-        _print_status(servers)
-    else:
-        print("\n".join(f"export {k}={v}" for k, v in servers.client_env().items()))
-    return 0
-
-
-def _print_status(servers: Servers) -> None:
-    for name, pid in servers.pids.items():
-        print(f"{name:8} pid {pid:<7} {'up' if _pid_alive(pid) else 'DOWN':4}  logs/{name}.log")
-    print(f"Prefect UI  {servers.urls['prefect']}\nMLflow UI   {servers.urls['mlflow']}\nS3 endpoint {servers.urls['s3']}"
-          f"  (bucket {BUCKET})\nPostgreSQL  {servers.urls['postgres']}  (data {servers.pgdata})")
