@@ -141,8 +141,8 @@ class _Starter:
         self.spawn("s3", [_bin("moto_server"), "-H", "127.0.0.1", "-p", str(port)], {}, f"{self.servers.urls['s3']}/")
         import boto3
 
-        s3 = boto3.client("s3", endpoint_url=self.servers.urls["s3"], **{k.lower(): v for k, v in S3_KEYS.items() if k != "AWS_DEFAULT_REGION"},
-                          region_name=S3_KEYS["AWS_DEFAULT_REGION"])  # fmt: skip
+        s3 = boto3.client("s3", endpoint_url=self.servers.urls["s3"], region_name=S3_KEYS["AWS_DEFAULT_REGION"],
+                          aws_access_key_id=S3_KEYS["AWS_ACCESS_KEY_ID"], aws_secret_access_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"])
         s3.create_bucket(Bucket=BUCKET)
 
     def prefect(self) -> None:

@@ -11,7 +11,6 @@ the only thing a stage task needs, and what its ``stage_key`` hashes.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from pathlib import Path
 from typing import Any, Literal
@@ -272,14 +271,5 @@ def pipeline_hash(config: PipelineConfig) -> str:
 
 def resolve_config(config: PipelineConfig | str | Path | None, overrides: list[str] | None = None) -> PipelineConfig:
     """The flow's ``config`` parameter as a PipelineConfig: as given, or loaded from a YAML path (None: the
-    defaults) with ``overrides``. A file is parsed and validated once per content: the flow-run name and the flow body share it."""
-    if isinstance(config, PipelineConfig):
-        return config
-    path = None if config is None else str(config)
-    content = hashlib.sha256(Path(path).read_bytes()).hexdigest() if path and Path(path).is_file() else None
-    return _load_cached(path, tuple(overrides or ()), content)
-
-
-@functools.lru_cache(maxsize=8)
-def _load_cached(path: str | None, overrides: tuple[str, ...], content: str | None) -> PipelineConfig:
-    return load_config(path, list(overrides))  # PipelineConfig is frozen: sharing one instance is safe
+    defaults) with ``overrides``."""
+    return config if isinstance(config, PipelineConfig) else load_config(config, overrides or [])

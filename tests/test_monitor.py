@@ -174,11 +174,11 @@ def test_markdown_links_to_the_run_and_version_pages(watched):
     assert "(http://h:5000/#/models/staged-smoke/versions/3)" in summary and "(http://h:5000/#/experiments/1/runs/p)" in summary
 
 
-def test_the_config_parameter_resolves_once_whatever_its_form(tmp_path):
+def test_the_config_parameter_resolves_the_same_whatever_its_form(tmp_path):
     copy = tmp_path / "smoke.yaml"
     copy.write_text(SMOKE.read_text())
     loaded = resolve_config(str(copy), OVERRIDES)
-    assert resolve_config(str(copy), OVERRIDES) is loaded  # the flow-run name and the flow body share one load
+    assert resolve_config(str(copy), OVERRIDES) == loaded  # the flow-run name and the flow body agree
     assert resolve_config(loaded) is loaded and pipeline_hash(resolve_config(SMOKE, OVERRIDES)) == pipeline_hash(loaded)
     copy.write_text(SMOKE.read_text().replace("seed: 0", "seed: 1"))
     assert resolve_config(str(copy), OVERRIDES).seed == 1
