@@ -44,7 +44,9 @@ def main() -> None:
         t_state = best_of(lambda: grow(g, state, PARENT, child))
         t_moments = best_of(lambda: grow_moments(g, moments, PARENT, child))
         name = g.operator + (f" (noise {g.noise})" if g.noise else "")
-        print(f"{name:>20}: weights {t_state:6.3f} s   adam moments {t_moments:6.3f} s   -> {child.n_layers} layers, d_model {child.d_model}")
+        print(
+            f"{name:>20}: weights {t_state:6.3f} s   adam moments {t_moments:6.3f} s   -> {child.n_layers} layers, d_model {child.d_model}"
+        )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,13 @@ from models.data import ByteCorpus
 
 
 def machine() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}  # fmt: skip
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -49,10 +54,18 @@ def _per_seed(scratch: dict, arm: dict, target: float) -> dict:
     ap = final_stage(every) if max(p.stage for p in every) == n_stages else []
     ts, fs = to_target(sp, target, "seconds"), to_target(sp, target, "flops")
     ta, fa = to_target(ap, target, "seconds"), to_target(ap, target, "flops")
-    return {"seed": arm["seed"], "target": target, "scratch_seconds": ts, "staged_seconds": ta,
-            "scratch_flops": fs, "staged_flops": fa, "time_ratio": ratio(ta, ts), "flops_ratio": ratio(fa, fs),
-            "staged_final_val_loss": arm["final_val_loss"],
-            "reached_before_final_stage": any(p.val_loss <= target for p in every if p.stage < n_stages)}  # fmt: skip
+    return {
+        "seed": arm["seed"],
+        "target": target,
+        "scratch_seconds": ts,
+        "staged_seconds": ta,
+        "scratch_flops": fs,
+        "staged_flops": fa,
+        "time_ratio": ratio(ta, ts),
+        "flops_ratio": ratio(fa, fs),
+        "staged_final_val_loss": arm["final_val_loss"],
+        "reached_before_final_stage": any(p.val_loss <= target for p in every if p.stage < n_stages),
+    }
 
 
 def summarise(preset: Preset, arms: list[dict]) -> dict:
@@ -62,7 +75,11 @@ def summarise(preset: Preset, arms: list[dict]) -> dict:
     targets = [scratch[s]["final_val_loss"] for s in seeds]
     schedules: dict[str, dict] = {}
     for name in dict.fromkeys(a["schedule"] for a in arms if a["schedule"] != "scratch"):
-        rows = [_per_seed(scratch[a["seed"]], a, scratch[a["seed"]]["final_val_loss"]) for a in arms if a["schedule"] == name]
+        rows = [
+            _per_seed(scratch[a["seed"]], a, scratch[a["seed"]]["final_val_loss"])
+            for a in arms
+            if a["schedule"] == name
+        ]
         schedules[name] = {
             "note": SCHEDULES[name].note if name in SCHEDULES else "",
             "stages": [p.model_dump() for p in SCHEDULES[name].stages] if name in SCHEDULES else [],
@@ -70,15 +87,23 @@ def summarise(preset: Preset, arms: list[dict]) -> dict:
             "flops_to_target_ratio": spread([r["flops_ratio"] for r in rows]),
             "per_seed": rows,
         }
-    ranked = sorted(schedules, key=lambda n: (-schedules[n]["time_to_target_ratio"]["reached"],
-                                              schedules[n]["time_to_target_ratio"]["mean"] or float("inf")))  # fmt: skip
+    ranked = sorted(
+        schedules,
+        key=lambda n: (
+            -schedules[n]["time_to_target_ratio"]["reached"],
+            schedules[n]["time_to_target_ratio"]["mean"] or float("inf"),
+        ),
+    )
     best = ranked[0] if ranked else None
     return {
-        "preset": preset.name, "seeds": seeds, "targets": targets, "best_schedule": best,
+        "preset": preset.name,
+        "seeds": seeds,
+        "targets": targets,
+        "best_schedule": best,
         "time_to_target_ratio": schedules[best]["time_to_target_ratio"]["mean"] if best else None,
         "flops_to_target_ratio": schedules[best]["flops_to_target_ratio"]["mean"] if best else None,
         "schedules": schedules,
-    }  # fmt: skip
+    }
 
 
 def _log(msg: str) -> None:
@@ -104,8 +129,10 @@ def run_bench(preset: Preset, workdir: Path, *, flow: bool = True, publish_artif
         for name in preset.schedules:
             arm = run_arm(preset, SCHEDULES[name], corpora[seed], seed, stop_below=scratch["final_val_loss"]).as_dict()
             arms.append(arm)
-            log(f"[bench] seed {seed} {name}: val {arm['final_val_loss']:.4f} at {arm['train_seconds']:.1f}s"
-                f"{' (target reached)' if arm['stopped_at_target'] else ' (target NOT reached)'}")  # fmt: skip
+            log(
+                f"[bench] seed {seed} {name}: val {arm['final_val_loss']:.4f} at {arm['train_seconds']:.1f}s"
+                f"{' (target reached)' if arm['stopped_at_target'] else ' (target NOT reached)'}"
+            )
     summary = summarise(preset, arms)
     orch = None
     if flow and summary["best_schedule"]:
@@ -114,13 +141,18 @@ def run_bench(preset: Preset, workdir: Path, *, flow: bool = True, publish_artif
         log(f"[bench] orchestration: schedule {summary['best_schedule']} through the Prefect flow")
         orch = orchestration_overhead(preset, SCHEDULES[summary["best_schedule"]], workdir, preset.seeds[0])
     summary |= {
-        "throughput_ratio_vs_bare_loop": eff["throughput_ratio_vs_bare_loop"], "mfu": eff["mfu"],
+        "throughput_ratio_vs_bare_loop": eff["throughput_ratio_vs_bare_loop"],
+        "mfu": eff["mfu"],
         "orchestration_overhead_fraction": orch["orchestration_overhead_fraction"] if orch else None,
-        "efficiency": eff, "orchestration": orch, "machine": machine(), "preset_config": preset.model_dump(),
+        "efficiency": eff,
+        "orchestration": orch,
+        "machine": machine(),
+        "preset_config": preset.model_dump(),
         "timing_notes": "wall time = training only: model build/growth and train() steps; benchmark evals excluded "
-                        "for every arm; train()'s own 1-batch start/end evals included (< 1 step per stage)",
-        "bench_seconds": time.perf_counter() - started, "command": "staged " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-    }  # fmt: skip
+        "for every arm; train()'s own 1-batch start/end evals included (< 1 step per stage)",
+        "bench_seconds": time.perf_counter() - started,
+        "command": "staged " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    }
     md = markdown(summary)
     files = [plot(summary, arms, workdir / f"bench-{preset.name}.png"), workdir / f"bench-{preset.name}.md"]
     files[1].write_text(md)
@@ -153,8 +185,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", default=".staged", help="where plots, stores and artifacts go (default: %(default)s)")
     p.add_argument("--schedules", help=f"comma-separated, from: {', '.join(SCHEDULES)}")
     p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a preset field, e.g. --set scratch_train.lr=0.003")  # fmt: skip
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a preset field, e.g. --set scratch_train.lr=0.003",
+    )
     p.add_argument("--no-flow", action="store_true", help="skip the Prefect-flow orchestration measurement")
     p.add_argument("--no-publish", action="store_true", help="skip Prefect/MLflow artifacts")
 

@@ -24,7 +24,9 @@ def embedded_env(workdir: Path) -> None:
     os.environ.setdefault("PREFECT_HOME", str(workdir.resolve() / "prefect-home"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if "PREFECT_API_URL" not in os.environ:
-        os.environ.setdefault("PREFECT_SERVER_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{workdir.resolve() / 'prefect.db'}")
+        os.environ.setdefault(
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{workdir.resolve() / 'prefect.db'}"
+        )
     os.environ.setdefault("MPLCONFIGDIR", str(workdir.resolve() / "mpl"))
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
@@ -37,18 +39,35 @@ def pipeline_config(preset: Preset, schedule: Schedule, seed: int, model_name: s
     for plan in schedule.stages:
         t = stage_train(preset, plan)
         train = {k: getattr(t, k) for k in ("lr", "warmup_steps", "batch_size", "min_lr_ratio")}
-        stages.append({"n_layers": plan.n_layers, "steps": t.steps, "growth": plan.growth.model_dump(),
-                       "optimizer": {"state": plan.optimizer}, "schedule": plan.schedule.model_dump(), "train": train})  # fmt: skip
+        stages.append(
+            {
+                "n_layers": plan.n_layers,
+                "steps": t.steps,
+                "growth": plan.growth.model_dump(),
+                "optimizer": {"state": plan.optimizer},
+                "schedule": plan.schedule.model_dump(),
+                "train": train,
+            }
+        )
     width = stage_model(preset, schedule.stages[0]).model_dump(exclude={"n_layers"})  # the flow derives later widths
     base = preset.train.model_dump(exclude={"steps"}) | {"eval_every": 10**6, "eval_batches": 1}
-    cfg = PipelineConfig.model_validate({
-        "seed": seed, "retries": 0, "data": preset.data.model_dump(), "model": width, "train": base,
-        "registry": {"model_name": model_name}, "stages": stages,
-    })  # fmt: skip
+    cfg = PipelineConfig.model_validate(
+        {
+            "seed": seed,
+            "retries": 0,
+            "data": preset.data.model_dump(),
+            "model": width,
+            "train": base,
+            "registry": {"model_name": model_name},
+            "stages": stages,
+        }
+    )
     for spec, plan in zip(cfg.stage_specs(), schedule.stages):
         if spec.model != stage_model(preset, plan):
-            raise ValueError(f"schedule {schedule.name!r} stage {spec.index}: the flow would build {spec.model}, "
-                             f"the bench {stage_model(preset, plan)}")  # fmt: skip
+            raise ValueError(
+                f"schedule {schedule.name!r} stage {spec.index}: the flow would build {spec.model}, "
+                f"the bench {stage_model(preset, plan)}"
+            )
     return cfg
 
 
@@ -115,6 +134,9 @@ def orchestration_overhead(preset: Preset, schedule: Schedule, workdir: Path, se
             "prefect_flow_and_task_runs_plot_publish": flow_s - task_s,
         },
         "prefect_server_start_seconds_excluded": server_start_s,
-        "stages": [{"version": r.ref.version, "n_layers": r.ref.n_layers, "steps": r.steps, "seconds": r.seconds} for r in results],
+        "stages": [
+            {"version": r.ref.version, "n_layers": r.ref.n_layers, "steps": r.steps, "seconds": r.seconds}
+            for r in results
+        ],
         "model_name": cfg.registry.model_name,
     }

@@ -50,7 +50,9 @@ class ArmResult:
     schedule: str
     seed: int
     points: list[Point] = field(default_factory=list)
-    boundaries: list[dict] = field(default_factory=list)  # where each stage starts: stage, n_layers, seconds, flops, tokens
+    boundaries: list[dict] = field(
+        default_factory=list
+    )  # where each stage starts: stage, n_layers, seconds, flops, tokens
     stopped_at_target: bool = False
     eval_seconds: float = 0.0
 
@@ -59,11 +61,18 @@ class ArmResult:
         return self.points[-1].val_loss
 
     def as_dict(self) -> dict:
-        return {"schedule": self.schedule, "seed": self.seed, "final_val_loss": self.final_val_loss,
-                "train_seconds": self.points[-1].seconds, "flops": self.points[-1].flops,
-                "tokens": self.points[-1].tokens, "eval_seconds": self.eval_seconds,
-                "stopped_at_target": self.stopped_at_target, "boundaries": self.boundaries,
-                "points": [p.as_dict() for p in self.points]}  # fmt: skip
+        return {
+            "schedule": self.schedule,
+            "seed": self.seed,
+            "final_val_loss": self.final_val_loss,
+            "train_seconds": self.points[-1].seconds,
+            "flops": self.points[-1].flops,
+            "tokens": self.points[-1].tokens,
+            "eval_seconds": self.eval_seconds,
+            "stopped_at_target": self.stopped_at_target,
+            "boundaries": self.boundaries,
+            "points": [p.as_dict() for p in self.points],
+        }
 
 
 def run_arm(
@@ -72,8 +81,11 @@ def run_arm(
     """Train every stage of ``schedule`` in turn; stop once the *final* stage's val loss <= ``stop_below``
     (a smaller model that reaches the target on the way does not count: see bench.main.final_stage)."""
     if schedule.baseline:
-        schedule = schedule.model_copy(update={"stages": [p.model_copy(update={"train": {**preset.scratch_train, **p.train}})
-                                                          for p in schedule.stages]})  # fmt: skip
+        schedule = schedule.model_copy(
+            update={
+                "stages": [p.model_copy(update={"train": {**preset.scratch_train, **p.train}}) for p in schedule.stages]
+            }
+        )
     device = resolve_device(preset.train.device)
     val = corpus.val_batches(preset.eval_batches, preset.eval_batch_size)
     arm, clock = ArmResult(schedule.name, seed), Clock()
@@ -95,13 +107,23 @@ def run_arm(
         if state is not None:
             model.load_state_dict(grow(plan.growth, state, parent_cfg, cfg), strict=True)
             moments = grow_moments(plan.growth, moments, parent_cfg, cfg) if plan.optimizer == "transfer" else None
-        policies = train_policies(tcfg, plan.schedule, plan.growth, UntilConfig(), start=step0, total=total,
-                                  parent_layers=parent_cfg.n_layers if parent_cfg else None, child_layers=cfg.n_layers)
+        policies = train_policies(
+            tcfg,
+            plan.schedule,
+            plan.growth,
+            UntilConfig(),
+            start=step0,
+            total=total,
+            parent_layers=parent_cfg.n_layers if parent_cfg else None,
+            child_layers=cfg.n_layers,
+        )
         if policies["ramp"] is not None:  # the benchmark's first eval must see the gates train() starts from
             policies["ramp"].apply(model, 0)
         model.to(device)
         clock.pause()
-        arm.boundaries.append({"stage": k, "n_layers": cfg.n_layers, "seconds": clock.seconds, "flops": flops0, "tokens": tokens0})
+        arm.boundaries.append(
+            {"stage": k, "n_layers": cfg.n_layers, "seconds": clock.seconds, "flops": flops0, "tokens": tokens0}
+        )
         record(model, k, step0, tokens0, flops0)
         tok_step = tcfg.batch_size * cfg.context
         flops_step = train_flops_per_token(cfg) * tok_step
@@ -117,8 +139,9 @@ def run_arm(
 
         clock.start()
         try:
-            result = train(model, corpus, tcfg, cursor=cursor, seed=seed + k, on_step=on_step,
-                           moments=moments, **policies)
+            result = train(
+                model, corpus, tcfg, cursor=cursor, seed=seed + k, on_step=on_step, moments=moments, **policies
+            )
         except _Reached:
             arm.stopped_at_target = True
             return arm

@@ -102,31 +102,67 @@ _CONST4 = {"lr": 4e-3, "min_lr_ratio": 1.0}
 SCHEDULES: dict[str, Schedule] = {
     s.name: s
     for s in [
-        _s(StagePlan(n_layers=3, share=0.25), StagePlan(n_layers=6, share=0.25), StagePlan(n_layers=12, share=1.0),
-           name="plain", note="reference: stacking, fresh AdamW per stage, a quarter of the budget per small stage"),
-        _s(StagePlan(n_layers=3, share=0.25), StagePlan(n_layers=6, share=0.25), StagePlan(n_layers=12, share=0.5),
-           name="short-final", note="plain, but the 12L cosine is half the scratch budget"),
-        _s(StagePlan(n_layers=3, share=0.4), StagePlan(n_layers=6, share=0.3), StagePlan(n_layers=12, share=0.5),
-           name="front-loaded", note="more steps in the cheap stages, short final stage"),
-        _s(StagePlan(n_layers=3, share=0.4, train=_HI), StagePlan(n_layers=6, share=0.3, train=_HI),
-           StagePlan(n_layers=12, share=0.5),
-           name="front-loaded-hilr", note="front-loaded with 2x LR in the small stages"),
-        _s(StagePlan(n_layers=3, share=0.4, train={"min_lr_ratio": 1.0}), StagePlan(n_layers=6, share=0.3, train={"min_lr_ratio": 1.0}),
-           StagePlan(n_layers=12, share=0.5),
-           name="front-loaded-nodecay", note="front-loaded, constant LR in the small stages (no cosine before growth)"),
-        _s(StagePlan(n_layers=3, share=0.2, train={"batch_size": 64}), StagePlan(n_layers=6, share=0.15, train={"batch_size": 64}),
-           StagePlan(n_layers=12, share=0.5),
-           name="front-loaded-bigbatch", note="front-loaded tokens, 2x batch in the small stages"),
-        _s(StagePlan(n_layers=6, share=0.6), StagePlan(n_layers=12, share=0.5),
-           name="two-stage", note="6 -> 12 only"),
-        _s(StagePlan(n_layers=3, share=0.4, train=_CONST4), StagePlan(n_layers=6, share=0.3, train=_CONST4),
-           StagePlan(n_layers=12, share=0.5, train=_HI),
-           name="nodecay-lr4", note="front-loaded, constant 4e-3 in the small stages, 4e-3 cosine in the final one"),
-        _s(StagePlan(n_layers=3, share=0.5, train=_CONST4), StagePlan(n_layers=6, share=0.35, train=_CONST4),
-           StagePlan(n_layers=12, share=0.35, train=_HI),
-           name="heavy-nodecay-lr4", note="nodecay-lr4 with even more in the small stages and a shorter final stage"),
+        _s(
+            StagePlan(n_layers=3, share=0.25),
+            StagePlan(n_layers=6, share=0.25),
+            StagePlan(n_layers=12, share=1.0),
+            name="plain",
+            note="reference: stacking, fresh AdamW per stage, a quarter of the budget per small stage",
+        ),
+        _s(
+            StagePlan(n_layers=3, share=0.25),
+            StagePlan(n_layers=6, share=0.25),
+            StagePlan(n_layers=12, share=0.5),
+            name="short-final",
+            note="plain, but the 12L cosine is half the scratch budget",
+        ),
+        _s(
+            StagePlan(n_layers=3, share=0.4),
+            StagePlan(n_layers=6, share=0.3),
+            StagePlan(n_layers=12, share=0.5),
+            name="front-loaded",
+            note="more steps in the cheap stages, short final stage",
+        ),
+        _s(
+            StagePlan(n_layers=3, share=0.4, train=_HI),
+            StagePlan(n_layers=6, share=0.3, train=_HI),
+            StagePlan(n_layers=12, share=0.5),
+            name="front-loaded-hilr",
+            note="front-loaded with 2x LR in the small stages",
+        ),
+        _s(
+            StagePlan(n_layers=3, share=0.4, train={"min_lr_ratio": 1.0}),
+            StagePlan(n_layers=6, share=0.3, train={"min_lr_ratio": 1.0}),
+            StagePlan(n_layers=12, share=0.5),
+            name="front-loaded-nodecay",
+            note="front-loaded, constant LR in the small stages (no cosine before growth)",
+        ),
+        _s(
+            StagePlan(n_layers=3, share=0.2, train={"batch_size": 64}),
+            StagePlan(n_layers=6, share=0.15, train={"batch_size": 64}),
+            StagePlan(n_layers=12, share=0.5),
+            name="front-loaded-bigbatch",
+            note="front-loaded tokens, 2x batch in the small stages",
+        ),
+        _s(StagePlan(n_layers=6, share=0.6), StagePlan(n_layers=12, share=0.5), name="two-stage", note="6 -> 12 only"),
+        _s(
+            StagePlan(n_layers=3, share=0.4, train=_CONST4),
+            StagePlan(n_layers=6, share=0.3, train=_CONST4),
+            StagePlan(n_layers=12, share=0.5, train=_HI),
+            name="nodecay-lr4",
+            note="front-loaded, constant 4e-3 in the small stages, 4e-3 cosine in the final one",
+        ),
+        _s(
+            StagePlan(n_layers=3, share=0.5, train=_CONST4),
+            StagePlan(n_layers=6, share=0.35, train=_CONST4),
+            StagePlan(n_layers=12, share=0.35, train=_HI),
+            name="heavy-nodecay-lr4",
+            note="nodecay-lr4 with even more in the small stages and a shorter final stage",
+        ),
     ]
-}  # fmt: skip
+}
+
+
 def _variant(name: str, note: str, *, base: str = "nodecay-lr4", **later: Any) -> Schedule:
     """``base`` with ``later`` (growth, optimizer, schedule; train: merged) set on every stage after the first."""
     stages = SCHEDULES[base].stages
@@ -139,40 +175,101 @@ def _variant(name: str, note: str, *, base: str = "nodecay-lr4", **later: Any) -
 # change to nodecay-lr4 where possible, measured on the quick preset.
 _HALF = {"d_model": 32, "n_heads": 2, "d_ff": 128}  # the quick model at half width (width growth doubles it)
 _MASKED = {"operator": "masked", "ramp_steps": 20}
-_HALF_STAGES = (StagePlan(n_layers=3, share=0.4, train=_CONST4, model=_HALF), StagePlan(n_layers=6, share=0.3, train=_CONST4, model=_HALF))
+_HALF_STAGES = (
+    StagePlan(n_layers=3, share=0.4, train=_CONST4, model=_HALF),
+    StagePlan(n_layers=6, share=0.3, train=_CONST4, model=_HALF),
+)
 _NOISY_WIDTH = {"operator": "width", "noise": 0.01}
 for _sched in [
     _variant("nodecay-lr4-transfer", "nodecay-lr4, Adam moments carried across growth", optimizer="transfer"),
-    _variant("nodecay-lr4-transfer-nowarm", "nodecay-lr4 + transfer, no LR warmup after growth",
-             optimizer="transfer", train={"warmup_steps": 0}),
-    _variant("nodecay-lr4-identity-transfer-nowarm", "identity growth + Adam moments carried, no LR warmup after growth",
-             growth="identity", optimizer="transfer", train={"warmup_steps": 0}),
+    _variant(
+        "nodecay-lr4-transfer-nowarm",
+        "nodecay-lr4 + transfer, no LR warmup after growth",
+        optimizer="transfer",
+        train={"warmup_steps": 0},
+    ),
+    _variant(
+        "nodecay-lr4-identity-transfer-nowarm",
+        "identity growth + Adam moments carried, no LR warmup after growth",
+        growth="identity",
+        optimizer="transfer",
+        train={"warmup_steps": 0},
+    ),
     _variant("nodecay-lr4-interleave", "nodecay-lr4, each block repeated in place", growth="interleave"),
-    _variant("nodecay-lr4-identity", "nodecay-lr4, function-preserving: new blocks' out-projections zeroed", growth="identity"),
-    _variant("nodecay-lr4-masked", "nodecay-lr4, function-preserving: new blocks gated 0 -> 1 over 20 steps (MSG)", growth=_MASKED),
-    _variant("nodecay-lr4-masked-transfer", "nodecay-lr4-masked + Adam moments carried", growth=_MASKED, optimizer="transfer"),
-    _variant("nodecay-lr4-stack-transfer-identity", "identity growth in stack layout + Adam moments carried",
-             growth={"operator": "identity", "layout": "stack"}, optimizer="transfer"),
-    _s(*[StagePlan(n_layers=n, share=sh, train=_HI, schedule="continue") for n, sh in ((3, 0.4), (6, 0.3), (12, 0.5))],
-       name="continue-lr4", note="nodecay-lr4's stages, one warmup + cosine (4e-3) across all stages (LR continue)"),
-    _s(StagePlan(n_layers=3, share=0.4, train=_HI, schedule="continue"),
-       *[StagePlan(n_layers=n, share=sh, train=_HI, schedule="continue", optimizer="transfer") for n, sh in ((6, 0.3), (12, 0.5))],
-       name="continue-transfer-lr4", note="continue-lr4 + Adam moments carried: growth as if it had not happened"),
-    _s(*_HALF_STAGES, StagePlan(n_layers=6, share=0.15, train=_CONST4, growth="width"), StagePlan(n_layers=12, share=0.4, train=_HI),
-       name="width-depth", note="3L -> 6L at half width, width doubled at 6L, then 12L (nodecay-lr4's LR policy)"),
-    _s(*_HALF_STAGES, StagePlan(n_layers=6, share=0.15, train=_CONST4, growth=_NOISY_WIDTH),
-       StagePlan(n_layers=12, share=0.4, train=_HI), name="width-depth-noise",
-       note="width-depth, symmetry broken by noise 0.01 (without it the twin halves get identical gradients forever)"),
-    _s(*_HALF_STAGES, StagePlan(n_layers=6, share=0.15, train={**_CONST4, "warmup_steps": 0}, growth=_NOISY_WIDTH, optimizer="transfer"),
-       StagePlan(n_layers=12, share=0.4, train={**_HI, "warmup_steps": 0}, growth="identity", optimizer="transfer"),
-       name="width-depth-identity-transfer-nowarm", note="width-depth-noise with the winner's policies: identity, moments carried, no warmup"),
+    _variant(
+        "nodecay-lr4-identity",
+        "nodecay-lr4, function-preserving: new blocks' out-projections zeroed",
+        growth="identity",
+    ),
+    _variant(
+        "nodecay-lr4-masked",
+        "nodecay-lr4, function-preserving: new blocks gated 0 -> 1 over 20 steps (MSG)",
+        growth=_MASKED,
+    ),
+    _variant(
+        "nodecay-lr4-masked-transfer", "nodecay-lr4-masked + Adam moments carried", growth=_MASKED, optimizer="transfer"
+    ),
+    _variant(
+        "nodecay-lr4-stack-transfer-identity",
+        "identity growth in stack layout + Adam moments carried",
+        growth={"operator": "identity", "layout": "stack"},
+        optimizer="transfer",
+    ),
+    _s(
+        *[StagePlan(n_layers=n, share=sh, train=_HI, schedule="continue") for n, sh in ((3, 0.4), (6, 0.3), (12, 0.5))],
+        name="continue-lr4",
+        note="nodecay-lr4's stages, one warmup + cosine (4e-3) across all stages (LR continue)",
+    ),
+    _s(
+        StagePlan(n_layers=3, share=0.4, train=_HI, schedule="continue"),
+        *[
+            StagePlan(n_layers=n, share=sh, train=_HI, schedule="continue", optimizer="transfer")
+            for n, sh in ((6, 0.3), (12, 0.5))
+        ],
+        name="continue-transfer-lr4",
+        note="continue-lr4 + Adam moments carried: growth as if it had not happened",
+    ),
+    _s(
+        *_HALF_STAGES,
+        StagePlan(n_layers=6, share=0.15, train=_CONST4, growth="width"),
+        StagePlan(n_layers=12, share=0.4, train=_HI),
+        name="width-depth",
+        note="3L -> 6L at half width, width doubled at 6L, then 12L (nodecay-lr4's LR policy)",
+    ),
+    _s(
+        *_HALF_STAGES,
+        StagePlan(n_layers=6, share=0.15, train=_CONST4, growth=_NOISY_WIDTH),
+        StagePlan(n_layers=12, share=0.4, train=_HI),
+        name="width-depth-noise",
+        note="width-depth, symmetry broken by noise 0.01 (without it the twin halves get identical gradients forever)",
+    ),
+    _s(
+        *_HALF_STAGES,
+        StagePlan(
+            n_layers=6, share=0.15, train={**_CONST4, "warmup_steps": 0}, growth=_NOISY_WIDTH, optimizer="transfer"
+        ),
+        StagePlan(n_layers=12, share=0.4, train={**_HI, "warmup_steps": 0}, growth="identity", optimizer="transfer"),
+        name="width-depth-identity-transfer-nowarm",
+        note="width-depth-noise with the winner's policies: identity, moments carried, no warmup",
+    ),
 ]:
     SCHEDULES[_sched.name] = _sched
 # The baseline gets the same tuning effort: scratch variants, run as "schedules" against the default
 # scratch arm (ratio < 1 means the variant is the better baseline and should become scratch_train).
-for _k, _v in [("lr", 1e-3), ("lr", 2e-3), ("lr", 3e-3), ("lr", 4e-3), ("lr", 6e-3), ("warmup_steps", 5), ("warmup_steps", 20), ("warmup_steps", 60)]:
+for _k, _v in [
+    ("lr", 1e-3),
+    ("lr", 2e-3),
+    ("lr", 3e-3),
+    ("lr", 4e-3),
+    ("lr", 6e-3),
+    ("warmup_steps", 5),
+    ("warmup_steps", 20),
+    ("warmup_steps", 60),
+]:
     _n = f"scratch-{'wu' if _k == 'warmup_steps' else 'lr'}{_v:g}"
-    SCHEDULES[_n] = Schedule(name=_n, stages=[StagePlan(n_layers=12, share=1.0, train={_k: _v})], note="baseline sweep", baseline=True)
+    SCHEDULES[_n] = Schedule(
+        name=_n, stages=[StagePlan(n_layers=12, share=1.0, train={_k: _v})], note="baseline sweep", baseline=True
+    )
 
 _DATA_QUICK = DataConfig(max_bytes=3_000_000)
 # Measured on quick, 3 seeds (docs/benchmarks.md): beats nodecay-lr4 on every seed in time and FLOPs.
@@ -183,30 +280,72 @@ _BEST = "nodecay-lr4-identity-transfer-nowarm"
 _SCRATCH_TUNED = {"lr": 4e-3, "warmup_steps": 60}
 PRESETS: dict[str, Preset] = {
     "quick": Preset(
-        name="quick", model=GPTConfig(n_layers=12, d_model=64, n_heads=4, d_ff=256, context=64), data=_DATA_QUICK,
-        train=TrainConfig(batch_size=32, lr=2e-3, warmup_steps=20), scratch_train=_SCRATCH_TUNED, scratch_steps=240,
-        eval_every=12, eval_batches=4, eval_batch_size=32, seeds=[0, 1, 2], schedules=[_BEST],
+        name="quick",
+        model=GPTConfig(n_layers=12, d_model=64, n_heads=4, d_ff=256, context=64),
+        data=_DATA_QUICK,
+        train=TrainConfig(batch_size=32, lr=2e-3, warmup_steps=20),
+        scratch_train=_SCRATCH_TUNED,
+        scratch_steps=240,
+        eval_every=12,
+        eval_batches=4,
+        eval_batch_size=32,
+        seeds=[0, 1, 2],
+        schedules=[_BEST],
     ),
     "cpu": Preset(
-        name="cpu", model=GPTConfig(n_layers=12, d_model=128, n_heads=4, d_ff=512, context=128), data=DataConfig(),
-        train=TrainConfig(batch_size=32, lr=2e-3, warmup_steps=20), scratch_train=_SCRATCH_TUNED, scratch_steps=300,
-        eval_every=20, eval_batches=4, eval_batch_size=32, seeds=[0, 1, 2], schedules=[_BEST],
+        name="cpu",
+        model=GPTConfig(n_layers=12, d_model=128, n_heads=4, d_ff=512, context=128),
+        data=DataConfig(),
+        train=TrainConfig(batch_size=32, lr=2e-3, warmup_steps=20),
+        scratch_train=_SCRATCH_TUNED,
+        scratch_steps=300,
+        eval_every=20,
+        eval_batches=4,
+        eval_batch_size=32,
+        seeds=[0, 1, 2],
+        schedules=[_BEST],
     ),
     "gpu": Preset(
-        name="gpu", model=GPTConfig(n_layers=12, d_model=512, n_heads=8, d_ff=2048, context=512), data=DataConfig(),
-        train=TrainConfig(batch_size=32, lr=1e-3, warmup_steps=100), scratch_steps=3000, eval_every=100,
-        eval_batches=8, eval_batch_size=32, seeds=[0, 1, 2], schedules=["nodecay-lr4", "plain"],
-        throughput_steps=30, matmul_size=8192, peak_dtype="bfloat16",
+        name="gpu",
+        model=GPTConfig(n_layers=12, d_model=512, n_heads=8, d_ff=2048, context=512),
+        data=DataConfig(),
+        train=TrainConfig(batch_size=32, lr=1e-3, warmup_steps=100),
+        scratch_steps=3000,
+        eval_every=100,
+        eval_batches=8,
+        eval_batch_size=32,
+        seeds=[0, 1, 2],
+        schedules=["nodecay-lr4", "plain"],
+        throughput_steps=30,
+        matmul_size=8192,
+        peak_dtype="bfloat16",
     ),
     "tiny": Preset(  # for tests: seconds, not minutes
-        name="tiny", model=GPTConfig(n_layers=4, d_model=16, n_heads=2, d_ff=32, context=16),
-        data=DataConfig(max_bytes=200_000), train=TrainConfig(batch_size=4, lr=3e-3, warmup_steps=2),
-        scratch_steps=12, eval_every=3, eval_batches=1, eval_batch_size=4, seeds=[0, 1], schedules=["tiny"],
-        throughput_steps=4, throughput_rounds=1, matmul_size=128,
+        name="tiny",
+        model=GPTConfig(n_layers=4, d_model=16, n_heads=2, d_ff=32, context=16),
+        data=DataConfig(max_bytes=200_000),
+        train=TrainConfig(batch_size=4, lr=3e-3, warmup_steps=2),
+        scratch_steps=12,
+        eval_every=3,
+        eval_batches=1,
+        eval_batch_size=4,
+        seeds=[0, 1],
+        schedules=["tiny"],
+        throughput_steps=4,
+        throughput_rounds=1,
+        matmul_size=128,
     ),
-}  # fmt: skip
-SCHEDULES["tiny"] = _s(StagePlan(n_layers=1, share=0.5), StagePlan(n_layers=2, share=0.5), StagePlan(n_layers=4, share=0.5),
-                       name="tiny", note="test schedule for the tiny preset")  # fmt: skip
-for _name, _later in [("tiny-msg", {"growth": {"operator": "masked", "ramp_steps": 3}, "optimizer": "transfer", "schedule": "continue"}),
-                      ("tiny-transfer", {"optimizer": "transfer"}), ("tiny-identity", {"growth": "identity"})]:
+}
+SCHEDULES["tiny"] = _s(
+    StagePlan(n_layers=1, share=0.5),
+    StagePlan(n_layers=2, share=0.5),
+    StagePlan(n_layers=4, share=0.5),
+    name="tiny",
+    note="test schedule for the tiny preset",
+)
+for _name, _later in [
+    ("tiny-msg", {"growth": {"operator": "masked", "ramp_steps": 3}, "optimizer": "transfer", "schedule": "continue"}),
+    ("tiny-transfer", {"optimizer": "transfer"}),
+    ("tiny-identity", {"growth": "identity"}),
+]:
     SCHEDULES[_name] = _variant(_name, f"tiny with {_later}", base="tiny", **_later)

@@ -56,7 +56,11 @@ def _endpoint(uri: str) -> str:
     from urllib.parse import urlsplit
 
     parts = urlsplit(uri)
-    return parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")).geturl() if parts.hostname else uri
+    return (
+        parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")).geturl()
+        if parts.hostname
+        else uri
+    )
 
 
 def _one_line(err: BaseException) -> str:
@@ -111,8 +115,10 @@ def _check_parent(config: PipelineConfig, store, workdir: Path, version: str, em
         _fail(f"--from-version {version}: refusing a parent whose weights do not verify: {_one_line(e)}")
     want = config.stage_specs()[ref.stage - 1].model
     if cfg != want:
-        _fail(f"--from-version {version}: its model ({cfg.n_layers} layers, d_model {cfg.d_model}) is not "
-              f"stage {ref.stage} of this config ({want.n_layers} layers, d_model {want.d_model})")  # fmt: skip
+        _fail(
+            f"--from-version {version}: its model ({cfg.n_layers} layers, d_model {cfg.d_model}) is not "
+            f"stage {ref.stage} of this config ({want.n_layers} layers, d_model {want.d_model})"
+        )
 
 
 def _embedded_defaults(workdir: Path) -> None:
@@ -168,17 +174,35 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="staged", description="Staged (progressive) training with Prefect and MLflow.")
+    parser = argparse.ArgumentParser(
+        prog="staged", description="Staged (progressive) training with Prefect and MLflow."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train every stage of a pipeline config, registering each in MLflow")
-    resume = sub.add_parser("resume", help="rerun an interrupted `run` (same config and workdir): skip done stages, resume the rest")
+    resume = sub.add_parser(
+        "resume", help="rerun an interrupted `run` (same config and workdir): skip done stages, resume the rest"
+    )
     for p in (run, resume):
         p.add_argument("config", help="pipeline YAML, e.g. configs/demo.yaml")
-        p.add_argument("--workdir", default=".staged", help="where the embedded MLflow/Prefect stores and plots go (default: %(default)s)")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config value, e.g. --set stages.1.steps=0 (repeatable)")  # fmt: skip
-        p.add_argument("--from-version", default=None, metavar="N",
-                       help="start from registered version N: run the config's stages after N's stage, growing from it")  # fmt: skip
+        p.add_argument(
+            "--workdir",
+            default=".staged",
+            help="where the embedded MLflow/Prefect stores and plots go (default: %(default)s)",
+        )
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config value, e.g. --set stages.1.steps=0 (repeatable)",
+        )
+        p.add_argument(
+            "--from-version",
+            default=None,
+            metavar="N",
+            help="start from registered version N: run the config's stages after N's stage, growing from it",
+        )
         p.set_defaults(func=cmd_run)
     add_use_commands(sub)
     add_server_commands(sub)

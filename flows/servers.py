@@ -27,7 +27,11 @@ from pathlib import Path
 POOL = "staged-process"
 BUCKET = "staged"
 # moto accepts any credentials; these only have to be the same for MLflow and our checks
-S3_KEYS = {"AWS_ACCESS_KEY_ID": "staged-local", "AWS_SECRET_ACCESS_KEY": "staged-local-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+S3_KEYS = {
+    "AWS_ACCESS_KEY_ID": "staged-local",
+    "AWS_SECRET_ACCESS_KEY": "staged-local-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -46,22 +50,27 @@ class Servers:
     def urls(self) -> dict[str, str]:
         p = self.ports
         return {
-            "prefect": f"http://127.0.0.1:{p['prefect']}", "mlflow": f"http://127.0.0.1:{p['mlflow']}",
-            "s3": f"http://127.0.0.1:{p['s3']}", "postgres": f"postgresql://postgres@127.0.0.1:{p['postgres']}",
-        }  # fmt: skip
+            "prefect": f"http://127.0.0.1:{p['prefect']}",
+            "mlflow": f"http://127.0.0.1:{p['mlflow']}",
+            "s3": f"http://127.0.0.1:{p['s3']}",
+            "postgres": f"postgresql://postgres@127.0.0.1:{p['postgres']}",
+        }
 
     def client_env(self) -> dict[str, str]:
         """What a shell, a test or the worker needs to use these servers."""
         return {
-            "PREFECT_API_URL": f"{self.urls['prefect']}/api", "MLFLOW_TRACKING_URI": self.urls["mlflow"],
-            "MLFLOW_S3_ENDPOINT_URL": self.urls["s3"], "AWS_ENDPOINT_URL_S3": self.urls["s3"], **S3_KEYS,
-        }  # fmt: skip
+            "PREFECT_API_URL": f"{self.urls['prefect']}/api",
+            "MLFLOW_TRACKING_URI": self.urls["mlflow"],
+            "MLFLOW_S3_ENDPOINT_URL": self.urls["s3"],
+            "AWS_ENDPOINT_URL_S3": self.urls["s3"],
+            **S3_KEYS,
+        }
 
     def save(self) -> None:
         (Path(self.dir) / "servers.json").write_text(json.dumps(asdict(self), indent=2))
 
     @classmethod
-    def load(cls, dir: str | Path) -> "Servers | None":
+    def load(cls, dir: str | Path) -> Servers | None:
         path = Path(dir) / "servers.json"
         return cls(**json.loads(path.read_text())) if path.is_file() else None
 
@@ -112,8 +121,15 @@ class _Starter:
     def spawn(self, name: str, argv: list[str], env: dict[str, str], health: str | None) -> None:
         log = self.logs / f"{name}.log"
         with open(log, "ab") as out:
-            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env={**os.environ, **env}, start_new_session=True, cwd=self.servers.dir)  # fmt: skip
+            proc = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **env},
+                start_new_session=True,
+                cwd=self.servers.dir,
+            )
         self.servers.pids[name] = proc.pid
         self.servers.save()
         if health:
@@ -141,17 +157,23 @@ class _Starter:
         self.spawn("s3", [_bin("moto_server"), "-H", "127.0.0.1", "-p", str(port)], {}, f"{self.servers.urls['s3']}/")
         import boto3
 
-        s3 = boto3.client("s3", endpoint_url=self.servers.urls["s3"], region_name=S3_KEYS["AWS_DEFAULT_REGION"],
-                          aws_access_key_id=S3_KEYS["AWS_ACCESS_KEY_ID"], aws_secret_access_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"])
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=self.servers.urls["s3"],
+            region_name=S3_KEYS["AWS_DEFAULT_REGION"],
+            aws_access_key_id=S3_KEYS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"],
+        )
         s3.create_bucket(Bucket=BUCKET)
 
     def prefect(self) -> None:
         port, pg = self.servers.ports["prefect"], self.servers.ports["postgres"]
         env = {
-            "PREFECT_HOME": str(Path(self.servers.dir) / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_HOME": str(Path(self.servers.dir) / "prefect-home"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_API_DATABASE_CONNECTION_URL": f"postgresql+asyncpg://postgres@127.0.0.1:{pg}/prefect",
             "PREFECT_UI_API_URL": f"{self.servers.urls['prefect']}/api",  # the UI's own default is port 4200
-        }  # fmt: skip
+        }
         argv = [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
         self.spawn("prefect", argv, env, f"{self.servers.urls['prefect']}/api/health")
 
@@ -159,19 +181,43 @@ class _Starter:
         s = self.servers
         env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_S3_ENDPOINT_URL": s.urls["s3"], **S3_KEYS}
         argv = [
-            _bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(s.ports["mlflow"]), "--workers", "1",
-            "--backend-store-uri", f"{s.urls['postgres']}/mlflow", "--artifacts-destination", f"s3://{BUCKET}/mlartifacts",
-        ]  # fmt: skip
+            _bin("mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(s.ports["mlflow"]),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"{s.urls['postgres']}/mlflow",
+            "--artifacts-destination",
+            f"s3://{BUCKET}/mlartifacts",
+        ]
         self.spawn("mlflow", argv, env, f"{s.urls['mlflow']}/health")
 
     def worker(self) -> None:
         s = self.servers
         env = {
-            **s.client_env(), "PREFECT_HOME": str(Path(s.dir) / "prefect-home"), "PREFECT_WORKER_QUERY_SECONDS": "2",
-            "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1", "PREFECT_WORKER_WEBSERVER_PORT": str(s.ports["worker"]),
-        }  # fmt: skip
+            **s.client_env(),
+            "PREFECT_HOME": str(Path(s.dir) / "prefect-home"),
+            "PREFECT_WORKER_QUERY_SECONDS": "2",
+            "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1",
+            "PREFECT_WORKER_WEBSERVER_PORT": str(s.ports["worker"]),
+        }
         template = ROOT / "deploy" / "work-pools" / "process.json"
-        argv = [_bin("prefect"), "worker", "start", "--pool", POOL, "--type", "process", "--with-healthcheck", "--name", "staged-local"]
+        argv = [
+            _bin("prefect"),
+            "worker",
+            "start",
+            "--pool",
+            POOL,
+            "--type",
+            "process",
+            "--with-healthcheck",
+            "--name",
+            "staged-local",
+        ]
         if template.is_file():
             argv += ["--base-job-template", str(template)]
         self.spawn("worker", argv, env, f"http://127.0.0.1:{s.ports['worker']}/health")

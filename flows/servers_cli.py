@@ -42,5 +42,7 @@ def cmd_servers(args) -> int:
 def _print_status(servers: Servers) -> None:
     for name, pid in servers.pids.items():
         print(f"{name:8} pid {pid:<7} {'up' if pid_alive(pid) else 'DOWN':4}  logs/{name}.log")
-    print(f"Prefect UI  {servers.urls['prefect']}\nMLflow UI   {servers.urls['mlflow']}\nS3 endpoint {servers.urls['s3']}"
-          f"  (bucket {BUCKET})\nPostgreSQL  {servers.urls['postgres']}  (data {servers.pgdata})")
+    print(
+        f"Prefect UI  {servers.urls['prefect']}\nMLflow UI   {servers.urls['mlflow']}\nS3 endpoint {servers.urls['s3']}"
+        f"  (bucket {BUCKET})\nPostgreSQL  {servers.urls['postgres']}  (data {servers.pgdata})"
+    )

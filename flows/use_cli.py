@@ -45,7 +45,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     store = open_store(args.workdir)
     model = load_model(store, resolve(store, args.model_uri))
-    out = generate(model, args.prompt.encode(), args.max_bytes, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    out = generate(
+        model, args.prompt.encode(), args.max_bytes, temperature=args.temperature, top_k=args.top_k, seed=args.seed
+    )
     print(args.prompt + decode(out))
     return 0
 
@@ -98,9 +100,14 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     for v in found:
         t = v.tags
         table.add_row(
-            str(v.version), t.get("stage", ""), t.get("n_layers", ""), t.get("parent_version", ""),
-            t.get("val_loss", ""), t.get("gate_decision", ""), ", ".join(aliases.get(str(v.version), [])),
-        )  # fmt: skip
+            str(v.version),
+            t.get("stage", ""),
+            t.get("n_layers", ""),
+            t.get("parent_version", ""),
+            t.get("val_loss", ""),
+            t.get("gate_decision", ""),
+            ", ".join(aliases.get(str(v.version), [])),
+        )
     Console().print(table)
     return 0
 

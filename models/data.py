@@ -61,7 +61,9 @@ class ByteCorpus:
             cut = len(parts[0]) - len(parts[0]) // cfg.val_every
             parts = [parts[0][:cut], parts[0][cut:]]
         # every val_every-th file is validation, and the last one when there are fewer files than that
-        is_val = [i % cfg.val_every == cfg.val_every - 1 or (i == len(parts) - 1 < cfg.val_every) for i in range(len(parts))]
+        is_val = [
+            i % cfg.val_every == cfg.val_every - 1 or (i == len(parts) - 1 < cfg.val_every) for i in range(len(parts))
+        ]
         train = b"".join(p for p, v in zip(parts, is_val) if not v)
         val = b"".join(p for p, v in zip(parts, is_val) if v)
         if len(train) < context + 1 or len(val) < context + 1:

@@ -55,7 +55,7 @@ class Block(nn.Module):
     state dicts stay plain; :meth:`fold_gate` moves a gate < 1 into the weights before saving.
     """
 
-    def __init__(self, cfg: "GPTConfig"):
+    def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.ln1 = nn.LayerNorm(cfg.d_model)
         self.attn = CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.dropout)
@@ -90,7 +90,7 @@ class GPTConfig(BaseModel):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # small models on plenty of data do not overfit: keep it off
 
     @model_validator(mode="after")
-    def _heads_divide_width(self) -> "GPTConfig":
+    def _heads_divide_width(self) -> GPTConfig:
         if self.d_model % self.n_heads:
             raise ValueError(f"n_heads={self.n_heads} does not divide d_model={self.d_model}")
         return self

@@ -142,7 +142,11 @@ def check_state(state: StateDict, cfg: GPTConfig, what: str) -> None:
     want = expected_shapes(cfg)
     problems = [f"missing {k}" for k in want if k not in state]
     problems += [f"unexpected {k}" for k in state if k not in want]
-    problems += [f"{k} is {tuple(v.shape)}, expected {want[k]}" for k, v in state.items() if k in want and tuple(v.shape) != want[k]]
+    problems += [
+        f"{k} is {tuple(v.shape)}, expected {want[k]}"
+        for k, v in state.items()
+        if k in want and tuple(v.shape) != want[k]
+    ]
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise GrowthError(f"{what} state does not match its config: {'; '.join(problems[:3])}{more}")
@@ -185,8 +189,12 @@ def _width(state: StateDict, cfg: GrowthConfig, parent: GPTConfig, child: GPTCon
 
 
 OPERATORS: dict[str, Callable[[StateDict, GrowthConfig, GPTConfig, GPTConfig], StateDict]] = {
-    "stack": _depth, "interleave": _depth, "identity": _identity, "masked": _depth, "width": _width,
-}  # fmt: skip
+    "stack": _depth,
+    "interleave": _depth,
+    "identity": _identity,
+    "masked": _depth,
+    "width": _width,
+}
 
 
 def child_config(cfg: GrowthConfig, parent: GPTConfig, n_layers: int) -> GPTConfig:

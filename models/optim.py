@@ -42,7 +42,9 @@ def export_moments(model: GPT, optimizer: torch.optim.Optimizer) -> StateDict:
     for name, p in model.named_parameters():
         st = optimizer.state.get(p, {})
         out[f"exp_avg.{name}"] = st["exp_avg"].detach().to("cpu").clone() if st else torch.zeros_like(p, device="cpu")
-        out[f"exp_avg_sq.{name}"] = st["exp_avg_sq"].detach().to("cpu").clone() if st else torch.zeros_like(p, device="cpu")
+        out[f"exp_avg_sq.{name}"] = (
+            st["exp_avg_sq"].detach().to("cpu").clone() if st else torch.zeros_like(p, device="cpu")
+        )
         step = max(step, float(st["step"])) if st else step
     out["step"] = torch.tensor(step, dtype=torch.float64)
     return out
@@ -56,7 +58,9 @@ def load_moments(model: GPT, optimizer: torch.optim.Optimizer, moments: StateDic
     """Install ``moments`` as the optimizer's state, strictly: every parameter, right shapes, nothing extra."""
     params = dict(model.named_parameters())
     want = {f"{k}.{n}" for n in params for k in ("exp_avg", "exp_avg_sq")} | {"step"}
-    problems = [f"missing {k}" for k in sorted(want - moments.keys())] + [f"unexpected {k}" for k in sorted(moments.keys() - want)]
+    problems = [f"missing {k}" for k in sorted(want - moments.keys())] + [
+        f"unexpected {k}" for k in sorted(moments.keys() - want)
+    ]
     problems += [
         f"{k} is {tuple(v.shape)}, parameter is {tuple(params[k.split('.', 1)[1]].shape)}"
         for k, v in moments.items()

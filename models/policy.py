@@ -42,7 +42,7 @@ class UntilConfig(_Strict):
     loss_slope: LossSlope | None = None
 
     @model_validator(mode="after")
-    def _one_rule(self) -> "UntilConfig":
+    def _one_rule(self) -> UntilConfig:
         if self.tokens is not None and self.loss_slope is not None:
             raise ValueError("set one of until.tokens and until.loss_slope, not both")
         return self

@@ -29,9 +29,13 @@ def train_policies(
     start: the stage's first global step; total: planned steps of all stages (``continue``/``rewarm`` read them).
     """
     lr_mult = lr_schedule(
-        schedule, warmup=train.warmup_steps, min_ratio=train.min_lr_ratio,
-        stage_steps=train.steps, start=start, total=total or train.steps,
-    )  # fmt: skip
+        schedule,
+        warmup=train.warmup_steps,
+        min_ratio=train.min_lr_ratio,
+        stage_steps=train.steps,
+        start=start,
+        total=total or train.steps,
+    )
     ramp = None
     if parent_layers is not None and growth.operator == "masked":
         ramp = GateRamp(blocks=layer_map(growth, parent_layers, child_layers).new_blocks, steps=growth.ramp_steps)

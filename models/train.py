@@ -238,9 +238,13 @@ def train(
         load_moments(model, optimizer, resume.moments)
         set_rng_state(resume.rng)
         result = TrainResult(
-            val_loss_init=resume.val_loss_init, val_loss=resume.val_loss, cursor=resume.cursor, steps=resume.step,
-            train_curve=list(resume.train_curve), val_curve=list(resume.val_curve),
-        )  # fmt: skip
+            val_loss_init=resume.val_loss_init,
+            val_loss=resume.val_loss,
+            cursor=resume.cursor,
+            steps=resume.step,
+            train_curve=list(resume.train_curve),
+            val_curve=list(resume.val_curve),
+        )
         first = resume.step + 1
         stopped = stop is not None and result.val_curve[-1][0] == resume.step > 0 and stop(result.val_curve)
     else:
@@ -279,7 +283,11 @@ def train(
         if on_step is not None:
             on_step(StepInfo(step, cfg.steps, train_loss, lr, val_now))
         stopping = val_now is not None and stop is not None and stop(result.val_curve)
-        if on_checkpoint is not None and checkpoint_every > 0 and (step % checkpoint_every == 0 or step == cfg.steps or stopping):
+        if (
+            on_checkpoint is not None
+            and checkpoint_every > 0
+            and (step % checkpoint_every == 0 or step == cfg.steps or stopping)
+        ):
             on_checkpoint(snapshot(model, optimizer, result))
         if stopping:
             break
@@ -295,7 +303,12 @@ def train(
 def snapshot(model: GPT, optimizer: torch.optim.Optimizer, result: TrainResult) -> TrainState:
     """The state after ``result.steps`` steps, copied so that training on does not change it."""
     return TrainState(
-        step=result.steps, cursor=result.cursor, moments=export_moments(model, optimizer), rng=rng_state(),
-        val_loss_init=result.val_loss_init, val_loss=result.val_loss,
-        train_curve=list(result.train_curve), val_curve=list(result.val_curve),
-    )  # fmt: skip
+        step=result.steps,
+        cursor=result.cursor,
+        moments=export_moments(model, optimizer),
+        rng=rng_state(),
+        val_loss_init=result.val_loss_init,
+        val_loss=result.val_loss,
+        train_curve=list(result.train_curve),
+        val_curve=list(result.val_curve),
+    )

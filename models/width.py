@@ -41,15 +41,23 @@ class WidthError(ValueError):
 
 def widen_config(parent: GPTConfig) -> GPTConfig:
     """The child config of a width stage: d_model, n_heads and d_ff doubled, the rest kept."""
-    return parent.model_copy(update={"d_model": 2 * parent.d_model, "n_heads": 2 * parent.n_heads, "d_ff": 2 * parent.d_ff})
+    return parent.model_copy(
+        update={"d_model": 2 * parent.d_model, "n_heads": 2 * parent.n_heads, "d_ff": 2 * parent.d_ff}
+    )
 
 
 def check_width(parent: GPTConfig, child: GPTConfig) -> None:
     expected = widen_config(parent)
     if child != expected:
         fields = ("n_layers", "d_model", "n_heads", "d_ff", "context")
-        diffs = [f"{f} {getattr(child, f)} (expected {getattr(expected, f)})" for f in fields if getattr(child, f) != getattr(expected, f)]
-        raise WidthError(f"width growth doubles d_model, n_heads and d_ff and keeps the rest, but the child has {', '.join(diffs)}")
+        diffs = [
+            f"{f} {getattr(child, f)} (expected {getattr(expected, f)})"
+            for f in fields
+            if getattr(child, f) != getattr(expected, f)
+        ]
+        raise WidthError(
+            f"width growth doubles d_model, n_heads and d_ff and keeps the rest, but the child has {', '.join(diffs)}"
+        )
 
 
 def _twice(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -64,7 +72,10 @@ def _block_diag(w: torch.Tensor, noise_std: float, gen: torch.Generator | None) 
     """
     n, m = w.shape
     out = w.new_empty(2 * n, 2 * m)
-    for rows, diag, off in ((slice(None, n), slice(None, m), slice(m, None)), (slice(n, None), slice(m, None), slice(None, m))):
+    for rows, diag, off in (
+        (slice(None, n), slice(None, m), slice(m, None)),
+        (slice(n, None), slice(m, None), slice(None, m)),
+    ):
         out[rows, diag] = w
         if gen is None:
             out[rows, off] = 0.0
@@ -105,4 +116,6 @@ def widen_moments(moments: StateDict, parent: GPTConfig, child: GPTConfig, power
     """Map exp_avg (power 1) or exp_avg_sq (power 2), keyed by parameter name, onto the child."""
     check_width(parent, child)
     gen = torch.Generator()
-    return {key: _widen_tensor(key, t, True, 0.0, gen).mul_(_gradient_ratio(key) ** power) for key, t in moments.items()}
+    return {
+        key: _widen_tensor(key, t, True, 0.0, gen).mul_(_gradient_ratio(key) ** power) for key, t in moments.items()
+    }

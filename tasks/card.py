@@ -29,9 +29,13 @@ def git_commit() -> str:
     """The commit this code was checked out at, with ``-dirty`` for local changes; ``unknown`` outside git."""
     try:
         out = subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=Path(__file__).parent,
-            capture_output=True, text=True, timeout=10, check=True,
-        )  # fmt: skip
+            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() or "unknown"
@@ -49,7 +53,9 @@ def _steps(client: MlflowClient, mv: ModelVersion) -> str:
     return client.get_run(mv.run_id).data.params.get("steps", "?")
 
 
-def card_markdown(client: MlflowClient, mv: ModelVersion, result: StageResult, gate: GateResult | None, commit: str) -> str:
+def card_markdown(
+    client: MlflowClient, mv: ModelVersion, result: StageResult, gate: GateResult | None, commit: str
+) -> str:
     t = mv.tags
     params = client.get_run(mv.run_id).data.params
     chain = lineage(client, mv)
@@ -67,22 +73,22 @@ def card_markdown(client: MlflowClient, mv: ModelVersion, result: StageResult, g
             f"**{gate.decision}** ({gate.reason}); held-out val loss {gate.candidate.val_loss:.4f}, "
             f"{gate.candidate.bpb:.4f} bits/byte over {gate.candidate.tokens} bytes.\n\n```\n{gate.candidate.sample.replace('```', chr(39) * 3)}\n```"
         )
-    return f"""# {mv.name} version {mv.version}: stage {t['stage']}, {t['n_layers']} layers
+    return f"""# {mv.name} version {mv.version}: stage {t["stage"]}, {t["n_layers"]} layers
 
 ## Architecture
-Byte-level decoder-only transformer (models/gpt.py): {params['n_layers']} layers, d_model {params['d_model']},
-{params['n_heads']} heads, d_ff {params['d_ff']}, context {context} bytes, vocabulary 256 bytes.
+Byte-level decoder-only transformer (models/gpt.py): {params["n_layers"]} layers, d_model {params["d_model"]},
+{params["n_heads"]} heads, d_ff {params["d_ff"]}, context {context} bytes, vocabulary 256 bytes.
 **{result.params:,} parameters.**
 
 ## How it came to be
 | | |
 |---|---|
-| growth from parent | {t.get('growth', '?')} (parent version {t.get('parent_version') or 'none'}) |
-| steps this stage / all stages | {result.steps} / {t['global_step']} |
+| growth from parent | {t.get("growth", "?")} (parent version {t.get("parent_version") or "none"}) |
+| steps this stage / all stages | {result.steps} / {t["global_step"]} |
 | data cursor (sequences) | {parent_cursor} → {cursor} |
 | tokens (bytes) this stage / all stages | {(cursor - parent_cursor) * context:,} / {cursor * context:,} (batch {batch}) |
-| config hash | `{t.get('config_hash', '?')}` |
-| code version (models/ hash) | `{t.get('code_version', '?')}` |
+| config hash | `{t.get("config_hash", "?")}` |
+| code version (models/ hash) | `{t.get("code_version", "?")}` |
 | git commit | `{commit}` |
 
 Lineage, root first:
@@ -114,7 +120,11 @@ def write_card(store: Store, results: list[StageResult], data: DataConfig, gate:
         client.log_artifact(ref.run_id, str(png), "card")
     client.log_text(ref.run_id, md, "card/MODEL_CARD.md")
     run = client.get_run(ref.run_id)
-    tags = {"model_card": f"{run.info.artifact_uri}/card/MODEL_CARD.md", "git_commit": commit, "data_config": data.model_dump_json()}
+    tags = {
+        "model_card": f"{run.info.artifact_uri}/card/MODEL_CARD.md",
+        "git_commit": commit,
+        "data_config": data.model_dump_json(),
+    }
     for key, value in tags.items():
         client.set_model_version_tag(ref.name, ref.version, key, value)
     description = md if len(md) <= _DESCRIPTION_MAX else md[:_DESCRIPTION_MAX] + "\n\n… (full card: card/MODEL_CARD.md)"

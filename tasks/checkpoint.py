@@ -54,10 +54,18 @@ def _encode(model: GPT, state: TrainState) -> dict[str, bytes]:
     py_version, py_internal, py_gauss = state.rng["python"]
     rng = {"torch": state.rng["torch"], "numpy_keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64))}
     meta = {
-        "format": FORMAT, "step": state.step, "cursor": state.cursor, "val_loss_init": state.val_loss_init,
-        "val_loss": state.val_loss, "train_curve": state.train_curve, "val_curve": state.val_curve,
-        "rng": {"numpy": [np_name, int(np_pos), int(np_gauss), float(np_cached)], "python": [py_version, list(py_internal), py_gauss]},
-    }  # fmt: skip
+        "format": FORMAT,
+        "step": state.step,
+        "cursor": state.cursor,
+        "val_loss_init": state.val_loss_init,
+        "val_loss": state.val_loss,
+        "train_curve": state.train_curve,
+        "val_curve": state.val_curve,
+        "rng": {
+            "numpy": [np_name, int(np_pos), int(np_gauss), float(np_cached)],
+            "python": [py_version, list(py_internal), py_gauss],
+        },
+    }
     return {
         "model.safetensors": st_save(weights),
         "optimizer.safetensors": st_save({k: v.contiguous() for k, v in state.moments.items()}),
@@ -72,15 +80,19 @@ def _decode(files: dict[str, bytes]) -> Checkpoint:
     np_name, np_pos, np_gauss, np_cached = meta["rng"]["numpy"]
     py_version, py_internal, py_gauss = meta["rng"]["python"]
     state = TrainState(
-        step=meta["step"], cursor=meta["cursor"], moments=st_load(files["optimizer.safetensors"]),
+        step=meta["step"],
+        cursor=meta["cursor"],
+        moments=st_load(files["optimizer.safetensors"]),
         rng={
             "torch": rng["torch"],
             "numpy": (np_name, rng["numpy_keys"].numpy().astype(np.uint32), np_pos, np_gauss, np_cached),
             "python": (py_version, tuple(py_internal), py_gauss),
         },
-        val_loss_init=meta["val_loss_init"], val_loss=meta["val_loss"],
-        train_curve=[tuple(p) for p in meta["train_curve"]], val_curve=[tuple(p) for p in meta["val_curve"]],
-    )  # fmt: skip
+        val_loss_init=meta["val_loss_init"],
+        val_loss=meta["val_loss"],
+        train_curve=[tuple(p) for p in meta["train_curve"]],
+        val_curve=[tuple(p) for p in meta["val_curve"]],
+    )
     return Checkpoint(step=meta["step"], weights=st_load(files["model.safetensors"]), state=state)
 
 
@@ -88,8 +100,14 @@ def save(storage: Storage, key: str, model: GPT, state: TrainState) -> None:
     """Write one checkpoint; the manifest goes last, so a crash mid-way leaves a detectably partial one."""
     prefix = _prefix(key, state.step)
     files = _encode(model, state)
-    manifest = {"format": FORMAT, "stage_key": key, "step": state.step, "files": {
-        name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)} for name, data in files.items()}}  # fmt: skip
+    manifest = {
+        "format": FORMAT,
+        "stage_key": key,
+        "step": state.step,
+        "files": {
+            name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)} for name, data in files.items()
+        },
+    }
     try:
         for name, data in files.items():
             storage.put(f"{prefix}/{name}", data)

@@ -16,7 +16,19 @@ from tasks.gate import GateResult
 from tasks.registry import Store
 from tasks.stage import StageResult, artifact_key
 
-STAGE_COLUMNS = ["stage", "version", "layers", "params", "growth", "steps", "val loss", "bits/byte", "Δ vs parent", "gate", "aliases"]
+STAGE_COLUMNS = [
+    "stage",
+    "version",
+    "layers",
+    "params",
+    "growth",
+    "steps",
+    "val loss",
+    "bits/byte",
+    "Δ vs parent",
+    "gate",
+    "aliases",
+]
 CHAMPION_COLUMNS = ["promoted at", "version", "stage", "layers", "held-out val loss", "replaced", "current"]
 
 
@@ -33,13 +45,21 @@ def stage_rows(store: Store, results: list[StageResult]) -> list[dict[str, objec
     rows, prev = [], None
     for r in results:
         tags = client.get_model_version(r.ref.name, r.ref.version).tags
-        rows.append({
-            "stage": r.ref.stage, "version": r.ref.version, "layers": r.ref.n_layers, "params": r.params,
-            "growth": tags.get("growth", ""), "steps": r.steps, "val loss": round(r.val_loss, 4),
-            "bits/byte": round(r.val_loss / math.log(2), 4),
-            "Δ vs parent": "" if prev is None else round(r.val_loss - prev, 4),
-            "gate": tags.get("gate_decision", ""), "aliases": ", ".join(aliases.get(r.ref.version, [])),
-        })  # fmt: skip
+        rows.append(
+            {
+                "stage": r.ref.stage,
+                "version": r.ref.version,
+                "layers": r.ref.n_layers,
+                "params": r.params,
+                "growth": tags.get("growth", ""),
+                "steps": r.steps,
+                "val loss": round(r.val_loss, 4),
+                "bits/byte": round(r.val_loss / math.log(2), 4),
+                "Δ vs parent": "" if prev is None else round(r.val_loss - prev, 4),
+                "gate": tags.get("gate_decision", ""),
+                "aliases": ", ".join(aliases.get(r.ref.version, [])),
+            }
+        )
         prev = r.val_loss
     return rows
 
@@ -52,10 +72,14 @@ def champion_history(store: Store, name: str, alias: str = "champion") -> list[d
     promoted.sort(key=lambda v: (v.tags["gate_promoted_at"], int(v.version)))
     return [
         {
-            "promoted at": v.tags["gate_promoted_at"], "version": str(v.version), "stage": v.tags.get("stage", ""),
-            "layers": v.tags.get("n_layers", ""), "held-out val loss": v.tags.get("gate_val_loss", ""),
-            "replaced": v.tags.get("gate_replaced", ""), "current": "yes" if str(v.version) == current else "",
-        }  # fmt: skip
+            "promoted at": v.tags["gate_promoted_at"],
+            "version": str(v.version),
+            "stage": v.tags.get("stage", ""),
+            "layers": v.tags.get("n_layers", ""),
+            "held-out val loss": v.tags.get("gate_val_loss", ""),
+            "replaced": v.tags.get("gate_replaced", ""),
+            "current": "yes" if str(v.version) == current else "",
+        }
         for v in promoted
     ]
 
@@ -65,7 +89,9 @@ def markdown_table(rows: list[dict[str, object]], columns: list[str]) -> str:
     return "\n".join(lines + ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows])
 
 
-def publish_comparison(store: Store, results: list[StageResult], gate: GateResult | None, alias: str = "champion") -> str:
+def publish_comparison(
+    store: Store, results: list[StageResult], gate: GateResult | None, alias: str = "champion"
+) -> str:
     """Both tables as Prefect table artifacts and as ``compare/comparison.md`` on the last stage's run."""
     name = results[0].ref.name
     key = artifact_key(name)

@@ -26,7 +26,16 @@ from models.policy import ScheduleConfig, UntilConfig, step_cap
 from models.train import TrainConfig
 from tasks.storage import check_uri
 
-__all__ = ["GateConfig", "GrowthConfig", "OptimizerConfig", "ScheduleConfig", "UntilConfig", "PipelineConfig", "StageSpec", "load_config"]
+__all__ = [
+    "GateConfig",
+    "GrowthConfig",
+    "OptimizerConfig",
+    "ScheduleConfig",
+    "UntilConfig",
+    "PipelineConfig",
+    "StageSpec",
+    "load_config",
+]
 
 
 class ConfigError(ValueError):
@@ -61,7 +70,7 @@ class StageConfig(Strict):
     nproc: int = Field(1, ge=1)
 
     @model_validator(mode="after")
-    def _one_end_rule(self) -> "StageConfig":
+    def _one_end_rule(self) -> StageConfig:
         rules = [self.steps is not None, self.until.tokens is not None, self.until.loss_slope is not None]
         if sum(rules) != 1:
             raise ValueError("set exactly one of steps, until.tokens and until.loss_slope")
@@ -144,7 +153,11 @@ class PipelineConfig(Strict):
     registry: RegistryConfig = RegistryConfig()
     gate: GateConfig = GateConfig()
     stages: list[StageConfig] = Field(
-        default=[StageConfig(n_layers=3, steps=400), StageConfig(n_layers=6, steps=250), StageConfig(n_layers=12, steps=200)],
+        default=[
+            StageConfig(n_layers=3, steps=400),
+            StageConfig(n_layers=6, steps=250),
+            StageConfig(n_layers=12, steps=200),
+        ],
         min_length=1,
     )
 
@@ -156,7 +169,7 @@ class PipelineConfig(Strict):
         return train
 
     @model_validator(mode="after")
-    def _stages_resolve_and_grow(self) -> "PipelineConfig":
+    def _stages_resolve_and_grow(self) -> PipelineConfig:
         specs = self.stage_specs()  # raises on bad per-stage train overrides or model shapes
         for prev, spec in zip(specs, specs[1:]):
             try:
@@ -191,7 +204,9 @@ class PipelineConfig(Strict):
                     schedule=stage.schedule,
                     until=stage.until,
                     data=self.data,
-                    checkpoint_every=self.checkpoint_every if stage.checkpoint_every is None else stage.checkpoint_every,
+                    checkpoint_every=self.checkpoint_every
+                    if stage.checkpoint_every is None
+                    else stage.checkpoint_every,
                     checkpoint_keep=self.checkpoint_keep,
                     nproc=stage.nproc,
                 )

@@ -52,8 +52,16 @@ def launch(job: DDPJob, on_step: Callable[[StepInfo], None], log) -> tuple[GPT, 
     with tempfile.TemporaryDirectory(prefix="staged-ddp-") as tmp:
         job_dir = Path(tmp)
         (job_dir / JOB).write_text(job.model_dump_json())
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-               "-m", "tasks.ddp_worker", tmp]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={n}",
+            "-m",
+            "tasks.ddp_worker",
+            tmp,
+        ]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         with open(job_dir / LOG, "wb") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)

@@ -58,9 +58,11 @@ def measure(model: GPT, data: DataConfig, gate: GateConfig, seed: int) -> Figure
     loss = evaluate(model, corpus.val_batches(gate.eval_batches, gate.batch_size))
     sample = generate(model, gate.prompt.encode(), gate.sample_bytes, temperature=0.8, top_k=40, seed=0)
     return Figures(
-        val_loss=loss, bpb=loss / math.log(2), tokens=gate.eval_batches * gate.batch_size * model.cfg.context,
+        val_loss=loss,
+        bpb=loss / math.log(2),
+        tokens=gate.eval_batches * gate.batch_size * model.cfg.context,
         sample=gate.prompt + decode(sample),
-    )  # fmt: skip
+    )
 
 
 def decide(candidate: float, champion: float | None, margin: float) -> tuple[bool, str]:
@@ -99,27 +101,47 @@ def run_gate(ref: ModelRef, store: Store, gate: GateConfig, data: DataConfig, se
     else:
         if before is not None:
             champion = measure(load_model(store, client.get_model_version(ref.name, before)), data, gate, seed)
-        promote, reason = decide(candidate.metric(gate.metric), champion.metric(gate.metric) if champion else None, gate.margin)
+        promote, reason = decide(
+            candidate.metric(gate.metric), champion.metric(gate.metric) if champion else None, gate.margin
+        )
         decision = "promoted" if promote else "refused"
     result = GateResult(
-        name=ref.name, version=ref.version, decision=decision, metric=gate.metric, margin=gate.margin,
-        candidate=candidate, champion_before=before, champion=champion, reason=reason,
-    )  # fmt: skip
+        name=ref.name,
+        version=ref.version,
+        decision=decision,
+        metric=gate.metric,
+        margin=gate.margin,
+        candidate=candidate,
+        champion_before=before,
+        champion=champion,
+        reason=reason,
+    )
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     tags = {
-        "gate_decision": decision, "gate_reason": reason, "gate_metric": gate.metric, "gate_margin": f"{gate.margin:g}",
-        "gate_val_loss": f"{candidate.val_loss:.6f}", "gate_bpb": f"{candidate.bpb:.6f}", "gate_at": now,
-        "gate_champion_before": before or "", "gate_sample": candidate.sample[:500],
+        "gate_decision": decision,
+        "gate_reason": reason,
+        "gate_metric": gate.metric,
+        "gate_margin": f"{gate.margin:g}",
+        "gate_val_loss": f"{candidate.val_loss:.6f}",
+        "gate_bpb": f"{candidate.bpb:.6f}",
+        "gate_at": now,
+        "gate_champion_before": before or "",
+        "gate_sample": candidate.sample[:500],
         "gate_champion_val_loss": f"{champion.val_loss:.6f}" if champion else "",
-    }  # fmt: skip
+    }
     if decision == "promoted":
-        tags |= {"gate_promoted_at": now, "gate_replaced": before or ""}  # champion history: kept through later refusals
+        tags |= {
+            "gate_promoted_at": now,
+            "gate_replaced": before or "",
+        }  # champion history: kept through later refusals
     for key, value in tags.items():
         client.set_model_version_tag(ref.name, ref.version, key, value)
     if decision == "promoted":
         client.set_registered_model_alias(ref.name, gate.alias, ref.version)  # last: the tags explain the move
     md = report(result)
     client.log_text(ref.run_id, md, "gate/gate.md")
-    create_markdown_artifact(markdown=md, key=f"{artifact_key(ref.name)}-gate", description=f"Gate decision for version {ref.version}")
+    create_markdown_artifact(
+        markdown=md, key=f"{artifact_key(ref.name)}-gate", description=f"Gate decision for version {ref.version}"
+    )
     (log.info if decision != "refused" else log.warning)("gate: version %s %s: %s", ref.version, decision, reason)
     return result

@@ -18,7 +18,9 @@ from models.gpt import GPT
 from tasks.registry import Store
 from tasks.weights import load_state
 
-_URI = re.compile(r"^models:/(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)(?:/(?P<version>\d+|latest)|@(?P<alias>[A-Za-z0-9_-]+))$")
+_URI = re.compile(
+    r"^models:/(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)(?:/(?P<version>\d+|latest)|@(?P<alias>[A-Za-z0-9_-]+))$"
+)
 
 
 class UseError(ValueError):
@@ -29,7 +31,9 @@ def parse_uri(uri: str) -> tuple[str, str | None, str | None]:
     """``models:/NAME/VERSION``, ``models:/NAME/latest`` or ``models:/NAME@ALIAS`` -> (name, version, alias)."""
     m = _URI.match(uri)
     if not m:
-        raise UseError(f"bad model URI {uri!r}: expected models:/NAME/VERSION, models:/NAME/latest or models:/NAME@ALIAS")
+        raise UseError(
+            f"bad model URI {uri!r}: expected models:/NAME/VERSION, models:/NAME/latest or models:/NAME@ALIAS"
+        )
     return m["name"], m["version"], m["alias"]
 
 
@@ -39,7 +43,9 @@ def open_store(workdir: str | Path) -> Store:
     if store.tracking_uri.startswith("sqlite:///") and store.artifact_location is not None:
         db = Path(store.tracking_uri.removeprefix("sqlite:///"))
         if not db.is_file():
-            raise UseError(f"no MLflow store at {db} (run `staged run` with this --workdir, or set MLFLOW_TRACKING_URI)")
+            raise UseError(
+                f"no MLflow store at {db} (run `staged run` with this --workdir, or set MLFLOW_TRACKING_URI)"
+            )
     return store
 
 
@@ -84,7 +90,9 @@ def resolve(store: Store, uri: str) -> ModelVersion:
 def load_model(store: Store, mv: ModelVersion) -> GPT:
     """The project's own loader: download the version's source, verify its sha256 tag, rebuild the GPT (eval mode)."""
     with tempfile.TemporaryDirectory(prefix="staged-use-") as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=tmp, tracking_uri=store.tracking_uri))
+        local = Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=tmp, tracking_uri=store.tracking_uri)
+        )
         cfg, state = load_state(local, mv.tags.get("weights_sha256"))
     model = GPT(cfg)
     model.load_state_dict(state, strict=True)

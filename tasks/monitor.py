@@ -80,30 +80,45 @@ def stage_markdown(result: StageResult, parent_val_loss: str | None, links: dict
     r = result
     before = f"{float(parent_val_loss):.4f}" if parent_val_loss else "none (first stage)"
     rows = {
-        "layers": r.ref.n_layers, "parameters": f"{r.params:,}",
+        "layers": r.ref.n_layers,
+        "parameters": f"{r.params:,}",
         "steps": f"{r.steps}" + (f" (resumed from step {r.resumed_from})" if r.resumed_from else ""),
-        "tokens (bytes)": f"{r.tokens:,}", "val loss before growth (parent)": before,
-        "val loss after growth": f"{r.val_loss_init:.4f}", "val loss after training": f"{r.val_loss:.4f}",
-        "wall time": f"{r.seconds:.1f} s", "throughput": f"{r.tokens_per_s:,.0f} tokens/s" if r.tokens_per_s else "n/a",
+        "tokens (bytes)": f"{r.tokens:,}",
+        "val loss before growth (parent)": before,
+        "val loss after growth": f"{r.val_loss_init:.4f}",
+        "val loss after training": f"{r.val_loss:.4f}",
+        "wall time": f"{r.seconds:.1f} s",
+        "throughput": f"{r.tokens_per_s:,.0f} tokens/s" if r.tokens_per_s else "n/a",
         "model version": f"`models:/{r.ref.name}/{r.ref.version}` (alias `stage-{r.ref.stage}`)",
         "MLflow run": f"`{r.ref.run_id}`",
-    }  # fmt: skip
+    }
     rows |= {k: f"[{k}]({url})" for k, url in links.items()}
     table = "\n".join(f"| {k} | {v} |" for k, v in rows.items())
     return f"# {r.ref.name} stage {r.ref.stage}: {r.ref.n_layers} layers, version {r.ref.version}\n\n| | |\n|---|---|\n{table}\n"
 
 
-def failure_markdown(spec: StageSpec, error: BaseException, phase: str, step: int, checkpoints: list[int], where: str) -> str:
+def failure_markdown(
+    spec: StageSpec, error: BaseException, phase: str, step: int, checkpoints: list[int], where: str
+) -> str:
     """What failed, in which stage, phase and step, and which checkpoint a rerun resumes from (``where``: its prefix)."""
-    at = f"at step {error.step}" if isinstance(error, NonFiniteLoss) else f"after step {step}" if step else "before the first step"
+    at = (
+        f"at step {error.step}"
+        if isinstance(error, NonFiniteLoss)
+        else f"after step {step}"
+        if step
+        else "before the first step"
+    )
     message = (str(error).splitlines() or [""])[0].replace("|", "\\|")  # one line, and no table cell breaks
     kept = f"step {checkpoints[-1]} (`{where}/step-{checkpoints[-1]:08d}`)" if checkpoints else "none written"
     rows = {
         "what failed": f"`{type(error).__name__}`: {message}",
-        "stage": f"{spec.index} ({spec.model.n_layers} layers)", "while": phase,
-        "step": f"{at} of {spec.train.steps}", "last good checkpoint": kept,
-        "attempt": str(task_run.run_count or 1), "flow run": f"`{flow_run.id}`",
-    }  # fmt: skip
+        "stage": f"{spec.index} ({spec.model.n_layers} layers)",
+        "while": phase,
+        "step": f"{at} of {spec.train.steps}",
+        "last good checkpoint": kept,
+        "attempt": str(task_run.run_count or 1),
+        "flow run": f"`{flow_run.id}`",
+    }
     table = "\n".join(f"| {k} | {v} |" for k, v in rows.items())
     resume = "A rerun of the same command resumes from it." if checkpoints else "A rerun starts the stage over."
     return f"# {spec.model_name}: stage {spec.index} FAILED\n\n| | |\n|---|---|\n{table}\n\n{resume}\n"
@@ -120,7 +135,13 @@ class StageWatch:
     and, used as ``with watch.during("training"):``, a failure report (the exception then propagates)."""
 
     def __init__(
-        self, spec: StageSpec, store: Store, pipeline: Pipeline | None, storage: Storage, key: str, parent: ModelRef | None
+        self,
+        spec: StageSpec,
+        store: Store,
+        pipeline: Pipeline | None,
+        storage: Storage,
+        key: str,
+        parent: ModelRef | None,
     ):
         self.spec, self.store, self.pipeline, self.parent = spec, store, pipeline, parent
         self.storage, self.key = storage, key  # the stage's checkpoints
@@ -141,11 +162,11 @@ class StageWatch:
 
         return on_step
 
-    def during(self, phase: str) -> "StageWatch":
+    def during(self, phase: str) -> StageWatch:
         self.phase = phase
         return self
 
-    def __enter__(self) -> "StageWatch":
+    def __enter__(self) -> StageWatch:
         return self
 
     def __exit__(self, kind, error, tb) -> bool:
@@ -173,19 +194,30 @@ class StageWatch:
             parent_run_id=self.parent_run_id,
             tags={"prefect_flow_run_id": str(flow_run.id or ""), "prefect_task_run_id": str(task_run.id or "")},
             texts={"config/stage.yaml": yaml.safe_dump(self.spec.model_dump(mode="json"), sort_keys=False)},
-            params={"data.source": source, "data.corpus_sha256": digest, "data.cursor_start": start, "data.cursor_end": end},
+            params={
+                "data.source": source,
+                "data.corpus_sha256": digest,
+                "data.cursor_start": start,
+                "data.cursor_end": end,
+            },
             datasets=[corpus_input(source, digest[:16], start, end)],
-        )  # fmt: skip
+        )
 
     def publish(self, result: StageResult) -> None:
         """The end-of-stage summary artifact, and links to the MLflow run and version pages on a server."""
-        client, ref, key = self.store.client(), result.ref, f"{artifact_key(self.spec.model_name)}-stage-{self.spec.index}"
+        client, ref, key = (
+            self.store.client(),
+            result.ref,
+            f"{artifact_key(self.spec.model_name)}-stage-{self.spec.index}",
+        )
         before = client.get_model_version(ref.name, self.parent.version).tags.get("val_loss") if self.parent else None
         links = {}
         if server := mlflow_server(self.store.tracking_uri):
             links["MLflow run page"] = run_url(server, client.get_run(ref.run_id).info.experiment_id, ref.run_id)
             links["model version page"] = version_url(server, ref.name, ref.version)
             create_link_artifact(link=links["MLflow run page"], link_text=f"stage-{ref.stage} run", key=f"{key}-run")
-            create_link_artifact(link=links["model version page"], link_text=f"{ref.name} v{ref.version}", key=f"{key}-version")
+            create_link_artifact(
+                link=links["model version page"], link_text=f"{ref.name} v{ref.version}", key=f"{key}-version"
+            )
         md = stage_markdown(result, before, links)
         create_markdown_artifact(markdown=md, key=f"{key}-summary", description=f"Stage {ref.stage} summary")

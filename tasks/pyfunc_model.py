@@ -23,7 +23,6 @@ from models.gpt import GPT, GPTConfig
 HERE = Path(__file__).resolve().parent  # MLflow loads this file from the model directory itself
 
 
-
 class StagedGPT(mlflow.pyfunc.PythonModel):
     """Logits for byte ids, from the safetensors + config.json beside this file."""
 

@@ -35,7 +35,7 @@ class Store(BaseModel):
     max_attempts: int = 5  # botocore attempts per S3 call
 
     @classmethod
-    def resolve(cls, workdir: str | Path, storage: StorageConfig | None = None) -> "Store":
+    def resolve(cls, workdir: str | Path, storage: StorageConfig | None = None) -> Store:
         """``MLFLOW_TRACKING_URI`` when set, else an embedded SQLite store under ``workdir``.
 
         Checkpoints go to ``storage.uri`` (default ``<workdir>/checkpoints``); with an S3 storage
@@ -75,11 +75,18 @@ class ModelRef(BaseModel):
 def _ref(mv: ModelVersion) -> ModelRef:
     t = mv.tags
     return ModelRef(
-        name=mv.name, version=str(mv.version), stage=int(t["stage"]), n_layers=int(t["n_layers"]),
-        run_id=mv.run_id, source=mv.source, weights_sha256=t["weights_sha256"], stage_key=t["stage_key"],
-        data_cursor=int(t["data_cursor"]), global_step=int(t["global_step"]),
+        name=mv.name,
+        version=str(mv.version),
+        stage=int(t["stage"]),
+        n_layers=int(t["n_layers"]),
+        run_id=mv.run_id,
+        source=mv.source,
+        weights_sha256=t["weights_sha256"],
+        stage_key=t["stage_key"],
+        data_cursor=int(t["data_cursor"]),
+        global_step=int(t["global_step"]),
         optimizer_sha256=t.get("optimizer_sha256") or None,
-    )  # fmt: skip
+    )
 
 
 def find_version(client: MlflowClient, model_name: str, stage_key: str) -> ModelRef | None:
@@ -103,7 +110,9 @@ def finalize(store: Store, ref: ModelRef) -> None:
 
 def fetch(store: Store, ref: ModelRef, dst: Path) -> Path:
     """Download a version's artifact directory; return its local path."""
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.source, dst_path=str(dst), tracking_uri=store.tracking_uri))
+    return Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=ref.source, dst_path=str(dst), tracking_uri=store.tracking_uri)
+    )
 
 
 def download(store: Store, ref: ModelRef, dst: Path):
@@ -128,12 +137,15 @@ class Pipeline(BaseModel):
     config_yaml: str = ""  # the resolved PipelineConfig, logged as config/pipeline.yaml
 
     @classmethod
-    def of(cls, config: PipelineConfig, flow_run_id: str = "") -> "Pipeline":
+    def of(cls, config: PipelineConfig, flow_run_id: str = "") -> Pipeline:
         name = config.registry.model_name
         return cls(
-            model_name=name, experiment=config.registry.experiment or name, config_hash=pipeline_hash(config),
-            flow_run_id=flow_run_id, config_yaml=yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False),
-        )  # fmt: skip
+            model_name=name,
+            experiment=config.registry.experiment or name,
+            config_hash=pipeline_hash(config),
+            flow_run_id=flow_run_id,
+            config_yaml=yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False),
+        )
 
     @property
     def run_name(self) -> str:
@@ -153,9 +165,11 @@ def pipeline_run(store: Store, pipeline: Pipeline, *, create: bool) -> str | Non
     client = store.client()
     experiment_id = _experiment_id(client, store, pipeline.experiment)
     found = client.search_runs(
-        [experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+        [experiment_id],
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
         filter_string=f"tags.run_kind = 'pipeline' and tags.config_hash = '{pipeline.config_hash}' and attributes.status != 'FINISHED'",
-    )  # fmt: skip
+    )
     if found:
         run = found[0]
         if create and run.data.tags.get("prefect_flow_run_id") != pipeline.flow_run_id:

@@ -10,18 +10,32 @@ from tasks.monitor import artifact_key, mlflow_server, run_url, version_url
 from tasks.registry import Pipeline, Store, pipeline_run
 from tasks.stage import StageResult
 
-COLUMNS = ["stage", "layers", "params", "steps", "val loss (init)", "val loss", "wall s", "version"]  # the terminal table
+COLUMNS = [
+    "stage",
+    "layers",
+    "params",
+    "steps",
+    "val loss (init)",
+    "val loss",
+    "wall s",
+    "version",
+]  # the terminal table
 TABLE_COLUMNS = COLUMNS + ["tokens/s"]  # the Prefect artifacts
 
 
 def summary_rows(results: list[StageResult]) -> list[dict[str, object]]:
     return [
         {
-            "stage": r.ref.stage, "layers": r.ref.n_layers, "params": r.params, "steps": r.steps,
-            "val loss (init)": round(r.val_loss_init, 4), "val loss": round(r.val_loss, 4),
-            "wall s": "skipped" if r.skipped else round(r.seconds, 1), "version": r.ref.version,
+            "stage": r.ref.stage,
+            "layers": r.ref.n_layers,
+            "params": r.params,
+            "steps": r.steps,
+            "val loss (init)": round(r.val_loss_init, 4),
+            "val loss": round(r.val_loss, 4),
+            "wall s": "skipped" if r.skipped else round(r.seconds, 1),
+            "version": r.ref.version,
             "tokens/s": round(r.tokens_per_s) if r.tokens_per_s else "",
-        }  # fmt: skip
+        }
         for r in results
     ]
 
@@ -39,7 +53,14 @@ def plot_losses(results: list[StageResult], path: Path) -> Path:
         end = r.train_curve[-1][0] if r.train_curve else start
         ax.axvspan(start, max(end, start + 0.5), color=f"C{i}", alpha=0.08, lw=0)
         ax.axvline(start, color="grey", lw=0.8, ls=":")
-        ax.text(start, 1.0, f" stage {r.ref.stage}: {r.ref.n_layers}L", transform=ax.get_xaxis_transform(), va="top", fontsize=8)
+        ax.text(
+            start,
+            1.0,
+            f" stage {r.ref.stage}: {r.ref.n_layers}L",
+            transform=ax.get_xaxis_transform(),
+            va="top",
+            fontsize=8,
+        )
         if r.train_curve:
             steps, losses = zip(*r.train_curve)
             ax.plot(steps, losses, color=f"C{i}", lw=0.6, alpha=0.5)

@@ -69,9 +69,13 @@ def add_pyfunc(model_dir: Path, context: int) -> None:
         out = Path(tmp) / "pyfunc"
         with _quiet("mlflow.pyfunc", "mlflow.models"):
             mlflow.pyfunc.save_model(
-                str(out), python_model=str(CODE), code_paths=[str(code)], signature=signature(),
-                input_example=input_example(context), pip_requirements=requirements(),
-            )  # fmt: skip
+                str(out),
+                python_model=str(CODE),
+                code_paths=[str(code)],
+                signature=signature(),
+                input_example=input_example(context),
+                pip_requirements=requirements(),
+            )
         for item in out.iterdir():
             if (model_dir / item.name).exists():
                 raise FileExistsError(f"pyfunc file {item.name} would overwrite {model_dir / item.name}")

@@ -35,9 +35,18 @@ from tasks import checkpoint
 from tasks.config import StageSpec
 from tasks.ddp import DDPJob, TorchrunFailed, launch
 from tasks.monitor import StageWatch, artifact_key
-from tasks.registry import ModelRef, Pipeline, Store, download_with_optimizer, finalize, find_version, metric_history, register
-from tasks.storage import Storage, open_storage
+from tasks.registry import (
+    ModelRef,
+    Pipeline,
+    Store,
+    download_with_optimizer,
+    finalize,
+    find_version,
+    metric_history,
+    register,
+)
 from tasks.serving import add_pyfunc
+from tasks.storage import Storage, open_storage
 from tasks.weights import OPTIMIZER, save_model, save_optimizer
 
 
@@ -89,9 +98,15 @@ def build_model(spec: StageSpec, parent: ModelRef | None, store: Store) -> tuple
 def train_policies(spec: StageSpec, parent: ModelRef | None) -> dict:
     """train()'s keyword arguments for this stage's LR, gate-ramp and stop policies."""
     return stage_policies(
-        spec.train, spec.schedule, spec.growth, spec.until, parent_layers=parent.n_layers if parent else None,
-        child_layers=spec.model.n_layers, start=parent.global_step if parent else 0, total=spec.total_steps,
-    )  # fmt: skip
+        spec.train,
+        spec.schedule,
+        spec.growth,
+        spec.until,
+        parent_layers=parent.n_layers if parent else None,
+        child_layers=spec.model.n_layers,
+        start=parent.global_step if parent else 0,
+        total=spec.total_steps,
+    )
 
 
 class _Progress:
@@ -100,18 +115,21 @@ class _Progress:
 
     def __init__(self, spec: StageSpec):
         self.bar = Progress(
-            TextColumn(f"stage {spec.index} ({spec.model.n_layers}L)"), BarColumn(),
+            TextColumn(f"stage {spec.index} ({spec.model.n_layers}L)"),
+            BarColumn(),
             TextColumn("{task.completed}/{task.total} steps  loss {task.fields[loss]:.3f}"),
-            TimeElapsedColumn(), TimeRemainingColumn(),
-        )  # fmt: skip
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
         self.task = None
         self.every = max(1, spec.train.steps // 20)  # artifact updates: ~5% apart
         self.artifact = create_progress_artifact(
-            progress=0.0, key=f"{artifact_key(spec.model_name)}-stage-{spec.index}",
+            progress=0.0,
+            key=f"{artifact_key(spec.model_name)}-stage-{spec.index}",
             description=f"Training stage {spec.index} ({spec.model.n_layers} layers)",
-        )  # fmt: skip
+        )
 
-    def __enter__(self) -> "_Progress":
+    def __enter__(self) -> _Progress:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -141,10 +159,18 @@ def skipped_result(ref: ModelRef, store: Store, model: GPTConfig) -> StageResult
     val = metric_history(store, ref.run_id, "val_loss")
     init = metric_history(store, ref.run_id, "val_loss_init")
     return StageResult(
-        ref=ref, params=params, steps=steps, val_loss_init=init[0][1], val_loss=val[-1][1], seconds=0.0, skipped=True,
-        tokens=steps * int(run.data.params["train.batch_size"]) * model.context, tokens_per_s=run.data.metrics.get("tokens_per_s"),
-        train_curve=_shift(metric_history(store, ref.run_id, "train_loss"), offset), val_curve=_shift(val, offset),
-    )  # fmt: skip
+        ref=ref,
+        params=params,
+        steps=steps,
+        val_loss_init=init[0][1],
+        val_loss=val[-1][1],
+        seconds=0.0,
+        skipped=True,
+        tokens=steps * int(run.data.params["train.batch_size"]) * model.context,
+        tokens_per_s=run.data.metrics.get("tokens_per_s"),
+        train_curve=_shift(metric_history(store, ref.run_id, "train_loss"), offset),
+        val_curve=_shift(val, offset),
+    )
 
 
 class StageFailed(RuntimeError):
@@ -176,8 +202,15 @@ def _phase(watch: StageWatch | None, phase: str):
 
 
 def train_stage(
-    spec: StageSpec, parent: ModelRef | None, store: Store, key: str, *, log, on_step=None,
-    watch: StageWatch | None = None, corpus: ByteCorpus | None = None,
+    spec: StageSpec,
+    parent: ModelRef | None,
+    store: Store,
+    key: str,
+    *,
+    log,
+    on_step=None,
+    watch: StageWatch | None = None,
+    corpus: ByteCorpus | None = None,
 ):
     """Build (or resume) the stage's model and train it: (model, TrainResult, checkpoint step resumed
     from or None). What run_stage does in its own process (with its ``watch``), and what every
@@ -191,10 +224,18 @@ def train_stage(
     try:
         with _phase(watch, "training"):
             result = train(
-                model, corpus, spec.train, cursor=parent.data_cursor if parent else 0, seed=spec.seed + spec.index,
-                on_step=on_step, moments=moments, resume=resume, checkpoint_every=spec.checkpoint_every,
-                on_checkpoint=_checkpointer(spec, storage, key, model), **train_policies(spec, parent),
-            )  # fmt: skip
+                model,
+                corpus,
+                spec.train,
+                cursor=parent.data_cursor if parent else 0,
+                seed=spec.seed + spec.index,
+                on_step=on_step,
+                moments=moments,
+                resume=resume,
+                checkpoint_every=spec.checkpoint_every,
+                on_checkpoint=_checkpointer(spec, storage, key, model),
+                **train_policies(spec, parent),
+            )
     except NonFiniteLoss as e:
         last = checkpoint.steps(storage, key)
         kept = f"last good checkpoint: step {last[-1]}" if last else "no checkpoint was written"
@@ -205,7 +246,13 @@ def train_stage(
 
 
 def _register_trained(
-    spec: StageSpec, parent: ModelRef | None, store: Store, key: str, model: GPT, result: TrainResult, watch: StageWatch,
+    spec: StageSpec,
+    parent: ModelRef | None,
+    store: Store,
+    key: str,
+    model: GPT,
+    result: TrainResult,
+    watch: StageWatch,
     corpus: ByteCorpus,
 ) -> ModelRef:
     """Register the trained model with its lineage tags, parameters, loss curves and run extras."""
@@ -215,19 +262,33 @@ def _register_trained(
         optimizer_sha = save_optimizer(result.moments, Path(tmp))
         add_pyfunc(Path(tmp), spec.model.context)  # the same directory is also an MLflow pyfunc model
         tags = {
-            "stage": str(spec.index), "n_layers": str(spec.model.n_layers),
-            "parent_version": parent.version if parent else "", "weights_sha256": sha, "stage_key": key,
-            "growth": spec.growth.operator if parent else "none", "data_cursor": str(result.cursor),
-            "global_step": str(offset + steps), "config_hash": spec.content_hash()[:16], "optimizer_sha256": optimizer_sha,
-            "code_version": code_version(), "val_loss": f"{result.val_loss:.6f}",
-        }  # fmt: skip
-        params = {"steps": steps, "params": model.num_params(), "nproc": result.world_size, **spec.model.model_dump(),
-                  **{f"train.{k}": v for k, v in spec.train.model_dump().items()}}  # fmt: skip
+            "stage": str(spec.index),
+            "n_layers": str(spec.model.n_layers),
+            "parent_version": parent.version if parent else "",
+            "weights_sha256": sha,
+            "stage_key": key,
+            "growth": spec.growth.operator if parent else "none",
+            "data_cursor": str(result.cursor),
+            "global_step": str(offset + steps),
+            "config_hash": spec.content_hash()[:16],
+            "optimizer_sha256": optimizer_sha,
+            "code_version": code_version(),
+            "val_loss": f"{result.val_loss:.6f}",
+        }
+        params = {
+            "steps": steps,
+            "params": model.num_params(),
+            "nproc": result.world_size,
+            **spec.model.model_dump(),
+            **{f"train.{k}": v for k, v in spec.train.model_dump().items()},
+        }
         metrics = {
-            "train_loss": result.train_curve, "val_loss": result.val_curve,
-            "val_loss_init": [(0, result.val_loss_init)], "tokens_per_s": [(steps, result.tokens / max(result.seconds, 1e-9))],
+            "train_loss": result.train_curve,
+            "val_loss": result.val_curve,
+            "val_loss_init": [(0, result.val_loss_init)],
+            "tokens_per_s": [(steps, result.tokens / max(result.seconds, 1e-9))],
             "step_time_s": watch.step_times,
-        }  # fmt: skip
+        }
         extras = watch.extras(corpus, parent.data_cursor if parent else 0, result.cursor)
         return register(store, spec, model_dir=Path(tmp), tags=tags, params=params, metrics=metrics, extras=extras)
 
@@ -265,11 +326,18 @@ def run_stage(spec: StageSpec, parent: ModelRef | None, store: Store, pipeline: 
     log.info("stage %d registered as %s version %s", spec.index, ref.name, ref.version)
     offset, cursor = (parent.global_step, parent.data_cursor) if parent else (0, 0)
     done = StageResult(
-        ref=ref, params=model.num_params(), steps=result.steps, val_loss_init=result.val_loss_init,
-        val_loss=result.val_loss, seconds=time.perf_counter() - start, skipped=False,
-        train_curve=_shift(result.train_curve, offset), val_curve=_shift(result.val_curve, offset),
-        resumed_from=resumed_from, tokens=(result.cursor - cursor) * spec.model.context,
+        ref=ref,
+        params=model.num_params(),
+        steps=result.steps,
+        val_loss_init=result.val_loss_init,
+        val_loss=result.val_loss,
+        seconds=time.perf_counter() - start,
+        skipped=False,
+        train_curve=_shift(result.train_curve, offset),
+        val_curve=_shift(result.val_curve, offset),
+        resumed_from=resumed_from,
+        tokens=(result.cursor - cursor) * spec.model.context,
         tokens_per_s=result.tokens / max(result.seconds, 1e-9),
-    )  # fmt: skip
+    )
     watch.publish(done)
     return done

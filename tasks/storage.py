@@ -77,7 +77,9 @@ class LocalStorage:
         base = self.root / prefix
         if not base.is_dir():
             return []
-        return sorted(str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file() and not p.name.endswith(".partial"))
+        return sorted(
+            str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file() and not p.name.endswith(".partial")
+        )
 
     def delete(self, keys: list[str]) -> None:
         for key in keys:
@@ -97,7 +99,9 @@ def s3_client(max_attempts: int = 5):
     endpoint = None
     if not (os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")):
         endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None
-    config = Config(retries={"total_max_attempts": max_attempts, "mode": "standard"}, connect_timeout=5, read_timeout=60)
+    config = Config(
+        retries={"total_max_attempts": max_attempts, "mode": "standard"}, connect_timeout=5, read_timeout=60
+    )
     return boto3.client("s3", endpoint_url=endpoint, config=config)
 
 

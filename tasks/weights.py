@@ -6,7 +6,6 @@ transfer optimizer state across growth. Nothing is ever pickled."""
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import torch
@@ -44,7 +43,9 @@ def load_state(directory: Path, expected_sha256: str | None) -> tuple[GPTConfig,
     if expected_sha256 is not None:
         actual = sha256_file(weights)
         if actual != expected_sha256:
-            raise WeightsMismatch(f"{weights}: sha256 {actual[:12]}… does not match the registered {expected_sha256[:12]}…")
+            raise WeightsMismatch(
+                f"{weights}: sha256 {actual[:12]}… does not match the registered {expected_sha256[:12]}…"
+            )
     cfg = GPTConfig.model_validate_json((directory / CONFIG).read_text())
     return cfg, load_file(weights)
 

@@ -56,8 +56,13 @@ def s3_env(s3_server, monkeypatch):
     """AWS variables for the local S3 endpoint (test-scoped, never global) and a fresh bucket; yields its name."""
     import uuid
 
-    env = {"AWS_ACCESS_KEY_ID": FAKE_KEY, "AWS_SECRET_ACCESS_KEY": FAKE_SECRET, "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL_S3": s3_server, "MLFLOW_S3_ENDPOINT_URL": s3_server}  # fmt: skip
+    env = {
+        "AWS_ACCESS_KEY_ID": FAKE_KEY,
+        "AWS_SECRET_ACCESS_KEY": FAKE_SECRET,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_S3": s3_server,
+        "MLFLOW_S3_ENDPOINT_URL": s3_server,
+    }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     from tasks.storage import s3_client
@@ -95,7 +100,9 @@ def gated_runs(prefect_harness, tmp_path_factory):
             results = staged_training(load_config(smoke, overrides), str(workdir))
             mv = client.get_model_version("staged-smoke", results[-1].ref.version)
             champion = client.get_registered_model("staged-smoke").aliases.get("champion")
-            snapshots.append({"version": str(mv.version), "tags": dict(mv.tags), "champion": str(champion), "results": results})
+            snapshots.append(
+                {"version": str(mv.version), "tags": dict(mv.tags), "champion": str(champion), "results": results}
+            )
     return workdir, snapshots
 
 

@@ -15,25 +15,50 @@ OVERRIDES = ["stages.0.steps=6", "stages.1.steps=4", "stages.2.steps=2", f"stora
 
 
 def _prefect(servers, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, **servers.client_env(), "PREFECT_HOME": str(Path(servers.dir) / "prefect-home"),
-           "STAGED_GIT_REPOSITORY": str(ROOT), "STAGED_GIT_BRANCH": _branch()}  # fmt: skip
-    out = subprocess.run([str(Path(sys.executable).parent / "prefect"), *args], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    env = {
+        **os.environ,
+        **servers.client_env(),
+        "PREFECT_HOME": str(Path(servers.dir) / "prefect-home"),
+        "STAGED_GIT_REPOSITORY": str(ROOT),
+        "STAGED_GIT_BRANCH": _branch(),
+    }
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "prefect"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out
 
 
 def _branch() -> str:
     """The worker clones the committed state of this checkout's branch (CI: a clean clone of main)."""
-    return subprocess.run(["git", "rev-parse", "--abbrev-ref", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(
+        ["git", "rev-parse", "--abbrev-ref", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def deploy_and_run(local_servers):
     """Deploy everything in deploy/prefect.yaml, run `on-demand` through the worker, wait for the end;
     returns (servers, the flow run as the API reads it back)."""
     _prefect(local_servers, "deploy", "--prefect-file", "deploy/prefect.yaml", "--all", "--no-prompt")
-    out = _prefect(local_servers, "deployment", "run", "staged-training/on-demand", "--param", f"overrides={json.dumps(OVERRIDES)}",
-                   "--watch", "--watch-interval", "2", "--watch-timeout", "400", timeout=420)  # fmt: skip
+    out = _prefect(
+        local_servers,
+        "deployment",
+        "run",
+        "staged-training/on-demand",
+        "--param",
+        f"overrides={json.dumps(OVERRIDES)}",
+        "--watch",
+        "--watch-interval",
+        "2",
+        "--watch-timeout",
+        "400",
+        timeout=420,
+    )
     return local_servers, _read_flow_run(local_servers, out.stdout)
 
 

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import free_port
+
 from flows.cli import main
 from models.gpt import GPT
 from tasks.config import load_config
@@ -32,9 +32,23 @@ def _registry(workdir: Path, tamper: bool = False) -> Path:
         model, out = GPT(spec.model), workdir / "model"
         sha = save_model(model, out)
         opt = save_optimizer({}, out)
-        tags = {"stage": "1", "n_layers": "3", "weights_sha256": sha, "stage_key": "k1", "data_cursor": "0",
-                "global_step": "0", "optimizer_sha256": opt}  # fmt: skip
-        register(Store.resolve(workdir), spec, model_dir=out, tags=tags, params={"steps": 0}, metrics={"val_loss": [(0, 5.0)]})
+        tags = {
+            "stage": "1",
+            "n_layers": "3",
+            "weights_sha256": sha,
+            "stage_key": "k1",
+            "data_cursor": "0",
+            "global_step": "0",
+            "optimizer_sha256": opt,
+        }
+        register(
+            Store.resolve(workdir),
+            spec,
+            model_dir=out,
+            tags=tags,
+            params={"steps": 0},
+            metrics={"val_loss": [(0, 5.0)]},
+        )
     if tamper:
         weights = next((workdir / "mlartifacts").rglob("model.safetensors"))
         weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
@@ -43,13 +57,20 @@ def _registry(workdir: Path, tamper: bool = False) -> Path:
 
 @pytest.fixture(scope="module")
 def registries(tmp_path_factory):
-    return {"good": _registry(tmp_path_factory.mktemp("good")), "tampered": _registry(tmp_path_factory.mktemp("tampered"), tamper=True)}
+    return {
+        "good": _registry(tmp_path_factory.mktemp("good")),
+        "tampered": _registry(tmp_path_factory.mktemp("tampered"), tamper=True),
+    }
 
 
 def _snapshot(workdir: Path) -> dict[str, str]:
     if not workdir.exists():
         return {}
-    return {str(p.relative_to(workdir)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(workdir.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(workdir)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(workdir.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _file(tmp: Path, text: str) -> str:
@@ -69,38 +90,156 @@ CASES = {
     "missing config": (lambda t: "nope.yaml", [], "fresh", {}, 2, "config file 'nope.yaml' not found"),
     "malformed yaml": (lambda t: _file(t, "seed: [1\n"), [], "fresh", {}, 2, "is not valid YAML (line 2)"),
     "not a mapping": (lambda t: _file(t, "- 1\n"), [], "fresh", {}, 2, "must hold a mapping"),
-    "unknown top-level key": (lambda t: _file(t, "sead: 1\n"), [], "fresh", {}, 2, "sead: Extra inputs are not permitted"),
+    "unknown top-level key": (
+        lambda t: _file(t, "sead: 1\n"),
+        [],
+        "fresh",
+        {},
+        2,
+        "sead: Extra inputs are not permitted",
+    ),
     "unknown stage key": (None, SET("stages.0.layers=3"), "fresh", {}, 2, "Extra inputs are not permitted"),
     "wrong type lr": (None, SET("train.lr=fast"), "fresh", {}, 2, "train.lr: Input should be a valid number"),
-    "wrong type checkpoint_every": (None, SET("checkpoint_every=often"), "fresh", {}, 2, "checkpoint_every: Input should be a valid integer"),
+    "wrong type checkpoint_every": (
+        None,
+        SET("checkpoint_every=often"),
+        "fresh",
+        {},
+        2,
+        "checkpoint_every: Input should be a valid integer",
+    ),
     "negative steps": (None, SET("stages.0.steps=-1"), "fresh", {}, 2, "greater than or equal to 0"),
-    "zero layers": (None, SET("stages.0.n_layers=0"), "fresh", {}, 2, "n_layers: Input should be greater than or equal to 1"),
+    "zero layers": (
+        None,
+        SET("stages.0.n_layers=0"),
+        "fresh",
+        {},
+        2,
+        "n_layers: Input should be greater than or equal to 1",
+    ),
     "zero d_model": (None, SET("model.d_model=0"), "fresh", {}, 2, "d_model"),
     "negative batch size": (None, SET("train.batch_size=-8"), "fresh", {}, 2, "batch_size"),
-    "heads do not divide d_model": (None, SET("model.n_heads=3"), "fresh", {}, 2, "n_heads=3 does not divide d_model=32"),
-    "unknown operator": (None, SET("stages.1.growth.operator=grow"), "fresh", {}, 2, "stages.1.growth.operator: Input should be"),
+    "heads do not divide d_model": (
+        None,
+        SET("model.n_heads=3"),
+        "fresh",
+        {},
+        2,
+        "n_heads=3 does not divide d_model=32",
+    ),
+    "unknown operator": (
+        None,
+        SET("stages.1.growth.operator=grow"),
+        "fresh",
+        {},
+        2,
+        "stages.1.growth.operator: Input should be",
+    ),
     "impossible growth": (None, SET("stages.2.n_layers=8"), "fresh", {}, 2, "cannot stack 6 layers into 8"),
     "no stages": (lambda t: _file(t, "stages: []\n"), [], "fresh", {}, 2, "List should have at least 1 item"),
     "override syntax": (None, ["--set", "steps"], "fresh", {}, 2, "is not of the form dotted.key=value"),
     "override index": (None, SET("stages.9.steps=1"), "fresh", {}, 2, "stages has no item '9' (it has 3)"),
-    "negative checkpoint_every": (None, SET("checkpoint_every=-1"), "fresh", {}, 2, "checkpoint_every: Input should be greater than or equal to 0"),
-    "zero checkpoint_keep": (None, SET("checkpoint_keep=0"), "fresh", {}, 2, "checkpoint_keep: Input should be greater than or equal to 1"),
-    "negative stage checkpoint_every": (None, SET("stages.1.checkpoint_every=-2"), "fresh", {}, 2, "stages.1.checkpoint_every"),
-    "negative retries": (None, SET("retries=-1"), "fresh", {}, 2, "retries: Input should be greater than or equal to 0"),
-    "invalid S3 URI": (None, SET("storage.uri=s3:///x"), "fresh", {}, 2, "is not s3://bucket/prefix with a valid bucket name"),
-    "credentials in S3 URI": (None, SET("storage.uri=s3://AKIAX:hunter2@bucket/x"), "fresh", {}, 2, "credentials do not belong in storage.uri"),
+    "negative checkpoint_every": (
+        None,
+        SET("checkpoint_every=-1"),
+        "fresh",
+        {},
+        2,
+        "checkpoint_every: Input should be greater than or equal to 0",
+    ),
+    "zero checkpoint_keep": (
+        None,
+        SET("checkpoint_keep=0"),
+        "fresh",
+        {},
+        2,
+        "checkpoint_keep: Input should be greater than or equal to 1",
+    ),
+    "negative stage checkpoint_every": (
+        None,
+        SET("stages.1.checkpoint_every=-2"),
+        "fresh",
+        {},
+        2,
+        "stages.1.checkpoint_every",
+    ),
+    "negative retries": (
+        None,
+        SET("retries=-1"),
+        "fresh",
+        {},
+        2,
+        "retries: Input should be greater than or equal to 0",
+    ),
+    "invalid S3 URI": (
+        None,
+        SET("storage.uri=s3:///x"),
+        "fresh",
+        {},
+        2,
+        "is not s3://bucket/prefix with a valid bucket name",
+    ),
+    "credentials in S3 URI": (
+        None,
+        SET("storage.uri=s3://AKIAX:hunter2@bucket/x"),
+        "fresh",
+        {},
+        2,
+        "credentials do not belong in storage.uri",
+    ),
     "unsupported storage scheme": (None, SET("storage.uri=gs://b/x"), "fresh", {}, 2, "unsupported scheme 'gs'"),
     "missing data": (None, SET("data.source=/nonexistent/corpus"), "fresh", {}, 2, "is neither a file nor a directory"),
     "unwritable workdir": (None, [], _not_dir, {}, 2, "is not writable"),
-    "non-existent parent version": (None, ["--from-version", "7"], "good", {}, 2, "model 'staged-smoke' has no version 7"),
+    "non-existent parent version": (
+        None,
+        ["--from-version", "7"],
+        "good",
+        {},
+        2,
+        "model 'staged-smoke' has no version 7",
+    ),
     "parent version not a number": (None, ["--from-version", "latest"], "good", {}, 2, "is not a version number"),
     "parent version without a registry": (None, ["--from-version", "1"], "fresh", {}, 2, "no registry in workdir"),
-    "parent is the last stage": (lambda t: _file(t, ONE_STAGE), ["--from-version", "1"], "good", {}, 2, "no later stage to run"),
-    "tampered parent weights": (None, ["--from-version", "1"], "tampered", {}, 2, "refusing a parent whose weights do not verify"),
-    "unreachable tracking URI": (None, [], "fresh", {"MLFLOW_TRACKING_URI": "http://127.0.0.1:{port}"}, 1, "MLflow tracking URI http://127.0.0.1:{port} unreachable"),
-    "unreachable S3 endpoint": (None, SET("storage.uri=s3://bucket/x", "storage.max_attempts=2"), "fresh",
-                                {"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:{port}"}, 1, "S3 endpoint http://127.0.0.1:{port}: head"),  # fmt: skip
-    "missing S3 bucket": (None, SET("storage.uri=s3://no-such-bucket/x"), "fresh", "s3", 2, "bucket 'no-such-bucket' does not exist"),
+    "parent is the last stage": (
+        lambda t: _file(t, ONE_STAGE),
+        ["--from-version", "1"],
+        "good",
+        {},
+        2,
+        "no later stage to run",
+    ),
+    "tampered parent weights": (
+        None,
+        ["--from-version", "1"],
+        "tampered",
+        {},
+        2,
+        "refusing a parent whose weights do not verify",
+    ),
+    "unreachable tracking URI": (
+        None,
+        [],
+        "fresh",
+        {"MLFLOW_TRACKING_URI": "http://127.0.0.1:{port}"},
+        1,
+        "MLflow tracking URI http://127.0.0.1:{port} unreachable",
+    ),
+    "unreachable S3 endpoint": (
+        None,
+        SET("storage.uri=s3://bucket/x", "storage.max_attempts=2"),
+        "fresh",
+        {"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:{port}"},
+        1,
+        "S3 endpoint http://127.0.0.1:{port}: head",
+    ),
+    "missing S3 bucket": (
+        None,
+        SET("storage.uri=s3://no-such-bucket/x"),
+        "fresh",
+        "s3",
+        2,
+        "bucket 'no-such-bucket' does not exist",
+    ),
     "resume with nothing to resume": (None, ["resume"], "fresh", {}, 2, "nothing to resume"),
 }
 
@@ -110,8 +249,13 @@ def test_bad_input(case, tmp_path, registries, monkeypatch, capsys, request):
     config, extra, where, env, code, message = CASES[case]
     port = free_port()
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    for k, v in {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0.1",
-                 "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "AWS_DEFAULT_REGION": "us-east-1"}.items():  # fmt: skip
+    for k, v in {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0.1",
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "y",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(k, v)
     if env == "s3":
         request.getfixturevalue("s3_env")
@@ -122,7 +266,13 @@ def test_bad_input(case, tmp_path, registries, monkeypatch, capsys, request):
     workdir = workdir or tmp_path / "work"
     before = _snapshot(workdir)
     command = "resume" if extra[:1] == ["resume"] else "run"
-    args = [command, config(tmp_path) if config else SMOKE, "--workdir", str(workdir), *[a for a in extra if a != "resume"]]
+    args = [
+        command,
+        config(tmp_path) if config else SMOKE,
+        "--workdir",
+        str(workdir),
+        *[a for a in extra if a != "resume"],
+    ]
     with pytest.raises(SystemExit) as exit_:
         main(args)
     err = capsys.readouterr().err
@@ -136,15 +286,29 @@ def test_bad_input(case, tmp_path, registries, monkeypatch, capsys, request):
 def test_the_cli_contract_holds_in_real_processes_too(registries, tmp_path):
     """Registry and network cases as a user meets them: exit code, one line, no traceback."""
     env = {k: v for k, v in os.environ.items() if k not in {"MLFLOW_TRACKING_URI", "PREFECT_API_URL"}}
-    env = {**env, "PYTHONPATH": str(ROOT), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0.1"}
+    env = {
+        **env,
+        "PYTHONPATH": str(ROOT),
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0.1",
+    }
     port = free_port()
     runs = [  # started together: most of each is interpreter start-up
         (["--workdir", str(registries["tampered"]), "--from-version", "1"], {}, 2, "weights do not verify"),
         (["--workdir", str(registries["good"]), "--from-version", "9"], {}, 2, "has no version 9"),
         (["--workdir", str(tmp_path / "w")], {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}, 1, "unreachable"),
     ]
-    procs = [subprocess.Popen([sys.executable, "-m", "flows.cli", "run", SMOKE, *args], env={**env, **extra}, cwd=tmp_path,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for args, extra, _, _ in runs]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "run", SMOKE, *args],
+            env={**env, **extra},
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args, extra, _, _ in runs
+    ]
     for proc, (_, _, code, message) in zip(procs, runs):
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == code, err

@@ -48,7 +48,13 @@ def _arm(schedule: str, seed: int, curve: list[tuple[float, float]], stages: lis
     stages = stages or [1] * len(curve)
     points = [Point(k, i, t, i * 10, t * 100.0, loss).as_dict() for i, ((t, loss), k) in enumerate(zip(curve, stages))]
     boundaries = [{"stage": k} for k in sorted(set(stages))]
-    return {"schedule": schedule, "seed": seed, "points": points, "final_val_loss": points[-1]["val_loss"], "boundaries": boundaries}
+    return {
+        "schedule": schedule,
+        "seed": seed,
+        "points": points,
+        "final_val_loss": points[-1]["val_loss"],
+        "boundaries": boundaries,
+    }
 
 
 def test_summarise_computes_ratios_per_seed_from_known_curves():
@@ -100,8 +106,15 @@ def test_schedule_maps_onto_the_prefect_pipeline_config():
 def test_bench_runs_end_to_end_on_a_tiny_preset(tmp_path):
     preset = build_preset("tiny", None, "0,1", ["scratch_steps=8"])
     summary = run_bench(preset, tmp_path, flow=False, publish_artifacts=False, log=lambda *_: None)
-    for key in ("time_to_target_ratio", "flops_to_target_ratio", "seeds", "throughput_ratio_vs_bare_loop",
-                "orchestration_overhead_fraction", "mfu", "schedules"):  # fmt: skip
+    for key in (
+        "time_to_target_ratio",
+        "flops_to_target_ratio",
+        "seeds",
+        "throughput_ratio_vs_bare_loop",
+        "orchestration_overhead_fraction",
+        "mfu",
+        "schedules",
+    ):
         assert key in summary
     assert summary["seeds"] == [0, 1] and len(summary["schedules"]["tiny"]["per_seed"]) == 2
     arms = [a for a in summary["arms"] if a["schedule"] == "tiny"]
@@ -113,7 +126,9 @@ def test_bench_runs_end_to_end_on_a_tiny_preset(tmp_path):
     assert summary["mfu"] > 0 and math.isfinite(summary["throughput_ratio_vs_bare_loop"])
     written = json.loads((tmp_path / "bench-tiny.json").read_text())
     assert written["schedules"].keys() == summary["schedules"].keys()
-    assert (tmp_path / "bench-tiny.png").stat().st_size > 0 and "time-to-target" in (tmp_path / "bench-tiny.md").read_text()
+    assert (tmp_path / "bench-tiny.png").stat().st_size > 0 and "time-to-target" in (
+        tmp_path / "bench-tiny.md"
+    ).read_text()
 
 
 def test_unknown_schedule_is_a_one_line_error():
@@ -140,9 +155,13 @@ def _tiny_arm(schedule: str, **overrides):
 
 def _across_growth(arm) -> list[tuple[float, float]]:
     """(last val loss before growth, first val loss after it) for each growth."""
-    return [(max((p for p in arm.points if p.stage == k - 1), key=lambda p: p.step).val_loss,
-             min((p for p in arm.points if p.stage == k), key=lambda p: p.step).val_loss)
-            for k in range(2, len(arm.boundaries) + 1)]  # fmt: skip
+    return [
+        (
+            max((p for p in arm.points if p.stage == k - 1), key=lambda p: p.step).val_loss,
+            min((p for p in arm.points if p.stage == k), key=lambda p: p.step).val_loss,
+        )
+        for k in range(2, len(arm.boundaries) + 1)
+    ]
 
 
 def test_masked_growth_with_moment_transfer_and_one_lr_curve_runs_end_to_end():
@@ -165,14 +184,18 @@ def test_transferred_moments_change_the_first_steps_after_growth():
     stage = lambda arm, k: [(p.step, p.val_loss) for p in arm.points if p.stage == k]  # noqa: E731
     assert stage(reset, 1) == stage(transfer, 1)  # the same run until the first growth...
     assert stage(reset, 2)[0] == stage(transfer, 2)[0]  # ...and the same grown weights
-    assert stage(reset, 2)[1][1] != pytest.approx(stage(transfer, 2)[1][1], abs=1e-6)  # one step later: not the same update
+    assert stage(reset, 2)[1][1] != pytest.approx(
+        stage(transfer, 2)[1][1], abs=1e-6
+    )  # one step later: not the same update
 
 
 def test_policies_reach_the_prefect_pipeline_unchanged():
     from bench.orchestration import pipeline_config
 
     specs = pipeline_config(PRESETS["tiny"], SCHEDULES["tiny-msg"], seed=0, model_name="bench-test").stage_specs()
-    assert [(s.growth.operator, s.optimizer.state, s.schedule.policy) for s in specs[1:]] == [("masked", "transfer", "continue")] * 2
+    assert [(s.growth.operator, s.optimizer.state, s.schedule.policy) for s in specs[1:]] == [
+        ("masked", "transfer", "continue")
+    ] * 2
     assert specs[1].growth.ramp_steps == 3 and specs[2].total_steps == 18
     width = pipeline_config(PRESETS["quick"], SCHEDULES["width-depth"], seed=0, model_name="bench-test").stage_specs()
     assert [(s.model.n_layers, s.model.d_model) for s in width] == [(3, 32), (6, 32), (6, 64), (12, 64)]
@@ -183,5 +206,7 @@ def test_every_schedule_is_a_pipeline_the_flow_accepts():
 
     for name, schedule in SCHEDULES.items():  # PipelineConfig dry-runs every growth on meta tensors
         preset = PRESETS["tiny" if name.startswith("tiny") else "quick"]
-        assert len(pipeline_config(preset, schedule, seed=0, model_name="bench-test").stage_specs()) == len(schedule.stages)
+        assert len(pipeline_config(preset, schedule, seed=0, model_name="bench-test").stage_specs()) == len(
+            schedule.stages
+        )
     assert all(name in SCHEDULES for p in PRESETS.values() for name in p.schedules)

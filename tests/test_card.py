@@ -24,7 +24,11 @@ def test_every_version_has_a_card_with_lineage_and_a_loss_curve(gated_runs, tmp_
     assert f"`{mv.tags['config_hash']}`" in card and f"`{mv.tags['git_commit']}`" in card
     assert "promoted" in card  # the gate's decision when the card was last written
     assert mv.description.startswith("# staged-smoke version 6")
-    png = Path(mlflow.artifacts.download_artifacts(mv.tags["model_card"].replace("MODEL_CARD.md", "loss.png"), dst_path=str(tmp_path)))
+    png = Path(
+        mlflow.artifacts.download_artifacts(
+            mv.tags["model_card"].replace("MODEL_CARD.md", "loss.png"), dst_path=str(tmp_path)
+        )
+    )
     assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 10_000
     for v in client.search_model_versions("name = 'staged-smoke'"):
         assert v.tags["model_card"] and v.tags["data_config"].startswith("{")

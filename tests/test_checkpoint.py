@@ -18,8 +18,16 @@ KEY = "k" * 64
 
 
 def _state(step: int) -> TrainState:
-    return TrainState(step=step, cursor=8 * step, moments={"step": torch.tensor(float(step), dtype=torch.float64)},
-                      rng=rng_state(), val_loss_init=5.0, val_loss=4.0, train_curve=[(1, 5.5)], val_curve=[(0, 5.0)])  # fmt: skip
+    return TrainState(
+        step=step,
+        cursor=8 * step,
+        moments={"step": torch.tensor(float(step), dtype=torch.float64)},
+        rng=rng_state(),
+        val_loss_init=5.0,
+        val_loss=4.0,
+        train_curve=[(1, 5.5)],
+        val_curve=[(0, 5.0)],
+    )
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -39,7 +47,9 @@ def test_round_trip_restores_weights_and_every_rng(storage):
     assert all(torch.equal(v, found.weights[k]) for k, v in model.state_dict().items())
     assert torch.equal(found.state.rng["torch"], state.rng["torch"])
     assert found.state.rng["python"] == state.rng["python"]
-    assert (found.state.rng["numpy"][1] == state.rng["numpy"][1]).all() and found.state.rng["numpy"][2] == state.rng["numpy"][2]
+    assert (found.state.rng["numpy"][1] == state.rng["numpy"][1]).all() and found.state.rng["numpy"][2] == state.rng[
+        "numpy"
+    ][2]
 
 
 def test_corrupt_and_partial_checkpoints_are_skipped_with_a_warning(storage, caplog):
@@ -70,7 +80,10 @@ def test_disk_full_while_checkpointing_leaves_the_previous_checkpoint_intact(tmp
     target = tmp_path / "ckpt" / KEY / "step-00000010"
     target.mkdir()
     (target / "model.safetensors.partial").symlink_to("/dev/full")
-    with pytest.raises(checkpoint.CheckpointError, match=r"step 10 not written \(No space left on device\); checkpoint step 5 is intact"):
+    with pytest.raises(
+        checkpoint.CheckpointError,
+        match=r"step 10 not written \(No space left on device\); checkpoint step 5 is intact",
+    ):
         checkpoint.save(storage, KEY, model, _state(10))
     assert not (target / "model.safetensors.partial").exists()
     assert checkpoint.latest(storage, KEY).step == 5
@@ -78,8 +91,12 @@ def test_disk_full_while_checkpointing_leaves_the_previous_checkpoint_intact(tmp
 
 def test_storage_uris_are_validated():
     assert check_uri("s3://my-bucket/runs/a") and check_uri("/tmp/x") and check_uri("file:///tmp/x")
-    for bad, message in [("s3:///x", "valid bucket name"), ("s3://Bad_Bucket/x", "valid bucket name"),
-                         ("gs://b/x", "unsupported scheme"), ("s3://AKIA:secret@bucket/x", "credentials do not belong")]:  # fmt: skip
+    for bad, message in [
+        ("s3:///x", "valid bucket name"),
+        ("s3://Bad_Bucket/x", "valid bucket name"),
+        ("gs://b/x", "unsupported scheme"),
+        ("s3://AKIA:secret@bucket/x", "credentials do not belong"),
+    ]:
         with pytest.raises(ValueError, match=message):
             check_uri(bad)
 
@@ -116,7 +133,12 @@ def test_s3_5xx_is_retried_by_botocore_then_fails_in_one_line(monkeypatch):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Always503)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     endpoint = f"http://127.0.0.1:{server.server_address[1]}"
-    for k, v in {"AWS_ENDPOINT_URL_S3": endpoint, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for k, v in {
+        "AWS_ENDPOINT_URL_S3": endpoint,
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "y",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(k, v)
     try:
         with pytest.raises(StorageError) as err:

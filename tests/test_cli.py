@@ -14,9 +14,13 @@ SMOKE = ROOT / "configs" / "smoke.yaml"
 def staged(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in {"MLFLOW_TRACKING_URI", "PREFECT_API_URL"}}
     return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args], cwd=cwd, env={**env, "PYTHONPATH": str(ROOT)},
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [sys.executable, "-m", "flows.cli", *args],
+        cwd=cwd,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def _bad_yaml(tmp: Path) -> str:
@@ -34,8 +38,14 @@ CASES = {
     "malformed yaml": (lambda t: ["run", _bad_yaml(t)], "is not valid YAML"),
     "unknown key": (lambda t: ["run", str(SMOKE), "--set", "stages.0.layers=3"], "Extra inputs are not permitted"),
     "wrong type": (lambda t: ["run", str(SMOKE), "--set", "train.lr=fast"], "train.lr: Input should be a valid number"),
-    "impossible growth": (lambda t: ["run", str(SMOKE), "--set", "stages.2.n_layers=8"], "cannot stack 6 layers into 8"),
-    "missing data": (lambda t: ["run", str(SMOKE), "--set", f"data.source={t}/none"], "is neither a file nor a directory"),
+    "impossible growth": (
+        lambda t: ["run", str(SMOKE), "--set", "stages.2.n_layers=8"],
+        "cannot stack 6 layers into 8",
+    ),
+    "missing data": (
+        lambda t: ["run", str(SMOKE), "--set", f"data.source={t}/none"],
+        "is neither a file nor a directory",
+    ),
     "unwritable workdir": (lambda t: ["run", str(SMOKE), "--workdir", _a_file(t)], "is not writable"),
 }
 

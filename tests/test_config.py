@@ -20,7 +20,10 @@ def test_demo_is_three_six_twelve_by_stacking():
 
 
 def test_overrides_reach_lists_by_index_and_parse_yaml_values():
-    cfg = load_config(CONFIGS / "smoke.yaml", ["stages.1.steps=0", "train.lr=1e-3", "registry.model_name=other", "stages.2.train.lr=5e-4"])
+    cfg = load_config(
+        CONFIGS / "smoke.yaml",
+        ["stages.1.steps=0", "train.lr=1e-3", "registry.model_name=other", "stages.2.train.lr=5e-4"],
+    )
     assert cfg.stages[1].steps == 0
     assert cfg.registry.model_name == "other"
     specs = cfg.stage_specs()

@@ -114,8 +114,14 @@ def test_stages_under_torchrun_match_a_single_process_run(single, workdir, tmp_p
 
 @pytest.mark.integration
 def test_a_failing_rank_fails_the_stage_with_one_line(prefect_harness, workdir):
-    overrides = ["checkpoint_every=1", "stages.0.steps=4", "stages.0.nproc=2", "stages.0.train.lr=1e30",
-                 "stages.0.train.grad_clip=1e30", "stages.0.train.warmup_steps=0"]  # fmt: skip
+    overrides = [
+        "checkpoint_every=1",
+        "stages.0.steps=4",
+        "stages.0.nproc=2",
+        "stages.0.train.lr=1e30",
+        "stages.0.train.grad_clip=1e30",
+        "stages.0.train.warmup_steps=0",
+    ]
     state = staged_training(load_config(SMOKE, overrides), str(workdir), return_state=True)
     assert state.is_failed()
     message = str(state.result(raise_on_failure=False))

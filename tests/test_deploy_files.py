@@ -48,7 +48,9 @@ def _render(template: dict, values: dict | None = None) -> dict:
 def _flow_in(path: Path, func: str) -> tuple[str, list[str]]:
     """The flow name and parameter names of ``@flow(name=...) def func(...)`` in a file (not imported)."""
     (fn,) = [n for n in ast.parse(path.read_text()).body if isinstance(n, ast.FunctionDef) and n.name == func]
-    (name,) = [k.value.value for d in fn.decorator_list if isinstance(d, ast.Call) for k in d.keywords if k.arg == "name"]
+    (name,) = [
+        k.value.value for d in fn.decorator_list if isinstance(d, ast.Call) for k in d.keywords if k.arg == "name"
+    ]
     return name, [a.arg for a in fn.args.args]
 
 
@@ -191,7 +193,16 @@ def test_deploy_then_a_flow_run_imports_from_the_clone(cli, pools, repo, tmp_pat
     # One deployment onto a GPU pool: --pool works per deployment (with --all, Prefect ignores it).
     # Without STAGED_GIT_BRANCH when deploying, the branch stays a placeholder for the flow run's env.
     repo_only = {"STAGED_GIT_REPOSITORY": str(repo)}
-    cli("deploy", "--prefect-file", "deploy/prefect.yaml", "-n", "on-demand", "--pool", POOLS["kubernetes"], env=repo_only)
+    cli(
+        "deploy",
+        "--prefect-file",
+        "deploy/prefect.yaml",
+        "-n",
+        "on-demand",
+        "--pool",
+        POOLS["kubernetes"],
+        env=repo_only,
+    )
     with get_client(sync_client=True) as client:
         moved = client.read_deployment_by_name("staged-training/on-demand")
     assert moved.work_pool_name == POOLS["kubernetes"]
@@ -206,7 +217,12 @@ def test_deploy_then_a_flow_run_imports_from_the_clone(cli, pools, repo, tmp_pat
         assert (sched.schedule.cron, sched.schedule.timezone, sched.active) == ("0 2 * * *", "UTC", True)
         assert demand.schedules == []
         assert nightly.work_pool_name == demand.work_pool_name == POOLS["process"]
-        assert nightly.parameters == {"config": "configs/demo.yaml", "workdir": ".staged", "from_version": None, "overrides": []}
+        assert nightly.parameters == {
+            "config": "configs/demo.yaml",
+            "workdir": ".staged",
+            "from_version": None,
+            "overrides": [],
+        }
         assert demand.parameters["config"] == "configs/smoke.yaml"
         assert nightly.entrypoint == "flows/staged.py:staged_training"
         step = nightly.pull_steps[0]["prefect.deployments.steps.git_clone"]

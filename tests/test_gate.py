@@ -63,7 +63,9 @@ def test_every_stage_gates_each_version_in_order(prefect_harness, workdir):
     from tasks.registry import Store
 
     smoke = Path(__file__).parent.parent / "configs" / "smoke.yaml"
-    config = load_config(smoke, ["gate.every_stage=true", "gate.margin=0", "stages.0.steps=3", "stages.1.steps=0", "stages.2.steps=0"])
+    config = load_config(
+        smoke, ["gate.every_stage=true", "gate.margin=0", "stages.0.steps=3", "stages.1.steps=0", "stages.2.steps=0"]
+    )
     staged_training(config, str(workdir))
     client = Store.resolve(workdir).client()
     tags = [client.get_model_version("staged-smoke", v).tags for v in ("1", "2", "3")]

@@ -47,7 +47,11 @@ def test_sequence_longer_than_context_is_refused():
 
 @pytest.mark.parametrize(
     "fields, message",
-    [({"d_model": 30, "n_heads": 4}, "does not divide"), ({"n_layers": 0}, "greater than or equal to 1"), ({"bogus": 1}, "Extra")],
+    [
+        ({"d_model": 30, "n_heads": 4}, "does not divide"),
+        ({"n_layers": 0}, "greater than or equal to 1"),
+        ({"bogus": 1}, "Extra"),
+    ],
 )
 def test_config_rejects_bad_values(fields, message):
     with pytest.raises(ValidationError, match=message):

@@ -50,7 +50,14 @@ def test_plans():
     assert layer_map(GrowthConfig(operator="width"), 3, 3).sources == (0, 1, 2)
 
 
-@pytest.mark.parametrize("g", [GrowthConfig(operator=o, layout=lay) for o in ("stack", "interleave", "identity", "masked") for lay in ("interleave", "stack")])
+@pytest.mark.parametrize(
+    "g",
+    [
+        GrowthConfig(operator=o, layout=lay)
+        for o in ("stack", "interleave", "identity", "masked")
+        for lay in ("interleave", "stack")
+    ],
+)
 def test_layer_map_is_bitwise(g):
     parent = parent64()
     before = {k: v.clone() for k, v in parent.state_dict().items()}
@@ -71,8 +78,15 @@ def test_layer_map_is_bitwise(g):
         assert torch.equal(value, before[key])
 
 
-@pytest.mark.parametrize("g", [GrowthConfig(operator="identity"), GrowthConfig(operator="identity", layout="stack"),
-                               GrowthConfig(operator="masked"), GrowthConfig(operator="masked", layout="stack")])  # fmt: skip
+@pytest.mark.parametrize(
+    "g",
+    [
+        GrowthConfig(operator="identity"),
+        GrowthConfig(operator="identity", layout="stack"),
+        GrowthConfig(operator="masked"),
+        GrowthConfig(operator="masked", layout="stack"),
+    ],
+)
 @pytest.mark.parametrize("n_layers", [6, 9])
 def test_depth_growth_preserves_function_float64(g, n_layers):
     parent = parent64()
@@ -133,7 +147,9 @@ def test_wrong_parent_shapes_are_named():
     state = parent64().state_dict()
     state["blocks.0.mlp.fc.weight"] = torch.zeros(5, 5)
     del state["ln_f.bias"]
-    with pytest.raises(GrowthError, match=r"missing ln_f.bias; blocks.0.mlp.fc.weight is \(5, 5\), expected \(32, 16\)") as e:
+    with pytest.raises(
+        GrowthError, match=r"missing ln_f.bias; blocks.0.mlp.fc.weight is \(5, 5\), expected \(32, 16\)"
+    ) as e:
         grow("stack", state, P, P.model_copy(update={"n_layers": 6}))
     one_line(e.value)
 
@@ -160,15 +176,26 @@ def test_config_errors_are_one_line_before_training(overrides, match):
 def test_width_stage_derives_its_model_config():
     cfg = load_config(None, SMALL + ["stages.1.n_layers=3", "stages.1.growth.operator=width", "stages.2.n_layers=6"])
     models = [s.model for s in cfg.stage_specs()]
-    assert [(m.n_layers, m.d_model, m.n_heads, m.d_ff) for m in models] == [(3, 16, 2, 32), (3, 32, 4, 64), (6, 32, 4, 64)]
+    assert [(m.n_layers, m.d_model, m.n_heads, m.d_ff) for m in models] == [
+        (3, 16, 2, 32),
+        (3, 32, 4, 64),
+        (6, 32, 4, 64),
+    ]
 
 
 def test_until_and_schedule_resolve_into_specs():
-    cfg = load_config(None, SMALL + [
-        "train.batch_size=4", "stages.1.steps=null", "stages.1.until.tokens=100",  # 100 / (4 x 8) -> 4 steps
-        "stages.2.steps=null", "stages.2.until.loss_slope={threshold: 0.001, max_steps: 50}",
-        "stages.2.schedule.policy=rewarm",
-    ])  # fmt: skip
+    cfg = load_config(
+        None,
+        SMALL
+        + [
+            "train.batch_size=4",
+            "stages.1.steps=null",
+            "stages.1.until.tokens=100",  # 100 / (4 x 8) -> 4 steps
+            "stages.2.steps=null",
+            "stages.2.until.loss_slope={threshold: 0.001, max_steps: 50}",
+            "stages.2.schedule.policy=rewarm",
+        ],
+    )
     specs = cfg.stage_specs()
     assert [s.train.steps for s in specs] == [400, 4, 50]
     assert [s.total_steps for s in specs] == [None, None, 454]  # only the schedule that reads it carries it

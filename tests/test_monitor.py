@@ -25,7 +25,9 @@ def _flow_run(state):
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(state.state_details.flow_run_id)
         ids = FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+        )
         task_runs = client.read_task_runs(flow_run_filter=ids)
     return run, {a.key: a for a in artifacts}, task_runs
 
@@ -53,7 +55,11 @@ def test_the_flow_run_is_named_and_tagged_after_the_pipeline(watched):
     for state in (first, rerun):
         run, _, task_runs = _flow_run(state)
         assert run.name == expected and "staged-smoke" in run.tags
-        assert sorted(t.name for t in task_runs if t.name.startswith("stage-")) == ["stage-1-3L", "stage-2-6L", "stage-3-12L"]
+        assert sorted(t.name for t in task_runs if t.name.startswith("stage-")) == [
+            "stage-1-3L",
+            "stage-2-6L",
+            "stage-3-12L",
+        ]
 
 
 def test_each_stage_publishes_a_summary_and_the_flow_a_table_with_throughput(watched):
@@ -64,9 +70,16 @@ def test_each_stage_publishes_a_summary_and_the_flow_a_table_with_throughput(wat
         summary = artifacts[f"staged-smoke-stage-{r.ref.stage}-summary"]
         assert summary.type == "markdown"
         md = summary.data
-        assert f"| val loss after growth | {r.val_loss_init:.4f} |" in md and f"| val loss after training | {r.val_loss:.4f} |" in md
+        assert (
+            f"| val loss after growth | {r.val_loss_init:.4f} |" in md
+            and f"| val loss after training | {r.val_loss:.4f} |" in md
+        )
         assert f"| val loss before growth (parent) | {before:.4f} |" in md if before else "none (first stage)" in md
-        assert f"| tokens (bytes) | {r.tokens:,} |" in md and "tokens/s" in md and f"models:/staged-smoke/{r.ref.version}" in md
+        assert (
+            f"| tokens (bytes) | {r.tokens:,} |" in md
+            and "tokens/s" in md
+            and f"models:/staged-smoke/{r.ref.version}" in md
+        )
         assert "](http" not in md  # an embedded store has no pages to link to
         assert artifacts[f"staged-smoke-stage-{r.ref.stage}"].type == "progress"
     assert not any(k.endswith(("-run", "-version", "-failure")) for k in artifacts)
@@ -86,9 +99,14 @@ def test_mlflow_has_one_parent_run_over_a_nested_run_per_stage(watched, tmp_path
     assert parent.data.tags["prefect_flow_run_id"] == str(run.id) and run.name.endswith(parent.data.tags["config_hash"])
     pipeline_yaml = Path(client.download_artifacts(parent.info.run_id, "config/pipeline.yaml", str(tmp_path)))
     assert yaml.safe_load(pipeline_yaml.read_text())["stages"][0]["steps"] == 12
-    assert {f.path for f in client.list_artifacts(parent.info.run_id, "summary")} == {"summary/staged-smoke-loss.png", "summary/summary.md"}
+    assert {f.path for f in client.list_artifacts(parent.info.run_id, "summary")} == {
+        "summary/staged-smoke-loss.png",
+        "summary/summary.md",
+    }
 
-    children = client.search_runs([_experiment(store)], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    children = client.search_runs(
+        [_experiment(store)], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
     children = sorted(children, key=lambda c: c.info.run_name)
     assert [c.info.run_name for c in children] == ["stage-1", "stage-2", "stage-3"]
     assert [c.info.run_id for c in children] == [r.ref.run_id for r in results]
@@ -99,16 +117,24 @@ def test_mlflow_has_one_parent_run_over_a_nested_run_per_stage(watched, tmp_path
         rid = child.info.run_id
         stage_yaml = Path(client.download_artifacts(rid, "config/stage.yaml", str(tmp_path / str(spec.index))))
         assert yaml.safe_load(stage_yaml.read_text()) == spec.model_dump(mode="json")
-        assert "card/loss.png" in {f.path for f in client.list_artifacts(rid, "card")}  # the curves of all stages so far
+        assert "card/loss.png" in {
+            f.path for f in client.list_artifacts(rid, "card")
+        }  # the curves of all stages so far
         p = child.data.params
         assert (p["data.corpus_sha256"], int(p["data.cursor_start"])) == (digest, start)
         assert int(p["data.cursor_end"]) == r.ref.data_cursor == start + spec.train.steps * spec.train.batch_size
         (used,) = child.inputs.dataset_inputs
         assert used.dataset.digest == digest[:16] and used.dataset.source_type == "local"
-        assert {t.key: t.value for t in used.tags} == {"mlflow.data.context": "training", "cursor_start": str(start), "cursor_end": p["data.cursor_end"]}
+        assert {t.key: t.value for t in used.tags} == {
+            "mlflow.data.context": "training",
+            "cursor_start": str(start),
+            "cursor_end": p["data.cursor_end"],
+        }
         assert child.data.metrics["tokens_per_s"] == pytest.approx(r.tokens_per_s) and r.tokens_per_s > 0
         step_times = client.get_metric_history(rid, "step_time_s")
-        assert [m.step for m in step_times] == list(range(2, spec.train.steps + 1)) and all(m.value > 0 for m in step_times)
+        assert [m.step for m in step_times] == list(range(2, spec.train.steps + 1)) and all(
+            m.value > 0 for m in step_times
+        )
         assert child.data.tags["prefect_flow_run_id"] == str(run.id)
         start = r.ref.data_cursor
 
@@ -123,15 +149,29 @@ def test_a_rerun_that_skips_every_stage_adds_no_runs_and_no_stage_artifacts(watc
 
 
 def test_a_failing_stage_leaves_a_failure_report_in_prefect_and_mlflow(prefect_harness, workdir, tmp_path):
-    config = load_config(SMOKE, ["checkpoint_every=1", "stages.0.steps=5", "stages.0.train.lr=1e30",
-                                 "stages.0.train.grad_clip=1e30", "stages.0.train.warmup_steps=0"])  # fmt: skip
+    config = load_config(
+        SMOKE,
+        [
+            "checkpoint_every=1",
+            "stages.0.steps=5",
+            "stages.0.train.lr=1e30",
+            "stages.0.train.grad_clip=1e30",
+            "stages.0.train.warmup_steps=0",
+        ],
+    )
     state = staged_training(config, str(workdir), return_state=True)
     assert state.is_failed() and "stage 1: loss is" in str(state.result(raise_on_failure=False))  # propagated as before
     _, artifacts, _ = _flow_run(state)
     failure = artifacts["staged-smoke-failure"]
     assert failure.type == "markdown"
-    for line in ["| what failed | `NonFiniteLoss`: loss is", "| stage | 1 (3 layers) |", "| while | training |",
-                 "| step | at step 2 of 5 |", "| last good checkpoint | step 1 (`", "/step-00000001`) |"]:  # fmt: skip
+    for line in [
+        "| what failed | `NonFiniteLoss`: loss is",
+        "| stage | 1 (3 layers) |",
+        "| while | training |",
+        "| step | at step 2 of 5 |",
+        "| last good checkpoint | step 1 (`",
+        "/step-00000001`) |",
+    ]:
         assert line in failure.data, line
     store = Store.resolve(workdir)
     (parent,) = store.client().search_runs([_experiment(store)], filter_string="tags.run_kind = 'pipeline'")
@@ -143,7 +183,9 @@ def test_a_failing_stage_leaves_a_failure_report_in_prefect_and_mlflow(prefect_h
 def test_a_pipeline_keeps_its_parent_run_until_it_finishes(workdir):
     """A rerun after a crash or a failure continues under the same parent; a finished one is never reopened."""
     store = Store.resolve(workdir)
-    pipeline = Pipeline(model_name="m", experiment="m", config_hash="abcd1234", flow_run_id="flow-1", config_yaml="seed: 0\n")
+    pipeline = Pipeline(
+        model_name="m", experiment="m", config_hash="abcd1234", flow_run_id="flow-1", config_yaml="seed: 0\n"
+    )
     assert pipeline_run(store, pipeline, create=False) is None  # nothing trained: nothing created
     first = pipeline_run(store, pipeline, create=True)
     assert pipeline_run(store, pipeline, create=True) == first
@@ -167,11 +209,17 @@ def test_links_point_at_the_mlflow_server_pages_only_for_a_server():
 def test_markdown_links_to_the_run_and_version_pages(watched):
     _, first, _, _ = watched
     results = first.result()
-    links = {"MLflow run page": "http://h:5000/#/experiments/1/runs/x", "model version page": "http://h:5000/#/models/staged-smoke/versions/1"}
+    links = {
+        "MLflow run page": "http://h:5000/#/experiments/1/runs/x",
+        "model version page": "http://h:5000/#/models/staged-smoke/versions/1",
+    }
     md = stage_markdown(results[0], None, links)
     assert "| MLflow run page | [MLflow run page](http://h:5000/#/experiments/1/runs/x) |" in md
     summary = markdown_summary(results, "http://h:5000", "http://h:5000/#/experiments/1/runs/p")
-    assert "(http://h:5000/#/models/staged-smoke/versions/3)" in summary and "(http://h:5000/#/experiments/1/runs/p)" in summary
+    assert (
+        "(http://h:5000/#/models/staged-smoke/versions/3)" in summary
+        and "(http://h:5000/#/experiments/1/runs/p)" in summary
+    )
 
 
 def test_the_config_parameter_resolves_the_same_whatever_its_form(tmp_path):

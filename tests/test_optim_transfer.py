@@ -80,7 +80,9 @@ def test_child_state_is_the_mapped_parent_state(op):
     load_moments(child, opt, mapped)
     for name, p in child.named_parameters():
         st = opt.state[p]
-        assert torch.equal(st["exp_avg"], mapped[f"exp_avg.{name}"]) and torch.equal(st["exp_avg_sq"], mapped[f"exp_avg_sq.{name}"])
+        assert torch.equal(st["exp_avg"], mapped[f"exp_avg.{name}"]) and torch.equal(
+            st["exp_avg_sq"], mapped[f"exp_avg_sq.{name}"]
+        )
         assert st["step"].item() == 3
     if op == "width":
         return
@@ -90,15 +92,26 @@ def test_child_state_is_the_mapped_parent_state(op):
         if name.startswith("blocks."):
             _, j, suffix = name.split(".", 2)
             src = f"blocks.{lmap.sources[int(j)]}.{suffix}"
-            if op == "identity" and lmap.new[int(j)] and suffix in ("attn.proj.weight", "attn.proj.bias", "mlp.proj.weight", "mlp.proj.bias"):
+            if (
+                op == "identity"
+                and lmap.new[int(j)]
+                and suffix in ("attn.proj.weight", "attn.proj.bias", "mlp.proj.weight", "mlp.proj.bias")
+            ):
                 assert not mapped[f"exp_avg.{name}"].any()
                 continue
         assert torch.equal(mapped[f"exp_avg.{name}"], moments[f"exp_avg.{src}"])
         assert torch.equal(mapped[f"exp_avg_sq.{name}"], moments[f"exp_avg_sq.{src}"])
 
 
-@pytest.mark.parametrize("g", [GrowthConfig(operator="masked"), GrowthConfig(operator="masked", layout="stack"),
-                               GrowthConfig(operator="identity"), GrowthConfig(operator="identity", layout="stack")])  # fmt: skip
+@pytest.mark.parametrize(
+    "g",
+    [
+        GrowthConfig(operator="masked"),
+        GrowthConfig(operator="masked", layout="stack"),
+        GrowthConfig(operator="identity"),
+        GrowthConfig(operator="identity", layout="stack"),
+    ],
+)
 def test_depth_child_step_is_the_parent_step(g):
     parent, moments = trained_parent()
     child, mapped = grown(g, parent, moments, 4)

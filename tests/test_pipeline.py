@@ -26,7 +26,9 @@ def _versions(store: Store, name: str):
 
 
 def _weights(store: Store, version, tmp: Path) -> dict[str, torch.Tensor]:
-    local = mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(tmp), tracking_uri=store.tracking_uri)
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=version.source, dst_path=str(tmp), tracking_uri=store.tracking_uri
+    )
     return load_file(Path(local) / "model.safetensors")
 
 
@@ -50,11 +52,22 @@ def test_three_stages_register_three_versions_with_lineage(smoke_run, tmp_path):
     assert [v.tags["parent_version"] for v in versions] == ["", "1", "2"]
     assert len({v.tags["stage_key"] for v in versions}) == 3
     model = client.get_registered_model("staged-smoke")
-    assert {k: str(v) for k, v in model.aliases.items()} == {"stage-1": "1", "stage-2": "2", "stage-3": "3", "champion": "3"}
+    assert {k: str(v) for k, v in model.aliases.items()} == {
+        "stage-1": "1",
+        "stage-2": "2",
+        "stage-3": "3",
+        "champion": "3",
+    }
     for v in versions:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=v.source, dst_path=str(tmp_path / str(v.version)), tracking_uri=store.tracking_uri))
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=v.source, dst_path=str(tmp_path / str(v.version)), tracking_uri=store.tracking_uri
+            )
+        )
         # plain files for our own loader, plus the MLflow pyfunc files (tests/test_serving.py)
-        assert {"config.json", "model.safetensors", "optimizer.safetensors", "MLmodel"} <= {p.name for p in local.iterdir()}
+        assert {"config.json", "model.safetensors", "optimizer.safetensors", "MLmodel"} <= {
+            p.name for p in local.iterdir()
+        }
         assert sha256_file(local / "model.safetensors") == v.tags["weights_sha256"]
     # the run writes nothing outside its workdir
     assert (workdir / "mlflow.db").is_file() and (workdir / "staged-smoke-loss.png").stat().st_size > 10_000
@@ -81,14 +94,20 @@ def test_flow_run_has_three_named_task_runs_and_artifacts(smoke_run):
     flow_run_id = state.state_details.flow_run_id
     with get_client(sync_client=True) as client:
         task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
     assert sorted(t.name for t in task_runs) == ["gate-v3", "stage-1-3L", "stage-2-6L", "stage-3-12L"]
     assert all(t.state.is_completed() for t in task_runs)
     by_type = {}
     for a in artifacts:
         by_type.setdefault(a.type, []).append(a)
     assert len(by_type["progress"]) == 3 and all(float(a.data) == 100.0 for a in by_type["progress"])
-    assert sorted(a.key for a in by_type["table"]) == ["staged-smoke-champions", "staged-smoke-stages", "staged-smoke-summary"]
+    assert sorted(a.key for a in by_type["table"]) == [
+        "staged-smoke-champions",
+        "staged-smoke-stages",
+        "staged-smoke-summary",
+    ]
     markdown = {a.key: a.data for a in by_type["markdown"]}
     assert "models:/staged-smoke/3" in markdown["staged-smoke-versions"]
     assert "PROMOTED" in markdown["staged-smoke-gate"]

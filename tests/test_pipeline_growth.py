@@ -17,14 +17,28 @@ PIPELINE = {
     "train": {"batch_size": 4, "warmup_steps": 1, "eval_every": 1, "eval_batches": 2, "device": "cpu"},
     "stages": [
         {"n_layers": 2, "steps": 6},
-        {"n_layers": 4, "steps": 2, "growth": {"operator": "identity"},
-         "optimizer": {"state": "transfer"}, "schedule": {"policy": "continue"}},
-        {"n_layers": 8, "until": {"tokens": 192}, "growth": {"operator": "masked", "layout": "stack", "ramp_steps": 4},
-         "optimizer": {"state": "transfer"}, "schedule": {"policy": "rewarm", "rewarm_steps": 2}},
-        {"n_layers": 8, "until": {"loss_slope": {"threshold": 100.0, "window": 2, "max_steps": 5}},
-         "growth": {"operator": "width", "noise": 0.01}, "optimizer": {"state": "transfer"}},
+        {
+            "n_layers": 4,
+            "steps": 2,
+            "growth": {"operator": "identity"},
+            "optimizer": {"state": "transfer"},
+            "schedule": {"policy": "continue"},
+        },
+        {
+            "n_layers": 8,
+            "until": {"tokens": 192},
+            "growth": {"operator": "masked", "layout": "stack", "ramp_steps": 4},
+            "optimizer": {"state": "transfer"},
+            "schedule": {"policy": "rewarm", "rewarm_steps": 2},
+        },
+        {
+            "n_layers": 8,
+            "until": {"loss_slope": {"threshold": 100.0, "window": 2, "max_steps": 5}},
+            "growth": {"operator": "width", "noise": 0.01},
+            "optimizer": {"state": "transfer"},
+        },
     ],
-}  # fmt: skip
+}
 
 
 @pytest.mark.integration

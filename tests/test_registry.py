@@ -3,7 +3,6 @@ orphan run that the next attempt deletes; a version with the stage key is never 
 
 from pathlib import Path
 
-import pytest
 from mlflow.entities import ViewType
 
 from models.gpt import GPT
@@ -18,8 +17,15 @@ def test_an_orphan_run_is_cleaned_up_and_a_second_register_returns_the_same_vers
     store, spec = Store.resolve(workdir), load_config(SMOKE).stage_specs()[0]
     out = tmp_path / "model"
     sha = save_model(GPT(spec.model), out)
-    tags = {"stage": "1", "n_layers": "3", "weights_sha256": sha, "stage_key": "key-1", "data_cursor": "0",
-            "global_step": "0", "optimizer_sha256": save_optimizer({}, out)}  # fmt: skip
+    tags = {
+        "stage": "1",
+        "n_layers": "3",
+        "weights_sha256": sha,
+        "stage_key": "key-1",
+        "data_cursor": "0",
+        "global_step": "0",
+        "optimizer_sha256": save_optimizer({}, out),
+    }
     client = store.client()
     # an attempt that died after logging its run and artifacts, before create_model_version
     exp = client.create_experiment(spec.experiment, artifact_location=store.artifact_location)

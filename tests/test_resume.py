@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import FAKE_KEY, FAKE_SECRET
+
 from flows.staged import staged_training
 from tasks.config import load_config
 from tasks.registry import Store
@@ -62,7 +62,9 @@ def _kill_inside_a_stage(cmd, env, manifests) -> list[str]:
     rng = random.Random(os.environ.get("RESUME_TEST_SEED"))
     target = rng.randint(1, 24)  # 15 + 8 + 4 checkpoints in all: any stage may be hit
     print(f"killing after checkpoint #{target} (+ a few ms)")
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     seen: set[str] = set()
     deadline = time.monotonic() + 300
     while len(seen) < target and proc.poll() is None and time.monotonic() < deadline:
@@ -97,7 +99,9 @@ def _check_rerun(proc, workdir: Path, reference: list[str], at_kill: list[str]) 
 def test_sigkill_inside_a_stage_then_rerun_matches_an_uninterrupted_run(reference, tmp_path):
     workdir = tmp_path / "work"
     ckpts = workdir / "checkpoints"
-    at_kill = _kill_inside_a_stage(_cmd(workdir), _env(), lambda: [str(p) for p in ckpts.glob("*/step-*/manifest.json")])
+    at_kill = _kill_inside_a_stage(
+        _cmd(workdir), _env(), lambda: [str(p) for p in ckpts.glob("*/step-*/manifest.json")]
+    )
     proc = subprocess.run(_cmd(workdir), env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
     _check_rerun(proc, workdir, reference, at_kill)
 
@@ -117,7 +121,11 @@ def test_s3_end_to_end_checkpoints_and_artifacts_in_the_bucket_resume_reads_them
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     store = _check_rerun(proc, workdir, reference, at_kill)
 
-    keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket) for o in page.get("Contents", [])]
+    keys = [
+        o["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        for o in page.get("Contents", [])
+    ]
     assert any(k.startswith("run/checkpoints/") and k.endswith("model.safetensors") for k in keys)
     assert sum(k.startswith("run/mlartifacts/") and k.endswith("/model/model.safetensors") for k in keys) == 3
     assert not list(workdir.glob("mlartifacts")) and not list(workdir.glob("checkpoints"))
@@ -158,8 +166,16 @@ def test_a_nan_loss_fails_the_stage_with_its_step_and_keeps_the_last_good_checkp
     from tasks.stage import stage_key
     from tasks.storage import LocalStorage
 
-    config = load_config(SMOKE, ["checkpoint_every=1", "stages.0.steps=5", "stages.0.train.lr=1e30",
-                                 "stages.0.train.grad_clip=1e30", "stages.0.train.warmup_steps=0"])  # fmt: skip
+    config = load_config(
+        SMOKE,
+        [
+            "checkpoint_every=1",
+            "stages.0.steps=5",
+            "stages.0.train.lr=1e30",
+            "stages.0.train.grad_clip=1e30",
+            "stages.0.train.warmup_steps=0",
+        ],
+    )
     workdir = tmp_path / "work"
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -51,8 +51,20 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    args = [MLFLOW, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", (root / "artifacts").as_uri()]  # fmt: skip
+    args = [
+        MLFLOW,
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        (root / "artifacts").as_uri(),
+    ]
     proc = _start(args, root / "server.log", f"http://127.0.0.1:{port}/health", env)
     yield f"http://127.0.0.1:{port}", root
     _stop(proc)
@@ -86,9 +98,23 @@ def test_pipeline_gate_and_commands_against_the_server(served_run, capsys, monke
     # the real command, as a user runs it
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     proc = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "generate", "models:/staged-smoke@champion", "--prompt", "def ", "--max-bytes", "20"],
-        cwd=workdir, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "generate",
+            "models:/staged-smoke@champion",
+            "--prompt",
+            "def ",
+            "--max-bytes",
+            "20",
+        ],
+        cwd=workdir,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0 and proc.stdout.startswith("def "), proc.stderr[-2000:]
     assert sorted(p.name for p in workdir.iterdir()) == ["checkpoints", "staged-smoke-loss.png"]  # no local store
 
@@ -101,12 +127,17 @@ def test_prefect_artifacts_link_to_each_stages_mlflow_run_and_version_pages(serv
     client = Store(tracking_uri=url).client()
     keys = [f"staged-smoke-stage-{r.ref.stage}-{kind}" for r in results for kind in ("run", "version", "summary")]
     with get_client(sync_client=True) as prefect:
-        found = prefect.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys + ["staged-smoke-pipeline-run"])))
+        found = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys + ["staged-smoke-pipeline-run"]))
+        )
     latest = {a.key: a.data for a in sorted(found, key=lambda a: a.created)}
     for r in results:
         page = f"{url}/#/experiments/{client.get_run(r.ref.run_id).info.experiment_id}/runs/{r.ref.run_id}"
         version_page = f"{url}/#/models/staged-smoke/versions/{r.ref.version}"
-        assert f"({page})" in latest[f"staged-smoke-stage-{r.ref.stage}-run"] and f"({page})" in latest[f"staged-smoke-stage-{r.ref.stage}-summary"]
+        assert (
+            f"({page})" in latest[f"staged-smoke-stage-{r.ref.stage}-run"]
+            and f"({page})" in latest[f"staged-smoke-stage-{r.ref.stage}-summary"]
+        )
         assert f"({version_page})" in latest[f"staged-smoke-stage-{r.ref.stage}-version"]
     parent = client.get_run(client.get_run(results[0].ref.run_id).data.tags["mlflow.parentRunId"])
     assert f"/runs/{parent.info.run_id})" in latest["staged-smoke-pipeline-run"] and parent.info.status == "FINISHED"
@@ -124,9 +155,27 @@ def test_pyfunc_and_mlflow_models_serve_match_the_project_loader(served_run, tmp
 
     port = free_port()
     bin_dir = str(Path(MLFLOW).parent)  # `mlflow models serve` execs `uvicorn` by name, as in an activated venv
-    env = {**os.environ, "MLFLOW_TRACKING_URI": url, "PYTHONPATH": str(ROOT), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    args = [MLFLOW, "models", "serve", "-m", "models:/staged-smoke@champion", "--env-manager", "local",
-            "-h", "127.0.0.1", "-p", str(port), "-w", "1"]  # fmt: skip
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": url,
+        "PYTHONPATH": str(ROOT),
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+    }
+    args = [
+        MLFLOW,
+        "models",
+        "serve",
+        "-m",
+        "models:/staged-smoke@champion",
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-w",
+        "1",
+    ]
     proc = _start(args, tmp_path / "serve.log", f"http://127.0.0.1:{port}/ping", env)
     try:
         body = json.dumps({"inputs": ids.tolist()}).encode()

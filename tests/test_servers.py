@@ -28,8 +28,14 @@ def _listening(port: int) -> bool:
 
 
 def _staged(*args: str, cwd: Path = ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
 
 
 def test_up_starts_healthy_servers_on_loopback_with_postgres_backends(local_servers):
@@ -43,9 +49,17 @@ def test_up_starts_healthy_servers_on_loopback_with_postgres_backends(local_serv
         dbs = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
         assert {"prefect", "mlflow"} <= dbs
     with psycopg.connect(f"{s.urls['postgres']}/mlflow") as conn:  # MLflow migrated its schema into Postgres
-        assert conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'registered_models'").fetchone()[0] == 1
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_name = 'registered_models'"
+            ).fetchone()[0]
+            == 1
+        )
     with psycopg.connect(f"{s.urls['postgres']}/prefect") as conn:
-        assert conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'flow_run'").fetchone()[0] == 1
+        assert (
+            conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'flow_run'").fetchone()[0]
+            == 1
+        )
     record = json.loads((Path(s.dir) / "servers.json").read_text())
     assert list(record["pids"]) == ["s3", "prefect", "mlflow", "worker"]
     assert all((Path(s.dir) / "logs" / f"{name}.log").is_file() for name in ["postgres", *record["pids"]])
@@ -65,7 +79,10 @@ def test_a_busy_port_is_a_one_line_error_and_nothing_starts(tmp_path):
         port = busy.getsockname()[1]
         out = _staged("servers", "up", "--dir", str(tmp_path), "--prefect-port", str(port))
     assert out.returncode == 1
-    assert out.stderr.strip() == f"staged: error: port {port} (prefect) is already in use on 127.0.0.1: pass --prefect-port"
+    assert (
+        out.stderr.strip()
+        == f"staged: error: port {port} (prefect) is already in use on 127.0.0.1: pass --prefect-port"
+    )
     assert Servers.load(tmp_path) is None
 
 

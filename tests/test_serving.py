@@ -58,9 +58,20 @@ def test_versions_keep_plain_files_and_carry_no_pickle(gated_runs, tmp_path):
     store = Store.resolve(workdir)
     client = store.client()
     for v in client.search_model_versions("name = 'staged-smoke'"):
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=v.source, dst_path=str(tmp_path / str(v.version)), tracking_uri=store.tracking_uri))
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=v.source, dst_path=str(tmp_path / str(v.version)), tracking_uri=store.tracking_uri
+            )
+        )
         names = {p.name for p in local.iterdir()}
-        assert {"model.safetensors", "config.json", "optimizer.safetensors", "MLmodel", "pyfunc_model.py", "input_example.json"} <= names
+        assert {
+            "model.safetensors",
+            "config.json",
+            "optimizer.safetensors",
+            "MLmodel",
+            "pyfunc_model.py",
+            "input_example.json",
+        } <= names
         mlmodel = (local / "MLmodel").read_text()
         assert "model_code_path" in mlmodel and "python_model.pkl" not in mlmodel
     files = [p for p in (workdir / "mlartifacts").rglob("*") if p.is_file()]

@@ -33,7 +33,9 @@ def test_three_versions_with_lineage_in_the_postgres_backed_registry(deployed_ru
     import psycopg
 
     with psycopg.connect(f"{servers.urls['postgres']}/mlflow") as conn:  # the rows really are in Postgres
-        rows = conn.execute("SELECT version FROM model_versions WHERE name = 'staged-smoke' ORDER BY version").fetchall()
+        rows = conn.execute(
+            "SELECT version FROM model_versions WHERE name = 'staged-smoke' ORDER BY version"
+        ).fetchall()
     assert [r[0] for r in rows] == [1, 2, 3]
 
 
@@ -42,10 +44,18 @@ def test_model_weights_and_checkpoints_are_in_the_s3_bucket(deployed_run):
     import boto3
     from mlflow import MlflowClient
 
-    s3 = boto3.client("s3", endpoint_url=servers.urls["s3"], region_name="us-east-1",
-                      aws_access_key_id=servers.client_env()["AWS_ACCESS_KEY_ID"],
-                      aws_secret_access_key=servers.client_env()["AWS_SECRET_ACCESS_KEY"])  # fmt: skip
-    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET) for o in page.get("Contents", [])]
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=servers.urls["s3"],
+        region_name="us-east-1",
+        aws_access_key_id=servers.client_env()["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=servers.client_env()["AWS_SECRET_ACCESS_KEY"],
+    )
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+        for o in page.get("Contents", [])
+    ]
     client = MlflowClient(tracking_uri=servers.urls["mlflow"])
     for v in client.search_model_versions("name='staged-smoke'"):
         weights = [k for k in keys if v.run_id in k and k.endswith("/model/model.safetensors")]

@@ -21,7 +21,9 @@ def test_generate_eval_and_list_use_the_registry(gated_runs, capsys, monkeypatch
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("COLUMNS", "200")  # rich tables on one line each
     w = ["--workdir", str(workdir)]
-    code, out, _ = _run(capsys, "generate", "models:/staged-smoke@champion", "--prompt", "import ", "--max-bytes", "30", *w)
+    code, out, _ = _run(
+        capsys, "generate", "models:/staged-smoke@champion", "--prompt", "import ", "--max-bytes", "30", *w
+    )
     assert code == 0 and out.startswith("import ") and len(out) >= len("import ") + 20
     assert _run(capsys, "generate", "models:/staged-smoke/6", "--prompt", "import ", "--max-bytes", "30", *w)[1] == out
     code, out, _ = _run(capsys, "eval", "models:/staged-smoke/latest", *w)
@@ -39,7 +41,10 @@ CASES = {
     "bad scheme": (["generate", "runs:/abc/model"], "expected models:/NAME/VERSION"),
     "missing model": (["models", "list", "nope"], "no registered model named 'nope'"),
     "missing version": (["eval", "models:/staged-smoke/99"], "model 'staged-smoke' has no version 99"),
-    "missing alias": (["generate", "models:/staged-smoke@best"], "model 'staged-smoke' has no alias 'best' (aliases: champion"),
+    "missing alias": (
+        ["generate", "models:/staged-smoke@best"],
+        "model 'staged-smoke' has no alias 'best' (aliases: champion",
+    ),
 }
 
 

@@ -69,7 +69,11 @@ def test_noise_breaks_symmetry_but_not_the_function():
 
 
 def test_moments_scale_like_gradients():
-    m = {"blocks.0.mlp.fc.weight": torch.ones(32, 16), "ln_f.weight": torch.ones(16), "head.weight": torch.ones(256, 16)}
+    m = {
+        "blocks.0.mlp.fc.weight": torch.ones(32, 16),
+        "ln_f.weight": torch.ones(16),
+        "head.weight": torch.ones(256, 16),
+    }
     c = widen_config(P)
     avg, sq = widen_moments(m, P, c, 1), widen_moments(m, P, c, 2)
     assert avg["blocks.0.mlp.fc.weight"][:32, :16].unique().tolist() == [0.5]
