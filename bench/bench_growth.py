@@ -41,12 +41,11 @@ def main() -> None:
     configs = [GrowthConfig(operator=op) for op in ("stack", "interleave", "identity", "masked", "width")]
     for g in configs + [GrowthConfig(operator="width", noise=0.01)]:
         child = child_config(g, PARENT, 12 if g.operator == "width" else 24)
-        t_state = best_of(lambda: grow(g, state, PARENT, child))
-        t_moments = best_of(lambda: grow_moments(g, moments, PARENT, child))
+        t_state = best_of(lambda g=g, child=child: grow(g, state, PARENT, child))
+        t_moments = best_of(lambda g=g, child=child: grow_moments(g, moments, PARENT, child))
         name = g.operator + (f" (noise {g.noise})" if g.noise else "")
-        print(
-            f"{name:>20}: weights {t_state:6.3f} s   adam moments {t_moments:6.3f} s   -> {child.n_layers} layers, d_model {child.d_model}"
-        )
+        shape = f"{child.n_layers} layers, d_model {child.d_model}"
+        print(f"{name:>20}: weights {t_state:6.3f} s   adam moments {t_moments:6.3f} s   -> {shape}")
 
 
 if __name__ == "__main__":

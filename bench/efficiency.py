@@ -12,10 +12,11 @@ import time
 
 import torch
 
-from bench.spec import Preset, scratch_schedule, stage_model, stage_train, train_flops_per_token
+from bench.spec import Preset, pipeline_config, scratch_schedule, train_flops_per_token
 from models.data import ByteCorpus
 from models.gpt import GPT
-from models.train import StepInfo, TrainConfig, make_optimizer, resolve_device, seed_everything, train
+from models.plan import Hooks, StepInfo
+from models.train import TrainConfig, make_optimizer, resolve_device, seed_everything, train
 
 
 def _sync(device: torch.device) -> None:
@@ -49,7 +50,7 @@ def _train_step_seconds(model: GPT, corpus: ByteCorpus, cfg: TrainConfig) -> flo
         _sync(device)
         stamps.append(time.perf_counter())
 
-    train(model, corpus, cfg, seed=0, on_step=on_step)
+    train(model, corpus, cfg, hooks=Hooks(on_step=on_step))
     return (stamps[-2] - stamps[0]) / (len(stamps) - 2)
 
 
@@ -78,9 +79,9 @@ def _bare_step_seconds(model: GPT, x: torch.Tensor, y: torch.Tensor, cfg: TrainC
 
 def throughput_and_mfu(preset: Preset, corpus: ByteCorpus) -> dict:
     """Tokens/s of train() vs the bare loop on the final architecture, and train()'s MFU."""
-    plan = scratch_schedule(preset).stages[0]
-    cfg = stage_model(preset, plan)
-    tcfg = stage_train(preset, plan).model_copy(update={"steps": preset.throughput_steps, "warmup_steps": 1})
+    spec = pipeline_config(preset, scratch_schedule(preset), 0, "bench-throughput").stage_specs()[0]
+    cfg = spec.model
+    tcfg = spec.train.model_copy(update={"steps": preset.throughput_steps, "warmup_steps": 1})
     device = resolve_device(tcfg.device)
     peak = matmul_peak(preset.matmul_size, preset.peak_dtype, device)
     x, y = corpus.batch(0, tcfg.batch_size)

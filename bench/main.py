@@ -9,7 +9,6 @@ load drifts over both; every speed figure is a ratio of two things measured in t
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import shlex
@@ -23,7 +22,8 @@ from bench.curves import Point, ratio, spread, to_target
 from bench.efficiency import throughput_and_mfu
 from bench.report import markdown, plot, publish, write_json
 from bench.runner import run_arm
-from bench.spec import PRESETS, SCHEDULES, Preset, scratch_schedule
+from bench.schedules import SCHEDULES
+from bench.spec import PRESETS, Preset, scratch_schedule
 from models.data import ByteCorpus
 
 
@@ -177,50 +177,3 @@ def build_preset(name: str, schedules: str | None, seeds: str | None, overrides:
     if unknown:
         raise ValueError(f"unknown schedules {unknown}; known: {', '.join(SCHEDULES)}")
     return Preset.model_validate(tree)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", choices=sorted(PRESETS), default="quick")
-    p.add_argument("--out", required=True, help="JSON summary to write")
-    p.add_argument("--workdir", default=".staged", help="where plots, stores and artifacts go (default: %(default)s)")
-    p.add_argument("--schedules", help=f"comma-separated, from: {', '.join(SCHEDULES)}")
-    p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a preset field, e.g. --set scratch_train.lr=0.003",
-    )
-    p.add_argument("--no-flow", action="store_true", help="skip the Prefect-flow orchestration measurement")
-    p.add_argument("--no-publish", action="store_true", help="skip Prefect/MLflow artifacts")
-
-
-def _passive_openmp() -> None:
-    """Re-exec once with OMP_WAIT_POLICY=PASSIVE unless set. On a shared 2-core machine, spinning
-    OpenMP threads collapse when another process is busy (measured here: 12L d64 step 0.11 s idle,
-    1-3 s under load with spinning, 0.28 s passive). It must be set before torch is loaded."""
-    if "OMP_WAIT_POLICY" not in os.environ and not torch.cuda.is_available():
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    _passive_openmp()
-    try:
-        preset = build_preset(args.preset, args.schedules, args.seeds, args.overrides)
-    except ValueError as e:
-        print(f"staged: error: {e}", file=sys.stderr)
-        return 2
-    summary = run_bench(preset, Path(args.workdir), flow=not args.no_flow, publish_artifacts=not args.no_publish)
-    summary.pop("arms")
-    write_json(summary, Path(args.out))
-    print(markdown(summary))
-    return 0
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m bench.main")
-    add_arguments(parser)
-    sys.exit(cmd_bench(parser.parse_args()))

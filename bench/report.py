@@ -48,7 +48,8 @@ def markdown(summary: dict) -> str:
     lines = [
         f"## staged bench — preset `{summary['preset']}`, seeds {summary['seeds']}",
         "",
-        "| schedule | stages (layers × share of scratch steps) | time-to-target / scratch | FLOPs-to-target / scratch |",
+        "| schedule | stages (layers × share of scratch steps) | time-to-target / scratch "
+        "| FLOPs-to-target / scratch |",
         "|---|---|---|---|",
     ]
     for name, s in summary["schedules"].items():
@@ -61,7 +62,8 @@ def markdown(summary: dict) -> str:
         "",
         "Per seed (target = that seed's scratch final val loss; only the final 12-layer stage's evals count):",
         "",
-        "| schedule | seed | target | scratch s | staged s to target | time ratio | FLOPs ratio | a smaller stage got there first |",
+        "| schedule | seed | target | scratch s | staged s to target | time ratio | FLOPs ratio "
+        "| a smaller stage got there first |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, s in summary["schedules"].items():

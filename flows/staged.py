@@ -2,7 +2,11 @@
 registers the result; the flow chains the stages and, on a rerun, skips those already registered
 and resumes the interrupted one from its newest checkpoint. After the last stage (or every stage,
 with ``gate.every_stage``) the evaluation gate decides whether the new version becomes the
-champion; each version gets a model card."""
+champion; each version gets a model card.
+
+The flow owns the MLflow parent run: it opens it before the first stage that trains (a rerun that
+trains nothing opens none), and finishes or fails it here, in one place.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +15,13 @@ from pathlib import Path
 from prefect import flow
 from prefect.runtime import flow_run
 
-from tasks.card import write_card
-from tasks.compare import publish_comparison
-from tasks.config import ConfigError, PipelineConfig, resolve_config
-from tasks.gate import GateResult, run_gate
-from tasks.monitor import tag_flow_run
-from tasks.registry import Pipeline, Store, get_version
-from tasks.report import plot_losses, publish
-from tasks.stage import StageResult, run_stage, skipped_result
+from tasks import publish
+from tasks.config import ConfigError, PipelineConfig, resolve_config, stage_key
+from tasks.gate import run_gate
+from tasks.registry import Pipeline, PipelineRun, find_version, get_version
+from tasks.results import GateResult, StageResult
+from tasks.stage import run_stage, skipped_result
+from tasks.workspace import Workspace
 
 
 def flow_run_name() -> str:
@@ -42,30 +45,43 @@ def staged_training(
 
     ``config`` is a :class:`PipelineConfig`, a YAML path (what deployments pass, relative to the
     checkout the worker pulled) with ``overrides`` as ``--set`` would give them, or None for the
-    defaults (== configs/demo.yaml). The flow run is named and tagged after the pipeline (tasks/monitor.py)."""
+    defaults (== configs/demo.yaml). The flow run is named and tagged after the pipeline."""
     config = resolve_config(config, overrides)
-    tag_flow_run(config.registry.model_name)
+    publish.tag_flow_run(config.registry.model_name)
+    ws = Workspace.resolve(workdir, config.storage)
+    registry, specs = ws.registry, config.stage_specs()
     pipeline = Pipeline.of(config, flow_run_id=str(flow_run.id))
-    store = Store.resolve(workdir, config.storage)
-    stage = run_stage.with_options(retries=config.retries, retry_delay_seconds=config.retry_delay_s)
-    specs = config.stage_specs()
+    parent_run = PipelineRun(registry.client(), registry.artifact_location, pipeline)
+    retry = {"retries": config.retry.retries, "retry_delay_seconds": config.retry.delay_s}
     results: list[StageResult] = []
     parent = None
     if from_version is not None:
-        parent = get_version(store.client(), config.registry.model_name, from_version)
-        results.append(skipped_result(parent, store, specs[parent.stage - 1].model))
+        parent = get_version(registry.client(), config.registry.model_name, from_version)
+        results.append(skipped_result(parent, registry, specs[parent.stage - 1].model))
         specs = specs[parent.stage :]
     gated: GateResult | None = None
-    for spec in specs:
-        result = stage(spec, parent, store, pipeline)  # configs and references in, never tensors
-        results.append(result)
-        parent = result.ref
-        gate_now = config.gate.enabled and (config.gate.every_stage or spec.index == len(config.stages))
-        gated = run_gate(result.ref, store, config.gate, config.data, config.seed) if gate_now else None
-        write_card(store, results, config.data, gated)
-    png = plot_losses(results, Path(workdir) / f"{config.registry.model_name}-loss.png")
-    publish(results, png, store, pipeline)
-    publish_comparison(store, results, gated, config.gate.alias)
+    try:
+        for spec in specs:
+            key = stage_key(spec, parent.weights_sha256 if parent else None)
+            trains = find_version(registry.client(), spec.model_name, key) is None
+            run_id = parent_run.open() if trains else parent_run.find()
+            result = run_stage.with_options(**retry)(spec, parent, ws, run_id)  # configs and references, no tensors
+            results.append(result)
+            parent = result.ref
+            gate_now = config.gate.enabled and (config.gate.every_stage or spec.index == len(config.stages))
+            gated = (
+                run_gate.with_options(**retry)(parent, registry, config.gate, config.data, config.seed)
+                if gate_now
+                else None
+            )
+            publish.card.with_options(**retry)(registry, results, config.data, gated)
+        png = Path(workdir) / f"{config.registry.model_name}-loss.png"
+        publish.summary.with_options(**retry)(results, png, registry, parent_run.find(), pipeline.run_name)
+        publish.comparison.with_options(**retry)(registry, results, gated, config.gate.alias)
+    except BaseException:
+        parent_run.fail()
+        raise
+    parent_run.finish()
     return results
 
 

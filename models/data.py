@@ -13,6 +13,7 @@ replayed within an epoch.
 
 from __future__ import annotations
 
+import hashlib
 import sysconfig
 from pathlib import Path
 
@@ -72,6 +73,12 @@ class ByteCorpus:
         self.val = torch.frombuffer(bytearray(val), dtype=torch.uint8)
         self.n_train = len(self.train) // (context + 1)
         self._perm_epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
+
+    def digest(self) -> str:
+        """sha256 of the exact train and validation bytes: what the registry records as the data's identity."""
+        h = hashlib.sha256(self.train.numpy())
+        h.update(self.val.numpy())
+        return h.hexdigest()
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if epoch != self._perm_epoch:

@@ -1,8 +1,9 @@
 """The training loop as a function: model + corpus + config in, losses and the new cursor out.
 
-No I/O here: progress and logging reach the outside world through the ``on_step`` callback,
-checkpoints through ``on_checkpoint`` (a :class:`TrainState` every ``checkpoint_every`` steps),
-so the same loop runs under Prefect, in a benchmark or in a notebook. ``resume=TrainState``
+    train(model, corpus, cfg, plan=StagePlan(...), start=Start(...), hooks=Hooks(...)) -> TrainResult
+
+No I/O here: progress and checkpoints reach the outside world through ``hooks`` (models/plan.py),
+so the same loop runs under Prefect, in a benchmark or in a notebook. ``Start(resume=TrainState)``
 continues a stage bit for bit: same batches (cursor), optimizer state, step-based LR and RNG.
 
 Under ``torchrun`` (an initialized torch.distributed process group of more than one process) the
@@ -20,7 +21,6 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -33,6 +33,7 @@ from models.data import ByteCorpus
 from models.gpt import GPT, byte_loss
 from models.optim import StateDict, export_moments, load_moments
 from models.optim import make_optimizer as _adamw
+from models.plan import Hooks, StagePlan, Start, StepInfo, TrainState, default_lr
 from models.policy import warmup_cosine
 
 
@@ -53,15 +54,6 @@ class TrainConfig(BaseModel):
 
 
 @dataclass
-class StepInfo:
-    step: int  # 1-based, within this call
-    steps: int
-    train_loss: float
-    lr: float
-    val_loss: float | None  # set on evaluation steps
-
-
-@dataclass
 class TrainResult:
     val_loss_init: float  # before the first step, on the fixed validation batches
     val_loss: float  # after the last step
@@ -69,28 +61,11 @@ class TrainResult:
     train_curve: list[tuple[int, float]] = field(default_factory=list)  # (step, loss)
     val_curve: list[tuple[int, float]] = field(default_factory=list)  # (step, loss), step 0 = init
     tokens: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # the loop's wall time, hooks included
+    hook_seconds: float = 0.0  # of which inside the hooks (progress, checkpoints): not training
     steps: int = 0  # steps actually trained (a stop rule may end the stage before cfg.steps)
     moments: StateDict = field(default_factory=dict)  # AdamW state at the end (models.optim layout)
     world_size: int = 1  # processes that trained it (DistributedDataParallel under torchrun)
-
-
-@dataclass
-class TrainState:
-    """Everything needed to continue a stage after step ``step`` exactly as if it had never stopped.
-
-    The weights are not here: they live in the model the caller holds. The LR schedule needs no
-    state of its own: it is a function of the step.
-    """
-
-    step: int  # steps done in this stage
-    cursor: int  # train sequences consumed (models/data.py)
-    moments: StateDict  # AdamW state (models.optim layout)
-    rng: dict[str, object]  # rng_state(): torch, numpy and python generators
-    val_loss_init: float
-    val_loss: float
-    train_curve: list[tuple[int, float]]
-    val_curve: list[tuple[int, float]]
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -110,22 +85,6 @@ def set_rng_state(state: dict[str, object]) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
-
-
-@dataclass(frozen=True)
-class GateRamp:
-    """Masked growth: the gates of ``blocks`` rise linearly from 0 (step 1) to 1 (step ``steps`` + 1)."""
-
-    blocks: list[int]
-    steps: int
-
-    def gate(self, step: int) -> float:
-        """Gate used by training step ``step`` (1-based); step 0 is the evaluation before training."""
-        return min(1.0, max(0, step - 1) / self.steps)
-
-    def apply(self, model: GPT, step: int) -> None:
-        for j in self.blocks:
-            model.blocks[j].gate.fill_(self.gate(step))
 
 
 def resolve_device(device: str) -> torch.device:
@@ -199,29 +158,18 @@ def train(
     corpus: ByteCorpus,
     cfg: TrainConfig,
     *,
-    cursor: int = 0,
-    seed: int = 0,
-    on_step: Callable[[StepInfo], None] | None = None,
-    lr_mult: Callable[[int], float] | None = None,
-    moments: StateDict | None = None,
-    ramp: GateRamp | None = None,
-    stop: Callable[[list[tuple[int, float]]], bool] | None = None,
-    resume: TrainState | None = None,
-    checkpoint_every: int = 0,
-    on_checkpoint: Callable[[TrainState], None] | None = None,
+    plan: StagePlan = StagePlan(),
+    start: Start = Start(),
+    hooks: Hooks = Hooks(),
 ) -> TrainResult:
-    """Train ``model`` in place for up to ``cfg.steps`` steps, reading the train stream from ``cursor``.
+    """Train ``model`` in place for up to ``cfg.steps`` steps, reading the train stream from ``start.cursor``.
 
-    lr_mult: step within this call (0-based) -> multiplier on cfg.lr; default: :func:`lr_at`.
-    moments: AdamW state to start from (optimizer transfer across growth); default: fresh AdamW.
-    ramp: masked growth; its gates are folded into the weights at the end, so the model is plain.
-    stop: called on the validation curve after each evaluation; True ends training (loss-slope rule).
-    resume: continue from this state (the model must already hold the weights saved with it).
-    on_checkpoint: called every ``checkpoint_every`` steps and after the last step.
-    on_step, on_checkpoint: on rank 0 only under torchrun.
+    ``plan``: LR multiplier, masked growth's gate ramp (folded into the weights at the end, so the
+    model is plain), stop rule. ``start``: cursor, seed, transferred Adam moments, or a TrainState
+    to resume from. ``hooks``: progress and checkpoint callbacks (rank 0 only under torchrun).
     Raises NonFiniteLoss (before stepping the optimizer) when the loss is NaN or Inf.
     """
-    seed_everything(seed)
+    seed_everything(start.seed)
     device = resolve_device(cfg.device)
     rank, world = rank_and_world()
     model.to(device).train()
@@ -229,11 +177,11 @@ def train(
     if world > 1:
         device_ids = [device.index] if device.type == "cuda" else None
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    if rank > 0:
-        on_step = on_checkpoint = None
+    on_step, on_checkpoint = (hooks.on_step, hooks.on_checkpoint) if rank == 0 else (None, None)
     val_batches = corpus.val_batches(cfg.eval_batches, cfg.batch_size)
     optimizer = make_optimizer(model, cfg)
-    mult = lr_mult or (lambda s: lr_at(s, cfg))
+    mult = plan.lr_mult or default_lr(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+    ramp, resume = plan.ramp, start.resume
     if resume is not None:
         load_moments(model, optimizer, resume.moments)
         set_rng_state(resume.rng)
@@ -246,16 +194,16 @@ def train(
             val_curve=list(resume.val_curve),
         )
         first = resume.step + 1
-        stopped = stop is not None and result.val_curve[-1][0] == resume.step > 0 and stop(result.val_curve)
+        stopped = result.val_curve[-1][0] == resume.step > 0 and plan.stop(result.val_curve)
     else:
-        if moments is not None:
-            load_moments(model, optimizer, moments)
+        if start.moments is not None:
+            load_moments(model, optimizer, start.moments)
         if ramp is not None:
             ramp.apply(model, 0)
         val = _evaluate_on_rank0(model, val_batches, rank, world)
-        result = TrainResult(val_loss_init=val, val_loss=val, cursor=cursor, val_curve=[(0, val)])
+        result = TrainResult(val_loss_init=val, val_loss=val, cursor=start.cursor, val_curve=[(0, val)])
         first, stopped = 1, False
-    start = time.perf_counter()
+    began = time.perf_counter()
     for step in range(first, cfg.steps + 1 if not stopped else first):
         if ramp is not None:
             ramp.apply(model, step)
@@ -280,15 +228,14 @@ def train(
         if step % cfg.eval_every == 0 or step == cfg.steps:
             val_now = result.val_loss = _evaluate_on_rank0(model, val_batches, rank, world)
             result.val_curve.append((step, val_now))
+        hooked = time.perf_counter()
         if on_step is not None:
             on_step(StepInfo(step, cfg.steps, train_loss, lr, val_now))
-        stopping = val_now is not None and stop is not None and stop(result.val_curve)
-        if (
-            on_checkpoint is not None
-            and checkpoint_every > 0
-            and (step % checkpoint_every == 0 or step == cfg.steps or stopping)
-        ):
+        stopping = val_now is not None and plan.stop(result.val_curve)
+        every = hooks.checkpoint_every
+        if on_checkpoint is not None and every > 0 and (step % every == 0 or step == cfg.steps or stopping):
             on_checkpoint(snapshot(model, optimizer, result))
+        result.hook_seconds += time.perf_counter() - hooked
         if stopping:
             break
     for block in model.blocks:
@@ -296,7 +243,7 @@ def train(
     result.moments = export_moments(model, optimizer)
     result.world_size = world
     result.tokens = (result.steps - first + 1) * cfg.batch_size * corpus.context
-    result.seconds = time.perf_counter() - start
+    result.seconds = time.perf_counter() - began
     return result
 
 

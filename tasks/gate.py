@@ -16,40 +16,16 @@ from datetime import datetime, timezone
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
-from pydantic import BaseModel
 
 from models.data import ByteCorpus, DataConfig
 from models.gpt import GPT
 from models.sample import decode, generate
 from models.train import evaluate
 from tasks.config import GateConfig
-from tasks.lookup import load_model
-from tasks.registry import ModelRef, Store
-from tasks.stage import artifact_key
-
-
-class Figures(BaseModel):
-    """A version's held-out metrics and its fixed generation sample."""
-
-    val_loss: float  # nats per byte
-    bpb: float  # bits per byte
-    tokens: int  # bytes predicted
-    sample: str
-
-    def metric(self, name: str) -> float:
-        return getattr(self, name)
-
-
-class GateResult(BaseModel):
-    name: str
-    version: str
-    decision: str  # promoted | refused | kept (the candidate already is the champion)
-    metric: str
-    margin: float
-    candidate: Figures
-    champion_before: str | None  # version that held the alias when the gate ran
-    champion: Figures | None
-    reason: str
+from tasks.publish import ArtifactKeys
+from tasks.registry import ModelRef, Registry, load_model
+from tasks.registry.schema import Artifacts, GateTags
+from tasks.results import Figures, GateResult
 
 
 def measure(model: GPT, data: DataConfig, gate: GateConfig, seed: int) -> Figures:
@@ -77,7 +53,8 @@ def decide(candidate: float, champion: float | None, margin: float) -> tuple[boo
 
 def report(r: GateResult) -> str:
     """The decision as markdown, for Prefect and for the version's run."""
-    head = f"# Gate: `models:/{r.name}/{r.version}` {r.decision.upper()}\n\n{r.reason} (metric `{r.metric}`, lower is better).\n\n"
+    title = f"# Gate: `models:/{r.name}/{r.version}` {r.decision.upper()}"
+    head = f"{title}\n\n{r.reason} (metric `{r.metric}`, lower is better).\n\n"
     rows = ["| | version | val loss | bits/byte | bytes |", "|---|---|---|---|---|"]
     for who, version, f in (("candidate", r.version, r.candidate), ("champion before", r.champion_before, r.champion)):
         if f is not None:
@@ -88,11 +65,11 @@ def report(r: GateResult) -> str:
     return head + "\n".join(rows) + f"\n\nFixed sample (seed 0):\n\n```\n{sample}\n```\n"
 
 
-@task(name="evaluation-gate", task_run_name="gate-v{ref.version}")
-def run_gate(ref: ModelRef, store: Store, gate: GateConfig, data: DataConfig, seed: int) -> GateResult:
+@task(name="evaluation-gate", task_run_name="gate-v{ref.version}", persist_result=False)
+def run_gate(ref: ModelRef, registry: Registry, gate: GateConfig, data: DataConfig, seed: int) -> GateResult:
     log = get_run_logger()
-    client = store.client()
-    candidate = measure(load_model(store, client.get_model_version(ref.name, ref.version)), data, gate, seed)
+    client = registry.client()
+    candidate = measure(load_model(registry, client.get_model_version(ref.name, ref.version)), data, gate, seed)
     aliases = client.get_registered_model(ref.name).aliases
     before = str(aliases[gate.alias]) if gate.alias in aliases else None
     champion = None
@@ -100,7 +77,7 @@ def run_gate(ref: ModelRef, store: Store, gate: GateConfig, data: DataConfig, se
         decision, reason = "kept", f"already the {gate.alias}"
     else:
         if before is not None:
-            champion = measure(load_model(store, client.get_model_version(ref.name, before)), data, gate, seed)
+            champion = measure(load_model(registry, client.get_model_version(ref.name, before)), data, gate, seed)
         promote, reason = decide(
             candidate.metric(gate.metric), champion.metric(gate.metric) if champion else None, gate.margin
         )
@@ -117,31 +94,28 @@ def run_gate(ref: ModelRef, store: Store, gate: GateConfig, data: DataConfig, se
         reason=reason,
     )
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    tags = {
-        "gate_decision": decision,
-        "gate_reason": reason,
-        "gate_metric": gate.metric,
-        "gate_margin": f"{gate.margin:g}",
-        "gate_val_loss": f"{candidate.val_loss:.6f}",
-        "gate_bpb": f"{candidate.bpb:.6f}",
-        "gate_at": now,
-        "gate_champion_before": before or "",
-        "gate_sample": candidate.sample[:500],
-        "gate_champion_val_loss": f"{champion.val_loss:.6f}" if champion else "",
-    }
-    if decision == "promoted":
-        tags |= {
-            "gate_promoted_at": now,
-            "gate_replaced": before or "",
-        }  # champion history: kept through later refusals
-    for key, value in tags.items():
+    promoted = decision == "promoted"
+    tags = GateTags(
+        decision=decision,
+        reason=reason,
+        metric=gate.metric,
+        margin=f"{gate.margin:g}",
+        val_loss=candidate.val_loss,
+        bpb=candidate.bpb,
+        at=now,
+        champion_before=before,
+        champion_val_loss=champion.val_loss if champion else None,
+        sample=candidate.sample[:500],
+        promoted_at=now if promoted else None,  # champion history: kept through later refusals
+        replaced=before if promoted else None,
+    )
+    for key, value in tags.to_tags().items():
         client.set_model_version_tag(ref.name, ref.version, key, value)
-    if decision == "promoted":
+    if promoted:
         client.set_registered_model_alias(ref.name, gate.alias, ref.version)  # last: the tags explain the move
     md = report(result)
-    client.log_text(ref.run_id, md, "gate/gate.md")
-    create_markdown_artifact(
-        markdown=md, key=f"{artifact_key(ref.name)}-gate", description=f"Gate decision for version {ref.version}"
-    )
+    client.log_text(ref.run_id, md, Artifacts.GATE)
+    key, description = ArtifactKeys(ref.name).gate, f"Gate decision for version {ref.version}"
+    create_markdown_artifact(markdown=md, key=key, description=description)
     (log.info if decision != "refused" else log.warning)("gate: version %s %s: %s", ref.version, decision, reason)
     return result

@@ -65,7 +65,7 @@ def s3_env(s3_server, monkeypatch):
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    from tasks.storage import s3_client
+    from tasks.store import s3_client
 
     bucket = f"b-{uuid.uuid4().hex[:12]}"
     s3_client().create_bucket(Bucket=bucket)
@@ -86,7 +86,7 @@ def gated_runs(prefect_harness, tmp_path_factory):
 
     from flows.staged import staged_training
     from tasks.config import load_config
-    from tasks.registry import Store
+    from tasks.registry import Registry
 
     smoke = Path(__file__).parent.parent / "configs" / "smoke.yaml"
     worse = ["seed=1", "stages.0.steps=2", "stages.1.steps=1", "stages.2.steps=1"]
@@ -95,7 +95,7 @@ def gated_runs(prefect_harness, tmp_path_factory):
     snapshots = []
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        client = Store.resolve(workdir).client()
+        client = Registry.resolve(workdir).client()
         for overrides in steps:
             results = staged_training(load_config(smoke, overrides), str(workdir))
             mv = client.get_model_version("staged-smoke", results[-1].ref.version)
@@ -110,7 +110,7 @@ def gated_runs(prefect_harness, tmp_path_factory):
 def local_servers(tmp_path_factory):
     """``staged servers up`` for real (Postgres, moto S3, Prefect server + process worker, MLflow
     server) on free loopback ports; stopped, data included, at the end of the session."""
-    from flows.servers import DEFAULT_PORTS, down, up
+    from deploy.local.servers import DEFAULT_PORTS, down, up
 
     dir = tmp_path_factory.mktemp("servers")
     try:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from flows.servers import BUCKET
+from deploy.local.servers import BUCKET
 
 ROOT = Path(__file__).resolve().parent.parent
 # the smoke config, shortened; checkpoints on the S3 endpoint rather than in the run's clone

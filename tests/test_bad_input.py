@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 from conftest import free_port
 
-from flows.cli import main
+from flows.cli.main import main
 from models.gpt import GPT
 from tasks.config import load_config
-from tasks.registry import Store, register
-from tasks.weights import save_model, save_optimizer
+from tasks.registry import Registry, register
+from tasks.registry.schema import StageParams, VersionTags
+from tasks.store import save_model, save_optimizer
 
 ROOT = Path(__file__).parent.parent
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
@@ -32,21 +33,29 @@ def _registry(workdir: Path, tamper: bool = False) -> Path:
         model, out = GPT(spec.model), workdir / "model"
         sha = save_model(model, out)
         opt = save_optimizer({}, out)
-        tags = {
-            "stage": "1",
-            "n_layers": "3",
-            "weights_sha256": sha,
-            "stage_key": "k1",
-            "data_cursor": "0",
-            "global_step": "0",
-            "optimizer_sha256": opt,
-        }
+        tags = VersionTags(
+            stage=1,
+            n_layers=3,
+            parent_version=None,
+            weights_sha256=sha,
+            optimizer_sha256=opt,
+            stage_key="k1",
+            growth="none",
+            data_cursor=0,
+            global_step=0,
+            config_hash="c",
+            code_version="v",
+            val_loss=5.0,
+        )
+        params = StageParams(steps=0, params=1, nproc=1, model=spec.model.model_dump(), train=spec.train.model_dump())
+        registry = Registry.resolve(workdir)
         register(
-            Store.resolve(workdir),
-            spec,
+            registry,
+            spec.model_name,
+            spec.experiment,
             model_dir=out,
             tags=tags,
-            params={"steps": 0},
+            params=params,
             metrics={"val_loss": [(0, 5.0)]},
         )
     if tamper:
@@ -84,7 +93,10 @@ def _not_dir(tmp: Path) -> str:
 
 
 SET = lambda *items: [a for i in items for a in ("--set", i)]  # noqa: E731
-ONE_STAGE = "registry: {model_name: staged-smoke}\nmodel: {d_model: 32, n_heads: 2, d_ff: 64, context: 32}\nstages: [{n_layers: 3, steps: 1}]\n"
+ONE_STAGE = (
+    "registry: {model_name: staged-smoke}\nmodel: {d_model: 32, n_heads: 2, d_ff: 64, context: 32}\n"
+    "stages: [{n_layers: 3, steps: 1}]\n"
+)
 # id: (config, extra args, workdir: fresh | good | tampered | <callable>, env, exit code, message)
 CASES = {
     "missing config": (lambda t: "nope.yaml", [], "fresh", {}, 2, "config file 'nope.yaml' not found"),
@@ -102,11 +114,11 @@ CASES = {
     "wrong type lr": (None, SET("train.lr=fast"), "fresh", {}, 2, "train.lr: Input should be a valid number"),
     "wrong type checkpoint_every": (
         None,
-        SET("checkpoint_every=often"),
+        SET("checkpoint.every=often"),
         "fresh",
         {},
         2,
-        "checkpoint_every: Input should be a valid integer",
+        "checkpoint.every: Input should be a valid integer",
     ),
     "negative steps": (None, SET("stages.0.steps=-1"), "fresh", {}, 2, "greater than or equal to 0"),
     "zero layers": (
@@ -141,35 +153,35 @@ CASES = {
     "override index": (None, SET("stages.9.steps=1"), "fresh", {}, 2, "stages has no item '9' (it has 3)"),
     "negative checkpoint_every": (
         None,
-        SET("checkpoint_every=-1"),
+        SET("checkpoint.every=-1"),
         "fresh",
         {},
         2,
-        "checkpoint_every: Input should be greater than or equal to 0",
+        "checkpoint.every: Input should be greater than or equal to 0",
     ),
     "zero checkpoint_keep": (
         None,
-        SET("checkpoint_keep=0"),
+        SET("checkpoint.keep=0"),
         "fresh",
         {},
         2,
-        "checkpoint_keep: Input should be greater than or equal to 1",
+        "checkpoint.keep: Input should be greater than or equal to 1",
     ),
     "negative stage checkpoint_every": (
         None,
-        SET("stages.1.checkpoint_every=-2"),
+        SET("stages.1.checkpoint.every=-2"),
         "fresh",
         {},
         2,
-        "stages.1.checkpoint_every",
+        "stages.1.checkpoint.every",
     ),
     "negative retries": (
         None,
-        SET("retries=-1"),
+        SET("retry.retries=-1"),
         "fresh",
         {},
         2,
-        "retries: Input should be greater than or equal to 0",
+        "retry.retries: Input should be greater than or equal to 0",
     ),
     "invalid S3 URI": (
         None,
@@ -300,7 +312,7 @@ def test_the_cli_contract_holds_in_real_processes_too(registries, tmp_path):
     ]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "run", SMOKE, *args],
+            [sys.executable, "-m", "flows.cli.main", "run", SMOKE, *args],
             env={**env, **extra},
             cwd=tmp_path,
             stdout=subprocess.PIPE,

@@ -10,7 +10,8 @@ import pytest
 
 from bench.curves import Point, ratio, spread, time_to_target
 from bench.main import build_preset, run_bench, summarise
-from bench.spec import PRESETS, SCHEDULES, stage_train, train_flops_per_token
+from bench.schedules import SCHEDULES
+from bench.spec import PRESETS, pipeline_config, train_flops_per_token
 from models.gpt import GPTConfig
 
 
@@ -89,13 +90,11 @@ def test_only_the_final_architecture_counts():
 def test_stage_steps_are_shares_of_the_scratch_budget():
     preset = PRESETS["quick"]
     plan = SCHEDULES["front-loaded-hilr"].stages[0]
-    cfg = stage_train(preset, plan)
+    cfg = pipeline_config(preset, SCHEDULES["front-loaded-hilr"], 0, "bench-test").stage_specs()[0].train
     assert cfg.steps == round(plan.share * preset.scratch_steps) and cfg.lr == 4e-3
 
 
 def test_schedule_maps_onto_the_prefect_pipeline_config():
-    from bench.orchestration import pipeline_config
-
     preset = PRESETS["quick"]
     cfg = pipeline_config(preset, SCHEDULES["front-loaded-hilr"], seed=3, model_name="bench-test")
     specs = cfg.stage_specs()
@@ -140,9 +139,11 @@ def test_baseline_variants_train_on_top_of_the_tuned_scratch_settings():
     from bench.spec import scratch_schedule
 
     preset = PRESETS["quick"]
-    assert scratch_schedule(preset).stages[0].train == preset.scratch_train
+    assert scratch_schedule(preset).stages[0].train.model_dump(exclude_none=True) == preset.scratch_train
     variant = SCHEDULES["scratch-lr0.006"]
-    assert variant.baseline and variant.stages[0].train == {"lr": 6e-3}
+    assert variant.baseline and variant.stages[0].train.model_dump(exclude_none=True) == {"lr": 6e-3}
+    (spec,) = pipeline_config(preset, variant, 0, "bench-test").stage_specs()
+    assert spec.train.lr == 6e-3 and spec.train.warmup_steps == preset.scratch_train["warmup_steps"]
 
 
 def _tiny_arm(schedule: str, **overrides):
@@ -190,8 +191,6 @@ def test_transferred_moments_change_the_first_steps_after_growth():
 
 
 def test_policies_reach_the_prefect_pipeline_unchanged():
-    from bench.orchestration import pipeline_config
-
     specs = pipeline_config(PRESETS["tiny"], SCHEDULES["tiny-msg"], seed=0, model_name="bench-test").stage_specs()
     assert [(s.growth.operator, s.optimizer.state, s.schedule.policy) for s in specs[1:]] == [
         ("masked", "transfer", "continue")
@@ -202,8 +201,6 @@ def test_policies_reach_the_prefect_pipeline_unchanged():
 
 
 def test_every_schedule_is_a_pipeline_the_flow_accepts():
-    from bench.orchestration import pipeline_config
-
     for name, schedule in SCHEDULES.items():  # PipelineConfig dry-runs every growth on meta tensors
         preset = PRESETS["tiny" if name.startswith("tiny") else "quick"]
         assert len(pipeline_config(preset, schedule, seed=0, model_name="bench-test").stage_specs()) == len(

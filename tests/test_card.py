@@ -5,14 +5,14 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tasks.registry import Store
+from tasks.registry import Registry
 
 pytestmark = pytest.mark.integration
 
 
 def test_every_version_has_a_card_with_lineage_and_a_loss_curve(gated_runs, tmp_path):
     workdir, _ = gated_runs
-    client = Store.resolve(workdir).client()
+    client = Registry.resolve(workdir).client()
     mv = client.get_model_version("staged-smoke", "6")
     card = mlflow.artifacts.load_text(mv.tags["model_card"])
     assert card.startswith("# staged-smoke version 6: stage 3, 12 layers")

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from models.gpt import GPT, GPTConfig
-from models.train import TrainState, rng_state
-from tasks import checkpoint
-from tasks.storage import LocalStorage, S3Storage, StorageError, check_uri, open_storage
+from models.plan import TrainState
+from models.train import rng_state
+from tasks.store import LocalStorage, S3Storage, StorageError, check_uri, checkpoint, open_storage
 
 CFG = GPTConfig(n_layers=1, d_model=16, n_heads=2, d_ff=32, context=8)
 KEY = "k" * 64

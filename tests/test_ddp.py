@@ -15,11 +15,11 @@ from safetensors.torch import load_file
 
 from flows.staged import staged_training
 from models.data import ByteCorpus, DataConfig
-from tasks.config import ConfigError, load_config
-from tasks.registry import Store
+from tasks.config import ConfigError, load_config, spec_hash
+from tasks.registry import Registry
 
 SMOKE = Path(__file__).parent.parent / "configs" / "smoke.yaml"
-SHORT = ["stages.0.steps=6", "stages.1.steps=4", "stages.2.steps=2", "checkpoint_every=2"]
+SHORT = ["stages.0.steps=6", "stages.1.steps=4", "stages.2.steps=2", "checkpoint.every=2"]
 # Two ranks average two half-batch gradients where one process takes one mean over the whole
 # batch: the same sum in another float32 order (~1e-7 relative). AdamW divides each update by
 # sqrt(v), which lets such differences grow where a gradient is near zero: measured 4e-6 at most
@@ -47,7 +47,7 @@ def test_nproc_must_divide_the_global_batch_and_leaves_the_stage_key_alone():
         load_config(SMOKE, ["stages.1.nproc=3"])
     spread, single = load_config(SMOKE, ["stages.1.nproc=2"]).stage_specs(), load_config(SMOKE).stage_specs()
     assert spread[1].nproc == 2 and spread[1].train.batch_size == 8  # the global batch
-    assert spread[1].content_hash() == single[1].content_hash()  # same weights: a checkpoint of either resumes either
+    assert spec_hash(spread[1]) == spec_hash(single[1])  # same weights: a checkpoint of either resumes either
 
 
 @pytest.fixture(autouse=True)
@@ -65,13 +65,13 @@ def single(prefect_harness, tmp_path_factory):
 
 
 def _versions(workdir: Path):
-    store = Store.resolve(workdir)
-    client = store.client()
-    return store, client, sorted(client.search_model_versions("name = 'staged-smoke'"), key=lambda v: int(v.version))
+    registry = Registry.resolve(workdir)
+    client = registry.client()
+    return registry, client, sorted(client.search_model_versions("name = 'staged-smoke'"), key=lambda v: int(v.version))
 
 
-def _weights(store: Store, version, dst: Path) -> dict[str, torch.Tensor]:
-    uri, tracking = version.source, store.tracking_uri
+def _weights(registry: Registry, version, dst: Path) -> dict[str, torch.Tensor]:
+    uri, tracking = version.source, registry.tracking_uri
     local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst), tracking_uri=tracking)
     return load_file(Path(local) / "model.safetensors")
 
@@ -88,7 +88,7 @@ def test_stages_under_torchrun_match_a_single_process_run(single, workdir, tmp_p
     results = state.result()
     assert [r.resumed_from for r in results] == [4, None, None]
 
-    store, client, versions = _versions(workdir)
+    registry, client, versions = _versions(workdir)
     single_store, _, single_versions = _versions(single_dir)
     assert [v.tags["stage"] for v in versions] == ["1", "2", "3"]  # exactly one version per stage
     assert [client.get_run(v.run_id).data.params["nproc"] for v in versions] == ["2", "2", "1"]  # ranks that trained it
@@ -96,7 +96,7 @@ def test_stages_under_torchrun_match_a_single_process_run(single, workdir, tmp_p
         for tag in ("n_layers", "parent_version", "growth", "data_cursor", "global_step", "config_hash"):
             assert v.tags[tag] == s.tags[tag], tag
     for v, s, r, sr in zip(versions[:2], single_versions, results, single_results):
-        ours = _weights(store, v, tmp_path / "ddp" / str(v.version))
+        ours = _weights(registry, v, tmp_path / "ddp" / str(v.version))
         theirs = _weights(single_store, s, tmp_path / "one" / str(s.version))
         assert ours.keys() == theirs.keys()
         for name in ours:
@@ -115,7 +115,7 @@ def test_stages_under_torchrun_match_a_single_process_run(single, workdir, tmp_p
 @pytest.mark.integration
 def test_a_failing_rank_fails_the_stage_with_one_line(prefect_harness, workdir):
     overrides = [
-        "checkpoint_every=1",
+        "checkpoint.every=1",
         "stages.0.steps=4",
         "stages.0.nproc=2",
         "stages.0.train.lr=1e30",

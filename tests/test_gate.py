@@ -45,12 +45,12 @@ def test_gate_promotes_the_better_run_and_refuses_the_worse(gated_runs):
 def test_gate_report_is_logged_on_the_candidates_run(gated_runs):
     import mlflow
 
-    from tasks.registry import Store
+    from tasks.registry import Registry
 
     workdir, snaps = gated_runs
-    store = Store.resolve(workdir)
-    mv = store.client().get_model_version("staged-smoke", "3")
-    text = mlflow.artifacts.load_text(f"{store.client().get_run(mv.run_id).info.artifact_uri}/gate/gate.md")
+    registry = Registry.resolve(workdir)
+    mv = registry.client().get_model_version("staged-smoke", "3")
+    text = mlflow.artifacts.load_text(f"{registry.client().get_run(mv.run_id).info.artifact_uri}/gate/gate.md")
     assert "REFUSED" in text and "champion before | 6" in text and "bits/byte" in text
 
 
@@ -60,14 +60,14 @@ def test_every_stage_gates_each_version_in_order(prefect_harness, workdir):
 
     from flows.staged import staged_training
     from tasks.config import load_config
-    from tasks.registry import Store
+    from tasks.registry import Registry
 
     smoke = Path(__file__).parent.parent / "configs" / "smoke.yaml"
     config = load_config(
         smoke, ["gate.every_stage=true", "gate.margin=0", "stages.0.steps=3", "stages.1.steps=0", "stages.2.steps=0"]
     )
     staged_training(config, str(workdir))
-    client = Store.resolve(workdir).client()
+    client = Registry.resolve(workdir).client()
     tags = [client.get_model_version("staged-smoke", v).tags for v in ("1", "2", "3")]
     assert tags[0]["gate_decision"] == "promoted" and tags[0]["gate_champion_before"] == ""
     assert [t["gate_champion_before"] for t in tags[1:]] != ["", ""]  # each later stage met a champion

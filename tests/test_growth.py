@@ -15,7 +15,7 @@ from models.growth import (
     layer_map,
     stack_plan,
 )
-from models.train import GateRamp
+from models.plan import GateRamp
 from tasks.config import ConfigError, load_config
 
 torch.set_num_threads(1)  # tiny models: OpenMP threads only spin against each other on shared cores
@@ -27,7 +27,7 @@ def parent64(cfg: GPTConfig = P, seed: int = 0) -> GPT:
     torch.manual_seed(seed)
     model = GPT(cfg).double().eval()
     with torch.no_grad():  # non-zero biases and LN params, so a wrong copy cannot hide behind an init of 0 or 1
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 1:
                 p.add_(0.1 * torch.randn_like(p))
     return model

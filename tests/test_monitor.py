@@ -12,9 +12,9 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from flows.staged import staged_training
 from models.data import ByteCorpus
 from tasks.config import load_config, pipeline_hash, resolve_config
-from tasks.monitor import corpus_digest, mlflow_server, run_url, stage_markdown, version_url
-from tasks.registry import Pipeline, Store, end_pipeline_run, pipeline_run
-from tasks.report import markdown_summary
+from tasks.publish.monitor import stage_markdown
+from tasks.publish.report import markdown_summary
+from tasks.registry import Pipeline, PipelineRun, Registry
 
 pytestmark = pytest.mark.integration
 SMOKE = Path(__file__).parent.parent / "configs" / "smoke.yaml"
@@ -39,14 +39,14 @@ def watched(prefect_harness, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         first = staged_training(str(SMOKE), str(workdir), overrides=OVERRIDES, return_state=True)
-        store = Store.resolve(workdir)
-        runs_after_first = store.client().search_runs([_experiment(store)], run_view_type=ViewType.ALL)
+        registry = Registry.resolve(workdir)
+        runs_after_first = registry.client().search_runs([_experiment(registry)], run_view_type=ViewType.ALL)
         rerun = staged_training(str(SMOKE), str(workdir), overrides=OVERRIDES, return_state=True)
-    return store, first, rerun, runs_after_first
+    return registry, first, rerun, runs_after_first
 
 
-def _experiment(store: Store) -> str:
-    return store.client().get_experiment_by_name("staged-smoke").experiment_id
+def _experiment(registry: Registry) -> str:
+    return registry.client().get_experiment_by_name("staged-smoke").experiment_id
 
 
 def test_the_flow_run_is_named_and_tagged_after_the_pipeline(watched):
@@ -89,10 +89,10 @@ def test_each_stage_publishes_a_summary_and_the_flow_a_table_with_throughput(wat
 
 
 def test_mlflow_has_one_parent_run_over_a_nested_run_per_stage(watched, tmp_path):
-    store, first, _, _ = watched
-    client, results = store.client(), first.result()
+    registry, first, _, _ = watched
+    client, results = registry.client(), first.result()
     run, _, _ = _flow_run(first)
-    parents = client.search_runs([_experiment(store)], filter_string="tags.run_kind = 'pipeline'")
+    parents = client.search_runs([_experiment(registry)], filter_string="tags.run_kind = 'pipeline'")
     assert len(parents) == 1
     parent = parents[0]
     assert parent.info.run_name == run.name and parent.info.status == "FINISHED"
@@ -105,13 +105,13 @@ def test_mlflow_has_one_parent_run_over_a_nested_run_per_stage(watched, tmp_path
     }
 
     children = client.search_runs(
-        [_experiment(store)], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+        [_experiment(registry)], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
     children = sorted(children, key=lambda c: c.info.run_name)
     assert [c.info.run_name for c in children] == ["stage-1", "stage-2", "stage-3"]
     assert [c.info.run_id for c in children] == [r.ref.run_id for r in results]
     specs = load_config(SMOKE, OVERRIDES).stage_specs()
-    digest = corpus_digest(ByteCorpus(specs[0].data, specs[0].model.context, specs[0].seed))
+    digest = ByteCorpus(specs[0].data, specs[0].model.context, specs[0].seed).digest()
     start = 0
     for child, spec, r in zip(children, specs, results):
         rid = child.info.run_id
@@ -140,9 +140,9 @@ def test_mlflow_has_one_parent_run_over_a_nested_run_per_stage(watched, tmp_path
 
 
 def test_a_rerun_that_skips_every_stage_adds_no_runs_and_no_stage_artifacts(watched):
-    store, _, rerun, runs_after_first = watched
+    registry, _, rerun, runs_after_first = watched
     assert all(r.skipped for r in rerun.result())
-    runs = store.client().search_runs([_experiment(store)], run_view_type=ViewType.ALL)
+    runs = registry.client().search_runs([_experiment(registry)], run_view_type=ViewType.ALL)
     assert sorted(r.info.run_id for r in runs) == sorted(r.info.run_id for r in runs_after_first)
     _, artifacts, _ = _flow_run(rerun)
     assert not any(k.startswith("staged-smoke-stage-") for k in artifacts) and "staged-smoke-summary" in artifacts
@@ -152,7 +152,7 @@ def test_a_failing_stage_leaves_a_failure_report_in_prefect_and_mlflow(prefect_h
     config = load_config(
         SMOKE,
         [
-            "checkpoint_every=1",
+            "checkpoint.every=1",
             "stages.0.steps=5",
             "stages.0.train.lr=1e30",
             "stages.0.train.grad_clip=1e30",
@@ -173,37 +173,50 @@ def test_a_failing_stage_leaves_a_failure_report_in_prefect_and_mlflow(prefect_h
         "/step-00000001`) |",
     ]:
         assert line in failure.data, line
-    store = Store.resolve(workdir)
-    (parent,) = store.client().search_runs([_experiment(store)], filter_string="tags.run_kind = 'pipeline'")
+    registry = Registry.resolve(workdir)
+    (parent,) = registry.client().search_runs([_experiment(registry)], filter_string="tags.run_kind = 'pipeline'")
     assert parent.info.status == "FAILED"
-    report = Path(store.client().download_artifacts(parent.info.run_id, "failures/stage-1.md", str(tmp_path)))
+    report = Path(registry.client().download_artifacts(parent.info.run_id, "failures/stage-1.md", str(tmp_path)))
     assert report.read_text() == failure.data
 
 
 def test_a_pipeline_keeps_its_parent_run_until_it_finishes(workdir):
     """A rerun after a crash or a failure continues under the same parent; a finished one is never reopened."""
-    store = Store.resolve(workdir)
+    registry = Registry.resolve(workdir)
     pipeline = Pipeline(
         model_name="m", experiment="m", config_hash="abcd1234", flow_run_id="flow-1", config_yaml="seed: 0\n"
     )
-    assert pipeline_run(store, pipeline, create=False) is None  # nothing trained: nothing created
-    first = pipeline_run(store, pipeline, create=True)
-    assert pipeline_run(store, pipeline, create=True) == first
-    end_pipeline_run(store, pipeline, "FAILED")
-    resumed = pipeline_run(store, pipeline.model_copy(update={"flow_run_id": "flow-2"}), create=True)
-    run = store.client().get_run(first)
+
+    def handle(flow_run_id: str = "flow-1") -> PipelineRun:  # what one flow run holds
+        p = pipeline.model_copy(update={"flow_run_id": flow_run_id})
+        return PipelineRun(registry.client(), registry.artifact_location, p)
+
+    assert handle().find() is None  # nothing trained: nothing created
+    runs = handle()
+    first = runs.open()
+    assert runs.open() == first and handle().open() == first
+    runs.fail()
+    resumed = handle("flow-2").open()
+    run = registry.client().get_run(first)
     assert resumed == first and run.info.status == "RUNNING" and run.data.tags["prefect_flow_run_id"] == "flow-2"
-    assert end_pipeline_run(store, pipeline, "FINISHED") == first
-    assert pipeline_run(store, pipeline, create=False) is None
-    assert pipeline_run(store, pipeline, create=True) != first
+    later = handle("flow-2")
+    later.finish()
+    assert later.run_id == first and registry.client().get_run(first).info.status == "FINISHED"
+    assert handle().find() is None
+    assert handle().open() != first
 
 
 def test_links_point_at_the_mlflow_server_pages_only_for_a_server():
-    assert mlflow_server("http://127.0.0.1:5000/") == "http://127.0.0.1:5000"
-    assert mlflow_server("https://mlflow.example.org") == "https://mlflow.example.org"
-    assert mlflow_server("sqlite:////tmp/w/mlflow.db") is None and mlflow_server("file:///tmp/mlruns") is None
-    assert run_url("http://h:5000", "7", "abc") == "http://h:5000/#/experiments/7/runs/abc"
-    assert version_url("http://h:5000", "staged-gpt", "3") == "http://h:5000/#/models/staged-gpt/versions/3"
+    def server(uri: str) -> str | None:
+        return Registry(tracking_uri=uri).server
+
+    assert server("http://127.0.0.1:5000/") == "http://127.0.0.1:5000"
+    assert server("https://mlflow.example.org") == "https://mlflow.example.org"
+    assert server("sqlite:////tmp/w/mlflow.db") is None and server("file:///tmp/mlruns") is None
+    assert Registry(tracking_uri="sqlite:////tmp/w/mlflow.db").run_page("7", "abc") is None
+    h = Registry(tracking_uri="http://h:5000")
+    assert h.run_page("7", "abc") == "http://h:5000/#/experiments/7/runs/abc"
+    assert h.version_page("staged-gpt", "3") == "http://h:5000/#/models/staged-gpt/versions/3"
 
 
 def test_markdown_links_to_the_run_and_version_pages(watched):
@@ -215,7 +228,7 @@ def test_markdown_links_to_the_run_and_version_pages(watched):
     }
     md = stage_markdown(results[0], None, links)
     assert "| MLflow run page | [MLflow run page](http://h:5000/#/experiments/1/runs/x) |" in md
-    summary = markdown_summary(results, "http://h:5000", "http://h:5000/#/experiments/1/runs/p")
+    summary = markdown_summary(results, Registry(tracking_uri="http://h:5000"), "http://h:5000/#/experiments/1/runs/p")
     assert (
         "(http://h:5000/#/models/staged-smoke/versions/3)" in summary
         and "(http://h:5000/#/experiments/1/runs/p)" in summary

@@ -7,7 +7,7 @@ import torch
 from models.gpt import GPT, GPTConfig
 from models.growth import GrowthConfig, child_config, grow, grow_moments, layer_map
 from models.optim import MomentsMismatch, export_moments, load_moments, make_optimizer
-from models.train import GateRamp
+from models.plan import GateRamp
 from models.width import widen_moments
 
 torch.set_num_threads(1)  # tiny models: OpenMP threads only spin against each other on shared cores

@@ -12,22 +12,22 @@ from safetensors.torch import load_file
 from flows.staged import staged_training
 from models.growth import stack_plan
 from tasks.config import load_config
-from tasks.registry import Store
-from tasks.weights import sha256_file
+from tasks.registry import Registry
+from tasks.store import sha256_file
 
 pytestmark = pytest.mark.integration
 SMOKE = Path(__file__).parent.parent / "configs" / "smoke.yaml"
 
 
-def _versions(store: Store, name: str):
-    client = store.client()
+def _versions(registry: Registry, name: str):
+    client = registry.client()
     versions = sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
     return client, versions
 
 
-def _weights(store: Store, version, tmp: Path) -> dict[str, torch.Tensor]:
+def _weights(registry: Registry, version, tmp: Path) -> dict[str, torch.Tensor]:
     local = mlflow.artifacts.download_artifacts(
-        artifact_uri=version.source, dst_path=str(tmp), tracking_uri=store.tracking_uri
+        artifact_uri=version.source, dst_path=str(tmp), tracking_uri=registry.tracking_uri
     )
     return load_file(Path(local) / "model.safetensors")
 
@@ -44,8 +44,8 @@ def smoke_run(prefect_harness, tmp_path_factory):
 def test_three_stages_register_three_versions_with_lineage(smoke_run, tmp_path):
     workdir, state = smoke_run
     assert state.is_completed()
-    store = Store.resolve(workdir)
-    client, versions = _versions(store, "staged-smoke")
+    registry = Registry.resolve(workdir)
+    client, versions = _versions(registry, "staged-smoke")
     assert [str(v.version) for v in versions] == ["1", "2", "3"]
     assert [v.tags["stage"] for v in versions] == ["1", "2", "3"]
     assert [v.tags["n_layers"] for v in versions] == ["3", "6", "12"]
@@ -61,7 +61,7 @@ def test_three_stages_register_three_versions_with_lineage(smoke_run, tmp_path):
     for v in versions:
         local = Path(
             mlflow.artifacts.download_artifacts(
-                artifact_uri=v.source, dst_path=str(tmp_path / str(v.version)), tracking_uri=store.tracking_uri
+                artifact_uri=v.source, dst_path=str(tmp_path / str(v.version)), tracking_uri=registry.tracking_uri
             )
         )
         # plain files for our own loader, plus the MLflow pyfunc files (tests/test_serving.py)
@@ -75,8 +75,8 @@ def test_three_stages_register_three_versions_with_lineage(smoke_run, tmp_path):
 
 def test_each_stage_run_logs_losses_and_the_grown_models_initial_loss(smoke_run):
     workdir, state = smoke_run
-    store = Store.resolve(workdir)
-    client, versions = _versions(store, "staged-smoke")
+    registry = Registry.resolve(workdir)
+    client, versions = _versions(registry, "staged-smoke")
     results = state.result()
     for v, r, steps in zip(versions, results, (20, 10, 5)):
         assert len(client.get_metric_history(v.run_id, "train_loss")) == steps
@@ -97,7 +97,9 @@ def test_flow_run_has_three_named_task_runs_and_artifacts(smoke_run):
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
         )
-    assert sorted(t.name for t in task_runs) == ["gate-v3", "stage-1-3L", "stage-2-6L", "stage-3-12L"]
+    stages = ["stage-1-3L", "stage-2-6L", "stage-3-12L"]
+    publications = ["card-v1", "card-v2", "card-v3", "comparison", "summary"]  # each its own task run
+    assert sorted(t.name for t in task_runs) == sorted([*stages, "gate-v3", *publications])
     assert all(t.state.is_completed() for t in task_runs)
     by_type = {}
     for a in artifacts:
@@ -121,7 +123,7 @@ def test_rerun_skips_registered_stages(smoke_run):
     assert all(r.skipped for r in results)
     assert [r.ref.version for r in results] == ["1", "2", "3"]
     assert [r.val_loss for r in results] == pytest.approx([r.val_loss for r in first.result()])
-    _, versions = _versions(Store.resolve(workdir), "staged-smoke")
+    _, versions = _versions(Registry.resolve(workdir), "staged-smoke")
     assert len(versions) == 3
 
 
@@ -130,9 +132,9 @@ def test_zero_step_stage_registers_exactly_the_stacked_parent(prefect_harness, w
     overrides = ["stages.1.steps=0", "stages.2.steps=0", "stages.0.steps=3"]
     results = staged_training(str(SMOKE), str(workdir), overrides=overrides)
     assert results[1].val_loss == results[1].val_loss_init
-    store = Store.resolve(workdir)
-    _, (v1, v2, v3) = _versions(store, "staged-smoke")
-    w1, w2, w3 = (_weights(store, v, tmp_path / str(v.version)) for v in (v1, v2, v3))
+    registry = Registry.resolve(workdir)
+    _, (v1, v2, v3) = _versions(registry, "staged-smoke")
+    w1, w2, w3 = (_weights(registry, v, tmp_path / str(v.version)) for v in (v1, v2, v3))
     for child, parent, plan in ((w2, w1, stack_plan(3, 6)), (w3, w2, stack_plan(6, 12))):
         for key, value in child.items():
             if key.startswith("blocks."):

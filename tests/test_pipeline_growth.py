@@ -7,10 +7,10 @@ stage's final val_loss within 1e-5 relative (same fixed validation batches, eval
 import pytest
 
 from tasks.config import PipelineConfig
-from tasks.registry import Store, metric_history
+from tasks.registry import Registry, metric_history
 
 PIPELINE = {
-    "retries": 0,
+    "retry": {"retries": 0},
     "registry": {"model_name": "growth-e2e"},
     "data": {"max_bytes": 200_000},
     "model": {"d_model": 16, "n_heads": 2, "d_ff": 32, "context": 16},
@@ -49,12 +49,12 @@ def test_function_preserving_stages_start_where_their_parent_ended(prefect_harne
 
     config = PipelineConfig.model_validate(PIPELINE)
     results = staged_training(config, str(tmp_path))
-    store = Store.resolve(tmp_path)
+    registry = Registry.resolve(tmp_path)
     assert [r.steps for r in results] == [6, 2, 3, 1]  # 192 tokens = 3 steps of 4 x 16; the slope rule stops at 1
     assert [r.ref.global_step for r in results] == [6, 8, 11, 12]
     for parent, child in zip(results, results[1:]):
-        logged_init = metric_history(store, child.ref.run_id, "val_loss_init")[0][1]
-        parent_final = metric_history(store, parent.ref.run_id, "val_loss")[-1][1]
+        logged_init = metric_history(registry, child.ref.run_id, "val_loss_init")[0][1]
+        parent_final = metric_history(registry, parent.ref.run_id, "val_loss")[-1][1]
         assert abs(logged_init - parent_final) <= 1e-5 * parent_final, (child.ref.stage, logged_init, parent_final)
         assert child.ref.optimizer_sha256  # saved, and read back by the next stage's transfer
 

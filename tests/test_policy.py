@@ -5,8 +5,9 @@ import torch
 
 from models.data import ByteCorpus, DataConfig
 from models.gpt import GPT, GPTConfig
+from models.plan import GateRamp, StagePlan
 from models.policy import LossSlope, ScheduleConfig, lr_schedule, slope_stop, warmup_cosine
-from models.train import GateRamp, TrainConfig, lr_at, train
+from models.train import TrainConfig, lr_at, train
 
 torch.set_num_threads(1)  # tiny models: OpenMP threads only spin against each other on shared cores
 
@@ -46,7 +47,9 @@ def corpus():
 def test_train_stops_on_the_slope_rule_and_reports_steps(corpus):
     model = GPT(GPTConfig(n_layers=1, d_model=16, n_heads=2, d_ff=32, context=16))
     cfg = TrainConfig(steps=20, batch_size=4, eval_every=2, eval_batches=1, device="cpu")
-    result = train(model, corpus, cfg, stop=slope_stop(LossSlope(threshold=1e3, window=2, max_steps=20)))
+    result = train(
+        model, corpus, cfg, plan=StagePlan(stop=slope_stop(LossSlope(threshold=1e3, window=2, max_steps=20)))
+    )
     assert result.steps == 2 and result.cursor == 8 and result.tokens == 2 * 4 * 16
     assert result.moments["step"].item() == 2
 
@@ -56,7 +59,7 @@ def test_masked_ramp_in_train_starts_at_the_parent_and_ends_plain(corpus):
     model = GPT(GPTConfig(n_layers=2, d_model=16, n_heads=2, d_ff=32, context=16))
     cfg = TrainConfig(steps=3, batch_size=4, eval_every=1, eval_batches=1, device="cpu")
     ramp = GateRamp(blocks=[1], steps=10)  # the stage ends mid-ramp: gate 0.2 is folded into the weights
-    result = train(model, corpus, cfg, ramp=ramp)
+    result = train(model, corpus, cfg, plan=StagePlan(ramp=ramp))
     assert model.blocks[1].gate.item() == 1.0
     from models.train import evaluate
 

@@ -7,33 +7,40 @@ from mlflow.entities import ViewType
 
 from models.gpt import GPT
 from tasks.config import load_config
-from tasks.registry import Store, register
-from tasks.weights import save_model, save_optimizer
+from tasks.registry import Registry, register
+from tasks.registry.schema import StageParams, VersionTags
+from tasks.store import save_model, save_optimizer
 
 SMOKE = Path(__file__).parent.parent / "configs" / "smoke.yaml"
 
 
 def test_an_orphan_run_is_cleaned_up_and_a_second_register_returns_the_same_version(workdir, tmp_path):
-    store, spec = Store.resolve(workdir), load_config(SMOKE).stage_specs()[0]
+    registry, spec = Registry.resolve(workdir), load_config(SMOKE).stage_specs()[0]
     out = tmp_path / "model"
     sha = save_model(GPT(spec.model), out)
-    tags = {
-        "stage": "1",
-        "n_layers": "3",
-        "weights_sha256": sha,
-        "stage_key": "key-1",
-        "data_cursor": "0",
-        "global_step": "0",
-        "optimizer_sha256": save_optimizer({}, out),
-    }
-    client = store.client()
+    tags = VersionTags(
+        stage=1,
+        n_layers=3,
+        parent_version=None,
+        weights_sha256=sha,
+        optimizer_sha256=save_optimizer({}, out),
+        stage_key="key-1",
+        growth="none",
+        data_cursor=0,
+        global_step=0,
+        config_hash="c",
+        code_version="v",
+        val_loss=5.0,
+    )
+    params = StageParams(steps=0, params=1, nproc=1, model=spec.model.model_dump(), train=spec.train.model_dump())
+    client = registry.client()
     # an attempt that died after logging its run and artifacts, before create_model_version
-    exp = client.create_experiment(spec.experiment, artifact_location=store.artifact_location)
-    orphan = client.create_run(exp, run_name="stage-1", tags=tags).info.run_id
+    exp = client.create_experiment(spec.experiment, artifact_location=registry.artifact_location)
+    orphan = client.create_run(exp, run_name="stage-1", tags=tags.to_tags()).info.run_id
     client.log_artifacts(orphan, str(out), "model")
 
-    ref = register(store, spec, model_dir=out, tags=tags, params={"steps": 0}, metrics={})
-    again = register(store, spec, model_dir=out, tags=tags, params={"steps": 0}, metrics={})
+    ref = register(registry, spec.model_name, spec.experiment, model_dir=out, tags=tags, params=params, metrics={})
+    again = register(registry, spec.model_name, spec.experiment, model_dir=out, tags=tags, params=params, metrics={})
 
     assert again.version == ref.version == "1" and again.run_id == ref.run_id != orphan
     assert len(client.search_model_versions("name = 'staged-smoke'")) == 1

@@ -18,13 +18,13 @@ from conftest import FAKE_KEY, FAKE_SECRET
 
 from flows.staged import staged_training
 from tasks.config import load_config
-from tasks.registry import Store
+from tasks.registry import Registry
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).parent.parent
 SMOKE = ROOT / "configs" / "smoke.yaml"
 # longer stages than the smoke test, so that a kill lands inside one; a checkpoint every 2 steps
-OVERRIDES = ["checkpoint_every=2", "stages.0.steps=30", "stages.1.steps=16", "stages.2.steps=8"]
+OVERRIDES = ["checkpoint.every=2", "stages.0.steps=30", "stages.1.steps=16", "stages.2.steps=8"]
 
 
 class Reference(list):
@@ -47,7 +47,7 @@ def reference(prefect_harness, tmp_path_factory):
 
 def _cmd(workdir: Path, *extra: str) -> list[str]:
     sets = [a for o in OVERRIDES + list(extra) for a in ("--set", o)]
-    return [sys.executable, "-m", "flows.cli", "run", str(SMOKE), "--workdir", str(workdir), *sets]
+    return [sys.executable, "-m", "flows.cli.main", "run", str(SMOKE), "--workdir", str(workdir), *sets]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -78,10 +78,10 @@ def _kill_inside_a_stage(cmd, env, manifests) -> list[str]:
     return at_kill
 
 
-def _check_rerun(proc, workdir: Path, reference: list[str], at_kill: list[str]) -> Store:
+def _check_rerun(proc, workdir: Path, reference: list[str], at_kill: list[str]) -> Registry:
     assert proc.returncode == 0, proc.stderr[-3000:]
-    store = Store.resolve(workdir)
-    versions = store.client().search_model_versions("name = 'staged-smoke'")
+    registry = Registry.resolve(workdir)
+    versions = registry.client().search_model_versions("name = 'staged-smoke'")
     assert sorted(v.tags["stage"] for v in versions) == ["1", "2", "3"]  # exactly one version per stage
     by_stage = {v.tags["stage"]: v.tags["weights_sha256"] for v in versions}
     assert [by_stage[s] for s in "123"] == reference  # stage 3 included: bit for bit the uninterrupted run
@@ -93,7 +93,7 @@ def _check_rerun(proc, workdir: Path, reference: list[str], at_kill: list[str]) 
     for line in resumed:  # the cut stage resumed from the newest checkpoint at the kill: <= 2 steps lost
         assert any(f"step {s} of" in line for s in newest.values()), (line, newest)
     print(f"checkpoints at the kill: {newest}; resumed: {resumed}")
-    return store
+    return registry
 
 
 def test_sigkill_inside_a_stage_then_rerun_matches_an_uninterrupted_run(reference, tmp_path):
@@ -107,7 +107,7 @@ def test_sigkill_inside_a_stage_then_rerun_matches_an_uninterrupted_run(referenc
 
 
 def test_s3_end_to_end_checkpoints_and_artifacts_in_the_bucket_resume_reads_them(reference, s3_env, tmp_path):
-    from tasks.storage import s3_client
+    from tasks.store import s3_client
 
     bucket, workdir = s3_env, tmp_path / "work"
     client = s3_client()
@@ -119,7 +119,7 @@ def test_s3_end_to_end_checkpoints_and_artifacts_in_the_bucket_resume_reads_them
     cmd, env = _cmd(workdir, f"storage.uri=s3://{bucket}/run"), _env()
     at_kill = _kill_inside_a_stage(cmd, env, manifests)
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    store = _check_rerun(proc, workdir, reference, at_kill)
+    registry = _check_rerun(proc, workdir, reference, at_kill)
 
     keys = [
         o["Key"]
@@ -131,7 +131,7 @@ def test_s3_end_to_end_checkpoints_and_artifacts_in_the_bucket_resume_reads_them
     assert not list(workdir.glob("mlartifacts")) and not list(workdir.glob("checkpoints"))
 
     # no secrets anywhere: console output, every MLflow param and tag, the Prefect and MLflow databases
-    client_ml = store.client()
+    client_ml = registry.client()
     texts = [proc.stdout, proc.stderr]
     for v in client_ml.search_model_versions("name = 'staged-smoke'"):
         run = client_ml.get_run(v.run_id)
@@ -147,9 +147,9 @@ def test_s3_end_to_end_checkpoints_and_artifacts_in_the_bucket_resume_reads_them
 def test_a_task_retry_after_a_full_disk_resumes_from_the_intact_checkpoint(reference, tmp_path):
     """Stage 1's checkpoint at step 4 hits ENOSPC (/dev/full); Prefect retries the task, which
     resumes from step 2 and still ends bit for bit where the uninterrupted run did."""
-    from tasks.stage import stage_key
+    from tasks.config import stage_key
 
-    config = load_config(SMOKE, OVERRIDES + ["retries=1", "retry_delay_s=0"])
+    config = load_config(SMOKE, OVERRIDES + ["retry.retries=1", "retry.delay_s=0"])
     workdir = tmp_path / "work"
     full = workdir / "checkpoints" / stage_key(config.stage_specs()[0], None) / "step-00000004"
     full.mkdir(parents=True)
@@ -162,14 +162,13 @@ def test_a_task_retry_after_a_full_disk_resumes_from_the_intact_checkpoint(refer
 
 
 def test_a_nan_loss_fails_the_stage_with_its_step_and_keeps_the_last_good_checkpoint(prefect_harness, tmp_path):
-    from tasks import checkpoint
-    from tasks.stage import stage_key
-    from tasks.storage import LocalStorage
+    from tasks.config import stage_key
+    from tasks.store import LocalStorage, checkpoint
 
     config = load_config(
         SMOKE,
         [
-            "checkpoint_every=1",
+            "checkpoint.every=1",
             "stages.0.steps=5",
             "stages.0.train.lr=1e30",
             "stages.0.train.grad_clip=1e30",
@@ -185,7 +184,7 @@ def test_a_nan_loss_fails_the_stage_with_its_step_and_keeps_the_last_good_checkp
     assert "stage 1: loss is" in message and "at step 2; stopped, last good checkpoint: step 1" in message, message
     storage = LocalStorage(workdir / "checkpoints")
     assert checkpoint.latest(storage, stage_key(config.stage_specs()[0], None)).step == 1
-    assert Store.resolve(workdir).client().search_model_versions("name = 'staged-smoke'") == []
+    assert Registry.resolve(workdir).client().search_model_versions("name = 'staged-smoke'") == []
 
 
 def test_from_version_starts_a_pipeline_from_a_registered_version(reference):
@@ -196,5 +195,5 @@ def test_from_version_starts_a_pipeline_from_a_registered_version(reference):
         results = staged_training(config, str(reference.workdir), from_version="2")
     assert [(r.ref.stage, r.ref.version, r.skipped) for r in results] == [(2, "2", True), (3, "4", False)]
     assert results[1].ref.stage_key != "" and results[1].steps == 3
-    version = Store.resolve(reference.workdir).client().get_model_version("staged-smoke", "4")
+    version = Registry.resolve(reference.workdir).client().get_model_version("staged-smoke", "4")
     assert version.tags["parent_version"] == "2"

@@ -11,13 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from flows.cli import main
-from flows.servers import wait_healthy
+from deploy.local.processes import wait_healthy
+from flows.cli.main import main
 from flows.staged import staged_training
 from tasks.config import load_config
-from tasks.lookup import load_model, resolve
-from tasks.registry import Store
-from tasks.serving import load_pyfunc
+from tasks.registry import Registry, load_model, load_pyfunc, resolve
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
@@ -85,8 +83,8 @@ def test_pipeline_gate_and_commands_against_the_server(served_run, capsys, monke
     assert not (workdir / "mlflow.db").exists()  # everything went to the server
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     monkeypatch.setenv("COLUMNS", "200")
-    store = Store.resolve(workdir)
-    assert store.client().get_model_version("staged-smoke", "3").tags["gate_decision"] == "promoted"
+    registry = Registry.resolve(workdir)
+    assert registry.client().get_model_version("staged-smoke", "3").tags["gate_decision"] == "promoted"
     assert main(["models", "list", "staged-smoke"]) == 0
     listing = capsys.readouterr().out
     assert "champion, stage-3" in listing and "promoted" in listing
@@ -101,7 +99,7 @@ def test_pipeline_gate_and_commands_against_the_server(served_run, capsys, monke
         [
             sys.executable,
             "-m",
-            "flows.cli",
+            "flows.cli.main",
             "generate",
             "models:/staged-smoke@champion",
             "--prompt",
@@ -124,7 +122,7 @@ def test_prefect_artifacts_link_to_each_stages_mlflow_run_and_version_pages(serv
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     url, _, results = served_run
-    client = Store(tracking_uri=url).client()
+    client = Registry(tracking_uri=url).client()
     keys = [f"staged-smoke-stage-{r.ref.stage}-{kind}" for r in results for kind in ("run", "version", "summary")]
     with get_client(sync_client=True) as prefect:
         found = prefect.read_artifacts(
@@ -147,10 +145,12 @@ def test_prefect_artifacts_link_to_each_stages_mlflow_run_and_version_pages(serv
 
 def test_pyfunc_and_mlflow_models_serve_match_the_project_loader(served_run, tmp_path):
     url, _, _ = served_run
-    store = Store(tracking_uri=url)
+    registry = Registry(tracking_uri=url)
     ids = np.array([list(b"def f(x):\n")], dtype=np.int64)
     with torch.no_grad():
-        expected = load_model(store, resolve(store, "models:/staged-smoke@champion"))(torch.from_numpy(ids)).numpy()
+        expected = load_model(registry, resolve(registry, "models:/staged-smoke@champion"))(
+            torch.from_numpy(ids)
+        ).numpy()
     assert np.array_equal(load_pyfunc(url, "models:/staged-smoke@champion").predict(ids), expected)
 
     port = free_port()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.servers import DEFAULT_PORTS, Servers, down, up
+from deploy.local.servers import DEFAULT_PORTS, Servers, down, up
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +29,7 @@ def _listening(port: int) -> bool:
 
 def _staged(*args: str, cwd: Path = ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
+        [sys.executable, "-m", "flows.cli.main", *args],
         cwd=cwd,
         capture_output=True,
         text=True,

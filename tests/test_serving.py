@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.lookup import load_model, resolve
-from tasks.registry import Store
-from tasks.serving import load_pyfunc, mlflow_uri
+from tasks.registry import Registry, load_model, load_pyfunc, mlflow_uri, resolve
 
 pytestmark = pytest.mark.integration
 _PICKLE_HEADERS = [bytes([0x80, p]) for p in range(2, 6)]  # PROTO opcode + protocol 2..5
@@ -35,19 +33,19 @@ def _is_pickle(path: Path) -> bool:
 
 def test_pyfunc_from_registry_alias_equals_the_project_loader(gated_runs):
     workdir, _ = gated_runs
-    store = Store.resolve(workdir)
+    registry = Registry.resolve(workdir)
     ids = np.array([list(b"def main():\n    return 0\n")], dtype=np.int64)
     env_before = os.environ.get("MLFLOW_TRACKING_URI")
     for uri in ("models:/staged-smoke@champion", "models:/staged-smoke/1", "models:/staged-smoke@stage-2"):
-        ours = load_model(store, resolve(store, uri))
-        with mlflow_uri(store.tracking_uri):
+        ours = load_model(registry, resolve(registry, uri))
+        with mlflow_uri(registry.tracking_uri):
             pyfunc = mlflow.pyfunc.load_model(uri)  # the plain MLflow API a person would call
         with torch.no_grad():
             expected = ours(torch.from_numpy(ids)).numpy()
         got = pyfunc.predict(ids)
         assert got.shape == (1, ids.shape[1], 256) and np.array_equal(got, expected), uri
     assert os.environ.get("MLFLOW_TRACKING_URI") == env_before  # the global URI was restored
-    meta = load_pyfunc(store.tracking_uri, "models:/staged-smoke@champion").metadata
+    meta = load_pyfunc(registry.tracking_uri, "models:/staged-smoke@champion").metadata
     spec = meta.signature.inputs.inputs[0]
     assert (spec.type, spec.shape) == (np.dtype("int64"), (-1, -1))
     assert meta.saved_input_example_info["type"] == "ndarray"
@@ -55,12 +53,12 @@ def test_pyfunc_from_registry_alias_equals_the_project_loader(gated_runs):
 
 def test_versions_keep_plain_files_and_carry_no_pickle(gated_runs, tmp_path):
     workdir, _ = gated_runs
-    store = Store.resolve(workdir)
-    client = store.client()
+    registry = Registry.resolve(workdir)
+    client = registry.client()
     for v in client.search_model_versions("name = 'staged-smoke'"):
         local = Path(
             mlflow.artifacts.download_artifacts(
-                artifact_uri=v.source, dst_path=str(tmp_path / str(v.version)), tracking_uri=store.tracking_uri
+                artifact_uri=v.source, dst_path=str(tmp_path / str(v.version)), tracking_uri=registry.tracking_uri
             )
         )
         names = {p.name for p in local.iterdir()}

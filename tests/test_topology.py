@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from flows.servers import BUCKET
+from deploy.local.servers import BUCKET
 from tests.deployed import api
 
 pytestmark = pytest.mark.integration

@@ -4,6 +4,7 @@ import torch
 
 from models.data import ByteCorpus, DataConfig
 from models.gpt import GPT, GPTConfig
+from models.plan import Hooks, Start
 from models.train import TrainConfig, lr_at, train
 
 CFG = GPTConfig(n_layers=2, d_model=32, n_heads=2, d_ff=64, context=32)
@@ -16,7 +17,7 @@ def _corpus():
 
 def test_training_lowers_validation_loss_and_advances_the_cursor():
     torch.manual_seed(0)
-    result = train(GPT(CFG), _corpus(), TRAIN, cursor=16, seed=0)
+    result = train(GPT(CFG), _corpus(), TRAIN, start=Start(cursor=16, seed=0))
     assert result.val_loss < result.val_loss_init - 0.5
     assert result.cursor == 16 + 30 * 8
     assert [s for s, _ in result.val_curve] == [0, 10, 20, 30]
@@ -27,7 +28,7 @@ def test_training_is_deterministic():
     def run():
         torch.manual_seed(0)
         model = GPT(CFG)
-        train(model, _corpus(), TRAIN.model_copy(update={"steps": 5}), seed=3)
+        train(model, _corpus(), TRAIN.model_copy(update={"steps": 5}), start=Start(seed=3))
         return model.state_dict()
 
     a, b = run(), run()
@@ -65,12 +66,14 @@ def test_resuming_from_a_checkpoint_is_bitwise_identical_even_with_dropout():
 
     torch.manual_seed(0)
     full = GPT(cfg)
-    ref = train(full, _corpus(), steps, cursor=8, seed=3, checkpoint_every=4, on_checkpoint=keep(full))
+    ref = train(
+        full, _corpus(), steps, start=Start(cursor=8, seed=3), hooks=Hooks(on_checkpoint=keep(full), checkpoint_every=4)
+    )
     assert sorted(saved) == [4, 8, 10]
     weights, state = saved[4]
     resumed = GPT(cfg)
     resumed.load_state_dict(weights)
-    out = train(resumed, _corpus(), steps, cursor=8, seed=3, resume=state)
+    out = train(resumed, _corpus(), steps, start=Start(cursor=8, seed=3, resume=state))
     assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in full.state_dict().items())
     assert out.cursor == ref.cursor and out.train_curve == ref.train_curve and out.val_curve == ref.val_curve
     assert all(torch.equal(v, out.moments[k]) for k, v in ref.moments.items())

@@ -1,22 +1,20 @@
-"""One pydantic config tree for a pipeline, loaded from YAML with ``--set a.b=c`` overrides.
+"""One pydantic config tree for a pipeline (loading and overrides: tasks/config/load.py).
 
     PipelineConfig
-      seed, retries, checkpoint_every, checkpoint_keep, storage, data, model (stage 1's widths; a `width` stage doubles them for itself and later
-      stages), train (defaults for all stages), registry,
-      stages: [StageConfig(n_layers, steps | until, growth, optimizer, schedule, train overrides), ...]
+      seed, retry, checkpoint, storage, data, registry, gate,
+      model  (stage 1's architecture; each stage sets n_layers, a `width` stage doubles the widths),
+      train  (defaults for every stage),
+      stages: [StageConfig(n_layers, steps | until, growth, optimizer, schedule, train, checkpoint, nproc), ...]
 
 ``PipelineConfig.stage_specs()`` resolves it into one self-contained ``StageSpec`` per stage:
-the only thing a stage task needs, and what its ``stage_key`` hashes.
+the only thing a stage needs, and what its stage key hashes (tasks/config/identity.py).
 """
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from models.data import DataConfig
 from models.gpt import GPTConfig
@@ -24,30 +22,25 @@ from models.growth import GrowthConfig, GrowthError, child_config, dry_run
 from models.optim import OptimizerConfig
 from models.policy import ScheduleConfig, UntilConfig, step_cap
 from models.train import TrainConfig
-from tasks.storage import check_uri
-
-__all__ = [
-    "GateConfig",
-    "GrowthConfig",
-    "OptimizerConfig",
-    "ScheduleConfig",
-    "UntilConfig",
-    "PipelineConfig",
-    "StageSpec",
-    "load_config",
-]
-
-
-class ConfigError(ValueError):
-    """A user mistake in a config file or override; the message is one line."""
+from tasks.store import check_uri
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class WidthConfig(Strict):
-    """Stage 1's model fields; each stage sets its own ``n_layers``, a ``width`` stage doubles the widths."""
+def format_validation_error(err: ValidationError) -> str:
+    """pydantic's errors as one line: ``where: what; where: what``."""
+    parts = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(parts)
+
+
+class ArchConfig(Strict):
+    """``model``: stage 1's architecture; each stage sets its own ``n_layers``, a ``width`` stage doubles the widths."""
 
     d_model: int = 128
     n_heads: int = 4
@@ -56,15 +49,38 @@ class WidthConfig(Strict):
     dropout: float = 0.0
 
 
+# ``stages.<i>.train``: any TrainConfig field but ``steps`` (a stage's length is its own steps/until),
+# each None = the pipeline's ``train``. Values are checked when merged into a TrainConfig.
+TrainOverrides = create_model(
+    "TrainOverrides",
+    __config__=ConfigDict(extra="forbid", frozen=True),
+    **{name: (f.annotation | None, None) for name, f in TrainConfig.model_fields.items() if name != "steps"},
+)
+
+
+class RetryConfig(Strict):
+    retries: int = Field(1, ge=0)  # Prefect task retries per stage (a retry resumes from the last checkpoint)
+    delay_s: float = Field(10, ge=0)  # pause before a retry: give a flaky registry or disk a moment
+
+
+class CheckpointConfig(Strict):
+    every: int = Field(50, ge=0)  # steps between in-stage checkpoints (and one after the last); 0: none
+    keep: int = Field(2, ge=1)  # newest checkpoints kept per stage
+
+
+class StageCheckpoint(Strict):
+    every: int | None = Field(None, ge=0)  # overrides checkpoint.every for this stage
+
+
 class StageConfig(Strict):
     n_layers: int = Field(ge=1)
-    steps: int | None = Field(None, ge=0)  # 0: grow and register without training; or set `until` instead
+    steps: int | None = Field(None, ge=0)  # 0 trains no step: the grown model is registered as it is
     until: UntilConfig = UntilConfig()  # a tokens budget or a loss-slope trigger, instead of `steps`
     growth: GrowthConfig = GrowthConfig()  # how this stage is made from the previous one (ignored for stage 1)
     optimizer: OptimizerConfig = OptimizerConfig()  # AdamW after growth: reset or transfer (ignored for stage 1)
     schedule: ScheduleConfig = ScheduleConfig()  # LR across growth: restart, continue or rewarm
-    train: dict[str, Any] = {}  # overrides of the pipeline's `train` for this stage, e.g. {lr: 1e-3}
-    checkpoint_every: int | None = Field(None, ge=0)  # overrides the pipeline's checkpoint_every
+    train: TrainOverrides = TrainOverrides()  # this stage's departures from the pipeline's `train`, e.g. {lr: 1e-3}
+    checkpoint: StageCheckpoint = StageCheckpoint()
     # > 1: train under torchrun with DistributedDataParallel, this many processes (one per GPU, or
     # gloo on CPU); train.batch_size stays the global batch and must divide by it. Not in the stage key.
     nproc: int = Field(1, ge=1)
@@ -126,29 +142,19 @@ class StageSpec(Strict):
     until: UntilConfig = UntilConfig()
     total_steps: int | None = None  # planned steps of the whole pipeline; set only when the schedule reads it
     data: DataConfig
-    checkpoint_every: int = 0  # 0: no in-stage checkpoints
-    checkpoint_keep: int = 2
-    nproc: int = 1  # processes under torchrun (DistributedDataParallel); 1: in the task process
-
-    def content_hash(self) -> str:
-        """What the stage computes. Left out: checkpoint cadence (changes nothing in the weights) and
-        nproc (the same global batch and steps: the same weights up to float summation order, and,
-        with dropout > 0, other dropout masks)."""
-        exclude = {"checkpoint_every", "checkpoint_keep", "nproc"}
-        return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()
+    checkpoint: CheckpointConfig = CheckpointConfig(every=0)  # cadence and pruning; not in the stage key
+    nproc: int = 1  # processes under torchrun (DistributedDataParallel); 1: in the task process; not in the key
 
 
 class PipelineConfig(Strict):
     """Defaults are the demo: 3 -> 6 -> 12 layers, about five minutes on 2 CPU cores."""
 
     seed: int = 0
-    retries: int = Field(1, ge=0)  # Prefect task retries per stage (a retry resumes from the last checkpoint)
-    retry_delay_s: float = Field(10, ge=0)  # pause before a retry: give a flaky registry or disk a moment
-    checkpoint_every: int = Field(50, ge=0)  # steps between in-stage checkpoints (and one after the last); 0: none
-    checkpoint_keep: int = Field(2, ge=1)  # newest checkpoints kept per stage
+    retry: RetryConfig = RetryConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
     storage: StorageConfig = StorageConfig()
     data: DataConfig = DataConfig()
-    model: WidthConfig = WidthConfig()
+    model: ArchConfig = ArchConfig()
     train: TrainConfig = TrainConfig()
     registry: RegistryConfig = RegistryConfig()
     gate: GateConfig = GateConfig()
@@ -187,11 +193,13 @@ class PipelineConfig(Strict):
                     model = GPTConfig(n_layers=stage.n_layers, **self.model.model_dump())
                 else:  # derived from the previous stage: same widths, or doubled by a width stage
                     model = child_config(stage.growth, model, stage.n_layers)
-                train = TrainConfig(**{**self.train.model_dump(), **stage.train, "steps": 0})
+                overrides = stage.train.model_dump(exclude_none=True)
+                train = TrainConfig(**{**self.train.model_dump(), **overrides, "steps": 0})
                 cap = step_cap(stage.steps, stage.until, train.batch_size * model.context)
                 if train.batch_size % stage.nproc:
                     batch, n = train.batch_size, stage.nproc
                     raise ValueError(f"stages.{k - 1}: train.batch_size {batch} is not divisible by nproc {n}")
+                every = self.checkpoint.every if stage.checkpoint.every is None else stage.checkpoint.every
                 spec = StageSpec(
                     index=k,
                     seed=self.seed,
@@ -204,10 +212,7 @@ class PipelineConfig(Strict):
                     schedule=stage.schedule,
                     until=stage.until,
                     data=self.data,
-                    checkpoint_every=self.checkpoint_every
-                    if stage.checkpoint_every is None
-                    else stage.checkpoint_every,
-                    checkpoint_keep=self.checkpoint_keep,
+                    checkpoint=self.checkpoint.model_copy(update={"every": every}),
                     nproc=stage.nproc,
                 )
             except ValidationError as e:
@@ -215,76 +220,3 @@ class PipelineConfig(Strict):
             specs.append(spec)
         total = sum(s.train.steps for s in specs)  # only schedules that read it carry it: no needless cache misses
         return [s.model_copy(update={"total_steps": total}) if s.schedule.policy != "restart" else s for s in specs]
-
-
-def _parse_override(item: str) -> tuple[list[str], Any]:
-    key, sep, raw = item.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"override {item!r} is not of the form dotted.key=value")
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
-
-
-def apply_override(tree: dict, item: str) -> None:
-    """Set ``a.b.0.c=value`` in a nested dict/list tree; the value is parsed as YAML (3, 1e-3, true, null)."""
-    path, value = _parse_override(item)
-    node: Any = tree
-    for i, part in enumerate(path):
-        last = i == len(path) - 1
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"override {item!r}: {'.'.join(path[:i])} has no item {part!r} (it has {len(node)})")
-            part = int(part)
-        elif isinstance(node, dict):
-            if not last and part not in node:
-                node[part] = {}
-        else:
-            raise ConfigError(f"override {item!r}: {'.'.join(path[:i])} is not a mapping or a list")
-        if last:
-            node[part] = value
-        else:
-            node = node[part]
-
-
-def format_validation_error(err: ValidationError) -> str:
-    parts = []
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"])
-        msg = e["msg"].removeprefix("Value error, ")
-        parts.append(f"{where}: {msg}" if where else msg)
-    return "; ".join(parts)
-
-
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> PipelineConfig:
-    """Read YAML (or start from the defaults when ``path`` is None), apply overrides, validate."""
-    tree: Any = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} not found")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" (line {mark.line + 1})" if mark else ""
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
-    if overrides and "stages" not in tree:
-        tree["stages"] = [s.model_dump() for s in PipelineConfig.model_fields["stages"].default]
-    for item in overrides:
-        apply_override(tree, item)
-    try:
-        return PipelineConfig.model_validate(tree)
-    except ValidationError as e:
-        raise ConfigError(f"invalid config: {format_validation_error(e)}") from None
-
-
-def pipeline_hash(config: PipelineConfig) -> str:
-    """Short hash of the whole resolved config: names the pipeline in Prefect (flow run) and MLflow (parent run)."""
-    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:8]
-
-
-def resolve_config(config: PipelineConfig | str | Path | None, overrides: list[str] | None = None) -> PipelineConfig:
-    """The flow's ``config`` parameter as a PipelineConfig: as given, or loaded from a YAML path (None: the
-    defaults) with ``overrides``."""
-    return config if isinstance(config, PipelineConfig) else load_config(config, overrides or [])

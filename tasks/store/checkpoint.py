@@ -25,8 +25,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from models.gpt import GPT
-from models.train import TrainState
-from tasks.storage import Storage
+from models.plan import TrainState
+from tasks.store.storage import Storage
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -154,6 +154,17 @@ def _read_valid(storage: Storage, key: str, step: int) -> Checkpoint | None:
     except (KeyError, ValueError, TypeError) as e:
         log.warning("checkpoint %s cannot be decoded (%s): skipped", prefix, e)
         return None
+
+
+def complete(storage: Storage, key: str) -> list[int]:
+    """Steps whose checkpoint has its manifest (written last), oldest first."""
+    names = set(storage.list(f"{key}/"))
+    return [s for s in steps(storage, key) if f"{_prefix(key, s)}/{MANIFEST}" in names]
+
+
+def location(storage: Storage, key: str, step: int) -> str:
+    """Where a checkpoint lives, for messages: ``<storage uri>/<key>/step-<00000012>``."""
+    return f"{storage.uri}/{_prefix(key, step)}"
 
 
 def latest(storage: Storage, key: str) -> Checkpoint | None:

@@ -10,13 +10,13 @@ import re
 import tempfile
 from pathlib import Path
 
-import mlflow
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from models.gpt import GPT
-from tasks.registry import Store
-from tasks.weights import load_state
+from tasks.registry.client import Registry, fetch
+from tasks.registry.schema import VersionTags, versions_filter
+from tasks.store import load_state
 
 _URI = re.compile(
     r"^models:/(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)(?:/(?P<version>\d+|latest)|@(?P<alias>[A-Za-z0-9_-]+))$"
@@ -37,38 +37,38 @@ def parse_uri(uri: str) -> tuple[str, str | None, str | None]:
     return m["name"], m["version"], m["alias"]
 
 
-def open_store(workdir: str | Path) -> Store:
-    """The store ``staged run`` used; an embedded one must already exist (reading never creates a database)."""
-    store = Store.resolve(workdir)
-    if store.tracking_uri.startswith("sqlite:///") and store.artifact_location is not None:
-        db = Path(store.tracking_uri.removeprefix("sqlite:///"))
+def open_registry(workdir: str | Path) -> Registry:
+    """The registry ``staged run`` used; an embedded one must already exist (reading never creates a database)."""
+    registry = Registry.resolve(workdir)
+    if registry.embedded:
+        db = Path(registry.tracking_uri.removeprefix("sqlite:///"))
         if not db.is_file():
             raise UseError(
                 f"no MLflow store at {db} (run `staged run` with this --workdir, or set MLFLOW_TRACKING_URI)"
             )
-    return store
+    return registry
 
 
 def _one_line(e: MlflowException) -> str:
     return (e.message or str(e)).strip().splitlines()[0]
 
 
-def registered_model(store: Store, name: str):
-    client = store.client()
+def registered_model(registry: Registry, name: str):
+    client = registry.client()
     try:
         found = client.search_registered_models(f"name = '{name}'")
     except MlflowException as e:
-        raise UseError(f"cannot reach the registry at {store.tracking_uri}: {_one_line(e)}") from None
+        raise UseError(f"cannot reach the registry at {registry.tracking_uri}: {_one_line(e)}") from None
     if not found:
-        raise UseError(f"no registered model named {name!r} in {store.tracking_uri}")
+        raise UseError(f"no registered model named {name!r} in {registry.tracking_uri}")
     return client.get_registered_model(name)
 
 
-def resolve(store: Store, uri: str) -> ModelVersion:
+def resolve(registry: Registry, uri: str) -> ModelVersion:
     """The model version a ``models:/`` URI names."""
     name, version, alias = parse_uri(uri)
-    model = registered_model(store, name)
-    client = store.client()
+    model = registered_model(registry, name)
+    client = registry.client()
     try:
         if alias is not None:
             if alias not in model.aliases:
@@ -76,7 +76,7 @@ def resolve(store: Store, uri: str) -> ModelVersion:
                 raise UseError(f"model {name!r} has no alias {alias!r} (aliases: {known})")
             return client.get_model_version_by_alias(name, alias)
         if version == "latest":
-            versions = client.search_model_versions(f"name = '{name}'")
+            versions = client.search_model_versions(versions_filter(name))
             if not versions:
                 raise UseError(f"model {name!r} has no versions")
             return max(versions, key=lambda v: int(v.version))
@@ -87,22 +87,20 @@ def resolve(store: Store, uri: str) -> ModelVersion:
         raise UseError(f"{uri}: {_one_line(e)}") from None
 
 
-def load_model(store: Store, mv: ModelVersion) -> GPT:
+def load_model(registry: Registry, mv: ModelVersion) -> GPT:
     """The project's own loader: download the version's source, verify its sha256 tag, rebuild the GPT (eval mode)."""
+    tags = VersionTags.from_tags(mv.tags)
     with tempfile.TemporaryDirectory(prefix="staged-use-") as tmp:
-        local = Path(
-            mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=tmp, tracking_uri=store.tracking_uri)
-        )
-        cfg, state = load_state(local, mv.tags.get("weights_sha256"))
+        cfg, state = load_state(fetch(registry, mv.source, Path(tmp)), tags.weights_sha256 if tags else None)
     model = GPT(cfg)
     model.load_state_dict(state, strict=True)
     return model.eval()
 
 
-def versions(store: Store, name: str) -> tuple[list[ModelVersion], dict[str, list[str]]]:
+def versions(registry: Registry, name: str) -> tuple[list[ModelVersion], dict[str, list[str]]]:
     """All versions of ``name`` (oldest first) and each version's aliases."""
-    model = registered_model(store, name)
-    found = sorted(store.client().search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
+    model = registered_model(registry, name)
+    found = sorted(registry.client().search_model_versions(versions_filter(name)), key=lambda v: int(v.version))
     aliases: dict[str, list[str]] = {}
     for alias, version in sorted(model.aliases.items()):
         aliases.setdefault(str(version), []).append(alias)

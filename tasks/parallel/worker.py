@@ -1,4 +1,4 @@
-"""One rank of a stage trained under torchrun: ``python -m tasks.ddp_worker JOB_DIR`` (see tasks/ddp.py).
+"""One rank of a stage trained under torchrun: ``python -m tasks.parallel.worker JOB_DIR`` (see launch.py).
 
 NCCL when the stage trains on CUDA (one GPU per rank, ``cuda:<LOCAL_RANK>``), gloo on CPU. A rank
 that fails writes its one-line reason to ``JOB_DIR/error-<rank>.txt`` and exits 1; torchrun then
@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from models.plan import Hooks
 from models.train import resolve_device
-from tasks.checkpoint import CheckpointError
-from tasks.ddp import JOB, DDPJob, progress_writer, save_outputs
-from tasks.stage import StageFailed, train_stage
+from tasks import driver
+from tasks.parallel.launch import JOB, DDPJob, progress_writer, save_outputs
+from tasks.store import CheckpointError
 
 
 def main(job_dir: Path) -> int:
@@ -31,15 +32,15 @@ def main(job_dir: Path) -> int:
         if cuda:
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         dist.init_process_group("nccl" if cuda else "gloo")
-        log = logging.getLogger("tasks.ddp_worker")
-        model, result, resumed_from = train_stage(
-            job.spec, job.parent, job.store, job.key, log=log, on_step=progress_writer(job_dir)
-        )
+        ws, parent = job.workspace, job.parent
+        hooks = Hooks(on_step=progress_writer(job_dir))
+        checkpoints = ws.checkpoints(job.spec, job.key)
+        run = driver.run(job.spec, ws.parent(parent) if parent else None, hooks=hooks, checkpoints=checkpoints)
         if rank == 0:
-            save_outputs(job_dir, model, result, resumed_from)
+            save_outputs(job_dir, run)
     except Exception as e:
         traceback.print_exc()
-        known = isinstance(e, (StageFailed, CheckpointError))  # their messages are one line and name the stage
+        known = isinstance(e, (driver.StageFailed, CheckpointError))  # their messages are one line and name the stage
         reason = str(e) if known else f"stage {job.spec.index}: rank {rank}: {type(e).__name__}: {e}"
         (job_dir / f"error-{rank}.txt").write_text(reason.split("\n")[0])
         return 1

@@ -6,9 +6,10 @@ from pathlib import Path
 
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-from tasks.monitor import artifact_key, mlflow_server, run_url, version_url
-from tasks.registry import Pipeline, Store, pipeline_run
-from tasks.stage import StageResult
+from tasks.publish.monitor import ArtifactKeys
+from tasks.registry import Registry
+from tasks.registry.schema import Artifacts, stage_alias
+from tasks.results import StageResult
 
 COLUMNS = [
     "stage",
@@ -77,36 +78,38 @@ def plot_losses(results: list[StageResult], path: Path) -> Path:
     return path
 
 
-def markdown_summary(results: list[StageResult], server: str | None = None, pipeline_url: str | None = None) -> str:
-    """The summary table and the registered versions; with an MLflow server URL, links to their pages."""
+def markdown_summary(results: list[StageResult], registry: Registry, pipeline_url: str | None = None) -> str:
+    """The summary table and the registered versions; with an MLflow server, links to their pages."""
     rows = summary_rows(results)
     lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
     lines += ["| " + " | ".join(str(row[c]) for c in TABLE_COLUMNS) + " |" for row in rows]
     name = results[0].ref.name
 
     def version(r: StageResult) -> str:
-        uri = f"`models:/{name}/{r.ref.version}` (alias `stage-{r.ref.stage}`)"
-        return f"[{uri}]({version_url(server, name, r.ref.version)})" if server else uri
+        uri = f"`models:/{name}/{r.ref.version}` (alias `{stage_alias(r.ref.stage)}`)"
+        page = registry.version_page(name, r.ref.version)
+        return f"[{uri}]({page})" if page else uri
 
     versions = ", ".join(version(r) for r in results)
     link = f"\n\nMLflow pipeline run: [{pipeline_url}]({pipeline_url})" if pipeline_url else ""
     return f"# {name}: staged training\n\n" + "\n".join(lines) + f"\n\nRegistered versions: {versions}{link}\n"
 
 
-def publish(results: list[StageResult], png: Path, store: Store, pipeline: Pipeline | None = None) -> None:
+def publish_summary(
+    results: list[StageResult], png: Path, registry: Registry, parent_run_id: str | None, run_name: str
+) -> str:
     """The summary as Prefect table + markdown artifacts; summary + plot on the last stage's MLflow run and on
-    the pipeline's parent run, which is then FINISHED (a rerun that trained nothing has none: nothing is logged)."""
-    key = artifact_key(results[0].ref.name)
-    client, server = store.client(), mlflow_server(store.tracking_uri)
-    parent = pipeline_run(store, pipeline, create=False) if pipeline else None
-    pipeline_url = run_url(server, client.get_run(parent).info.experiment_id, parent) if server and parent else None
-    md = markdown_summary(results, server, pipeline_url)
-    create_table_artifact(table=summary_rows(results), key=f"{key}-summary", description="Staged training summary")
-    create_markdown_artifact(markdown=md, key=f"{key}-versions", description="Registered model versions")
+    the pipeline's parent run (``parent_run_id``; None when this run trained nothing)."""
+    keys, client = ArtifactKeys(results[0].ref.name), registry.client()
+    pipeline_url = None
+    if parent_run_id is not None:
+        pipeline_url = registry.run_page(client.get_run(parent_run_id).info.experiment_id, parent_run_id)
+    md = markdown_summary(results, registry, pipeline_url)
+    create_table_artifact(table=summary_rows(results), key=keys.summary, description="Staged training summary")
+    create_markdown_artifact(markdown=md, key=keys.versions, description="Registered model versions")
     if pipeline_url:
-        create_link_artifact(link=pipeline_url, link_text=pipeline.run_name, key=f"{key}-pipeline-run")
-    for run_id in [results[-1].ref.run_id] + ([parent] if parent else []):
-        client.log_artifact(run_id, str(png), "summary")
-        client.log_text(run_id, md, "summary/summary.md")
-    if parent:
-        client.set_terminated(parent, "FINISHED")
+        create_link_artifact(link=pipeline_url, link_text=run_name, key=keys.pipeline_run)
+    for run_id in [results[-1].ref.run_id] + ([parent_run_id] if parent_run_id else []):
+        client.log_artifact(run_id, str(png), Artifacts.SUMMARY_DIR)
+        client.log_text(run_id, md, Artifacts.SUMMARY)
+    return md

@@ -32,7 +32,8 @@ _PINNED = ("torch", "safetensors", "pydantic", "numpy", "mlflow")
 
 
 def requirements() -> list[str]:
-    """Exact versions of what the wrapper imports (explicit: MLflow's inference would load the model in a subprocess)."""
+    """Exact versions of what the wrapper imports (explicit: MLflow's inference would load the model in a
+    subprocess)."""
     reqs = []
     for name in _PINNED:
         try:

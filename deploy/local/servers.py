@@ -1,4 +1,4 @@
-"""The local-servers topology on one machine (``staged servers``: flows/servers_cli.py).
+"""The local-servers topology on one machine (``staged servers``: flows/cli/servers.py).
 
     PostgreSQL   (the machine's binaries, run as the unprivileged ``postgres`` user when we are root)
     S3 endpoint  (moto's HTTP server; a bucket for MLflow's artifacts)
@@ -15,14 +15,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from deploy.local.processes import (
+    ServerError,
+    as_postgres,
+    pid_alive,
+    postgres_ids,
+    run_logged,
+    stop_group,
+    venv_bin,
+    wait_healthy,
+)
 
 POOL = "staged-process"
 BUCKET = "staged"
@@ -32,11 +39,7 @@ S3_KEYS = {
     "AWS_SECRET_ACCESS_KEY": "staged-local-secret",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
-ROOT = Path(__file__).resolve().parent.parent
-
-
-class ServerError(RuntimeError):
-    """A server that did not come up; the message is one line."""
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: deploy/work-pools/ lives there
 
 
 @dataclass
@@ -75,41 +78,15 @@ class Servers:
         return cls(**json.loads(path.read_text())) if path.is_file() else None
 
 
-def _as_postgres() -> dict:
-    """subprocess kwargs: postgres refuses to run as root, so root runs it as the ``postgres`` user."""
-    return {"user": "postgres", "group": "postgres"} if os.geteuid() == 0 else {}
-
-
 def _pgdata(dir: Path) -> Path:
     """``<dir>/postgres`` when the postgres user can write there, else a private directory under /tmp."""
     wanted = dir / "postgres"
     if os.geteuid() != 0:
         return wanted
-    probe = subprocess.run(["test", "-w", str(dir)], **_as_postgres())
+    probe = subprocess.run(["test", "-w", str(dir)], **as_postgres())
     if probe.returncode == 0:
         return wanted
     return Path(tempfile.mkdtemp(prefix="staged-pgdata-"))  # e.g. under pytest's 0700 tmp dirs
-
-
-def wait_healthy(name: str, url: str, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
-    """Until ``url`` answers 200; a ServerError naming the log's last line if ``proc`` exits or time runs out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise ServerError(f"{name} exited with code {proc.returncode}: {_last_line(log)}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise ServerError(f"{name} not healthy at {url} after {timeout:.0f} s: {_last_line(log)}")
-
-
-def _last_line(log: Path) -> str:
-    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()] if log.is_file() else []
-    return lines[-1].strip()[:300] if lines else f"no output (see {log})"
 
 
 class _Starter:
@@ -141,11 +118,11 @@ class _Starter:
         if not (data / "PG_VERSION").is_file():
             data.mkdir(parents=True, exist_ok=True)
             if os.geteuid() == 0:
-                os.chown(data, *_postgres_ids())
-            _run(["initdb", "-D", str(data), "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8"], "initdb", log)
+                os.chown(data, *postgres_ids())
+            run_logged(["initdb", "-D", str(data), "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8"], "initdb", log)
         options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1"
         # no -l: the server's output goes to our log through the inherited descriptor (root owns the file)
-        _run(["pg_ctl", "-D", str(data), "-o", options, "-w", "start"], "postgres", log)
+        run_logged(["pg_ctl", "-D", str(data), "-o", options, "-w", "start"], "postgres", log)
         import psycopg
 
         with psycopg.connect(f"{self.servers.urls['postgres']}/postgres", autocommit=True) as conn:
@@ -154,7 +131,9 @@ class _Starter:
 
     def s3(self) -> None:
         port = self.servers.ports["s3"]
-        self.spawn("s3", [_bin("moto_server"), "-H", "127.0.0.1", "-p", str(port)], {}, f"{self.servers.urls['s3']}/")
+        self.spawn(
+            "s3", [venv_bin("moto_server"), "-H", "127.0.0.1", "-p", str(port)], {}, f"{self.servers.urls['s3']}/"
+        )
         import boto3
 
         s3 = boto3.client(
@@ -174,14 +153,14 @@ class _Starter:
             "PREFECT_API_DATABASE_CONNECTION_URL": f"postgresql+asyncpg://postgres@127.0.0.1:{pg}/prefect",
             "PREFECT_UI_API_URL": f"{self.servers.urls['prefect']}/api",  # the UI's own default is port 4200
         }
-        argv = [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+        argv = [venv_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
         self.spawn("prefect", argv, env, f"{self.servers.urls['prefect']}/api/health")
 
     def mlflow(self) -> None:
         s = self.servers
         env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_S3_ENDPOINT_URL": s.urls["s3"], **S3_KEYS}
         argv = [
-            _bin("mlflow"),
+            venv_bin("mlflow"),
             "server",
             "--host",
             "127.0.0.1",
@@ -207,7 +186,7 @@ class _Starter:
         }
         template = ROOT / "deploy" / "work-pools" / "process.json"
         argv = [
-            _bin("prefect"),
+            venv_bin("prefect"),
             "worker",
             "start",
             "--pool",
@@ -221,26 +200,6 @@ class _Starter:
         if template.is_file():
             argv += ["--base-job-template", str(template)]
         self.spawn("worker", argv, env, f"http://127.0.0.1:{s.ports['worker']}/health")
-
-
-def _postgres_ids() -> tuple[int, int]:
-    import pwd
-
-    entry = pwd.getpwnam("postgres")
-    return entry.pw_uid, entry.pw_gid
-
-
-def _bin(name: str) -> str:
-    """A console script of this interpreter's environment (the venv the project is installed in)."""
-    path = Path(sys.executable).parent / name
-    return str(path) if path.exists() else name
-
-
-def _run(argv: list[str], name: str, log: Path) -> None:
-    with open(log, "ab") as out:
-        code = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, **_as_postgres()).returncode
-    if code != 0:
-        raise ServerError(f"{name} failed with code {code}: {_last_line(log)}")
 
 
 DEFAULT_PORTS = {"postgres": 54329, "s3": 9000, "prefect": 4200, "mlflow": 5000, "worker": 8089}
@@ -282,16 +241,6 @@ def _alive(servers: Servers) -> bool:
     return bool(servers.pids) and all(pid_alive(pid) for pid in servers.pids.values())
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def down(dir: str | Path, grace: float = 15) -> list[str]:
     """Stop what ``up`` recorded, newest first: SIGTERM to each process group, SIGKILL after ``grace``.
 
@@ -303,30 +252,13 @@ def down(dir: str | Path, grace: float = 15) -> list[str]:
     stopped = []
     for name, pid in reversed(servers.pids.items()):
         if pid_alive(pid):
-            _stop_group(pid, grace)
+            stop_group(pid, grace)
             stopped.append(name)
     if (Path(servers.pgdata) / "postmaster.pid").is_file():
         log = Path(servers.dir) / "logs" / "postgres.log"
-        _run(["pg_ctl", "-D", servers.pgdata, "-m", "fast", "-w", "stop"], "pg_ctl stop", log)
+        run_logged(["pg_ctl", "-D", servers.pgdata, "-m", "fast", "-w", "stop"], "pg_ctl stop", log)
         stopped.append("postgres")
     servers.pids = {}
     servers.save()
     shutil.rmtree(servers.pgdata, ignore_errors=True)
     return stopped
-
-
-def _stop_group(pid: int, grace: float) -> None:
-    """Until no process of the group is left (a zombie leader counts until it is reaped)."""
-    sig, deadline = signal.SIGTERM, time.monotonic() + grace
-    while True:
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            os.waitpid(pid, os.WNOHANG)  # reap the leader when it is our own child (tests)
-        except ChildProcessError:
-            pass
-        if time.monotonic() > deadline:
-            sig = signal.SIGKILL
-        time.sleep(0.2)

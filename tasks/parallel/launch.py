@@ -1,11 +1,11 @@
 """Train one stage under torchrun (DistributedDataParallel), from the stage task's process.
 
-    launch(job, on_step, log) -> (model, TrainResult, checkpoint step resumed from or None)
+    launch(job, on_step, log) -> driver.StageRun (model, TrainResult, checkpoint step resumed from or None)
 
-The job (stage spec, parent ModelRef, Store, stage key) goes as JSON into a temporary directory,
-then ``python -m torch.distributed.run --standalone --nproc_per_node=N -m tasks.ddp_worker DIR``
-runs N ranks. Each builds or resumes the model exactly as the single-process path does
-(tasks/stage.py ``train_stage``) and trains its slice of every global batch; rank 0 alone writes
+The job (stage spec, parent ModelRef, Workspace, stage key) goes as JSON into a temporary directory,
+then ``python -m torch.distributed.run --standalone --nproc_per_node=N -m tasks.parallel.worker DIR``
+runs N ranks. Each builds or resumes the model with the stage driver, exactly as the single-process
+path does (tasks/driver.py), and trains its slice of every global batch; rank 0 alone writes
 checkpoints to storage, its progress to ``progress.json`` (polled here for the progress bar and
 the Prefect artifact) and at the end the weights, AdamW moments and TrainResult into DIR. Only
 the task process talks to the MLflow registry and to Prefect.
@@ -25,13 +25,16 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from models.gpt import GPT
-from models.train import StepInfo, TrainResult
+from models.plan import StepInfo
+from models.train import TrainResult
 from tasks.config import StageSpec
-from tasks.registry import ModelRef, Store
-from tasks.weights import load_optimizer, load_state, save_model, save_optimizer
+from tasks.driver import StageRun
+from tasks.registry import ModelRef
+from tasks.store import load_optimizer, load_state, save_model, save_optimizer
+from tasks.workspace import Workspace
 
 JOB, PROGRESS, RESULT, LOG = "job.json", "progress.json", "result.json", "torchrun.log"
-ROOT = Path(__file__).resolve().parent.parent  # the ranks import this same checkout
+ROOT = Path(__file__).resolve().parents[2]  # the ranks import this same checkout
 
 
 class DDPJob(BaseModel):
@@ -39,7 +42,7 @@ class DDPJob(BaseModel):
 
     spec: StageSpec
     parent: ModelRef | None
-    store: Store
+    workspace: Workspace
     key: str
 
 
@@ -47,7 +50,7 @@ class TorchrunFailed(RuntimeError):
     """A rank failed; the message is one line (the rank's own error when it could write one)."""
 
 
-def launch(job: DDPJob, on_step: Callable[[StepInfo], None], log) -> tuple[GPT, TrainResult, int | None]:
+def launch(job: DDPJob, on_step: Callable[[StepInfo], None], log) -> StageRun:
     n = job.spec.nproc
     with tempfile.TemporaryDirectory(prefix="staged-ddp-") as tmp:
         job_dir = Path(tmp)
@@ -59,7 +62,7 @@ def launch(job: DDPJob, on_step: Callable[[StepInfo], None], log) -> tuple[GPT, 
             "--standalone",
             f"--nproc_per_node={n}",
             "-m",
-            "tasks.ddp_worker",
+            "tasks.parallel.worker",
             tmp,
         ]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
@@ -109,15 +112,17 @@ def _read_progress(job_dir: Path) -> StepInfo | None:
     return StepInfo(**json.loads(path.read_text())) if path.is_file() else None
 
 
-def save_outputs(job_dir: Path, model: GPT, result: TrainResult, resumed_from: int | None) -> None:
+def save_outputs(job_dir: Path, run: StageRun) -> None:
     """Rank 0, after the last step: weights + config, AdamW moments, and the rest of the TrainResult."""
-    save_model(model, job_dir)
+    result = run.result
+    save_model(run.model, job_dir)
     save_optimizer(result.moments, job_dir)
     meta = {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name != "moments"}
-    (job_dir / RESULT).write_text(json.dumps({"result": meta, "resumed_from": resumed_from}))
+    saved = {"result": meta, "resumed_from": run.resumed_from, "prepare_seconds": run.prepare_seconds}
+    (job_dir / RESULT).write_text(json.dumps(saved))
 
 
-def load_outputs(job_dir: Path) -> tuple[GPT, TrainResult, int | None]:
+def load_outputs(job_dir: Path) -> StageRun:
     cfg, state = load_state(job_dir, None)
     model = GPT(cfg)
     model.load_state_dict(state, strict=True)
@@ -125,4 +130,4 @@ def load_outputs(job_dir: Path) -> tuple[GPT, TrainResult, int | None]:
     meta = saved["result"]
     curves = {k: [tuple(p) for p in meta[k]] for k in ("train_curve", "val_curve")}
     result = TrainResult(**{**meta, **curves}, moments=load_optimizer(job_dir, None) or {})
-    return model, result, saved["resumed_from"]
+    return StageRun(model, result, saved["resumed_from"], saved["prepare_seconds"])

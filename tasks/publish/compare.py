@@ -1,8 +1,8 @@
 """Comparison tables: the stages of one pipeline run, and the champion history across runs.
 
 Both go to Prefect (table artifacts) and to MLflow (markdown on the last stage's run). The
-history is derived from version tags (``gate_promoted_at``, ``gate_replaced``: set only on promotion), so it needs
-no extra bookkeeping and survives any number of runs.
+history is derived from the gate's version tags (``GateTags.promoted_at`` and ``replaced``, set only on
+promotion), so it needs no extra bookkeeping and survives any number of runs.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import math
 from mlflow import MlflowClient
 from prefect.artifacts import create_table_artifact
 
-from tasks.gate import GateResult
-from tasks.registry import Store
-from tasks.stage import StageResult, artifact_key
+from tasks.publish.monitor import ArtifactKeys
+from tasks.registry import ModelRef, Registry
+from tasks.registry.schema import Artifacts, GateTags, versions_filter
+from tasks.results import GateResult, StageResult
 
 STAGE_COLUMNS = [
     "stage",
@@ -39,24 +40,24 @@ def _aliases(client: MlflowClient, name: str) -> dict[str, list[str]]:
     return out
 
 
-def stage_rows(store: Store, results: list[StageResult]) -> list[dict[str, object]]:
-    client = store.client()
+def stage_rows(registry: Registry, results: list[StageResult]) -> list[dict[str, object]]:
+    client = registry.client()
     aliases = _aliases(client, results[0].ref.name)
     rows, prev = [], None
     for r in results:
-        tags = client.get_model_version(r.ref.name, r.ref.version).tags
+        gated = GateTags.from_tags(client.get_model_version(r.ref.name, r.ref.version).tags)
         rows.append(
             {
                 "stage": r.ref.stage,
                 "version": r.ref.version,
                 "layers": r.ref.n_layers,
                 "params": r.params,
-                "growth": tags.get("growth", ""),
+                "growth": r.ref.growth,
                 "steps": r.steps,
                 "val loss": round(r.val_loss, 4),
                 "bits/byte": round(r.val_loss / math.log(2), 4),
                 "Δ vs parent": "" if prev is None else round(r.val_loss - prev, 4),
-                "gate": tags.get("gate_decision", ""),
+                "gate": gated.decision if gated else "",
                 "aliases": ", ".join(aliases.get(r.ref.version, [])),
             }
         )
@@ -64,23 +65,25 @@ def stage_rows(store: Store, results: list[StageResult]) -> list[dict[str, objec
     return rows
 
 
-def champion_history(store: Store, name: str, alias: str = "champion") -> list[dict[str, object]]:
+def champion_history(registry: Registry, name: str, alias: str = "champion") -> list[dict[str, object]]:
     """Every promotion of ``name``, oldest first."""
-    client = store.client()
+    client = registry.client()
     current = str(client.get_registered_model(name).aliases.get(alias, ""))
-    promoted = [v for v in client.search_model_versions(f"name = '{name}'") if v.tags.get("gate_promoted_at")]
-    promoted.sort(key=lambda v: (v.tags["gate_promoted_at"], int(v.version)))
+    gated = [(ModelRef.of(v), GateTags.from_tags(v.tags)) for v in client.search_model_versions(versions_filter(name))]
+    promoted = sorted(
+        ((v, g) for v, g in gated if g and g.promoted_at), key=lambda p: (p[1].promoted_at, int(p[0].version))
+    )
     return [
         {
-            "promoted at": v.tags["gate_promoted_at"],
-            "version": str(v.version),
-            "stage": v.tags.get("stage", ""),
-            "layers": v.tags.get("n_layers", ""),
-            "held-out val loss": v.tags.get("gate_val_loss", ""),
-            "replaced": v.tags.get("gate_replaced", ""),
-            "current": "yes" if str(v.version) == current else "",
+            "promoted at": g.promoted_at,
+            "version": v.version,
+            "stage": v.stage,
+            "layers": v.n_layers,
+            "held-out val loss": f"{g.val_loss:.6f}",
+            "replaced": g.replaced or "",
+            "current": "yes" if v.version == current else "",
         }
-        for v in promoted
+        for v, g in promoted
     ]
 
 
@@ -90,19 +93,20 @@ def markdown_table(rows: list[dict[str, object]], columns: list[str]) -> str:
 
 
 def publish_comparison(
-    store: Store, results: list[StageResult], gate: GateResult | None, alias: str = "champion"
+    registry: Registry, results: list[StageResult], gate: GateResult | None, alias: str = "champion"
 ) -> str:
-    """Both tables as Prefect table artifacts and as ``compare/comparison.md`` on the last stage's run."""
+    """Both tables as Prefect table artifacts and as markdown on the last stage's run."""
     name = results[0].ref.name
-    key = artifact_key(name)
-    stages, history = stage_rows(store, results), champion_history(store, name, alias)
-    create_table_artifact(table=stages, key=f"{key}-stages", description="Stages of this pipeline run")
+    keys = ArtifactKeys(name)
+    stages, history = stage_rows(registry, results), champion_history(registry, name, alias)
+    create_table_artifact(table=stages, key=keys.stages, description="Stages of this pipeline run")
     if history:
-        create_table_artifact(table=history, key=f"{key}-champions", description=f"History of the {alias} alias")
+        create_table_artifact(table=history, key=keys.champions, description=f"History of the {alias} alias")
     decision = f"\n\nGate: version {gate.version} **{gate.decision}**: {gate.reason}." if gate else ""
+    past = markdown_table(history, CHAMPION_COLUMNS) if history else "No promotions yet."
     md = (
         f"# {name}: stages of this run{decision}\n\n{markdown_table(stages, STAGE_COLUMNS)}\n\n"
-        f"# {name}: {alias} history\n\n{markdown_table(history, CHAMPION_COLUMNS) if history else 'No promotions yet.'}\n"
+        f"# {name}: {alias} history\n\n{past}\n"
     )
-    store.client().log_text(results[-1].ref.run_id, md, "compare/comparison.md")
+    registry.client().log_text(results[-1].ref.run_id, md, Artifacts.COMPARISON)
     return md

@@ -1,10 +1,10 @@
-"""``staged servers up|down|status|env [--dir DIR] [--<name>-port PORT]`` (flows/servers.py does the work)."""
+"""``staged servers up|down|status|env [--dir DIR] [--<name>-port PORT]`` (deploy/local/servers.py does the work)."""
 
 from __future__ import annotations
 
 import sys
 
-from flows.servers import BUCKET, DEFAULT_PORTS, ServerError, Servers, down, pid_alive, up
+from deploy.local.servers import BUCKET, DEFAULT_PORTS, ServerError, Servers, down, pid_alive, up
 
 
 def add_server_commands(sub) -> None:

@@ -13,26 +13,22 @@ one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import sys
+
+from flows.cli.errors import fail
 
 _WORKDIR_HELP = "workdir of the embedded store, when MLFLOW_TRACKING_URI is not set (default: %(default)s)"
-
-
-def _fail(message: str) -> None:
-    print(f"staged: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def _guard(func):
     """Run a command, turning a UseError into the one-line exit-2 message."""
 
     def run(args: argparse.Namespace) -> int:
-        from tasks.lookup import UseError
+        from tasks.registry import UseError
 
         try:
             return func(args)
         except UseError as e:
-            _fail(str(e))
+            fail(str(e))
         return 2
 
     return run
@@ -41,10 +37,10 @@ def _guard(func):
 @_guard
 def cmd_generate(args: argparse.Namespace) -> int:
     from models.sample import decode, generate
-    from tasks.lookup import load_model, open_store, resolve
+    from tasks.registry import load_model, open_registry, resolve
 
-    store = open_store(args.workdir)
-    model = load_model(store, resolve(store, args.model_uri))
+    registry = open_registry(args.workdir)
+    model = load_model(registry, resolve(registry, args.model_uri))
     out = generate(
         model, args.prompt.encode(), args.max_bytes, temperature=args.temperature, top_k=args.top_k, seed=args.seed
     )
@@ -60,22 +56,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from models.data import DataConfig
     from tasks.config import ConfigError, PipelineConfig, load_config
     from tasks.gate import measure
-    from tasks.lookup import load_model, open_store, resolve
+    from tasks.registry import load_model, open_registry, resolve
+    from tasks.registry.schema import CardTags
 
     config = PipelineConfig()  # the default gate settings unless --config gives others
     if args.config:
         try:
             config = load_config(args.config)
         except ConfigError as e:
-            _fail(str(e))
-    store = open_store(args.workdir)
-    mv = resolve(store, args.model_uri)
-    tag = mv.tags.get("data_config")
-    data = config.data if args.config or not tag else DataConfig.model_validate_json(tag)
+            fail(str(e))
+    registry = open_registry(args.workdir)
+    mv = resolve(registry, args.model_uri)
+    card = CardTags.from_tags(mv.tags)
+    data = config.data if args.config or not card else DataConfig.model_validate_json(card.data_config)
     try:
-        figures = measure(load_model(store, mv), data, config.gate, config.seed)
+        figures = measure(load_model(registry, mv), data, config.gate, config.seed)
     except (OSError, ValueError) as e:
-        _fail(str(e))
+        fail(str(e))
     table = Table(title=f"{mv.name} version {mv.version}: held-out validation set")
     for column in ("val loss (nats/byte)", "bits/byte", "bytes"):
         table.add_column(column, justify="right")
@@ -91,34 +88,29 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from tasks.lookup import open_store, versions
+    from tasks.registry import open_registry, versions
+    from tasks.registry.schema import GateTags, VersionTags
 
-    found, aliases = versions(open_store(args.workdir), args.name)
+    found, aliases = versions(open_registry(args.workdir), args.name)
     table = Table(title=f"{args.name}: registered versions")
     for column in ("version", "stage", "layers", "parent", "val loss", "gate", "aliases"):
         table.add_column(column, justify="right")
     for v in found:
-        t = v.tags
-        table.add_row(
-            str(v.version),
-            t.get("stage", ""),
-            t.get("n_layers", ""),
-            t.get("parent_version", ""),
-            t.get("val_loss", ""),
-            t.get("gate_decision", ""),
-            ", ".join(aliases.get(str(v.version), [])),
-        )
+        t, gate = VersionTags.from_tags(v.tags), GateTags.from_tags(v.tags)
+        cells = [str(t.stage), str(t.n_layers), t.parent_version or "", f"{t.val_loss:.6f}"] if t else [""] * 4
+        table.add_row(str(v.version), *cells, gate.decision if gate else "", ", ".join(aliases.get(str(v.version), [])))
     Console().print(table)
     return 0
 
 
 def print_gate(workdir, model_name: str, version: str) -> None:
     """After ``staged run``: the gate's decision on the last version, refusals included."""
-    from tasks.registry import Store
+    from tasks.registry import Registry
+    from tasks.registry.schema import GateTags
 
-    tags = Store.resolve(workdir).client().get_model_version(model_name, version).tags
-    if decision := tags.get("gate_decision"):
-        print(f"gate: version {version} {decision}: {tags.get('gate_reason', '')}")
+    gate = GateTags.from_tags(Registry.resolve(workdir).client().get_model_version(model_name, version).tags)
+    if gate is not None:
+        print(f"gate: version {version} {gate.decision}: {gate.reason}")
 
 
 def add_use_commands(sub: argparse._SubParsersAction) -> None:

@@ -1,0 +1,1 @@
+"""Deployment files (compose, work pools, prefect.yaml) and, in local/, the one-machine server tooling."""

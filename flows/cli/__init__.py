@@ -1,0 +1,1 @@
+"""The `staged` command line: one module per command group (main.py wires them)."""

@@ -1,0 +1,41 @@
+"""The pipeline config: one pydantic tree (schema.py), its YAML / --set loading (load.py), its hashes (identity.py).
+
+The door of this room: import these names from ``tasks.config``.
+"""
+
+from tasks.config.identity import code_version, pipeline_hash, spec_hash, stage_key
+from tasks.config.load import ConfigError, apply_override, load_config, read_yaml, resolve_config
+from tasks.config.schema import (
+    ArchConfig,
+    CheckpointConfig,
+    GateConfig,
+    PipelineConfig,
+    RegistryConfig,
+    RetryConfig,
+    StageConfig,
+    StageSpec,
+    StorageConfig,
+    format_validation_error,
+)
+
+__all__ = [
+    "ArchConfig",
+    "CheckpointConfig",
+    "ConfigError",
+    "GateConfig",
+    "PipelineConfig",
+    "RegistryConfig",
+    "RetryConfig",
+    "StageConfig",
+    "StageSpec",
+    "StorageConfig",
+    "apply_override",
+    "code_version",
+    "format_validation_error",
+    "load_config",
+    "pipeline_hash",
+    "read_yaml",
+    "resolve_config",
+    "spec_hash",
+    "stage_key",
+]

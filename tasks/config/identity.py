@@ -1,0 +1,56 @@
+"""What names a stage and a pipeline: content hashes of configs and of the model code.
+
+    stage_key(spec, parent_sha256) = sha256(spec hash | parent weights sha256 | code version)
+
+A registered version carrying a stage's key *is* that stage's result (idempotent reruns).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+from functools import cache
+from pathlib import Path
+
+import models
+from tasks.config.schema import PipelineConfig, StageSpec
+
+# What a stage computes does not depend on these: checkpoint cadence changes nothing in the weights,
+# nproc keeps the global batch and steps (the same weights up to float summation order, and with
+# dropout > 0 other dropout masks).
+_NOT_COMPUTATION = {"checkpoint", "nproc"}
+
+
+def spec_hash(spec: StageSpec) -> str:
+    return hashlib.sha256(spec.model_dump_json(exclude=_NOT_COMPUTATION).encode()).hexdigest()
+
+
+def pipeline_hash(config: PipelineConfig) -> str:
+    """Short hash of the whole resolved config: names the pipeline in Prefect (flow run) and MLflow (parent run)."""
+    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:8]
+
+
+def _code_only(source: str) -> str:
+    """A module's syntax tree without docstrings: comments, docstrings and formatting do not count."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
+            if isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
+@cache
+def code_version() -> str:
+    """Hash of the model code (every ``models/*.py``, as syntax trees): a change to how weights are computed
+    changes every stage key; an edited comment or docstring, or reformatting, does not."""
+    h = hashlib.sha256()
+    for path in sorted(Path(models.__file__).parent.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + _code_only(path.read_text()).encode() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def stage_key(spec: StageSpec, parent_sha256: str | None) -> str:
+    parts = [spec_hash(spec), parent_sha256 or "", code_version()]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()

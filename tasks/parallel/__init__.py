@@ -1,0 +1,8 @@
+"""A stage under torchrun: launched from the stage task (launch.py), one worker per rank (worker.py).
+
+The door of this room: import these names from ``tasks.parallel``.
+"""
+
+from tasks.parallel.launch import DDPJob, TorchrunFailed, launch
+
+__all__ = ["DDPJob", "TorchrunFailed", "launch"]

@@ -1,0 +1,192 @@
+"""What the registry records, spelled in one place: every tag, alias, param, metric and artifact path.
+
+    model version  tags VersionTags (lineage, integrity, idempotency) + GateTags + CardTags; alias stage-<k>
+    stage run      the version's tags + RunTags; params StageParams; metrics METRICS; artifacts Artifacts
+    parent run     RunTags(run_kind=pipeline, config_hash, prefect_flow_run_id); artifacts Artifacts
+
+Typed models turn tags and params to and from MLflow's strings, so the rest of the code reads
+``VersionTags.from_tags(mv.tags).stage_key`` and never a literal tag name.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+# ---- aliases -----------------------------------------------------------------------------------
+
+
+def stage_alias(stage: int) -> str:
+    """The alias of stage ``stage``'s newest version."""
+    return f"stage-{stage}"
+
+
+# ---- model version tags ------------------------------------------------------------------------
+
+
+class _Tags(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    prefix: ClassVar[str] = ""  # of every tag name of this group
+
+    def to_tags(self) -> dict[str, str]:
+        return {self.prefix + k: _encode(v) for k, v in self.model_dump().items()}
+
+    @classmethod
+    def from_tags(cls, tags: dict[str, str]):
+        """The typed tags; None when a version carries none of them (e.g. never gated)."""
+        found = {k: tags[cls.prefix + k] for k in cls.model_fields if cls.prefix + k in tags}
+        if not found:
+            return None
+        return cls.model_validate({k: None if v == "" else v for k, v in found.items()})
+
+
+def _encode(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:.6f}" if isinstance(value, float) else str(value)
+
+
+class VersionTags(_Tags):
+    """Lineage, integrity and idempotency of one registered stage."""
+
+    stage: int
+    n_layers: int
+    parent_version: str | None  # None: the first stage
+    weights_sha256: str  # of model.safetensors, verified before every load
+    optimizer_sha256: str | None = None  # of optimizer.safetensors; None for versions registered without it
+    stage_key: str  # tasks.config.stage_key: a version with this key *is* the stage's result
+    growth: str  # the operator that made it from its parent; "none" for the first stage
+    data_cursor: int  # where the next stage's data stream starts
+    global_step: int  # steps trained by this stage and all its ancestors
+    config_hash: str
+    code_version: str
+    val_loss: float
+
+
+class GateTags(_Tags):
+    """The evaluation gate's decision on a version (tasks/gate.py)."""
+
+    prefix: ClassVar[str] = "gate_"
+    decision: str  # promoted | refused | kept
+    reason: str
+    metric: str
+    margin: str
+    val_loss: float
+    bpb: float
+    at: str
+    champion_before: str | None
+    champion_val_loss: float | None
+    sample: str
+    promoted_at: str | None = None  # set on promotion only: the champion history (tasks/publish/compare.py)
+    replaced: str | None = None  # with promoted_at: the version it replaced ("" for none)
+
+    def to_tags(self) -> dict[str, str]:
+        """A refusal leaves an earlier promotion's ``promoted_at``/``replaced`` as they were."""
+        tags = super().to_tags()
+        if self.promoted_at is None:
+            tags = {k: v for k, v in tags.items() if k not in ("gate_promoted_at", "gate_replaced")}
+        return tags
+
+
+class CardTags(_Tags):
+    model_card: str  # artifact URI of the card
+    git_commit: str
+    data_config: str  # the DataConfig as JSON (staged eval reads the version's own data)
+
+
+# ---- runs --------------------------------------------------------------------------------------
+
+PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag
+
+
+class RunTags(_Tags):
+    run_kind: str | None = None  # "pipeline" on the parent run
+    config_hash: str | None = None
+    prefect_flow_run_id: str | None = None
+    prefect_task_run_id: str | None = None
+
+    def to_tags(self) -> dict[str, str]:
+        return {k: v for k, v in super().to_tags().items() if v}
+
+
+PIPELINE_RUN = "pipeline"
+
+
+def stage_run_name(stage: int) -> str:
+    return f"stage-{stage}"
+
+
+class StageParams(BaseModel):
+    """A stage run's params: what it trained, how, and on which data."""
+
+    model_config = ConfigDict(frozen=True)
+
+    steps: int
+    params: int
+    nproc: int
+    model: dict[str, Any]  # GPTConfig fields, logged flat: n_layers, d_model, ...
+    train: dict[str, Any]  # TrainConfig fields, logged as train.<name>
+    data: dict[str, Any] = {}  # source, corpus_sha256, cursor_start, cursor_end, logged as data.<name>
+
+    def to_params(self) -> dict[str, str]:
+        flat = {"steps": self.steps, "params": self.params, "nproc": self.nproc, **self.model}
+        flat |= {f"train.{k}": v for k, v in self.train.items()} | {f"data.{k}": v for k, v in self.data.items()}
+        return {k: str(v) for k, v in flat.items()}
+
+    @classmethod
+    def read(cls, params: dict[str, str]) -> StageParams:
+        def part(prefix: str) -> dict[str, str]:
+            return {k.removeprefix(prefix): v for k, v in params.items() if k.startswith(prefix)}
+
+        model = {k: v for k, v in params.items() if "." not in k and k not in ("steps", "params", "nproc")}
+        return cls(
+            steps=int(params["steps"]),
+            params=int(params.get("params", 0)),
+            nproc=int(params.get("nproc", 1)),
+            model=model,
+            train=part("train."),
+            data=part("data."),
+        )
+
+
+class Metrics:
+    TRAIN_LOSS, VAL_LOSS, VAL_LOSS_INIT = "train_loss", "val_loss", "val_loss_init"
+    TOKENS_PER_S, STEP_TIME_S = "tokens_per_s", "step_time_s"
+
+
+class Artifacts:
+    """Artifact paths on a stage run (and the pipeline's parent run)."""
+
+    MODEL = "model"  # the version's source: model.safetensors, config.json, the pyfunc files
+    CARD_DIR, CARD = "card", "card/MODEL_CARD.md"  # + card/loss.png
+    GATE = "gate/gate.md"
+    SUMMARY_DIR, SUMMARY = "summary", "summary/summary.md"  # + summary/<model>-loss.png
+    COMPARISON = "compare/comparison.md"
+    PIPELINE_CONFIG, STAGE_CONFIG = "config/pipeline.yaml", "config/stage.yaml"
+
+    @staticmethod
+    def failure(stage: int) -> str:
+        return f"failures/stage-{stage}.md"
+
+
+DATASET_CURSOR_START, DATASET_CURSOR_END = "cursor_start", "cursor_end"  # tags on a stage run's dataset input
+
+
+# ---- searches ----------------------------------------------------------------------------------
+
+
+def versions_filter(model_name: str, stage_key: str | None = None) -> str:
+    """search_model_versions filter: every version of ``model_name``, or the one with ``stage_key``."""
+    found = f"name = '{model_name}'"
+    return found + (f" and tags.stage_key = '{stage_key}'" if stage_key else "")
+
+
+def stage_runs_filter(stage_key: str) -> str:
+    return f"tags.stage_key = '{stage_key}'"
+
+
+def open_pipeline_runs_filter(config_hash: str) -> str:
+    return (
+        f"tags.run_kind = '{PIPELINE_RUN}' and tags.config_hash = '{config_hash}' and attributes.status != 'FINISHED'"
+    )

@@ -1,0 +1,49 @@
+"""What the tasks return to the flow (and the flow to its caller): plain, serialisable values."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from tasks.registry import ModelRef
+
+Curve = list[tuple[int, float]]  # (global step, loss)
+
+
+class StageResult(BaseModel):
+    ref: ModelRef
+    params: int
+    steps: int
+    val_loss_init: float
+    val_loss: float
+    seconds: float
+    skipped: bool  # found already registered: nothing was trained
+    train_curve: Curve
+    val_curve: Curve
+    resumed_from: int | None = None  # the checkpoint step this attempt started from
+    tokens: int = 0  # trained on in this stage
+    tokens_per_s: float | None = None  # training throughput of the attempt that finished the stage
+    train_seconds: float = 0.0  # of ``seconds``, inside the training loop and outside its hooks (this attempt)
+
+
+class Figures(BaseModel):
+    """A version's held-out metrics and its fixed generation sample."""
+
+    val_loss: float  # nats per byte
+    bpb: float  # bits per byte
+    tokens: int  # bytes predicted
+    sample: str
+
+    def metric(self, name: str) -> float:
+        return getattr(self, name)
+
+
+class GateResult(BaseModel):
+    name: str
+    version: str
+    decision: str  # promoted | refused | kept (the candidate already is the champion)
+    metric: str
+    margin: float
+    candidate: Figures
+    champion_before: str | None  # version that held the alias when the gate ran
+    champion: Figures | None
+    reason: str

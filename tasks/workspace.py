@@ -1,0 +1,54 @@
+"""Where one pipeline's state lives: the MLflow registry and the checkpoint storage, resolved once.
+
+    Workspace.resolve(workdir, storage) -> Workspace(registry, checkpoints, max_attempts)
+
+What every task receives (a small, serialisable value), instead of URIs spread over arguments.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from tasks.config import StageSpec, StorageConfig
+from tasks.driver import Checkpoints, Parent
+from tasks.registry import ModelRef, Registry, download_with_optimizer
+from tasks.store import Storage, open_storage
+
+
+class Workspace(BaseModel):
+    registry: Registry
+    checkpoint_uri: str  # storage URI of the in-stage checkpoints (tasks/store/storage.py)
+    max_attempts: int = 5  # botocore attempts per S3 call
+
+    @classmethod
+    def resolve(cls, workdir: str | Path, storage: StorageConfig | None = None) -> Workspace:
+        """The registry (``MLFLOW_TRACKING_URI``, else embedded under ``workdir``) and the checkpoints:
+        ``storage.uri`` (default ``<workdir>/checkpoints``; under an ``s3://`` URI, ``<uri>/checkpoints``)."""
+        storage = storage or StorageConfig()
+        base = (storage.uri or str(Path(workdir).resolve())).rstrip("/")
+        remote = base.startswith("s3://")
+        checkpoints = f"{base}/checkpoints" if remote or storage.uri is None else base
+        return cls(
+            registry=Registry.resolve(workdir, storage.uri),
+            checkpoint_uri=checkpoints,
+            max_attempts=storage.max_attempts,
+        )
+
+    def storage(self) -> Storage:
+        return open_storage(self.checkpoint_uri, self.max_attempts)
+
+    def checkpoints(self, spec: StageSpec, key: str) -> Checkpoints:
+        """The stage's in-stage checkpoints: under its key, at its cadence."""
+        return Checkpoints(self.storage(), key, spec.checkpoint.every, spec.checkpoint.keep)
+
+    def parent(self, ref: ModelRef) -> Parent:
+        """The driver's view of a registered parent: its weights are fetched (and verified) only when needed."""
+
+        def load():
+            with tempfile.TemporaryDirectory(prefix="staged-parent-") as tmp:
+                return download_with_optimizer(self.registry, ref, Path(tmp))
+
+        return Parent(ref.n_layers, ref.data_cursor, ref.global_step, load, version=ref.version)
