@@ -1,11 +1,12 @@
 # make demo   install into .venv/ (if needed) and train 3 -> 6 -> 12 layers (configs/demo.yaml)
 # make test   install into .venv/ (if needed) and run the whole test suite
+# make lint   ruff format --check, ruff check, import-linter's layer contracts
 PY      ?= python3
 VENV    := .venv
 # the CPU wheel; on a CUDA machine: make install TORCH=torch
 TORCH   ?= torch==2.13.0
 
-.PHONY: install demo smoke test clean
+.PHONY: install demo smoke test lint clean
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,6 +22,11 @@ smoke: install
 
 test: install
 	$(VENV)/bin/python -m pytest
+
+lint: install
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf .staged
