@@ -8,7 +8,8 @@ rewrites ``blocks.<i>.`` keys is :func:`remap_blocks`.
     parent 3 blocks -> child 6 blocks        sources              new (*)
     stack       (Gong et al. 2019)           [0, 1, 2, 0, 1, 2]   [- - - * * *]
     interleave  (each block twice in place)  [0, 0, 1, 1, 2, 2]   [- * - * - *]
-    identity    (layout: interleave|stack)   as above; new blocks' out-projections zeroed
+    middle      (Saunshi et al. 2024, MIDAS) 6 -> 9: [0, 1, 2, 3, 1, 2, 3, 4, 5]   the middle block, copied in place
+    identity    (layout: interleave|stack|middle)   as above; new blocks' out-projections zeroed
     masked      (Yao et al. 2023, MSG)       as above; new blocks gated 0 -> 1 while training
     width       (Shen et al. 2022)           [0, 1, 2], d_model/n_heads/d_ff doubled (models/width.py)
 
@@ -32,7 +33,7 @@ from models.width import WidthError, widen, widen_config, widen_moments
 
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(.+)$")
 StateDict = dict[str, torch.Tensor]
-Operator = Literal["stack", "interleave", "identity", "masked", "width"]
+Operator = Literal["stack", "interleave", "middle", "identity", "masked", "width"]
 # identity zeroes, masked gates: the two projections that write a block's output to the residual stream
 RESIDUAL_WRITERS = ("attn.proj.weight", "attn.proj.bias", "mlp.proj.weight", "mlp.proj.bias")
 
@@ -47,7 +48,7 @@ class GrowthConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     operator: Operator = "stack"
-    layout: Literal["interleave", "stack"] = "interleave"  # identity/masked: where the new blocks go
+    layout: Literal["interleave", "stack", "middle"] = "interleave"  # identity/masked: where the new blocks go
     ramp_steps: int = Field(100, ge=1)  # masked: steps over which new blocks' gates rise 0 -> 1
     noise: float = Field(0.0, ge=0)  # width: std of the (function-preserving) symmetry-breaking noise
     noise_seed: int = 0  # width: the noise is a pure function of this seed
@@ -77,6 +78,24 @@ def interleave_plan(parent_layers: int, child_layers: int) -> list[int]:
     return [j // k for j in range(child_layers)]
 
 
+def middle_plan(parent_layers: int, child_layers: int) -> list[int]:
+    """MIDAS: the ``child - parent`` middle blocks of the parent, copied right after themselves.
+
+    Any depth from ``parent + 1`` to ``2 * parent`` (a doubling copies every block: the stack layout)."""
+    added = child_layers - parent_layers
+    if not 1 <= added <= parent_layers:
+        raise GrowthError(
+            f"cannot grow {parent_layers} layers into {child_layers} from the middle: "
+            f"middle growth adds 1 to {parent_layers} layers"
+        )
+    start = (parent_layers - added) // 2
+    middle = list(range(start, start + added))
+    return list(range(start + added)) + middle + list(range(start + added, parent_layers))
+
+
+_PLANS = {"stack": stack_plan, "interleave": interleave_plan, "middle": middle_plan}
+
+
 @dataclass(frozen=True)
 class LayerMap:
     sources: tuple[int, ...]  # child block j <- parent block sources[j]
@@ -94,8 +113,8 @@ def layer_map(cfg: GrowthConfig, parent_layers: int, child_layers: int) -> Layer
             raise GrowthError(f"width growth keeps the depth: n_layers must stay {parent_layers}, not {child_layers}")
         sources = list(range(parent_layers))
     else:
-        layout = cfg.operator if cfg.operator in ("stack", "interleave") else cfg.layout
-        sources = (stack_plan if layout == "stack" else interleave_plan)(parent_layers, child_layers)
+        layout = cfg.operator if cfg.operator in _PLANS else cfg.layout
+        sources = _PLANS[layout](parent_layers, child_layers)
     new, seen = [], set()
     for s in sources:  # the first copy of a parent block is the original, later copies are new
         new.append(s in seen)
@@ -167,7 +186,7 @@ def check_same_width(parent: GPTConfig, child: GPTConfig) -> None:
 
 
 def _depth(state: StateDict, cfg: GrowthConfig, parent: GPTConfig, child: GPTConfig) -> StateDict:
-    """stack, interleave, masked: copy blocks along the layer map (masked's gates live in the model)."""
+    """stack, interleave, middle, masked: copy blocks along the layer map (masked's gates live in the model)."""
     check_same_width(parent, child)
     return remap_blocks(state, layer_map(cfg, parent.n_layers, child.n_layers).sources)
 
@@ -191,6 +210,7 @@ def _width(state: StateDict, cfg: GrowthConfig, parent: GPTConfig, child: GPTCon
 OPERATORS: dict[str, Callable[[StateDict, GrowthConfig, GPTConfig, GPTConfig], StateDict]] = {
     "stack": _depth,
     "interleave": _depth,
+    "middle": _depth,
     "identity": _identity,
     "masked": _depth,
     "width": _width,

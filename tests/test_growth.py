@@ -13,6 +13,7 @@ from models.growth import (
     grow,
     interleave_plan,
     layer_map,
+    middle_plan,
     stack_plan,
 )
 from models.plan import GateRamp
@@ -45,6 +46,11 @@ def test_plans():
     assert stack_plan(2, 6) == [0, 1, 0, 1, 0, 1]
     assert interleave_plan(3, 6) == [0, 0, 1, 1, 2, 2]
     assert interleave_plan(2, 6) == [0, 0, 0, 1, 1, 1]
+    assert middle_plan(6, 9) == [0, 1, 2, 3, 1, 2, 3, 4, 5]  # MIDAS: the middle 3 blocks, copied in place
+    assert middle_plan(3, 4) == [0, 1, 1, 2] and middle_plan(4, 6) == [0, 1, 2, 1, 2, 3]
+    assert middle_plan(3, 6) == stack_plan(3, 6)  # a doubling copies every block
+    assert layer_map(GrowthConfig(operator="middle"), 6, 9).new_blocks == [4, 5, 6]
+    assert layer_map(GrowthConfig(operator="identity", layout="middle"), 3, 4).new == (False, False, True, False)
     assert layer_map(GrowthConfig(operator="identity"), 2, 4).new == (False, True, False, True)
     assert layer_map(GrowthConfig(operator="masked", layout="stack"), 2, 4).new == (False, False, True, True)
     assert layer_map(GrowthConfig(operator="width"), 3, 3).sources == (0, 1, 2)
@@ -54,8 +60,8 @@ def test_plans():
     "g",
     [
         GrowthConfig(operator=o, layout=lay)
-        for o in ("stack", "interleave", "identity", "masked")
-        for lay in ("interleave", "stack")
+        for o in ("stack", "interleave", "middle", "identity", "masked")
+        for lay in ("interleave", "stack", "middle")
     ],
 )
 def test_layer_map_is_bitwise(g):
@@ -97,11 +103,23 @@ def test_depth_growth_preserves_function_float64(g, n_layers):
     assert (child(x) - parent(x)).abs().max().item() <= 1e-10
 
 
+@pytest.mark.parametrize("operator", ["identity", "masked"])
+@pytest.mark.parametrize("parent_layers, n_layers", [(3, 4), (3, 5), (4, 6)])
+def test_middle_layout_preserves_function_float64(operator, parent_layers, n_layers):
+    g = GrowthConfig(operator=operator, layout="middle")
+    parent = parent64(P.model_copy(update={"n_layers": parent_layers}))
+    child = grown64(g, parent, n_layers)
+    if operator == "masked":
+        GateRamp(layer_map(g, parent_layers, n_layers).new_blocks, steps=10).apply(child, 0)
+    x = torch.randint(0, 256, (4, P.context))
+    assert (child(x) - parent(x)).abs().max().item() <= 1e-10
+
+
 def test_stack_and_interleave_change_the_function():
     """Not function preserving (that is what identity/masked are for): make sure the test above could fail."""
     parent = parent64()
     x = torch.randint(0, 256, (2, P.context))
-    for op in ("stack", "interleave"):
+    for op in ("stack", "interleave", "middle"):
         assert (grown64(GrowthConfig(operator=op), parent, 6)(x) - parent(x)).abs().max() > 1e-3
 
 
@@ -131,6 +149,7 @@ def one_line(err: Exception) -> str:
     [
         ("stack", P.model_copy(update={"n_layers": 7}), "multiple of 3"),
         ("interleave", P.model_copy(update={"n_layers": 4}), "multiple of 3"),
+        ("middle", P.model_copy(update={"n_layers": 7}), "middle growth adds 1 to 3 layers"),
         ("identity", P.model_copy(update={"n_layers": 6, "d_model": 32}), "equal shapes"),
         ("width", P.model_copy(update={"n_layers": 6, "d_model": 32, "n_heads": 4, "d_ff": 64}), "keeps the depth"),
         ("width", P.model_copy(update={"d_model": 48, "n_heads": 4, "d_ff": 64}), "d_model 48 .expected 32"),
