@@ -8,7 +8,9 @@ Training batches are drawn through a cursor: the number of sequences consumed so
 stream of sequences is a fixed, seeded permutation of the non-overlapping train chunks, one
 permutation per epoch, so ``batch(cursor, B)`` is a pure function of (corpus, seed, cursor).
 A stage that starts at the previous stage's end cursor continues the stream: no sequence is
-replayed within an epoch.
+replayed within an epoch. :class:`ChunkStream` is that cursor; :class:`ByteCorpus` feeds it
+bytes, ``models.shards.TokenCorpus`` memory-mapped token shards (``models.corpus.open_corpus``
+picks one from ``DataConfig.format``).
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from __future__ import annotations
 import hashlib
 import sysconfig
 from pathlib import Path
+from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class DataConfig(BaseModel):
@@ -26,8 +29,33 @@ class DataConfig(BaseModel):
 
     source: str | None = None  # a text file or a directory; None = this interpreter's stdlib
     glob: str = "**/*.py"  # files taken from a directory source
-    val_every: int = Field(20, ge=2)  # every 20th file (5%) is validation
-    max_bytes: int | None = Field(None, ge=1)  # cap on corpus bytes read, for quick runs
+    val_every: int = Field(20, ge=2)  # every 20th file (5%) is validation; with a tokenizer: every 20th document
+    max_bytes: int | None = Field(None, ge=1)  # cap on corpus bytes read (of documents' UTF-8 text when tokenized)
+    # bytes: raw bytes, no tokenizer (the byte GPT). text | jsonl | parquet: documents read with the `datasets`
+    # library and tokenized once into cached token shards (models/corpus.py)
+    format: Literal["bytes", "text", "jsonl", "parquet"] = "bytes"
+    text_field: str = "text"  # jsonl / parquet: the field (column) holding a document's text
+    # text: what one document is. A file by default (the by-file split of the byte corpus); a single
+    # large file splits into paragraphs ("\n\n") or lines instead
+    text_unit: Literal["document", "paragraph", "line"] = "document"
+    # text / jsonl: undecodable bytes are an error by default (silently replaced text would train the
+    # model on U+FFFD); "replace" accepts them, e.g. the stdlib's few Latin-1 and KOI8-R test files
+    encoding_errors: Literal["strict", "replace"] = "strict"
+    eos_token: str | None = None  # a token appended to every document (e.g. "<|endoftext|>"); None = none
+
+    @model_validator(mode="after")
+    def _source_for_documents(self) -> DataConfig:
+        if self.format in ("jsonl", "parquet") and self.source is None:
+            raise ValueError(f"data.format {self.format} needs data.source (a file or a directory)")
+        return self
+
+
+class CorpusError(ValueError):
+    """A corpus that cannot be used as given (malformed record, empty, too small): one line, for the CLI."""
+
+
+class UnreadableFile(FileNotFoundError):
+    """A source file that exists but cannot be opened or read: one line naming it."""
 
 
 def stdlib_dir() -> Path:
@@ -46,39 +74,29 @@ def list_files(cfg: DataConfig) -> list[Path]:
     return files
 
 
-class ByteCorpus:
-    """Train and validation byte streams, chunked into sequences of ``context + 1`` bytes."""
+def read_prefix(path: Path, limit: int | None) -> bytes:
+    """The first ``limit`` bytes of a file (all of it for None), reading no further than that."""
+    try:
+        with path.open("rb") as f:
+            return f.read(-1 if limit is None else limit)
+    except OSError as e:
+        raise UnreadableFile(f"cannot read data file {str(path)!r}: {e.strerror or e}") from None
 
-    def __init__(self, cfg: DataConfig, context: int, seed: int):
-        self.context, self.seed = context, seed
-        files = list_files(cfg)
-        parts, total = [], 0
-        for path in files:
-            if cfg.max_bytes is not None and total >= cfg.max_bytes:
-                break
-            parts.append(path.read_bytes()[: (cfg.max_bytes - total) if cfg.max_bytes else None])
-            total += len(parts[-1])
-        if len(parts) == 1:  # a single file: its last 1/val_every is validation
-            cut = len(parts[0]) - len(parts[0]) // cfg.val_every
-            parts = [parts[0][:cut], parts[0][cut:]]
-        # every val_every-th file is validation, and the last one when there are fewer files than that
-        is_val = [
-            i % cfg.val_every == cfg.val_every - 1 or (i == len(parts) - 1 < cfg.val_every) for i in range(len(parts))
-        ]
-        train = b"".join(p for p, v in zip(parts, is_val) if not v)
-        val = b"".join(p for p, v in zip(parts, is_val) if v)
-        if len(train) < context + 1 or len(val) < context + 1:
-            raise ValueError(f"corpus too small for context {context}: {len(train)} train and {len(val)} val bytes")
-        self.train = torch.frombuffer(bytearray(train), dtype=torch.uint8)
-        self.val = torch.frombuffer(bytearray(val), dtype=torch.uint8)
-        self.n_train = len(self.train) // (context + 1)
+
+class ChunkStream:
+    """The cursor over a train and a validation stream cut into non-overlapping chunks of ``context + 1``.
+
+    ``train`` and ``val`` are anything with a length that the subclass's ``_rows(stream, starts)``
+    reads: the (B, context + 1) int64 rows starting at those offsets.
+    """
+
+    def __init__(self, context: int, seed: int, train, val):
+        self.context, self.seed, self.train, self.val = context, seed, train, val
+        self.n_train = len(train) // (context + 1)
         self._perm_epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
 
-    def digest(self) -> str:
-        """sha256 of the exact train and validation bytes: what the registry records as the data's identity."""
-        h = hashlib.sha256(self.train.numpy())
-        h.update(self.val.numpy())
-        return h.hexdigest()
+    def _rows(self, stream, starts: list[int]) -> torch.Tensor:
+        raise NotImplementedError
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if epoch != self._perm_epoch:
@@ -86,8 +104,8 @@ class ByteCorpus:
             self._perm, self._perm_epoch = torch.randperm(self.n_train, generator=gen), epoch
         return self._perm
 
-    def _chunks(self, stream: torch.Tensor, starts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        seq = torch.stack([stream[s : s + self.context + 1] for s in starts]).long()  # (B, T+1)
+    def _chunks(self, stream, starts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        seq = self._rows(stream, starts)  # (B, T+1)
         return seq[:, :-1], seq[:, 1:]  # inputs (B, T), targets (B, T)
 
     def batch(self, cursor: int, batch_size: int, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,3 +130,40 @@ class ByteCorpus:
         stride = max(1, n_val // wanted)
         starts = [(i * stride % n_val) * (self.context + 1) for i in range(wanted)]
         return [self._chunks(self.val, starts[b * batch_size : (b + 1) * batch_size]) for b in range(n_batches)]
+
+
+class ByteCorpus(ChunkStream):
+    """Train and validation byte streams, chunked into sequences of ``context + 1`` bytes."""
+
+    def __init__(self, cfg: DataConfig, context: int, seed: int):
+        if cfg.format != "bytes":
+            raise ValueError(f"ByteCorpus reads data.format bytes, not {cfg.format}: use models.corpus.open_corpus")
+        files = list_files(cfg)
+        parts, total = [], 0
+        for path in files:
+            if cfg.max_bytes is not None and total >= cfg.max_bytes:
+                break
+            parts.append(read_prefix(path, (cfg.max_bytes - total) if cfg.max_bytes else None))
+            total += len(parts[-1])
+        if len(parts) == 1:  # a single file: its last 1/val_every is validation
+            cut = len(parts[0]) - len(parts[0]) // cfg.val_every
+            parts = [parts[0][:cut], parts[0][cut:]]
+        # every val_every-th file is validation, and the last one when there are fewer files than that
+        is_val = [
+            i % cfg.val_every == cfg.val_every - 1 or (i == len(parts) - 1 < cfg.val_every) for i in range(len(parts))
+        ]
+        train = b"".join(p for p, v in zip(parts, is_val) if not v)
+        val = b"".join(p for p, v in zip(parts, is_val) if v)
+        if len(train) < context + 1 or len(val) < context + 1:
+            raise CorpusError(f"corpus too small for context {context}: {len(train)} train and {len(val)} val bytes")
+        train_bytes, val_bytes = (torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in (train, val))
+        super().__init__(context, seed, train_bytes, val_bytes)
+
+    def digest(self) -> str:
+        """sha256 of the exact train and validation bytes: what the registry records as the data's identity."""
+        h = hashlib.sha256(self.train.numpy())
+        h.update(self.val.numpy())
+        return h.hexdigest()
+
+    def _rows(self, stream: torch.Tensor, starts: list[int]) -> torch.Tensor:
+        return torch.stack([stream[s : s + self.context + 1] for s in starts]).long()  # (B, T+1)

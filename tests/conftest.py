@@ -7,6 +7,9 @@ os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 # The test models are tiny: a second OpenMP thread only adds synchronisation (and spins against any
 # other load on a 2-core machine). Subprocesses the tests start inherit this too.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Nothing may reach the Hugging Face hub from a test: datasets and tokenizers read local files only.
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")

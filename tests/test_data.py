@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -70,3 +72,31 @@ def test_single_file_source_and_errors(tmp_path):
         ByteCorpus(DataConfig(source=str(tmp_path / "missing")), context=8, seed=0)
     with pytest.raises(ValueError, match="corpus too small for context 512"):
         ByteCorpus(DataConfig(source=str(text)), context=512, seed=0)
+
+
+def _bytes_read() -> int:
+    """Bytes this process has read through read(2) and friends so far (Linux)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").is_file(), reason="needs Linux /proc/self/io")
+def test_max_bytes_stops_reading_at_the_cap(tmp_path):
+    big = tmp_path / "big.txt"
+    with big.open("wb") as f:
+        for _ in range(64):
+            f.write(bytes(range(256)) * 4096)  # 64 MB
+    before = _bytes_read()
+    corpus = ByteCorpus(DataConfig(source=str(big), max_bytes=10_000), context=8, seed=0)
+    assert _bytes_read() - before < 1_000_000  # not the 64 MB file: the cap and a buffer or two
+    assert bytes(corpus.train.tolist()) + bytes(corpus.val.tolist()) == big.read_bytes()[:10_000]
+    # over many files: the ones after the cap are not opened, the one at the cap is read up to it
+    for i in range(5):
+        (tmp_path / "many" / f"{i}.txt").parent.mkdir(exist_ok=True)
+        (tmp_path / "many" / f"{i}.txt").write_bytes(bytes([65 + i]) * 4_000_000)
+    before = _bytes_read()
+    corpus = ByteCorpus(DataConfig(source=str(tmp_path / "many"), glob="*.txt", max_bytes=4_500_000), 8, 0)
+    assert _bytes_read() - before < 5_500_000
+    assert len(corpus.train) + len(corpus.val) == 4_500_000
