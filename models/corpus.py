@@ -88,31 +88,32 @@ def ensure_shards(
 ) -> tuple[Path, Manifest]:
     """The directory and manifest of the verified token shards for (cfg, tokenizer): found, or built now."""
     directory = shards_dir(cfg, tokenizer_sha256, cache_dir)
+    files = source_files(cfg)
+    listed = sources(cfg, files)
     try:
-        return directory, read_manifest(directory, cfg, tokenizer_sha256, sources(cfg))
+        return directory, read_manifest(directory, cfg, tokenizer_sha256, listed)
     except StaleShards as why:
         if directory.exists():
             log.warning("rebuilding token shards: %s", why)
     directory.parent.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        manifest = build_shards(
-            cfg, tokenizer, tokenizer_sha256, build, cache_dir / "hf-datasets", progress, shard_tokens
-        )
+        hf_cache = cache_dir / "hf-datasets"
+        manifest = build_shards(cfg, tokenizer, tokenizer_sha256, build, hf_cache, progress, shard_tokens, files)
         shutil.rmtree(directory, ignore_errors=True)  # the stale one, if any
         try:
             build.rename(directory)
         except OSError:  # another process renamed its (identical) build into place first
-            manifest = read_manifest(directory, cfg, tokenizer_sha256, sources(cfg))
+            manifest = read_manifest(directory, cfg, tokenizer_sha256, listed)
     finally:
         shutil.rmtree(build, ignore_errors=True)
     return directory, manifest
 
 
-def sources(cfg: DataConfig) -> list[SourceFile]:
+def sources(cfg: DataConfig, files: list[Path]) -> list[SourceFile]:
     """The source files as the manifest records them: path (relative to the source root) and size."""
     root = source_root(cfg)
-    return [SourceFile(path=p.relative_to(root).as_posix(), size=p.stat().st_size) for p in source_files(cfg)]
+    return [SourceFile(path=p.relative_to(root).as_posix(), size=p.stat().st_size) for p in files]
 
 
 def build_shards(
@@ -123,9 +124,11 @@ def build_shards(
     hf_cache: Path,
     progress: bool = True,
     shard_tokens: int = SHARD_TOKENS,
+    files: list[Path] | None = None,
 ) -> Manifest:
-    """Read, split and tokenize every document of ``cfg`` into shards in ``directory``; the manifest last."""
-    files, root = source_files(cfg), source_root(cfg)
+    """Read, split and tokenize every document of ``cfg`` into shards in ``directory``; the manifest last.
+    ``files``: ``source_files(cfg)``, when the caller has listed them already."""
+    files, root = files or source_files(cfg), source_root(cfg)
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     dtype = token_dtype(vocab_size)
     eos_id = None
@@ -156,7 +159,7 @@ def build_shards(
     )
     with bar:
         batch, batch_bytes = [], 0
-        for item in split_documents(read_documents(cfg, hf_cache), cfg.val_every):
+        for item in split_documents(read_documents(cfg, hf_cache, files), cfg.val_every):
             batch.append(item)
             batch_bytes += item[1].n_bytes
             if batch_bytes >= _BATCH_BYTES:
@@ -173,7 +176,7 @@ def build_shards(
     manifest = Manifest(
         layout=LAYOUT,
         data=cfg,
-        sources=sources(cfg),
+        sources=sources(cfg, files),
         source_digest=source_digest(files, root),
         tokenizer_sha256=tokenizer_sha256,
         vocab_size=vocab_size,
