@@ -33,6 +33,8 @@ from models.data import ByteCorpus, DataConfig
 from models.documents import read_documents
 from models.shards import TokenCorpus
 
+MODELS = [(128, 4), (32, 2)]  # (hidden size, layers): a small Llama and the smallest one worth training
+
 
 def byte_bpe(texts: list[str], vocab_size: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -68,14 +70,16 @@ def tokenizing(cfg: DataConfig, tok, work: Path) -> tuple[TokenCorpus, dict]:
     return manifest, {"directory": directory, "mb": mb, "docs": len(texts), "encode": encode, "build": build}
 
 
-def train_step_seconds(vocab_size: int, batch: tuple[torch.Tensor, torch.Tensor], context: int) -> float:
+def train_step_seconds(
+    vocab_size: int, batch: tuple[torch.Tensor, torch.Tensor], context: int, hidden: int, layers: int
+) -> float:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
         vocab_size=vocab_size,
-        hidden_size=128,
-        intermediate_size=344,
-        num_hidden_layers=4,
+        hidden_size=hidden,
+        intermediate_size=hidden * 8 // 3,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=context,
@@ -125,7 +129,8 @@ def main() -> None:
         corpus = TokenCorpus(t["directory"], manifest, args.context, seed=0)
         per_batch = loader_seconds(corpus, args.batch)
         byte_per_batch = loader_seconds(ByteCorpus(DataConfig(max_bytes=args.max_bytes), args.context, 0), args.batch)
-        step = train_step_seconds(manifest.vocab_size, corpus.batch(0, args.batch), args.context)
+        batch = corpus.batch(0, args.batch)
+        steps = {size: train_step_seconds(manifest.vocab_size, batch, args.context, *size) for size in MODELS}
     tokens = manifest.train.tokens + manifest.val.tokens
     print(
         f"machine: {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
@@ -142,12 +147,14 @@ def main() -> None:
     )
     print(
         f"loader: {args.batch} x {args.context} tokens per batch: {per_batch * 1e3:.3f} ms "
-        f"({1 / per_batch:,.0f} batches/s); ByteCorpus {byte_per_batch * 1e3:.3f} ms"
+        f"({1 / per_batch:,.0f} batches/s, {args.batch * args.context / per_batch / 1e6:.1f} M tokens/s); "
+        f"ByteCorpus {byte_per_batch * 1e3:.3f} ms"
     )
-    print(
-        f"train step (Llama 4 layers, hidden 128, vocab {manifest.vocab_size}): {step * 1e3:.1f} ms; "
-        f"loader / step = {per_batch / step:.2%} (goal < 2%)"
-    )
+    for (hidden, layers), step in steps.items():
+        print(
+            f"train step (Llama {layers} layers, hidden {hidden}, vocab {manifest.vocab_size}): {step * 1e3:.1f} ms; "
+            f"loader / step = {per_batch / step:.2%} (goal < 2%)"
+        )
 
 
 if __name__ == "__main__":
