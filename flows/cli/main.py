@@ -12,6 +12,7 @@ from its newest checkpoint.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from flows.cli.bench import add_bench_command
@@ -21,6 +22,9 @@ from flows.cli.use import add_use_commands
 
 
 def main(argv: list[str] | None = None) -> int:
+    # MLflow draws a download bar on stderr whenever tqdm is installed (it comes with `datasets`):
+    # a command's stderr is its messages, one line for a mistake
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     parser = argparse.ArgumentParser(
         prog="staged", description="Staged (progressive) training with Prefect and MLflow."
     )
