@@ -96,8 +96,11 @@ def full_state(model: nn.Module) -> StateDict:
 
 
 def load_full_state(model: nn.Module, state: StateDict) -> None:
-    """A whole (unsharded) state dict, present on every rank, into a sharded model: each rank keeps its shards."""
-    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=True))
+    """A whole (unsharded) state dict, present on every rank, into a sharded model: each rank keeps its shards.
+    Taken in the model's key order on every rank: the helper runs one collective per tensor, in dict order,
+    and a dict read from safetensors has a per-process order (its header is a hash map)."""
+    ordered = {k: state[k] for k in model.state_dict() if k in state} | state  # extra keys stay, strict refuses them
+    set_model_state_dict(model, ordered, options=StateDictOptions(full_state_dict=True, strict=True))
 
 
 def sharded_state(model: nn.Module) -> StateDict:

@@ -17,7 +17,9 @@ import sys
 import tempfile
 import time
 
-from tasks.config import ParallelConfig
+from pydantic import ValidationError
+
+from tasks.config import ParallelConfig, format_validation_error
 from tasks.parallel.launch import ranks_env, torchrun_command
 
 
@@ -30,7 +32,8 @@ def follow(parallel: ParallelConfig, once: bool) -> int:
         time.sleep(1 if code == 0 else 5)  # a failed round (no stage hosted yet): wait, then join the next
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None = None) -> tuple[ParallelConfig, bool]:
+    """(this node's ParallelConfig, --once); ValueError (one line) for a bad endpoint or count."""
     parser = argparse.ArgumentParser(prog="python -m tasks.parallel.follow", description=__doc__.splitlines()[0])
     parser.add_argument("--nnodes", type=int, required=True)
     parser.add_argument("--nproc-per-node", type=int, required=True)
@@ -39,10 +42,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         parallel = ParallelConfig(nproc=args.nproc_per_node, nnodes=args.nnodes, rdzv_endpoint=args.rdzv_endpoint)
+    except ValidationError as e:
+        raise ValueError(format_validation_error(e)) from None
+    return parallel, args.once
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        parallel, once = parse(argv)
     except ValueError as e:
-        print(f"follow: error: {str(e).splitlines()[-1].strip()}", file=sys.stderr)
+        print(f"follow: error: {e}", file=sys.stderr)
         return 2
-    return follow(parallel, args.once)
+    return follow(parallel, once)
 
 
 if __name__ == "__main__":

@@ -49,10 +49,11 @@ def torchrun_command(parallel: ParallelConfig, job_dir: str) -> list[str]:
     """This node's torchrun: one node on 127.0.0.1, or one of ``nnodes`` around ``rdzv_endpoint``.
 
     ``STAGED_NODE_ADDR`` (on Kubernetes the pod's IP) is the address this node's rank 0 serves the
-    process group's store on; unset, torch uses the host's fully qualified name.
+    process group's store on; unset, torch uses the host's fully qualified name. ``STAGED_RDZV_ENDPOINT``
+    replaces the config's endpoint where only the deployment knows it (a Kubernetes Job's generated name).
     """
     alone = parallel.nnodes == 1
-    endpoint = "127.0.0.1:0" if alone else parallel.rdzv_endpoint
+    endpoint = "127.0.0.1:0" if alone else os.environ.get("STAGED_RDZV_ENDPOINT") or parallel.rdzv_endpoint
     addr = "127.0.0.1" if alone else os.environ.get("STAGED_NODE_ADDR")
     return [
         sys.executable,
