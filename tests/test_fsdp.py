@@ -74,7 +74,7 @@ def weights_by_stage(workdir: Path, dst: Path) -> dict[str, dict[str, torch.Tens
     out = {}
     for v in registry.client().search_model_versions("name = 'staged-smoke'"):
         local = mlflow.artifacts.download_artifacts(
-            artifact_uri=v.source, dst_path=str(dst / v.version), tracking_uri=registry.tracking_uri
+            artifact_uri=v.source, dst_path=str(dst / str(v.version)), tracking_uri=registry.tracking_uri
         )
         out[v.tags["stage"]] = load_file(Path(local) / "model.safetensors")
     return out
@@ -91,7 +91,7 @@ def test_fsdp_stages_match_one_process_and_resume_across_world_sizes(single, wor
     stage 2 grows from it, with its Adam moments, and trains under FSDP, writing sharded checkpoints;
     then one process resumes stage 2 from the 2-rank sharded checkpoint at step 2."""
     single_dir, single_results = single
-    key1, key2 = single_results[0].ref.stage_key, single_results[1].ref.stage_key  # not part of the key
+    key1 = single_results[0].ref.stage_key  # stage 1's key is the one-process run's: parallel is not part of it
     step4 = Path("checkpoints") / key1 / "step-00000004"
     shutil.copytree(single_dir / step4, workdir / step4)
     config = load_config(SMOKE, SHORT + [f"stages.0.parallel={FSDP}", f"stages.1.parallel={FSDP}"])
@@ -105,6 +105,7 @@ def test_fsdp_stages_match_one_process_and_resume_across_world_sizes(single, wor
     for r, s in zip(results, single_results):
         assert r.val_loss == pytest.approx(s.val_loss, abs=ATOL)  # evaluated on every rank
 
+    key2 = results[1].ref.stage_key  # stage 2's key names its parent's weights: the 2-rank stage 1
     sharded = workdir / "checkpoints" / key2 / "step-00000002"
     manifest = json.loads((sharded / "manifest.json").read_text())
     assert manifest["format"] == 2 and manifest["world_size"] == 2

@@ -1,9 +1,9 @@
 """MLflow models-from-code entry point: the pyfunc flavour of a staged model version.
 
 MLflow copies this file into the version's ``model/`` directory and executes it on
-``mlflow.pyfunc.load_model``; it sits next to ``model.safetensors`` and ``config.json``, which it
-reads from its own directory. No Python object is pickled, at logging or at loading: the weights
-are safetensors, the config JSON, and the code is this file plus the installed ``models`` package.
+``mlflow.pyfunc.load_model``; it sits next to ``model.safetensors`` (or its shards and index) and
+``config.json``, which it reads from its own directory. No Python object is pickled, at logging or at
+loading: the weights are safetensors, the config JSON, and the code is this file plus the installed ``models`` package.
 
 Input: byte ids, int64 of shape (batch, T) with T <= the model's context. Output: float32 logits
 of shape (batch, T, 256), exactly what ``models.gpt.GPT`` returns.
@@ -16,7 +16,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import torch
-from safetensors.torch import load_file
+from huggingface_hub import load_torch_model
 
 from models.gpt import GPT, GPTConfig
 
@@ -31,7 +31,7 @@ class StagedGPT(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         cfg = GPTConfig.model_validate_json((HERE / "config.json").read_text())
         self.model = GPT(cfg)
-        self.model.load_state_dict(load_file(HERE / "model.safetensors"), strict=True)
+        load_torch_model(self.model, HERE, strict=True, safe=True)  # model.safetensors, or shards + index
         self.model.eval()
 
     def predict(self, context, model_input, params=None) -> np.ndarray:

@@ -93,7 +93,7 @@ def _decode(files: dict[str, bytes], into: torch.nn.Module | None = None) -> Che
     if json.loads(files[MANIFEST])["format"] == sharded.FORMAT:
         with tempfile.TemporaryDirectory(prefix="staged-shards-") as tmp:
             for name, data in files.items():
-                if name.endswith(sharded.SUFFIX):
+                if sharded.is_shard(name):
                     (Path(tmp) / name).write_bytes(data)
             weights, moments = sharded.read(Path(tmp), into)
     else:

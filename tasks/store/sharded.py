@@ -40,6 +40,11 @@ SUFFIX = ".safetensors"
 WEIGHT = "model."  # prefix of the weights in the shard files; the moments keep models.optim's names
 
 
+def is_shard(name: str) -> bool:
+    """A rank's shard file (DCP's HuggingFaceStorageWriter names them shard-<rank + 1>-model-…)."""
+    return name.startswith("shard-") and name.endswith(SUFFIX)
+
+
 def _entry(data: bytes) -> dict:
     return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
@@ -57,7 +62,7 @@ def save(storage: Storage, prefix: str, key: str, model: nn.Module, state: Train
     tensors = {**{WEIGHT + k: v for k, v in sharded_state(model).items()}, **state.moments}
     with tempfile.TemporaryDirectory(prefix="staged-dcp-") as tmp:
         dcp.save(tensors, storage_writer=dcp.HuggingFaceStorageWriter(tmp, save_distributed=True))
-        files = {p.name: p.read_bytes() for p in sorted(Path(tmp).glob(f"*{SUFFIX}"))}
+        files = {p.name: p.read_bytes() for p in sorted(Path(tmp).iterdir()) if is_shard(p.name)}
     if rank == 0:
         files.update(progress)
     written, error = {}, ""
