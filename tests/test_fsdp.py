@@ -124,3 +124,35 @@ def test_fsdp_stages_match_one_process_and_resume_across_world_sizes(single, wor
     difference = max_difference(dict(run.model.state_dict()), ours["2"])
     print(f"stage 2 resumed by one process from 2 ranks' step 2: max |difference| = {difference:.2e}")
     assert difference <= ATOL
+
+
+@pytest.mark.integration
+def test_sharded_checkpoints_on_s3_each_rank_uploads_and_reads_back_its_shards(prefect_harness, s3_env, tmp_path):
+    """DCP writes to a file system: each rank writes locally, then uploads its own files to the bucket
+    (moto's HTTP S3); a second pipeline with a fresh registry finds the stage's checkpoint there and
+    resumes from it (the last step: nothing left to train), registering the very same weights."""
+    from tasks.store import s3_client
+
+    bucket = s3_env
+    overrides = ["stages=[{n_layers: 3, steps: 4}]", "checkpoint.every=2", f"stages.0.parallel={FSDP}"]
+    overrides.append(f"storage.uri=s3://{bucket}/run")
+    first = staged_training(load_config(SMOKE, overrides), str(tmp_path / "first"))
+    key = first[0].ref.stage_key
+    listed = s3_client().list_objects_v2(Bucket=bucket, Prefix=f"run/checkpoints/{key}/")["Contents"]
+    names = sorted(o["Key"].split("/", 3)[3] for o in listed)
+    step4 = [n.split("/", 1)[1] for n in names if n.startswith("step-00000004/")]
+    assert step4 == [
+        "manifest.json",
+        "rng.safetensors",
+        "shard-00001-model-00001-of-00001.safetensors",
+        "shard-00002-model-00001-of-00001.safetensors",
+        "state.json",
+    ]
+    manifest = json.loads(
+        s3_client().get_object(Bucket=bucket, Key=f"run/checkpoints/{key}/step-00000004/manifest.json")["Body"].read()
+    )
+    assert manifest["format"] == 2 and set(manifest["files"]) == set(step4) - {"manifest.json"}
+
+    second = staged_training(load_config(SMOKE, overrides), str(tmp_path / "second"))
+    assert second[0].resumed_from == 4 and second[0].ref.stage_key == key
+    assert second[0].ref.weights_sha256 == first[0].ref.weights_sha256

@@ -79,8 +79,9 @@ def test_sigkill_of_one_rank_then_rerun_resumes_from_the_sharded_checkpoint(unin
     os.kill(ranks[1], signal.SIGKILL)  # one rank, as an OOM killer or a lost GPU would
     _, err = proc.communicate(timeout=300)
     at_kill = max(int(m.parent.name[5:]) for m in manifests())  # no manifest can follow: it needs every rank
-    lines = err.decode(errors="replace").strip().splitlines()
-    assert proc.returncode == 1 and lines[-1].startswith("staged: error: run failed: stage 1: "), lines[-3:]
+    errors = [line for line in err.decode(errors="replace").splitlines() if line.startswith("staged: error:")]
+    assert proc.returncode == 1 and len(errors) == 1 and errors[0].startswith("staged: error: run failed: stage 1: ")
+    print(errors[0])
     assert Registry.resolve(workdir).client().search_model_versions("name = 'staged-smoke'") == []
 
     rerun = subprocess.run(_cmd(workdir), env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -73,7 +73,7 @@ def torchrun_command(parallel: ParallelConfig, job_dir: str) -> list[str]:
 
 
 def ranks_env() -> dict[str, str]:
-    """The ranks import this checkout; one OpenMP thread each unless the caller says otherwise."""
+    """The environment of the ranks: this one, with this checkout first on PYTHONPATH."""
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     return {**os.environ, "PYTHONPATH": path}
 

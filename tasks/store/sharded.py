@@ -14,7 +14,9 @@ reported its files written, so a checkpoint that lacks a rank's shards has no ma
 skipped like any other). A rank that fails to write makes every rank raise: none trains on alone.
 
 ``read``: the verified files in a local directory, read back with ``HuggingFaceStorageReader``
-(safetensors headers and JSON: nothing is unpickled). DCP places each saved chunk by its offsets, so
+(safetensors headers and JSON: nothing is unpickled). Every rank fetches and verifies every file
+(tasks/store/checkpoint.py): simple and N times the reads, where a rank needs only the files whose
+chunks overlap its shards (any of them, after resharding). DCP places each saved chunk by its offsets, so
 a checkpoint written by N ranks loads into a model sharded over M ranks (resharded), or whole into
 one process, DDP ranks included.
 """
