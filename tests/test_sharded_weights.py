@@ -7,7 +7,7 @@ import torch
 from huggingface_hub import load_torch_model
 
 from models.gpt import GPT, GPTConfig
-from tasks.store import WeightsMismatch, load_state, save_model
+from tasks.store import WeightsMismatch, load_state, save_model, save_optimizer
 from tasks.store.model_dir import INDEX, WEIGHTS
 
 CFG = GPTConfig(n_layers=2, d_model=32, n_heads=2, d_ff=64, context=16)
@@ -29,7 +29,8 @@ def test_above_the_threshold_shards_with_an_index_that_verifies_every_shard(tmp_
     cfg, state = load_state(tmp_path, sha)
     assert cfg == CFG and all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
-    again = GPT(CFG)  # what the pyfunc model and transformers-style loaders do
+    save_optimizer({}, tmp_path)  # a version directory also holds optimizer.safetensors
+    again = GPT(CFG)  # Hugging Face's own loader reads it by the index
     load_torch_model(again, tmp_path, strict=True, safe=True)
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in model.state_dict().items())
 
@@ -39,3 +40,18 @@ def test_above_the_threshold_shards_with_an_index_that_verifies_every_shard(tmp_
     victim.write_bytes(victim.read_bytes()[:-4] + b"\0\0\0\0")
     with pytest.raises(WeightsMismatch, match=shards[1]):
         load_state(tmp_path, sha)
+
+
+def test_a_sharded_version_directory_serves_as_a_pyfunc_model(tmp_path):
+    import mlflow.pyfunc
+    import numpy as np
+
+    from tasks.registry import add_pyfunc
+
+    model = GPT(CFG).eval()
+    save_model(model, tmp_path, max_shard_bytes=40_000)
+    add_pyfunc(tmp_path, CFG.context)
+    ids = np.array([list(b"def f")], dtype=np.int64)
+    served = mlflow.pyfunc.load_model(str(tmp_path)).predict(ids)
+    with torch.no_grad():
+        assert np.array_equal(served, model(torch.as_tensor(ids)).numpy())

@@ -11,12 +11,13 @@ of shape (batch, T, 256), exactly what ``models.gpt.GPT`` returns.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import torch
-from huggingface_hub import load_torch_model
+from safetensors.torch import load_file
 
 from models.gpt import GPT, GPTConfig
 
@@ -31,7 +32,12 @@ class StagedGPT(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         cfg = GPTConfig.model_validate_json((HERE / "config.json").read_text())
         self.model = GPT(cfg)
-        load_torch_model(self.model, HERE, strict=True, safe=True)  # model.safetensors, or shards + index
+        index = HERE / "model.safetensors.index.json"  # sharded weights (tasks/store/model_dir.py)
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else []
+        state = {}
+        for name in files or ["model.safetensors"]:
+            state.update(load_file(HERE / name))
+        self.model.load_state_dict(state, strict=True)
         self.model.eval()
 
     def predict(self, context, model_input, params=None) -> np.ndarray:
