@@ -21,26 +21,29 @@ sharded state go through torch.distributed.checkpoint.state_dict's helpers.
 from __future__ import annotations
 
 import json
+import sys
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor
 
 from models.optim import StateDict, check_moments
 from models.optim import export_moments as _export_full
 from models.optim import load_moments as _load_full
 
-_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # gathered to CPU on rank 0 only
+# torch.distributed's FSDP, DTensor and state-dict modules take ~1.7 s to import: only processes that
+# shard (torchrun ranks of an FSDP stage) import them, inside the functions below.
+
+
+def _state_dict_api():
+    from torch.distributed.checkpoint import state_dict
+
+    return state_dict
+
+
+def _full():
+    """Options of a whole state dict, gathered to CPU on rank 0 only."""
+    return _state_dict_api().StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
@@ -55,7 +58,8 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
 
 
 def is_sharded(model: nn.Module) -> bool:
-    return isinstance(model, FSDPModule)
+    fsdp = sys.modules.get("torch.distributed.fsdp")  # not imported: nothing can be sharded
+    return fsdp is not None and isinstance(model, fsdp.FSDPModule)
 
 
 def evaluated(model: nn.Module, value: float) -> float:
@@ -69,6 +73,9 @@ def evaluated(model: nn.Module, value: float) -> float:
 def shard(model: nn.Module, device: torch.device, blocks: list[nn.Module] | None = None) -> nn.Module:
     """FSDP2 over the default process group: each block is one all-gather unit, the root holds the rest
     (embeddings, final norm, head). ``blocks`` defaults to :func:`transformer_blocks`."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
     model.to(device)
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     cuda = device.type == "cuda"
@@ -92,7 +99,7 @@ def full_state(model: nn.Module) -> StateDict:
     """The plain state dict: gathered onto rank 0's CPU when sharded (collective; {} on other ranks)."""
     if not is_sharded(model):
         return {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
-    return get_model_state_dict(model, options=_FULL)
+    return _state_dict_api().get_model_state_dict(model, options=_full())
 
 
 def load_full_state(model: nn.Module, state: StateDict) -> None:
@@ -100,17 +107,19 @@ def load_full_state(model: nn.Module, state: StateDict) -> None:
     Taken in the model's key order on every rank: the helper runs one collective per tensor, in dict order,
     and a dict read from safetensors has a per-process order (its header is a hash map)."""
     ordered = {k: state[k] for k in model.state_dict() if k in state} | state  # extra keys stay, strict refuses them
-    set_model_state_dict(model, ordered, options=StateDictOptions(full_state_dict=True, strict=True))
+    api = _state_dict_api()
+    api.set_model_state_dict(model, ordered, options=api.StateDictOptions(full_state_dict=True, strict=True))
 
 
 def sharded_state(model: nn.Module) -> StateDict:
     """Each rank's shards, as DTensors by parameter name (what an in-stage checkpoint writes)."""
-    return get_model_state_dict(model)
+    return _state_dict_api().get_model_state_dict(model)
 
 
 def load_sharded_state(model: nn.Module, state: StateDict) -> None:
     """DTensor shards laid out like the model's own (read back from a checkpoint) into the model."""
-    set_model_state_dict(model, state, options=StateDictOptions(strict=True))
+    api = _state_dict_api()
+    api.set_model_state_dict(model, state, options=api.StateDictOptions(strict=True))
 
 
 def export_moments(model: nn.Module, optimizer: torch.optim.Optimizer, *, full: bool = True) -> StateDict:
@@ -119,10 +128,11 @@ def export_moments(model: nn.Module, optimizer: torch.optim.Optimizer, *, full: 
     never stepped gets zeros, as in one process."""
     if not is_sharded(model):
         return _export_full(model, optimizer)
+    api = _state_dict_api()
+    options = _full() if full else api.StateDictOptions()
+    state = api.get_optimizer_state_dict(model, optimizer, options=options).get("state", {})  # collective
     if full and dist.get_rank() != 0:
-        get_optimizer_state_dict(model, optimizer, options=_FULL)  # the gather is collective
         return {}
-    state = get_optimizer_state_dict(model, optimizer, options=_FULL if full else StateDictOptions())["state"]
     out: StateDict = {}
     step = 0.0
     for name, p in model.named_parameters():
@@ -139,17 +149,22 @@ def load_moments(model: nn.Module, optimizer: torch.optim.Optimizer, moments: St
     """Install moments strictly (every parameter, right shapes, nothing extra). Into a sharded model: its
     own DTensor shards (a resumed checkpoint) directly, or full tensors (grown from the parent, present on
     every rank) through set_optimizer_state_dict, which keeps each rank's shards."""
-    if not is_sharded(model) or any(isinstance(v, DTensor) for v in moments.values()):
+    if is_sharded(model):
+        from torch.distributed.tensor import DTensor
+
+        whole = not any(isinstance(v, DTensor) for v in moments.values())
+    if not is_sharded(model) or not whole:
         _load_full(model, optimizer, moments)
         return
     check_moments(model, moments)
     step = torch.tensor(float(moments["step"]), dtype=torch.float32)
-    osd = get_optimizer_state_dict(model, optimizer)  # its param_groups name the parameters
+    api = _state_dict_api()
+    osd = api.get_optimizer_state_dict(model, optimizer)  # its param_groups name the parameters
     osd["state"] = {
         name: {"step": step.clone(), "exp_avg": moments[f"exp_avg.{name}"], "exp_avg_sq": moments[f"exp_avg_sq.{name}"]}
         for name, _ in model.named_parameters()
     }
-    set_optimizer_state_dict(model, optimizer, osd, options=StateDictOptions(full_state_dict=True))
+    api.set_optimizer_state_dict(model, optimizer, osd, options=api.StateDictOptions(full_state_dict=True))
 
 
 def _device() -> torch.device:

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 import torch.nn as nn
 
 from models.parallel import gather_json, load_sharded_state, sharded_state
@@ -60,6 +59,8 @@ def _agree(error: str) -> None:
 def save(storage: Storage, prefix: str, key: str, model: nn.Module, state: TrainState, progress: dict) -> None:
     """Every rank: write its shards under ``prefix``; rank 0 adds ``progress`` (RNG, curves) and, once
     every rank's files are in, the manifest. OSError (the same on every rank) when any write failed."""
+    import torch.distributed.checkpoint as dcp  # ~1.7 s to import: only where a model is sharded
+
     rank = dist.get_rank()
     tensors = {**{WEIGHT + k: v for k, v in sharded_state(model).items()}, **state.moments}
     with tempfile.TemporaryDirectory(prefix="staged-dcp-") as tmp:
@@ -95,6 +96,8 @@ def read(directory: Path, into: nn.Module | None = None) -> tuple[dict[str, torc
     None) and the moments come back as DTensors shaped like its parameters. Without it: whole tensors,
     read by this process alone.
     """
+    import torch.distributed.checkpoint as dcp
+
     reader = dcp.HuggingFaceStorageReader(str(directory))
     if into is None:
         meta = reader.read_metadata().state_dict_metadata
