@@ -2,6 +2,7 @@
 checkpoint (each rank reads its shards back) and ends where an uninterrupted 2-rank run ends."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -81,6 +82,7 @@ def test_sigkill_of_one_rank_then_rerun_resumes_from_the_sharded_checkpoint(unin
     at_kill = max(int(m.parent.name[5:]) for m in manifests())  # no manifest can follow: it needs every rank
     errors = [line for line in err.decode(errors="replace").splitlines() if line.startswith("staged: error:")]
     assert proc.returncode == 1 and len(errors) == 1 and errors[0].startswith("staged: error: run failed: stage 1: ")
+    assert re.search(r"rank \d was killed by SIGKILL; torchrun stopped the others$", errors[0]), errors[0]
     print(errors[0])
     assert Registry.resolve(workdir).client().search_model_versions("name = 'staged-smoke'") == []
 

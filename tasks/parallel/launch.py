@@ -21,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -93,7 +95,6 @@ class TorchrunFailed(RuntimeError):
 
 def launch(job: TorchrunJob, on_step: Callable[[StepInfo], None], log) -> StageRun:
     parallel = job.spec.parallel
-    n = parallel.world_size
     with tempfile.TemporaryDirectory(prefix="staged-torchrun-") as tmp:
         job_dir = Path(tmp)
         (job_dir / JOB).write_text(job.model_dump_json())
@@ -112,13 +113,25 @@ def launch(job: TorchrunJob, on_step: Callable[[StepInfo], None], log) -> StageR
                     proc.terminate()
                     proc.wait()
         if proc.returncode != 0:
-            tail = (job_dir / LOG).read_text(errors="replace").splitlines()[-60:]
-            log.error("torchrun output (last lines):\n%s", "\n".join(tail))
-            errors = sorted(job_dir.glob("error-*.txt"), key=lambda p: int(p.stem.split("-")[1]))
-            what = f"{parallel.strategy} torchrun with {n} processes"
-            default = f"stage {job.spec.index}: {what} exited with code {proc.returncode}"
-            raise TorchrunFailed(errors[0].read_text().strip() if errors else default)
+            output = (job_dir / LOG).read_text(errors="replace")
+            log.error("torchrun output (last lines):\n%s", "\n".join(output.splitlines()[-60:]))
+            raise TorchrunFailed(_reason(job, job_dir, output, proc.returncode))
         return load_outputs(job_dir)
+
+
+def _reason(job: TorchrunJob, job_dir: Path, output: str, code: int) -> str:
+    """One line: a rank killed by a signal (torchrun's root cause, with no reason of its own), else the
+    lowest rank's own reason, else torchrun's exit code."""
+    where = f"stage {job.spec.index}: "
+    root = re.search(r"Root Cause.*?\brank\s*:\s*(\d+).*?exitcode\s*:\s*(-\d+)", output, re.S)
+    if root and not (job_dir / f"error-{root[1]}.txt").is_file():
+        name = signal.Signals(-int(root[2])).name if -int(root[2]) in signal.valid_signals() else root[2]
+        return f"{where}rank {root[1]} was killed by {name}; torchrun stopped the others"
+    errors = sorted(job_dir.glob("error-*.txt"), key=lambda p: int(p.stem.split("-")[1]))
+    if errors:
+        return errors[0].read_text().strip()
+    p = job.spec.parallel
+    return f"{where}{p.strategy} torchrun with {p.world_size} processes exited with code {code}"
 
 
 def _wait(proc: subprocess.Popen, seconds: float) -> bool:
