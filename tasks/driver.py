@@ -120,7 +120,7 @@ def prepare(spec: StageSpec, parent: Parent | None, checkpoints: Checkpoints | N
     shards = shard(GPT(spec.model), resolve_device(spec.train.device)) if sharded(spec) else None
     found = checkpoint.latest(checkpoints.storage, checkpoints.key, into=shards) if checkpoints else None
     if found is not None:
-        model = shards or GPT(spec.model)
+        model = shards if shards is not None else GPT(spec.model)
         if found.weights is not None:
             model.load_state_dict(found.weights, strict=True)
         start = Start(seed=spec.seed + spec.index, resume=found.state)

@@ -97,3 +97,23 @@ def test_dangerous_fields_are_fixed_not_variables():
     assert security["privileged"] is False and security["allowPrivilegeEscalation"] is False
     assert security["runAsNonRoot"] is True and security["capabilities"] == {"drop": ["ALL"]}
     assert template["job_configuration"]["namespace"] == "staged"
+
+
+@pytest.mark.integration
+def test_prefect_accepts_the_pool_with_the_documented_command(prefect_harness):
+    import os
+    import subprocess
+    import sys
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    template = DEPLOY / "work-pools/kubernetes-multinode.json"
+    prefect = str(Path(sys.executable).parent / "prefect")
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    cmd = [prefect, "work-pool", "create", "staged-k8s-multinode", "--type", "kubernetes"]
+    done = subprocess.run(cmd + ["--base-job-template", str(template), "--overwrite"], env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    with get_client(sync_client=True) as client:
+        pool = client.read_work_pool("staged-k8s-multinode")
+    assert pool.type == "kubernetes" and pool.base_job_template == json.loads(template.read_text())
