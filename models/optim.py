@@ -54,8 +54,8 @@ class MomentsMismatch(ValueError):
     """Moments that do not fit the model; the message says which keys or shapes differ. One line."""
 
 
-def load_moments(model: GPT, optimizer: torch.optim.Optimizer, moments: StateDict) -> None:
-    """Install ``moments`` as the optimizer's state, strictly: every parameter, right shapes, nothing extra."""
+def check_moments(model: GPT, moments: StateDict) -> None:
+    """MomentsMismatch unless ``moments`` has every parameter's two moments in its shape, a step, nothing else."""
     params = dict(model.named_parameters())
     want = {f"{k}.{n}" for n in params for k in ("exp_avg", "exp_avg_sq")} | {"step"}
     problems = [f"missing {k}" for k in sorted(want - moments.keys())] + [
@@ -68,8 +68,13 @@ def load_moments(model: GPT, optimizer: torch.optim.Optimizer, moments: StateDic
     ]
     if problems:
         raise MomentsMismatch(f"optimizer moments do not match the model: {'; '.join(problems[:3])}")
+
+
+def load_moments(model: GPT, optimizer: torch.optim.Optimizer, moments: StateDict) -> None:
+    """Install ``moments`` as the optimizer's state, strictly: every parameter, right shapes, nothing extra."""
+    check_moments(model, moments)
     step = torch.tensor(float(moments["step"]), dtype=torch.float32)
-    for name, p in params.items():
+    for name, p in model.named_parameters():
         optimizer.state[p] = {
             "step": step.clone(),
             "exp_avg": moments[f"exp_avg.{name}"].to(device=p.device, dtype=p.dtype).clone(),

@@ -6,13 +6,15 @@ No I/O here: progress and checkpoints reach the outside world through ``hooks`` 
 so the same loop runs under Prefect, in a benchmark or in a notebook. ``Start(resume=TrainState)``
 continues a stage bit for bit: same batches (cursor), optimizer state, step-based LR and RNG.
 
-Under ``torchrun`` (an initialized torch.distributed process group of more than one process) the
-model is wrapped in DistributedDataParallel: each rank trains on its contiguous slice of every
-global batch (``cfg.batch_size`` stays the global batch, so the cursor moves as in one process),
-the reported train loss is the mean over ranks, validation runs on rank 0 and is broadcast (every
-rank takes the same stop decision), and the callbacks run on rank 0 only. Every rank is seeded
-alike, so rank 0's RNG state in a checkpoint is every rank's (with dropout > 0 the ranks then
-share masks over different slices: not the masks of one process).
+Under ``torchrun`` (an initialized torch.distributed process group of more than one process) a
+replicated model is wrapped in DistributedDataParallel, and a model sharded beforehand with FSDP2
+(models/parallel.py) runs as it is: each rank trains on its contiguous slice of every global batch
+(``cfg.batch_size`` stays the global batch, so the cursor moves as in one process), the reported
+train loss is the mean over ranks. Validation runs on rank 0 and is broadcast under DDP, on every
+rank under FSDP (a sharded forward needs them all): every rank takes the same stop decision. The
+progress callback runs on rank 0; the checkpoint callback on rank 0, or on every rank when sharded
+(each writes its shards). Every rank is seeded alike, so rank 0's RNG state in a checkpoint is every
+rank's (with dropout > 0 the ranks then share masks over different slices: not the masks of one process).
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ import torch
 import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field
 
+from models import parallel
 from models.data import ByteCorpus
 from models.gpt import GPT, byte_loss
-from models.optim import StateDict, export_moments, load_moments
+from models.optim import StateDict
 from models.optim import make_optimizer as _adamw
+from models.parallel import export_moments, load_moments
 from models.plan import Hooks, StagePlan, Start, StepInfo, TrainState, default_lr
 from models.policy import warmup_cosine
 
@@ -135,9 +139,10 @@ def evaluate(model: GPT, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> fl
 
 
 def _evaluate_on_rank0(model: GPT, batches: list[tuple[torch.Tensor, torch.Tensor]], rank: int, world: int) -> float:
-    """Rank 0 evaluates, every rank gets its figure: the same stop decision everywhere."""
-    if world == 1:
-        return evaluate(model, batches)
+    """Rank 0 evaluates, every rank gets its figure: the same stop decision everywhere. A sharded model
+    evaluates on every rank (its forward pass all-gathers each block from all of them)."""
+    if world == 1 or parallel.is_sharded(model):
+        return parallel.evaluated(model, evaluate(model, batches))
     device = next(model.parameters()).device
     value = torch.tensor([evaluate(model, batches) if rank == 0 else 0.0], dtype=torch.float64, device=device)
     dist.broadcast(value, src=0)
@@ -173,11 +178,9 @@ def train(
     device = resolve_device(cfg.device)
     rank, world = rank_and_world()
     model.to(device).train()
-    net = model  # what runs the forward pass; DDP all-reduces the gradients in backward
-    if world > 1:
-        device_ids = [device.index] if device.type == "cuda" else None
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    on_step, on_checkpoint = (hooks.on_step, hooks.on_checkpoint) if rank == 0 else (None, None)
+    net = parallel.data_parallel(model, device)  # runs the forward pass: DDP all-reduces gradients, FSDP2 shards
+    on_step = hooks.on_step if rank == 0 else None
+    on_checkpoint = hooks.on_checkpoint if rank == 0 or parallel.is_sharded(model) else None
     val_batches = corpus.val_batches(cfg.eval_batches, cfg.batch_size)
     optimizer = make_optimizer(model, cfg)
     mult = plan.lr_mult or default_lr(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
@@ -248,11 +251,12 @@ def train(
 
 
 def snapshot(model: GPT, optimizer: torch.optim.Optimizer, result: TrainResult) -> TrainState:
-    """The state after ``result.steps`` steps, copied so that training on does not change it."""
+    """The state after ``result.steps`` steps, copied so that training on does not change it (moments:
+    each rank's shards when the model is sharded)."""
     return TrainState(
         step=result.steps,
         cursor=result.cursor,
-        moments=export_moments(model, optimizer),
+        moments=export_moments(model, optimizer, full=False),
         rng=rng_state(),
         val_loss_init=result.val_loss_init,
         val_loss=result.val_loss,

@@ -8,6 +8,9 @@ Used by the Prefect stage task (tasks/stage.py), by every torchrun rank (tasks/p
 and by the benchmark (bench/runner.py): what is benchmarked is what the pipeline runs, seeded alike.
 The parent's weights come in through ``Parent.load`` (the task reads them from the registry, the
 benchmark from memory), called only when no checkpoint of the stage exists.
+
+``parallel.strategy: fsdp`` under torchrun: every rank builds (or grows) the whole model as in one
+process, then shards it (models/parallel.py); a checkpoint, sharded or whole, loads into the shards.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from models.data import ByteCorpus
 from models.gpt import GPT, GPTConfig
 from models.growth import GrowthError, grow, grow_moments
 from models.optim import StateDict
+from models.parallel import load_full_state, shard
 from models.plan import Hooks, StagePlan, Start, TrainState, stage_plan
-from models.train import NonFiniteLoss, TrainResult, seed_everything, train
+from models.train import NonFiniteLoss, TrainResult, rank_and_world, resolve_device, seed_everything, train
 from tasks.config import StageSpec
 from tasks.store import CheckpointError, Storage, checkpoint
 
@@ -104,17 +108,27 @@ def build(spec: StageSpec, parent: Parent | None) -> tuple[GPT, StateDict | None
     return model, grow_moments(spec.growth, parent_moments, parent_cfg, spec.model)
 
 
+def sharded(spec: StageSpec) -> bool:
+    """Whether this process trains its stage as one rank of an FSDP2 group."""
+    return spec.parallel.strategy == "fsdp" and rank_and_world()[1] > 1
+
+
 def prepare(spec: StageSpec, parent: Parent | None, checkpoints: Checkpoints | None = None) -> Prepared:
     """The model and where training starts: from the newest valid checkpoint when there is one."""
     began = time.perf_counter()
     plan = plan_for(spec, parent)
-    found = checkpoint.latest(checkpoints.storage, checkpoints.key) if checkpoints else None
+    shards = shard(GPT(spec.model), resolve_device(spec.train.device)) if sharded(spec) else None
+    found = checkpoint.latest(checkpoints.storage, checkpoints.key, into=shards) if checkpoints else None
     if found is not None:
-        model = GPT(spec.model)
-        model.load_state_dict(found.weights, strict=True)
+        model = shards if shards is not None else GPT(spec.model)
+        if found.weights is not None:
+            model.load_state_dict(found.weights, strict=True)
         start = Start(seed=spec.seed + spec.index, resume=found.state)
     else:
         model, moments = build(spec, parent)
+        if shards is not None:  # the whole grown model, then each rank keeps its shards
+            load_full_state(shards, model.state_dict())
+            model = shards
         if plan.ramp is not None:  # an evaluation before training sees the gates train() starts from
             plan.ramp.apply(model, 0)
         cursor = parent.data_cursor if parent else 0
@@ -126,11 +140,12 @@ def _with_checkpoints(hooks: Hooks, checkpoints: Checkpoints | None, model: GPT)
     if checkpoints is None or checkpoints.every == 0:
         return hooks
 
-    def save(state: TrainState) -> None:
+    def save(state: TrainState) -> None:  # on rank 0, or on every rank of a sharded model (its shards)
         checkpoint.save(checkpoints.storage, checkpoints.key, model, state)
-        checkpoint.prune(checkpoints.storage, checkpoints.key, checkpoints.keep)
-        if hooks.on_checkpoint is not None:
-            hooks.on_checkpoint(state)
+        if rank_and_world()[0] == 0:
+            checkpoint.prune(checkpoints.storage, checkpoints.key, checkpoints.keep)
+            if hooks.on_checkpoint is not None:
+                hooks.on_checkpoint(state)
 
     return replace(hooks, on_checkpoint=save, checkpoint_every=checkpoints.every)
 

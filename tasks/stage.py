@@ -6,8 +6,8 @@ Idempotent: a stage whose key (config + parent weights + code: tasks/config/iden
 registered is returned as is, never retrained or registered twice. Resumable: every
 ``checkpoint.every`` steps a checkpoint goes to storage under the stage key (tasks/store/checkpoint.py);
 a retried or rerun stage continues from the newest valid one and ends with the same weights, bit for
-bit. The training itself is the stage driver's (tasks/driver.py); with ``nproc`` > 1 it runs under
-torchrun (tasks/parallel/), and this process still registers.
+bit. The training itself is the stage driver's (tasks/driver.py); with ``parallel`` over more than one
+process it runs under torchrun (DDP or FSDP2, tasks/parallel/), and this process still registers.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from models.data import ByteCorpus, stdlib_dir
 from models.gpt import GPT, GPTConfig
 from models.plan import Hooks
 from tasks import driver
-from tasks.config import StageSpec, code_version, spec_hash, stage_key
-from tasks.parallel import DDPJob, TorchrunFailed, launch
+from tasks.config import ConfigError, StageSpec, check_stage, code_version, spec_hash, stage_key
+from tasks.parallel import TorchrunFailed, TorchrunJob, launch
 from tasks.publish import StageProgress, StageWatch
 from tasks.registry import (
     ModelRef,
@@ -78,10 +78,10 @@ def skipped_result(ref: ModelRef, registry: Registry, model: GPTConfig) -> Stage
 def _train(
     spec: StageSpec, parent: ModelRef | None, workspace: Workspace, key: str, watch: StageWatch, corpus: ByteCorpus, log
 ):
-    """The stage driver in this process, or under torchrun for ``nproc`` > 1: a driver.StageRun."""
+    """The stage driver in this process, or under torchrun for more than one process: a driver.StageRun."""
     with StageProgress(spec) as progress:
         on_step = watch.observe(progress)
-        if spec.nproc == 1:
+        if spec.parallel.world_size == 1:
             checkpoints = workspace.checkpoints(spec, key)
             with watch.during("loading and growing the parent"):
                 prepared = driver.prepare(spec, workspace.parent(parent) if parent else None, checkpoints)
@@ -91,12 +91,16 @@ def _train(
                 hooks = Hooks(on_step=on_step)
                 return driver.train_prepared(spec, prepared, hooks=hooks, checkpoints=checkpoints, corpus=corpus)
         try:
+            check_stage(spec)  # staged run checked it already; a flow started otherwise had not
             with watch.during("training under torchrun"):
-                run = launch(DDPJob(spec=spec, parent=parent, workspace=workspace, key=key), on_step, log)
-        except TorchrunFailed as e:
+                run = launch(TorchrunJob(spec=spec, parent=parent, workspace=workspace, key=key), on_step, log)
+        except (TorchrunFailed, ConfigError) as e:
             raise driver.StageFailed(str(e)) from None
         resumed = f", resumed from checkpoint step {run.resumed_from}" if run.resumed_from is not None else ""
-        log.info("stage %d: trained by %d processes under torchrun%s", spec.index, spec.nproc, resumed)
+        p = spec.parallel
+        log.info(
+            "stage %d: trained by %d processes (%s) under torchrun%s", spec.index, p.world_size, p.strategy, resumed
+        )
         return run
 
 

@@ -253,6 +253,41 @@ CASES = {
         "bucket 'no-such-bucket' does not exist",
     ),
     "resume with nothing to resume": (None, ["resume"], "fresh", {}, 2, "nothing to resume"),
+    "fsdp with one process": (
+        None,
+        SET("stages.0.parallel={strategy: fsdp, nproc: 1}"),
+        "fresh",
+        {},
+        2,
+        "stages.0.parallel: strategy fsdp with 1 process shards nothing",
+    ),
+    "nproc above the cores here": (
+        None,
+        SET("train.batch_size=512", "stages.0.parallel={strategy: fsdp, nproc: 512}"),
+        "fresh",
+        {},
+        2,
+        "stages.0.parallel.nproc 512 is more than the",
+    ),
+    "nnodes without a rendezvous endpoint": (
+        None,
+        SET("stages.1.parallel={nproc: 1, nnodes: 2}"),
+        "fresh",
+        {},
+        2,
+        "stages.1.parallel: nnodes 2 needs rdzv_endpoint",
+    ),
+    "world size does not divide the batch": (
+        None,
+        SET(
+            "stages.0.parallel={strategy: fsdp, nproc: 2, nnodes: 2, rdzv_endpoint: 'node0:29400'}",
+            "train.batch_size=6",
+        ),
+        "fresh",
+        {},
+        2,
+        "train.batch_size 6 is not divisible by nproc x nnodes = 4",
+    ),
 }
 
 

@@ -46,7 +46,7 @@ def test_nproc_must_divide_the_global_batch_and_leaves_the_stage_key_alone():
     with pytest.raises(ConfigError, match=expected):
         load_config(SMOKE, ["stages.1.nproc=3"])
     spread, single = load_config(SMOKE, ["stages.1.nproc=2"]).stage_specs(), load_config(SMOKE).stage_specs()
-    assert spread[1].nproc == 2 and spread[1].train.batch_size == 8  # the global batch
+    assert spread[1].parallel.nproc == 2 and spread[1].train.batch_size == 8  # the global batch
     assert spec_hash(spread[1]) == spec_hash(single[1])  # same weights: a checkpoint of either resumes either
 
 

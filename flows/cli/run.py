@@ -27,7 +27,12 @@ MLFLOW_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_RE
 def _check_inputs(config: PipelineConfig, workdir: Path) -> None:
     """Checks that need the file system; the config tree validated everything else."""
     from models.data import ByteCorpus
+    from tasks.config import check_parallel
 
+    try:
+        check_parallel(config)
+    except ConfigError as e:
+        fail(str(e))
     try:
         ByteCorpus(config.data, config.model.context, config.seed)
     except (OSError, ValueError) as e:

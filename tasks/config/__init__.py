@@ -5,10 +5,12 @@ The door of this room: import these names from ``tasks.config``.
 
 from tasks.config.identity import code_version, pipeline_hash, spec_hash, stage_key
 from tasks.config.load import ConfigError, apply_override, load_config, read_yaml, resolve_config
+from tasks.config.preflight import check_parallel, check_stage
 from tasks.config.schema import (
     ArchConfig,
     CheckpointConfig,
     GateConfig,
+    ParallelConfig,
     PipelineConfig,
     RegistryConfig,
     RetryConfig,
@@ -23,6 +25,7 @@ __all__ = [
     "CheckpointConfig",
     "ConfigError",
     "GateConfig",
+    "ParallelConfig",
     "PipelineConfig",
     "RegistryConfig",
     "RetryConfig",
@@ -30,6 +33,8 @@ __all__ = [
     "StageSpec",
     "StorageConfig",
     "apply_override",
+    "check_parallel",
+    "check_stage",
     "code_version",
     "format_validation_error",
     "load_config",

@@ -16,9 +16,9 @@ import models
 from tasks.config.schema import PipelineConfig, StageSpec
 
 # What a stage computes does not depend on these: checkpoint cadence changes nothing in the weights,
-# nproc keeps the global batch and steps (the same weights up to float summation order, and with
-# dropout > 0 other dropout masks).
-_NOT_COMPUTATION = {"checkpoint", "nproc"}
+# parallel (ddp or fsdp, processes, nodes) keeps the global batch and steps (the same weights up to
+# float summation order, and with dropout > 0 other dropout masks).
+_NOT_COMPUTATION = {"checkpoint", "parallel"}
 
 
 def spec_hash(spec: StageSpec) -> str:

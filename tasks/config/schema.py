@@ -4,7 +4,7 @@
       seed, retry, checkpoint, storage, data, registry, gate,
       model  (stage 1's architecture; each stage sets n_layers, a `width` stage doubles the widths),
       train  (defaults for every stage),
-      stages: [StageConfig(n_layers, steps | until, growth, optimizer, schedule, train, checkpoint, nproc), ...]
+      stages: [StageConfig(n_layers, steps | until, growth, optimizer, schedule, train, checkpoint, parallel), ...]
 
 ``PipelineConfig.stage_specs()`` resolves it into one self-contained ``StageSpec`` per stage:
 the only thing a stage needs, and what its stage key hashes (tasks/config/identity.py).
@@ -12,6 +12,7 @@ the only thing a stage needs, and what its stage key hashes (tasks/config/identi
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
@@ -72,6 +73,49 @@ class StageCheckpoint(Strict):
     every: int | None = Field(None, ge=0)  # overrides checkpoint.every for this stage
 
 
+# host:port, host a DNS name, an IPv4 address or a bracketed IPv6 one
+_ENDPOINT = re.compile(r"^(?P<host>[A-Za-z0-9][A-Za-z0-9.-]*|\[[0-9A-Fa-f:.]+\]):(?P<port>\d{1,5})$")
+_ALL_INTERFACES = {"0.0.0.0", "[::]", "[0:0:0:0:0:0:0:0]"}
+
+
+class ParallelConfig(Strict):
+    """``stages.<i>.parallel``: the processes that train a stage under torchrun. Not in the stage key: the
+    global batch and the steps stay, so the weights are a one-process run's up to float summation order."""
+
+    # ddp: every rank holds the whole model, gradients are all-reduced; fsdp: FSDP2 (fully_shard per
+    # transformer block and at the root) shards parameters, gradients and AdamW moments across the ranks
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    nproc: int = Field(1, ge=1)  # processes per node: one GPU each with NCCL, or CPU processes with gloo
+    nnodes: int = Field(1, ge=1)  # machines (pods); every node runs torchrun with the same rendezvous endpoint
+    # host:port of the c10d rendezvous, served by the stage task's node and bound to that address only
+    # (on Kubernetes: pod 0's name in the headless service); required when nnodes > 1
+    rdzv_endpoint: str | None = None
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc * self.nnodes
+
+    @field_validator("rdzv_endpoint")
+    @classmethod
+    def _host_and_port(cls, endpoint: str | None) -> str | None:
+        if endpoint is None:
+            return None
+        m = _ENDPOINT.match(endpoint)
+        if not m or not 0 < int(m["port"]) < 65536:
+            raise ValueError(f"rdzv_endpoint {endpoint!r} is not host:port")
+        if m["host"] in _ALL_INTERFACES:
+            raise ValueError(f"rdzv_endpoint {endpoint!r} would listen on every interface: name node 0's address")
+        return endpoint
+
+    @model_validator(mode="after")
+    def _makes_sense(self) -> ParallelConfig:
+        if self.strategy == "fsdp" and self.world_size == 1:
+            raise ValueError("strategy fsdp with 1 process shards nothing: set nproc (or nnodes) above 1, or use ddp")
+        if self.nnodes > 1 and self.rdzv_endpoint is None:
+            raise ValueError(f"nnodes {self.nnodes} needs rdzv_endpoint (host:port of node 0) for the rendezvous")
+        return self
+
+
 class StageConfig(Strict):
     n_layers: int = Field(ge=1)
     steps: int | None = Field(None, ge=0)  # 0 trains no step: the grown model is registered as it is
@@ -81,16 +125,22 @@ class StageConfig(Strict):
     schedule: ScheduleConfig = ScheduleConfig()  # LR across growth: restart, continue or rewarm
     train: TrainOverrides = TrainOverrides()  # this stage's departures from the pipeline's `train`, e.g. {lr: 1e-3}
     checkpoint: StageCheckpoint = StageCheckpoint()
-    # > 1: train under torchrun with DistributedDataParallel, this many processes (one per GPU, or
-    # gloo on CPU); train.batch_size stays the global batch and must divide by it. Not in the stage key.
-    nproc: int = Field(1, ge=1)
+    # torchrun: strategy (ddp | fsdp), nproc per node, nnodes, rdzv_endpoint; train.batch_size stays the
+    # global batch and must divide by nproc x nnodes. Not in the stage key.
+    parallel: ParallelConfig | None = None
+    nproc: int | None = Field(None, ge=1)  # shorthand for parallel: {strategy: ddp, nproc: N}
 
     @model_validator(mode="after")
     def _one_end_rule(self) -> StageConfig:
         rules = [self.steps is not None, self.until.tokens is not None, self.until.loss_slope is not None]
         if sum(rules) != 1:
             raise ValueError("set exactly one of steps, until.tokens and until.loss_slope")
+        if self.nproc is not None and self.parallel is not None:
+            raise ValueError("set parallel.nproc, not both nproc and parallel")
         return self
+
+    def resolved_parallel(self) -> ParallelConfig:
+        return self.parallel or ParallelConfig(nproc=self.nproc or 1)
 
 
 class RegistryConfig(Strict):
@@ -143,7 +193,9 @@ class StageSpec(Strict):
     total_steps: int | None = None  # planned steps of the whole pipeline; set only when the schedule reads it
     data: DataConfig
     checkpoint: CheckpointConfig = CheckpointConfig(every=0)  # cadence and pruning; not in the stage key
-    nproc: int = 1  # processes under torchrun (DistributedDataParallel); 1: in the task process; not in the key
+    parallel: ParallelConfig = (
+        ParallelConfig()
+    )  # torchrun processes and strategy; one process: in the task; not in the key
 
 
 class PipelineConfig(Strict):
@@ -196,9 +248,11 @@ class PipelineConfig(Strict):
                 overrides = stage.train.model_dump(exclude_none=True)
                 train = TrainConfig(**{**self.train.model_dump(), **overrides, "steps": 0})
                 cap = step_cap(stage.steps, stage.until, train.batch_size * model.context)
-                if train.batch_size % stage.nproc:
-                    batch, n = train.batch_size, stage.nproc
-                    raise ValueError(f"stages.{k - 1}: train.batch_size {batch} is not divisible by nproc {n}")
+                parallel = stage.resolved_parallel()
+                if train.batch_size % parallel.world_size:
+                    batch, n = train.batch_size, parallel.world_size
+                    ranks = f"nproc {n}" if parallel.nnodes == 1 else f"nproc x nnodes = {n}"
+                    raise ValueError(f"stages.{k - 1}: train.batch_size {batch} is not divisible by {ranks}")
                 every = self.checkpoint.every if stage.checkpoint.every is None else stage.checkpoint.every
                 spec = StageSpec(
                     index=k,
@@ -213,7 +267,7 @@ class PipelineConfig(Strict):
                     until=stage.until,
                     data=self.data,
                     checkpoint=self.checkpoint.model_copy(update={"every": every}),
-                    nproc=stage.nproc,
+                    parallel=parallel,
                 )
             except ValidationError as e:
                 raise ValueError(f"stages.{k - 1}: {format_validation_error(e)}") from None

@@ -1,14 +1,19 @@
-"""Train one stage under torchrun (DistributedDataParallel), from the stage task's process.
+"""Train one stage under torchrun (DDP or FSDP2), from the stage task's process.
 
     launch(job, on_step, log) -> driver.StageRun (model, TrainResult, checkpoint step resumed from or None)
 
 The job (stage spec, parent ModelRef, Workspace, stage key) goes as JSON into a temporary directory,
-then ``python -m torch.distributed.run --standalone --nproc_per_node=N -m tasks.parallel.worker DIR``
-runs N ranks. Each builds or resumes the model with the stage driver, exactly as the single-process
-path does (tasks/driver.py), and trains its slice of every global batch; rank 0 alone writes
-checkpoints to storage, its progress to ``progress.json`` (polled here for the progress bar and
-the Prefect artifact) and at the end the weights, AdamW moments and TrainResult into DIR. Only
-the task process talks to the MLflow registry and to Prefect.
+then torchrun (``python -m tasks.parallel.rendezvous``: torch's c10d rendezvous, bound to its
+endpoint's address) runs ``nproc`` ranks of ``tasks.parallel.worker DIR`` on this node. One node: the
+endpoint is ``127.0.0.1:<free port>``. ``nnodes`` > 1: this node hosts the rendezvous on
+``parallel.rdzv_endpoint`` and waits for the other nodes, each running ``python -m tasks.parallel.follow``
+with the same endpoint (on Kubernetes: the other pods of deploy/work-pools/kubernetes-multinode.json).
+
+Each rank builds or resumes the model with the stage driver, exactly as the single-process path does
+(tasks/driver.py), and trains its slice of every global batch; checkpoints go to storage (rank 0's
+under DDP, every rank's shards under FSDP); rank 0 writes its progress to ``progress.json`` (polled
+here for the progress bar and the Prefect artifact) and at the end the weights, AdamW moments and
+TrainResult into DIR. Only the task process talks to the MLflow registry and to Prefect.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -27,7 +34,7 @@ from pydantic import BaseModel
 from models.gpt import GPT
 from models.plan import StepInfo
 from models.train import TrainResult
-from tasks.config import StageSpec
+from tasks.config import ParallelConfig, StageSpec
 from tasks.driver import StageRun
 from tasks.registry import ModelRef
 from tasks.store import load_optimizer, load_state, save_model, save_optimizer
@@ -35,9 +42,45 @@ from tasks.workspace import Workspace
 
 JOB, PROGRESS, RESULT, LOG = "job.json", "progress.json", "result.json", "torchrun.log"
 ROOT = Path(__file__).resolve().parents[2]  # the ranks import this same checkout
+# One rendezvous at a time per endpoint (each stage's torchrun hosts a fresh store), so a fixed id
+# lets nodes that know nothing of the stage (tasks.parallel.follow) join it.
+RDZV_ID = os.environ.get("STAGED_RDZV_ID", "staged")
 
 
-class DDPJob(BaseModel):
+def torchrun_command(parallel: ParallelConfig, job_dir: str) -> list[str]:
+    """This node's torchrun: one node on 127.0.0.1, or one of ``nnodes`` around ``rdzv_endpoint``.
+
+    ``STAGED_NODE_ADDR`` (on Kubernetes the pod's IP) is the address this node's rank 0 serves the
+    process group's store on; unset, torch uses the host's fully qualified name. ``STAGED_RDZV_ENDPOINT``
+    replaces the config's endpoint where only the deployment knows it (a Kubernetes Job's generated name).
+    """
+    alone = parallel.nnodes == 1
+    endpoint = "127.0.0.1:0" if alone else os.environ.get("STAGED_RDZV_ENDPOINT") or parallel.rdzv_endpoint
+    addr = "127.0.0.1" if alone else os.environ.get("STAGED_NODE_ADDR")
+    return [
+        sys.executable,
+        "-m",
+        "tasks.parallel.rendezvous",
+        f"--nnodes={parallel.nnodes}",
+        f"--nproc-per-node={parallel.nproc}",
+        "--rdzv-backend=staged-c10d",
+        f"--rdzv-endpoint={endpoint}",
+        f"--rdzv-id={RDZV_ID}",
+        *([f"--local-addr={addr}"] if addr else []),
+        "--max-restarts=0",
+        "-m",
+        "tasks.parallel.worker",
+        job_dir,
+    ]
+
+
+def ranks_env() -> dict[str, str]:
+    """The environment of the ranks: this one, with this checkout first on PYTHONPATH."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path}
+
+
+class TorchrunJob(BaseModel):
     """What every rank reads: the same arguments run_stage has, and the stage key it computed."""
 
     spec: StageSpec
@@ -50,24 +93,14 @@ class TorchrunFailed(RuntimeError):
     """A rank failed; the message is one line (the rank's own error when it could write one)."""
 
 
-def launch(job: DDPJob, on_step: Callable[[StepInfo], None], log) -> StageRun:
-    n = job.spec.nproc
-    with tempfile.TemporaryDirectory(prefix="staged-ddp-") as tmp:
+def launch(job: TorchrunJob, on_step: Callable[[StepInfo], None], log) -> StageRun:
+    parallel = job.spec.parallel
+    with tempfile.TemporaryDirectory(prefix="staged-torchrun-") as tmp:
         job_dir = Path(tmp)
         (job_dir / JOB).write_text(job.model_dump_json())
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={n}",
-            "-m",
-            "tasks.parallel.worker",
-            tmp,
-        ]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        cmd = torchrun_command(parallel, tmp)
         with open(job_dir / LOG, "wb") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=ranks_env())
             try:
                 reported, exited = 0, False
                 while not exited:
@@ -80,12 +113,25 @@ def launch(job: DDPJob, on_step: Callable[[StepInfo], None], log) -> StageRun:
                     proc.terminate()
                     proc.wait()
         if proc.returncode != 0:
-            tail = (job_dir / LOG).read_text(errors="replace").splitlines()[-40:]
-            log.error("torchrun output (last lines):\n%s", "\n".join(tail))
-            errors = sorted(job_dir.glob("error-*.txt"), key=lambda p: int(p.stem.split("-")[1]))
-            default = f"stage {job.spec.index}: torchrun with {n} processes exited with code {proc.returncode}"
-            raise TorchrunFailed(errors[0].read_text().strip() if errors else default)
+            output = (job_dir / LOG).read_text(errors="replace")
+            log.error("torchrun output (last lines):\n%s", "\n".join(output.splitlines()[-60:]))
+            raise TorchrunFailed(_reason(job, job_dir, output, proc.returncode))
         return load_outputs(job_dir)
+
+
+def _reason(job: TorchrunJob, job_dir: Path, output: str, code: int) -> str:
+    """One line: a rank killed by a signal (torchrun's root cause, with no reason of its own), else the
+    lowest rank's own reason, else torchrun's exit code."""
+    where = f"stage {job.spec.index}: "
+    root = re.search(r"Root Cause.*?\brank\s*:\s*(\d+).*?exitcode\s*:\s*(-\d+)", output, re.S)
+    if root and not (job_dir / f"error-{root[1]}.txt").is_file():
+        name = signal.Signals(-int(root[2])).name if -int(root[2]) in signal.valid_signals() else root[2]
+        return f"{where}rank {root[1]} was killed by {name}; torchrun stopped the others"
+    errors = sorted(job_dir.glob("error-*.txt"), key=lambda p: int(p.stem.split("-")[1]))
+    if errors:
+        return errors[0].read_text().strip()
+    p = job.spec.parallel
+    return f"{where}{p.strategy} torchrun with {p.world_size} processes exited with code {code}"
 
 
 def _wait(proc: subprocess.Popen, seconds: float) -> bool:

@@ -1,12 +1,20 @@
 """One rank of a stage trained under torchrun: ``python -m tasks.parallel.worker JOB_DIR`` (see launch.py).
 
-NCCL when the stage trains on CUDA (one GPU per rank, ``cuda:<LOCAL_RANK>``), gloo on CPU. A rank
-that fails writes its one-line reason to ``JOB_DIR/error-<rank>.txt`` and exits 1; torchrun then
-stops the others.
+NCCL when the stage trains on CUDA (one GPU per rank, ``cuda:<LOCAL_RANK>``), gloo on CPU. The
+process group's store is rank 0's, bound to ``MASTER_ADDR`` only (tasks/parallel/rendezvous.py).
+
+The stage task's node has the job in ``JOB_DIR/job.json``; other nodes (``tasks.parallel.follow``)
+start with an empty ``JOB_DIR``. Ranks are renumbered so the task's node holds ranks 0..nproc-1
+(torch's rendezvous orders nodes by address), rank 0 sends the job to every rank, and at the end
+writes the weights (gathered from the shards under FSDP), AdamW moments and TrainResult into its
+JOB_DIR. A rank that fails writes its one-line reason to ``JOB_DIR/error-<rank>.txt`` and exits 1;
+torchrun then stops the others.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import sys
@@ -16,32 +24,72 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from models.gpt import GPT
+from models.parallel import full_state, gather_json, is_sharded
 from models.plan import Hooks
 from models.train import resolve_device
 from tasks import driver
-from tasks.parallel.launch import JOB, DDPJob, progress_writer, save_outputs
+from tasks.parallel.launch import JOB, TorchrunJob, progress_writer, save_outputs
+from tasks.parallel.rendezvous import bound_store
 from tasks.store import CheckpointError
 
 
+def _init(backend: str, has_job: bool) -> None:
+    """The process group on a bound store, renumbered so that the ranks that have the job come first."""
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    store = bound_store(host, port, is_master=rank == 0, world_size=world)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world)
+    flags = gather_json(has_job)
+    order = sorted(range(world), key=lambda r: (not flags[r], r))  # the task's node first, stable
+    if order != list(range(world)):
+        dist.destroy_process_group()
+        renumbered = dist.PrefixStore("staged-leader-first", store)
+        dist.init_process_group(backend, store=renumbered, rank=order.index(rank), world_size=world)
+
+
+def _job(job_dir: Path) -> TorchrunJob:
+    """The job, read by the ranks that have it and sent by rank 0 to those that do not."""
+    mine = (job_dir / JOB).read_text() if (job_dir / JOB).is_file() else None
+    return TorchrunJob.model_validate_json(gather_json(mine)[0])
+
+
+def _gathered(run: driver.StageRun, spec) -> driver.StageRun:
+    """Under FSDP: the whole model on rank 0 (gathered from every rank's shards; collective)."""
+    if not is_sharded(run.model):
+        return run
+    state = full_state(run.model)
+    if dist.get_rank() != 0:
+        return run
+    model = GPT(spec.model)
+    model.load_state_dict(state, strict=True)
+    return dataclasses.replace(run, model=model)
+
+
 def main(job_dir: Path) -> int:
-    job = DDPJob.model_validate_json((job_dir / JOB).read_text())
-    rank = int(os.environ["RANK"])
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format=f"[rank {rank}] %(message)s")
+    rank, where = int(os.environ["RANK"]), ""
+    has_job = (job_dir / JOB).is_file()
     try:
-        cuda = resolve_device(job.spec.train.device).type == "cuda"
+        device = json.loads((job_dir / JOB).read_text())["spec"]["train"]["device"] if has_job else "auto"
+        cuda = resolve_device(device).type == "cuda"
         if cuda:
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-        dist.init_process_group("nccl" if cuda else "gloo")
+        _init("nccl" if cuda else "gloo", has_job)
+        rank = dist.get_rank()
+        logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format=f"[rank {rank}] %(message)s")
+        job = _job(job_dir)
+        where = f"stage {job.spec.index}: "
         ws, parent = job.workspace, job.parent
         hooks = Hooks(on_step=progress_writer(job_dir))
         checkpoints = ws.checkpoints(job.spec, job.key)
         run = driver.run(job.spec, ws.parent(parent) if parent else None, hooks=hooks, checkpoints=checkpoints)
+        run = _gathered(run, job.spec)
         if rank == 0:
             save_outputs(job_dir, run)
     except Exception as e:
         traceback.print_exc()
         known = isinstance(e, (driver.StageFailed, CheckpointError))  # their messages are one line and name the stage
-        reason = str(e) if known else f"stage {job.spec.index}: rank {rank}: {type(e).__name__}: {e}"
+        reason = str(e) if known else f"{where}rank {rank}: {type(e).__name__}: {e}"
         (job_dir / f"error-{rank}.txt").write_text(reason.split("\n")[0])
         return 1
     finally:

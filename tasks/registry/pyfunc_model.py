@@ -1,9 +1,9 @@
 """MLflow models-from-code entry point: the pyfunc flavour of a staged model version.
 
 MLflow copies this file into the version's ``model/`` directory and executes it on
-``mlflow.pyfunc.load_model``; it sits next to ``model.safetensors`` and ``config.json``, which it
-reads from its own directory. No Python object is pickled, at logging or at loading: the weights
-are safetensors, the config JSON, and the code is this file plus the installed ``models`` package.
+``mlflow.pyfunc.load_model``; it sits next to ``model.safetensors`` (or its shards and index) and
+``config.json``, which it reads from its own directory. No Python object is pickled, at logging or at
+loading: the weights are safetensors, the config JSON, and the code is this file plus the installed ``models`` package.
 
 Input: byte ids, int64 of shape (batch, T) with T <= the model's context. Output: float32 logits
 of shape (batch, T, 256), exactly what ``models.gpt.GPT`` returns.
@@ -11,6 +11,7 @@ of shape (batch, T, 256), exactly what ``models.gpt.GPT`` returns.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -31,7 +32,12 @@ class StagedGPT(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         cfg = GPTConfig.model_validate_json((HERE / "config.json").read_text())
         self.model = GPT(cfg)
-        self.model.load_state_dict(load_file(HERE / "model.safetensors"), strict=True)
+        index = HERE / "model.safetensors.index.json"  # sharded weights (tasks/store/model_dir.py)
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else []
+        state = {}
+        for name in files or ["model.safetensors"]:
+            state.update(load_file(HERE / name))
+        self.model.load_state_dict(state, strict=True)
         self.model.eval()
 
     def predict(self, context, model_input, params=None) -> np.ndarray:

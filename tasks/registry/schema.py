@@ -53,7 +53,9 @@ class VersionTags(_Tags):
     stage: int
     n_layers: int
     parent_version: str | None  # None: the first stage
-    weights_sha256: str  # of model.safetensors, verified before every load
+    weights_sha256: (
+        str  # of model.safetensors (sharded: of its index, which holds each shard's), verified before every load
+    )
     optimizer_sha256: str | None = None  # of optimizer.safetensors; None for versions registered without it
     stage_key: str  # tasks.config.stage_key: a version with this key *is* the stage's result
     growth: str  # the operator that made it from its parent; "none" for the first stage

@@ -10,6 +10,11 @@
 A checkpoint without a manifest is partial (the writer died); one whose files do not match
 their manifest is corrupt. Both are skipped with a warning, and the next older one is used.
 Everything is safetensors or JSON: nothing loaded back is ever unpickled.
+
+A sharded (FSDP2) model's checkpoint has the same directory, step, RNG and manifest rules, with
+each rank's shards in place of model.safetensors and optimizer.safetensors (manifest format 2,
+tasks/store/sharded.py). Either format resumes either kind of run: ``latest(..., into=model)``
+loads into a sharded model, without ``into`` the weights and moments come back whole.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,11 +32,13 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from models.gpt import GPT
+from models.parallel import is_sharded, load_full_state
 from models.plan import TrainState
+from tasks.store import sharded
 from tasks.store.storage import Storage
 
 MANIFEST = "manifest.json"
-FORMAT = 1
+FORMAT = 1  # whole model.safetensors + optimizer.safetensors; sharded.FORMAT (2): each rank's shards
 log = logging.getLogger(__name__)
 
 
@@ -40,7 +49,7 @@ class CheckpointError(OSError):
 @dataclass
 class Checkpoint:
     step: int
-    weights: dict[str, torch.Tensor]
+    weights: dict[str, torch.Tensor] | None  # None: already loaded into the sharded model given to latest()
     state: TrainState
 
 
@@ -50,6 +59,15 @@ def _prefix(key: str, step: int) -> str:
 
 def _encode(model: GPT, state: TrainState) -> dict[str, bytes]:
     weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    return {
+        "model.safetensors": st_save(weights),
+        "optimizer.safetensors": st_save({k: v.contiguous() for k, v in state.moments.items()}),
+        **encode_progress(state),
+    }
+
+
+def encode_progress(state: TrainState) -> dict[str, bytes]:
+    """Everything but weights and moments: step, cursor, curves, RNG states (rank 0's under torchrun)."""
     np_name, np_keys, np_pos, np_gauss, np_cached = state.rng["numpy"]
     py_version, py_internal, py_gauss = state.rng["python"]
     rng = {"torch": state.rng["torch"], "numpy_keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64))}
@@ -66,15 +84,28 @@ def _encode(model: GPT, state: TrainState) -> dict[str, bytes]:
             "python": [py_version, list(py_internal), py_gauss],
         },
     }
-    return {
-        "model.safetensors": st_save(weights),
-        "optimizer.safetensors": st_save({k: v.contiguous() for k, v in state.moments.items()}),
-        "rng.safetensors": st_save(rng),
-        "state.json": json.dumps(meta).encode(),
-    }
+    return {"rng.safetensors": st_save(rng), "state.json": json.dumps(meta).encode()}
 
 
-def _decode(files: dict[str, bytes]) -> Checkpoint:
+def _decode(files: dict[str, bytes], into: torch.nn.Module | None = None) -> Checkpoint:
+    """A verified checkpoint's files -> Checkpoint; with ``into`` (a sharded model) the weights go there."""
+    weights, moments = None, None
+    if json.loads(files[MANIFEST])["format"] == sharded.FORMAT:
+        with tempfile.TemporaryDirectory(prefix="staged-shards-") as tmp:
+            for name, data in files.items():
+                if sharded.is_shard(name):
+                    (Path(tmp) / name).write_bytes(data)
+            weights, moments = sharded.read(Path(tmp), into)
+    else:
+        weights, moments = st_load(files["model.safetensors"]), st_load(files["optimizer.safetensors"])
+        if into is not None:
+            load_full_state(into, weights)
+            weights = None
+    state = decode_progress(files, moments)
+    return Checkpoint(step=state.step, weights=weights, state=state)
+
+
+def decode_progress(files: dict[str, bytes], moments: dict[str, torch.Tensor]) -> TrainState:
     meta = json.loads(files["state.json"])
     rng = st_load(files["rng.safetensors"])
     np_name, np_pos, np_gauss, np_cached = meta["rng"]["numpy"]
@@ -82,7 +113,7 @@ def _decode(files: dict[str, bytes]) -> Checkpoint:
     state = TrainState(
         step=meta["step"],
         cursor=meta["cursor"],
-        moments=st_load(files["optimizer.safetensors"]),
+        moments=moments,
         rng={
             "torch": rng["torch"],
             "numpy": (np_name, rng["numpy_keys"].numpy().astype(np.uint32), np_pos, np_gauss, np_cached),
@@ -93,12 +124,20 @@ def _decode(files: dict[str, bytes]) -> Checkpoint:
         train_curve=[tuple(p) for p in meta["train_curve"]],
         val_curve=[tuple(p) for p in meta["val_curve"]],
     )
-    return Checkpoint(step=meta["step"], weights=st_load(files["model.safetensors"]), state=state)
+    return state
 
 
 def save(storage: Storage, key: str, model: GPT, state: TrainState) -> None:
-    """Write one checkpoint; the manifest goes last, so a crash mid-way leaves a detectably partial one."""
+    """Write one checkpoint; the manifest goes last, so a crash mid-way leaves a detectably partial one.
+    A sharded model: every rank calls this and writes its shards (tasks/store/sharded.py)."""
     prefix = _prefix(key, state.step)
+    if is_sharded(model):
+        try:
+            sharded.save(storage, prefix, key, model, state, encode_progress(state))
+        except OSError as e:
+            kept = _previous(storage, key, state.step)
+            raise CheckpointError(f"checkpoint at step {state.step} not written ({e.strerror or e}); {kept}") from None
+        return
     files = _encode(model, state)
     manifest = {
         "format": FORMAT,
@@ -113,9 +152,18 @@ def save(storage: Storage, key: str, model: GPT, state: TrainState) -> None:
             storage.put(f"{prefix}/{name}", data)
         storage.put(f"{prefix}/{MANIFEST}", json.dumps(manifest, indent=1).encode())
     except OSError as e:
-        previous = [s for s in steps(storage, key) if s < state.step]
-        kept = f"checkpoint step {previous[-1]} is intact" if previous else "no earlier checkpoint"
-        raise CheckpointError(f"checkpoint at step {state.step} not written ({e.strerror or e}); {kept}") from None
+        raise CheckpointError(
+            f"checkpoint at step {state.step} not written ({e.strerror or e}); {_previous(storage, key, state.step)}"
+        ) from None
+
+
+def _previous(storage: Storage, key: str, step: int) -> str:
+    """What a failed write leaves, for its message."""
+    try:
+        previous = [s for s in steps(storage, key) if s < step]
+    except OSError:
+        return "the earlier checkpoints are as they were"
+    return f"checkpoint step {previous[-1]} is intact" if previous else "no earlier checkpoint"
 
 
 def steps(storage: Storage, key: str) -> list[int]:
@@ -128,17 +176,18 @@ def steps(storage: Storage, key: str) -> list[int]:
     return sorted(found)
 
 
-def _read_valid(storage: Storage, key: str, step: int) -> Checkpoint | None:
+def _read_valid(storage: Storage, key: str, step: int, into: torch.nn.Module | None) -> Checkpoint | None:
     prefix = _prefix(key, step)
     try:
-        manifest = json.loads(storage.get(f"{prefix}/{MANIFEST}"))
+        raw = storage.get(f"{prefix}/{MANIFEST}")
+        manifest = json.loads(raw)
     except FileNotFoundError:  # other storage errors (unreachable, 5xx) propagate: they are not "corrupt"
         log.warning("checkpoint %s is partial (no manifest): skipped", prefix)
         return None
     except ValueError as e:
         log.warning("checkpoint %s has an unreadable manifest (%s): skipped", prefix, e)
         return None
-    files = {}
+    files = {MANIFEST: raw}
     for name, want in manifest.get("files", {}).items():
         try:
             data = storage.get(f"{prefix}/{name}")
@@ -150,8 +199,8 @@ def _read_valid(storage: Storage, key: str, step: int) -> Checkpoint | None:
             return None
         files[name] = data
     try:
-        return _decode(files)
-    except (KeyError, ValueError, TypeError) as e:
+        return _decode(files, into)
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
         log.warning("checkpoint %s cannot be decoded (%s): skipped", prefix, e)
         return None
 
@@ -167,10 +216,14 @@ def location(storage: Storage, key: str, step: int) -> str:
     return f"{storage.uri}/{_prefix(key, step)}"
 
 
-def latest(storage: Storage, key: str) -> Checkpoint | None:
-    """The newest checkpoint whose every file matches its manifest; None when there is none."""
+def latest(storage: Storage, key: str, into: torch.nn.Module | None = None) -> Checkpoint | None:
+    """The newest checkpoint whose every file matches its manifest; None when there is none.
+
+    ``into``: a sharded model (every rank calls this, and each ends with its shards of the weights and
+    moments, whatever world size or format wrote them); without it, whole tensors.
+    """
     for step in reversed(steps(storage, key)):
-        if (found := _read_valid(storage, key, step)) is not None:
+        if (found := _read_valid(storage, key, step, into)) is not None:
             return found
     return None
 

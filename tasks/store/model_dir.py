@@ -1,19 +1,30 @@
 """Model artifacts on disk: ``model.safetensors`` + ``config.json`` + ``optimizer.safetensors``.
 
 The optimizer file holds the AdamW moments by parameter name (models/optim.py), for stages that
-transfer optimizer state across growth. Nothing is ever pickled."""
+transfer optimizer state across growth. Nothing is ever pickled.
+
+Weights above ``SHARD_BYTES`` (Hugging Face's default, 5 GB) are saved as Hugging Face does, by
+``huggingface_hub.save_torch_state_dict``: ``model-00001-of-0000N.safetensors``... and
+``model.safetensors.index.json`` (which tensor is in which file). The index also records each shard's
+sha256 (``metadata.sha256``), and the version's weights sha256 is the index's: verifying it and then
+each shard against it verifies every byte. ``huggingface_hub.load_torch_model`` and transformers read
+such a directory as they read a single file."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import torch
+from huggingface_hub import save_torch_state_dict
 from safetensors.torch import load_file, save_file
 
 from models.gpt import GPT, GPTConfig
 
 WEIGHTS, CONFIG, OPTIMIZER = "model.safetensors", "config.json", "optimizer.safetensors"
+INDEX = "model.safetensors.index.json"  # sharded weights (above SHARD_BYTES)
+SHARD_BYTES = 5 * 10**9  # huggingface_hub's and transformers' default max_shard_size ("5GB")
 
 
 def sha256_file(path: Path) -> str:
@@ -24,30 +35,45 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_model(model: GPT, directory: Path) -> str:
-    """Write weights and config into ``directory``; return the sha256 of the weights file."""
+def save_model(model: GPT, directory: Path, max_shard_bytes: int = SHARD_BYTES) -> str:
+    """Write weights and config into ``directory``; return the sha256 of the weights file (or of the index)."""
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    save_file(state, directory / WEIGHTS)
     (directory / CONFIG).write_text(model.cfg.model_dump_json(indent=2) + "\n")
-    return sha256_file(directory / WEIGHTS)
+    if sum(v.numel() * v.element_size() for v in state.values()) <= max_shard_bytes:
+        save_file(state, directory / WEIGHTS)
+        return sha256_file(directory / WEIGHTS)
+    save_torch_state_dict(state, directory, max_shard_size=max_shard_bytes)
+    index = json.loads((directory / INDEX).read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    index["metadata"]["sha256"] = {name: sha256_file(directory / name) for name in shards}
+    (directory / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return sha256_file(directory / INDEX)
 
 
 class WeightsMismatch(RuntimeError):
     pass
 
 
+def _verified(path: Path, expected_sha256: str | None) -> Path:
+    if expected_sha256 is not None and (actual := sha256_file(path)) != expected_sha256:
+        raise WeightsMismatch(f"{path}: sha256 {actual[:12]}… does not match the registered {expected_sha256[:12]}…")
+    return path
+
+
 def load_state(directory: Path, expected_sha256: str | None) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
-    """Read a saved model, refusing weights whose sha256 differs from ``expected_sha256``."""
-    weights = directory / WEIGHTS
-    if expected_sha256 is not None:
-        actual = sha256_file(weights)
-        if actual != expected_sha256:
-            raise WeightsMismatch(
-                f"{weights}: sha256 {actual[:12]}… does not match the registered {expected_sha256[:12]}…"
-            )
+    """Read a saved model, refusing weights whose sha256 differs from ``expected_sha256`` (sharded: the
+    index's, then every shard against the index)."""
     cfg = GPTConfig.model_validate_json((directory / CONFIG).read_text())
-    return cfg, load_file(weights)
+    if not (directory / INDEX).is_file():
+        return cfg, load_file(_verified(directory / WEIGHTS, expected_sha256))
+    index = json.loads(_verified(directory / INDEX, expected_sha256).read_text())
+    state: dict[str, torch.Tensor] = {}
+    for name, sha in index["metadata"]["sha256"].items():
+        state.update(load_file(_verified(directory / name, sha if expected_sha256 is not None else None)))
+    if state.keys() != index["weight_map"].keys():
+        raise WeightsMismatch(f"{directory / INDEX}: its shards do not hold exactly the tensors it lists")
+    return cfg, state
 
 
 def save_optimizer(moments: dict[str, torch.Tensor], directory: Path) -> str:

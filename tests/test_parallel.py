@@ -1,0 +1,75 @@
+"""models/parallel.py in this process: a one-rank gloo group is enough to shard, gather and move moments."""
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.distributed.fsdp import FSDPModule
+
+from models import parallel
+from models.gpt import GPT, GPTConfig
+from models.optim import MomentsMismatch, make_optimizer
+
+CFG = GPTConfig(n_layers=2, d_model=16, n_heads=2, d_ff=32, context=8)
+
+
+class LlamaShaped(nn.Module):
+    """The Hugging Face layout: blocks at ``model.layers``."""
+
+    def __init__(self):
+        super().__init__()
+        self.model = nn.Module()
+        self.model.layers = nn.ModuleList(nn.Linear(4, 4) for _ in range(3))
+        self.lm_head = nn.Linear(4, 4)
+
+    def forward(self, x):
+        for layer in self.model.layers:
+            x = layer(x)
+        return self.lm_head(x)
+
+
+@pytest.fixture
+def group():
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_blocks_are_found_for_both_layouts():
+    assert len(parallel.transformer_blocks(GPT(CFG))) == 2
+    assert len(parallel.transformer_blocks(LlamaShaped())) == 3
+    with pytest.raises(TypeError, match="neither .blocks nor .model.layers"):
+        parallel.transformer_blocks(nn.Linear(2, 2))
+
+
+def test_shard_wraps_each_block_and_the_root(group):
+    llama = parallel.shard(LlamaShaped(), torch.device("cpu"))
+    assert isinstance(llama, FSDPModule) and all(isinstance(b, FSDPModule) for b in llama.model.layers)
+    torch.manual_seed(0)
+    model = GPT(CFG)
+    whole = {k: v.clone() for k, v in model.state_dict().items()}
+    parallel.shard(model, torch.device("cpu"))
+    assert parallel.is_sharded(model) and parallel.data_parallel(model, torch.device("cpu")) is model
+    gathered = parallel.full_state(model)
+    assert gathered.keys() == whole.keys() and all(torch.equal(gathered[k], v) for k, v in whole.items())
+
+
+def test_moments_go_out_whole_and_come_back_into_the_shards(group):
+    torch.manual_seed(0)
+    model = parallel.shard(GPT(CFG), torch.device("cpu"))
+    optimizer = make_optimizer(model, 1e-3, 0.1, 0.99)
+    x = torch.randint(0, 256, (2, CFG.context))
+    parallel.evaluated(model, model.loss(x, x).item())  # an evaluation leaves the root gathered: reshard
+    model.loss(x, x).backward()
+    optimizer.step()
+    full = parallel.export_moments(model, optimizer)
+    assert full["step"].item() == 1.0 and full["exp_avg.head.weight"].shape == (256, 16)
+    fresh = parallel.shard(GPT(CFG), torch.device("cpu"))
+    again = make_optimizer(fresh, 1e-3, 0.1, 0.99)
+    parallel.load_moments(fresh, again, full)  # whole tensors, through set_optimizer_state_dict
+    back = parallel.export_moments(fresh, again)
+    assert all(torch.equal(back[k], v) for k, v in full.items())
+    shards = parallel.export_moments(model, optimizer, full=False)  # what a checkpoint writes
+    assert type(shards["exp_avg.head.weight"]).__name__ == "DTensor"
+    with pytest.raises(MomentsMismatch, match="missing exp_avg.head.weight"):
+        parallel.load_moments(fresh, again, {k: v for k, v in full.items() if k != "exp_avg.head.weight"})
