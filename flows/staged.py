@@ -4,6 +4,11 @@ and resumes the interrupted one from its newest checkpoint. After the last stage
 with ``gate.every_stage``) the evaluation gate decides whether the new version becomes the
 champion; each version gets a model card.
 
+The publications are off the critical path: stage k's model card is submitted to Prefect's task runner
+and written while stage k+1 trains, and after the last stage (and its gate) that card, the summary and
+the comparison are written side by side. The flow waits for all of them before it finishes, so its
+results, the registry and the UI artifacts are those of a run that published one after the other.
+
 The flow owns the MLflow parent run: it opens it before the first stage that trains (a rerun that
 trains nothing opens none), and finishes or fails it here, in one place.
 """
@@ -13,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow
+from prefect.futures import PrefectFuture, wait
 from prefect.runtime import flow_run
 
 from tasks import publish
@@ -60,6 +66,7 @@ def staged_training(
         results.append(skipped_result(parent, registry, specs[parent.stage - 1].model))
         specs = specs[parent.stage :]
     gated: GateResult | None = None
+    pending: list[PrefectFuture] = []  # publications running beside the training
     try:
         for spec in specs:
             key = stage_key(spec, parent.weights_sha256 if parent else None)
@@ -74,11 +81,17 @@ def staged_training(
                 if gate_now
                 else None
             )
-            publish.card.with_options(**retry)(registry, results, config.data, gated)
+            pending.append(publish.card.with_options(**retry).submit(registry, list(results), config.data, gated))
         png = Path(workdir) / f"{config.registry.model_name}-loss.png"
-        publish.summary.with_options(**retry)(results, png, registry, parent_run.find(), pipeline.run_name)
-        publish.comparison.with_options(**retry)(registry, results, gated, config.gate.alias)
+        summary_args = (list(results), png, registry, parent_run.find(), pipeline.run_name)
+        pending.append(publish.summary.with_options(**retry).submit(*summary_args))
+        pending.append(
+            publish.comparison.with_options(**retry).submit(registry, list(results), gated, config.gate.alias)
+        )
+        for future in pending:
+            future.result()  # raises the first publication that failed (after its retries)
     except BaseException:
+        wait(pending)  # never leave a publication writing after the flow has failed its parent run
         parent_run.fail()
         raise
     parent_run.finish()
