@@ -5,9 +5,10 @@ with ``gate.every_stage``) the evaluation gate decides whether the new version b
 champion; each version gets a model card.
 
 The publications are off the critical path: stage k's model card is submitted to Prefect's task runner
-and written while stage k+1 trains, and after the last stage (and its gate) that card, the summary and
-the comparison are written side by side. The flow waits for all of them before it finishes, so its
-results, the registry and the UI artifacts are those of a run that published one after the other.
+and written while stage k+1 trains; the summary is written while the last stage's gate runs, and the
+last card and the comparison (both need the gate's decision) side by side after it. The flow waits
+for all of them before it finishes, so its results, the registry and the UI artifacts are those of a
+run that published one after the other.
 
 The flow owns the MLflow parent run: it opens it before the first stage that trains (a rerun that
 trains nothing opens none), and finishes or fails it here, in one place.
@@ -75,6 +76,10 @@ def staged_training(
             result = run_stage.with_options(**retry)(spec, parent, ws, run_id)  # configs and references, no tensors
             results.append(result)
             parent = result.ref
+            if spec is specs[-1]:  # the summary needs no gate decision: it is written beside the last gate
+                png = Path(workdir) / f"{config.registry.model_name}-loss.png"
+                summary_args = (list(results), png, registry, parent_run.find(), pipeline.run_name)
+                pending.append(publish.summary.with_options(**retry).submit(*summary_args))
             gate_now = config.gate.enabled and (config.gate.every_stage or spec.index == len(config.stages))
             gated = (
                 run_gate.with_options(**retry)(parent, registry, config.gate, config.data, config.seed)
@@ -82,9 +87,6 @@ def staged_training(
                 else None
             )
             pending.append(publish.card.with_options(**retry).submit(registry, list(results), config.data, gated))
-        png = Path(workdir) / f"{config.registry.model_name}-loss.png"
-        summary_args = (list(results), png, registry, parent_run.find(), pipeline.run_name)
-        pending.append(publish.summary.with_options(**retry).submit(*summary_args))
         pending.append(
             publish.comparison.with_options(**retry).submit(registry, list(results), gated, config.gate.alias)
         )

@@ -60,7 +60,7 @@ def test_the_written_json_has_the_shape_every_preset_shares(tmp_path):
     assert set(jump["flops_ratio"]) >= {"mean", "ci95", "per_seed"} and jump["trials"] == 1
     assert set(jump["time_ratio"]) >= {"mean", "ci95", "per_seed"}
     assert "throughput_ratio_vs_bare_loop" in out and out["orchestration_overhead_fraction"] is None  # --no-flow
-    assert "FLOPs to target / scratch" in proc.stdout
+    assert "FLOPs to target / scratch" in proc.stdout and (tmp_path / "b.png").stat().st_size > 0
 
 
 def test_only_efficiency_writes_the_throughput_figures(tmp_path):

@@ -4,9 +4,11 @@ train() but torch and the model class, and its ratio comes with the spread over 
 from __future__ import annotations
 
 import dis
+import json
 import statistics
 import types
 
+import pytest
 import torch
 
 from bench import efficiency
@@ -55,3 +57,22 @@ def test_a_figure_above_one_is_explained():
     assert "noise" in _note([0.97, 1.02, 1.04])
     assert "every round above 1" in _note([1.02, 1.03, 1.05])
     assert "of the bare loop's speed" in _note([0.9, 0.95, 0.97])
+
+
+def test_the_gpu_check_prints_tokens_per_s_mfu_and_the_ratio(capsys, tmp_path):
+    from bench.gpu_check import main
+
+    assert main(["--tiny", "--out", str(tmp_path / "g.json")]) == 0
+    out = capsys.readouterr().out
+    for what in ("matmul peak", "train():", "tokens/s, MFU", "bare loop:", "ratio train()/bare:"):
+        assert what in out
+    assert json.loads((tmp_path / "g.json").read_text())["throughput_ratio_vs_bare_loop"] > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine runs the real check")
+def test_the_gpu_check_without_a_gpu_is_one_line_and_exit_2(capsys):
+    from bench.gpu_check import main
+
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "no CUDA device" in err

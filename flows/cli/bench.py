@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,7 +21,7 @@ def add_bench_command(sub: argparse._SubParsersAction, argv: list[str]) -> None:
     from bench.schedules import SCHEDULES
 
     bench.add_argument("--preset", choices=sorted(PRESETS), default="quick")
-    bench.add_argument("--out", required=True, help="JSON summary to write")
+    bench.add_argument("--out", required=True, help="JSON summary to write (and its plot beside it, as .png)")
     bench.add_argument(
         "--workdir", default=".staged", help="where plots, stores and artifacts go (default: %(default)s)"
     )
@@ -76,5 +77,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     summary = run_bench(preset, Path(args.workdir), **flags)
     summary.pop("arms", None)
     write_json(summary, out)
+    plots = [f for f in summary.get("files", []) if f.endswith(".png")]
+    if plots:  # the plot beside the JSON: docs/bench-budgets.json comes with docs/bench-budgets.png
+        shutil.copyfile(plots[0], out.with_suffix(".png"))
     print(markdown(summary) if not args.only else f"wrote {out}")
     return 0
