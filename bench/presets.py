@@ -12,11 +12,11 @@ from models.data import DataConfig
 from models.gpt import GPTConfig
 from models.train import TrainConfig
 
-# 12 layers at d_model 32 (171k parameters): small enough that 6 arms x (trials + 3 held-out seeds) fit
-# the time limits on 2 idle CPU cores. Estimated from one held-out seed of all six arms at 1.6... 2 tokens per
-# parameter (docs/benchmarks.md): quick ~6-8 min (one budget, 3 trials), budgets ~50-70 min (three, 8 trials).
-_SMALL = GPTConfig(n_layers=12, d_model=32, n_heads=2, d_ff=128, context=64)
-_SMALL_DATA = DataConfig(max_bytes=3_000_000)  # 2.85 MB of train bytes: the largest budget (1.09M) stays in 1 epoch
+# 12 layers at d_model 24 (101k parameters): small enough that 6 arms x (trials + 3 held-out seeds) fit the
+# time limits on 2 idle CPU cores. Estimated from all six arms of one seed at 2 tokens per parameter, timed
+# (docs/benchmarks.md, "Cost"): quick ~5-8 min (one budget, 4 trials), budgets ~35-65 min (three, 8 trials).
+_SMALL = GPTConfig(n_layers=12, d_model=24, n_heads=2, d_ff=96, context=64)
+_SMALL_DATA = DataConfig(max_bytes=3_000_000)  # 2.85 MB of train bytes: the largest budget (0.8M) stays in 1 epoch
 _SMALL_TRAIN = TrainConfig(batch_size=16)
 _HELDOUT = [1, 2, 3]
 
@@ -28,8 +28,8 @@ PRESETS: dict[str, Preset] = {
             model=_SMALL,
             data=_SMALL_DATA,
             train=_SMALL_TRAIN,
-            budgets=[1.6],  # the middle budget of `budgets`: its studies are the first trials of those
-            tuning=Tuning(trials=3, seeds=[0], startup_trials=2),
+            budgets=[2.0],  # the middle budget of `budgets`: its studies are the first trials of those
+            tuning=Tuning(trials=4, seeds=[0], startup_trials=2),
             heldout_seeds=_HELDOUT,
             schedules=FIELD,
         ),
@@ -38,8 +38,8 @@ PRESETS: dict[str, Preset] = {
             model=_SMALL,
             data=_SMALL_DATA,
             train=_SMALL_TRAIN,
-            budgets=[0.4, 1.6, 6.4],  # 16x in tokens: 68k ... 1.09M tokens
-            flow_budget=6.4,  # the flow's stages are longest here: where orchestration is judged on this size
+            budgets=[0.5, 2.0, 8.0],  # 16x in tokens
+            flow_budget=8.0,  # the flow's stages are longest here: where orchestration is judged on this size
             tuning=Tuning(trials=8, seeds=[0], startup_trials=4),
             heldout_seeds=_HELDOUT,
             schedules=FIELD,

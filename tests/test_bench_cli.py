@@ -70,3 +70,26 @@ def test_only_efficiency_writes_the_throughput_figures(tmp_path):
     assert proc.returncode == 0, proc.stderr
     eff = json.loads((tmp_path / "e.json").read_text())["efficiency"]
     assert eff["ratio_min"] <= eff["throughput_ratio_vs_bare_loop"] <= eff["ratio_max"] and eff["mfu"] > 0
+
+
+@pytest.mark.integration
+def test_only_orchestration_runs_a_schedule_through_the_prefect_flow(tmp_path):
+    out = tmp_path / "o.json"
+    proc = bench(
+        *TINY,
+        "--only",
+        "orchestration",
+        "--schedules",
+        "best",
+        "--out",
+        str(out),
+        "--workdir",
+        str(tmp_path),
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    orch = json.loads(out.read_text())["orchestration"]
+    assert 0 < orch["orchestration_overhead_fraction"] < 1 and orch["pure_train_seconds"] < orch["flow_seconds"]
+    runs = orch["task_run_seconds"]
+    assert {"stage-1-3L", "stage-2-6L", "stage-3-12L", "card-v1", "gate-v3", "summary", "comparison"} <= set(runs)
+    assert orch["prefect_server_start_seconds_excluded"] > 0 and orch["mlflow_store_creation_seconds_excluded"] > 0
