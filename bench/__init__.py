@@ -1,2 +1,2 @@
-"""Staged-vs-scratch benchmark: a thin layer over models/ (train, grow, ByteCorpus) that measures
-time- and FLOPs-to-target side by side in one process, plus efficiency figures."""
+"""Staged-vs-scratch benchmark: every arm trained through the stage driver (tasks/driver.py), tuned alike with
+Optuna on tuning seeds, reported on held-out seeds at several budgets, plus efficiency and orchestration figures."""

@@ -1,4 +1,5 @@
-"""Pure functions on measured curves: when a curve first reaches a target, and spread over seeds.
+"""Pure functions on measured curves: when a curve first reaches a target, and the mean and 95% interval
+over seeds.
 
 Kept free of torch and I/O so the figures the benchmark reports can be checked on hand-made curves.
 """
@@ -9,6 +10,8 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+
+from scipy.stats import t as t_dist
 
 
 @dataclass(frozen=True)
@@ -53,12 +56,16 @@ def ratio(staged: float | None, scratch: float | None) -> float | None:
     return staged / scratch
 
 
-def spread(values: Sequence[float | None]) -> dict[str, float | int | None]:
-    """Mean, sample std, min, max over seeds; a seed that never reached the target makes the mean None
-    (reported as 'not reached', never silently dropped)."""
+def interval(values: Sequence[float | None]) -> dict:
+    """Mean, sample std, min, max and the 95% Student-t interval of the mean over seeds. A seed that never
+    reached the target makes the mean and interval None (reported as 'not reached', never silently dropped);
+    one seed has no interval."""
     reached = [v for v in values if v is not None and math.isfinite(v)]
-    out: dict[str, float | int | None] = {"n": len(values), "reached": len(reached)}
+    out: dict = {"n": len(values), "reached": len(reached), "min": min(reached, default=None)}
+    out["max"] = max(reached, default=None)
     if not reached or len(reached) < len(values):
-        return {**out, "mean": None, "std": None, "min": min(reached, default=None), "max": max(reached, default=None)}
-    std = statistics.stdev(reached) if len(reached) > 1 else 0.0
-    return {**out, "mean": statistics.fmean(reached), "std": std, "min": min(reached), "max": max(reached)}
+        return {**out, "mean": None, "std": None, "ci95": None}
+    n, mean = len(reached), statistics.fmean(reached)
+    std = statistics.stdev(reached) if n > 1 else 0.0
+    half = float(t_dist.ppf(0.975, n - 1)) * std / math.sqrt(n) if n > 1 else None
+    return {**out, "mean": mean, "std": std, "ci95": None if half is None else [mean - half, mean + half]}

@@ -1,9 +1,11 @@
-"""Train one arm (scratch or a staged schedule) through the stage driver the Prefect task runs
-(tasks/driver.py), recording validation loss against training wall time, tokens and FLOPs.
+"""Train one arm (scratch or a staged schedule, with one trial's hyperparameters, at one budget) through
+the stage driver the Prefect task runs (tasks/driver.py), recording validation loss against training
+wall time, tokens and FLOPs.
 
 An arm is a PipelineConfig (bench.spec.pipeline_config); each of its StageSpecs is prepared (built
 or grown) and trained by the driver with the very seeding of a pipeline stage. The parent of each
-stage is the previous stage's model, handed over in memory instead of through the registry.
+stage is the previous stage's model, handed over in memory instead of through the registry: a test
+(tests/test_bench_driver.py) shows an arm ends with the weights the Prefect flow registers, bit for bit.
 
 Clock: runs while the driver prepares a stage (build, growth of weights and Adam moments) and
 inside train(), minus the step hook's own time (the benchmark's evaluations, on the same fixed
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from bench.curves import Point
-from bench.spec import Preset, Schedule, pipeline_config, train_flops_per_token
+from bench.spec import Budget, HParams, Preset, Schedule, pipeline_config, train_flops_per_token
 from models.data import ByteCorpus
 from models.gpt import GPT
 from models.plan import Hooks, StepInfo
@@ -41,6 +43,7 @@ class ArmResult:
     boundaries: list[dict] = field(default_factory=list)  # where each stage starts: stage, n_layers, seconds, ...
     stopped_at_target: bool = False
     eval_seconds: float = 0.0
+    model: GPT | None = None  # the final stage's model where training ended (not in as_dict)
 
     @property
     def final_val_loss(self) -> float:
@@ -87,11 +90,18 @@ def _in_memory(model: GPT, spec, result, global_step: int) -> driver.Parent:
 
 
 def run_arm(
-    preset: Preset, schedule: Schedule, corpus: ByteCorpus, seed: int, *, stop_below: float | None = None
+    preset: Preset,
+    schedule: Schedule,
+    corpus: ByteCorpus,
+    seed: int,
+    hp: HParams,
+    budget: Budget,
+    *,
+    stop_below: float | None = None,
 ) -> ArmResult:
     """Train every stage of ``schedule`` in turn; stop once the *final* stage's val loss <= ``stop_below``
-    (a smaller model that reaches the target on the way does not count: see bench.main.final_stage)."""
-    specs = pipeline_config(preset, schedule, seed, model_name=f"bench-{schedule.name}").stage_specs()
+    (a smaller model that reaches the target on the way does not count: see bench.figures.final_stage)."""
+    specs = pipeline_config(preset, schedule, seed, f"bench-{schedule.name}", hp, budget.scratch_steps).stage_specs()
     device = resolve_device(preset.train.device)
     val = corpus.val_batches(preset.eval_batches, preset.eval_batch_size)
     arm = ArmResult(schedule.name, seed)
@@ -121,7 +131,7 @@ def run_arm(
 
         def on_step(info: StepInfo, origin=origin, clock=clock) -> None:
             k, model, s0, t0, f0, tok, flops = origin
-            if info.step % preset.eval_every and info.step != info.steps:
+            if info.step % budget.eval_every and info.step != info.steps:
                 return
             with clock.paused() as at:
                 loss = record(model, k, s0 + info.step, t0 + info.step * tok, f0 + info.step * flops, at)
@@ -131,12 +141,13 @@ def run_arm(
         try:
             run = driver.train_prepared(spec, prepared, hooks=Hooks(on_step=on_step), corpus=corpus)
         except _Reached:
-            arm.stopped_at_target = True
+            arm.stopped_at_target, arm.model = True, prepared.model
             return arm
         seconds = clock.now()
         steps = spec.train.steps
         step0, tokens0, flops0 = step0 + steps, tokens0 + steps * tok_step, flops0 + steps * flops_step
         parent = _in_memory(run.model, spec, run.result, step0)
+        arm.model = run.model if k == len(specs) else None
         del run, prepared
         if device.type == "cuda":
             torch.cuda.empty_cache()

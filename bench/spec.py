@@ -1,20 +1,23 @@
-"""What a benchmark runs: presets (model, data, budget, seeds) and staged schedules, by name.
+"""What a benchmark runs: a preset (model, data, budgets, seeds, tuning), the search space every arm is
+tuned over, and, for one arm, one trial's hyperparameters and one budget, the pipeline config that trains it.
 
-A schedule is a list of stages; each stage names its growth operator (models.growth: stack,
-interleave, identity, masked, width; a name or a full GrowthConfig), its optimizer policy (reset or
-transfer the grown Adam moments) and its LR policy (models.policy: restart, continue, rewarm; a name
-or a full ScheduleConfig): the very configs the Prefect pipeline's stages take.
-Stage lengths are *shares* of the scratch baseline's step count, so one schedule fits every preset.
+A schedule is a list of stages; each stage names its growth operator (models.growth), its optimizer
+policy (reset or transfer the grown Adam moments) and its LR policy (models.policy: restart, continue,
+rewarm): the very configs the Prefect pipeline's stages take. Stage lengths are *shares* of the scratch
+baseline's step count at the budget, so one schedule fits every budget and preset. The LR itself (peak,
+warmup, shape) is not part of a schedule: it is a trial's ``HParams``, tuned alike for every arm.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from models.data import DataConfig
-from models.gpt import GPTConfig
+from models.gpt import GPT, GPTConfig
 from models.train import TrainConfig
 from tasks.config import PipelineConfig, StageConfig
 
@@ -28,7 +31,7 @@ class Strict(BaseModel):
 class ArmStage(StageConfig):
     """A pipeline stage (tasks.config.StageConfig) whose length is a share of the scratch budget."""
 
-    share: float = Field(gt=0)  # steps = round(share * preset.scratch_steps)
+    share: float = Field(gt=0)  # steps = round(share * scratch steps at the budget)
 
     def _one_end_rule(self) -> ArmStage:  # the length is `share`, not steps or until
         return self
@@ -36,7 +39,7 @@ class ArmStage(StageConfig):
     @field_validator("growth", "schedule", "optimizer", mode="before")
     @classmethod
     def _by_name(cls, value: Any, info) -> Any:
-        """A bare name is shorthand: growth="masked" is GrowthConfig(operator="masked")."""
+        """A bare name is shorthand: growth="identity" is GrowthConfig(operator="identity")."""
         return {_SHORTHAND[info.field_name]: value} if isinstance(value, str) else value
 
     def stage(self, scratch_steps: int) -> StageConfig:
@@ -47,49 +50,127 @@ class ArmStage(StageConfig):
 class Schedule(Strict):
     name: str
     stages: list[ArmStage] = Field(min_length=1)
-    note: str = ""  # why this schedule exists, shown in the report
-    baseline: bool = False  # a scratch variant: its stage trains on top of the preset's scratch_train
-    model: dict[
-        str, Any
-    ] = {}  # stage 1's architecture, over the preset's (width growth doubles it), e.g. {d_model: 32}
+    note: str = ""  # what it is and where it comes from, shown in the report
+
+
+class HParams(Strict):
+    """One trial's point in the search space: what tuning sets for an arm, on top of its schedule."""
+
+    lr: float = Field(gt=0)  # peak LR of every stage
+    warmup: float = Field(ge=0, le=1)  # warmup, as a share of the steps the LR curve spans (see pipeline_config)
+    shape: Literal["cosine", "wsd"]  # after the warmup: cosine decay, or warmup-stable-decay
+    decay: float = Field(gt=0, le=1)  # wsd: the share of the span that decays (unused by cosine)
+
+
+class SearchSpace(Strict):
+    """The one declared search space: every arm, scratch included, is tuned over exactly this."""
+
+    lr: tuple[float, float] = (1e-3, 2e-2)  # log-uniform; the byte models tolerate a high peak LR
+    warmup: tuple[float, float] = (0.0, 0.2)
+    shapes: tuple[Literal["cosine", "wsd"], ...] = ("cosine", "wsd")
+    decay: tuple[float, float] = (0.1, 0.5)
+
+
+class Tuning(Strict):
+    trials: int = Field(ge=1)  # per arm and budget, the same for every arm
+    seeds: list[int] = Field(min_length=1)  # tuning seeds: never used for a reported figure
+    startup_trials: int = Field(ge=1)  # random (seeded) trials before TPE models the results
+    sampler_seed: int = 0
+    space: SearchSpace = SearchSpace()
 
 
 class Preset(Strict):
     name: str
     model: GPTConfig  # the final (scratch) architecture
     data: DataConfig
-    train: TrainConfig  # shared defaults; `steps`, `eval_*` are set per stage by the runner
-    scratch_train: dict[str, Any] = {}  # the scratch baseline's tuned overrides (swept like the staged ones)
-    scratch_steps: int = Field(ge=2)
-    eval_every: int = Field(ge=1)  # steps between validation evals, in every stage and arm
-    eval_batches: int = Field(ge=1)
-    eval_batch_size: int = Field(ge=1)
-    seeds: list[int] = Field(min_length=1)
-    schedules: list[str] = Field(min_length=1)  # names in SCHEDULES; the first one also runs through the flow
-    throughput_steps: int = Field(12, ge=4)  # steps per throughput sample (train() vs bare loop)
-    throughput_rounds: int = Field(3, ge=1)
+    train: TrainConfig  # batch size, min LR ratio, weight decay...; lr and warmup come from each trial
+    budgets: list[float] = Field(min_length=1)  # training tokens per parameter of the final model, one run each
+    flow_budget: float | None = None  # the budget of the one run through the Prefect flow; None: the smallest
+    tuning: Tuning
+    heldout_seeds: list[int] = Field(min_length=1)  # the reported figures come from these seeds only
+    schedules: list[str] = Field(min_length=1)  # names in bench.schedules.SCHEDULES
+    evals_per_run: int = Field(30, ge=2)  # validation evals over a scratch run (eval_every = steps // this)
+    eval_batches: int = Field(2, ge=1)
+    eval_batch_size: int = Field(32, ge=1)
+    defaults: HParams = HParams(lr=4e-3, warmup=0.1, shape="wsd", decay=0.2)  # untuned runs (--only orchestration)
+    throughput_steps: int = Field(12, ge=4)  # steps per throughput sample (train() vs the bare loop)
+    throughput_rounds: int = Field(5, ge=1)
     matmul_size: int = 2048
     peak_dtype: Literal["float32", "bfloat16"] = "float32"
+
+    @model_validator(mode="after")
+    def _heldout_never_tuned(self) -> Preset:
+        if shared := sorted(set(self.heldout_seeds) & set(self.tuning.seeds)):
+            raise ValueError(f"held-out seeds {shared} are also tuning seeds: a reported figure would be a tuned one")
+        if any(b <= 0 for b in self.budgets):
+            raise ValueError(f"budgets must be positive tokens per parameter, got {self.budgets}")
+        if self.flow_budget is not None and self.flow_budget not in self.budgets:
+            raise ValueError(f"flow_budget {self.flow_budget:g} is not one of the budgets {self.budgets}")
+        return self
+
+    @property
+    def flow_tokens_per_param(self) -> float:
+        return min(self.budgets) if self.flow_budget is None else self.flow_budget
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One training budget: the scratch run's length; every schedule's stages are shares of it."""
+
+    tokens_per_param: float
+    params: int  # of the final architecture, embeddings included
+    scratch_steps: int
+    eval_every: int  # steps between the benchmark's validation evals, in every stage of every arm
+    tokens_per_step: int
+
+    @property
+    def tokens(self) -> int:
+        return self.scratch_steps * self.tokens_per_step
+
+
+def n_params(cfg: GPTConfig) -> int:
+    with torch.device("meta"):
+        return GPT(cfg).num_params()
+
+
+def budget(preset: Preset, tokens_per_param: float) -> Budget:
+    """The scratch run of ``tokens_per_param`` tokens per parameter, in whole steps."""
+    params, per_step = n_params(preset.model), preset.train.batch_size * preset.model.context
+    steps = max(2, round(tokens_per_param * params / per_step))
+    return Budget(tokens_per_param, params, steps, max(1, round(steps / preset.evals_per_run)), per_step)
 
 
 def scratch_schedule(preset: Preset) -> Schedule:
     """The baseline: the final architecture trained from a fresh init for the whole budget."""
-    plan = ArmStage(n_layers=preset.model.n_layers, share=1.0, train=preset.scratch_train)
-    return Schedule(name="scratch", stages=[plan], note="12 layers from scratch, LR/warmup swept")
+    return Schedule(
+        name="scratch",
+        stages=[ArmStage(n_layers=preset.model.n_layers, share=1.0)],
+        note=f"{preset.model.n_layers} layers from scratch, tuned like every schedule",
+    )
 
 
-def pipeline_config(preset: Preset, schedule: Schedule, seed: int, model_name: str) -> PipelineConfig:
+def pipeline_config(
+    preset: Preset, schedule: Schedule, seed: int, model_name: str, hp: HParams, scratch_steps: int
+) -> PipelineConfig:
     """An arm as the pipeline config that trains it: the stages the Prefect flow would run, stage for stage.
-    train()'s own evaluations are reduced to one batch at the start and end of each stage: the benchmark
-    evaluates on its own fixed batches from the step hook, with the clock paused."""
-    base = preset.train.model_dump(exclude={"steps"}) | {"eval_every": 10**6, "eval_batches": 1}
-    stages = [p.stage(preset.scratch_steps).model_dump() for p in schedule.stages]
-    if schedule.baseline:  # a scratch variant trains on top of the tuned scratch settings
-        for stage in stages:
-            stage["train"] = {**preset.scratch_train, **{k: v for k, v in stage["train"].items() if v is not None}}
-    arch = {**preset.model.model_dump(exclude={"n_layers"}), **schedule.model}
+
+    The trial's LR applies to every stage: peak ``hp.lr``; the shape ``hp.shape`` on each stage's own
+    policy; a warmup of ``hp.warmup`` of the span the curve is laid over (a stage's own steps under
+    ``restart``, the whole pipeline's under ``continue``/``rewarm``). A stage's explicit ``train``
+    overrides in the schedule win over the trial's. train()'s own evaluations are reduced to one batch at
+    the start and end of each stage: the benchmark evaluates on its own fixed batches, clock paused."""
+    stages = [p.stage(scratch_steps) for p in schedule.stages]
+    total = sum(s.steps for s in stages)
+    tree_stages = []
+    for st in stages:
+        span = st.steps if st.schedule.policy == "restart" else total
+        train = {"warmup_steps": round(hp.warmup * span), **st.train.model_dump(exclude_none=True)}
+        sched = {**st.schedule.model_dump(), "shape": hp.shape, "decay_fraction": hp.decay}
+        tree_stages.append({**st.model_dump(), "train": train, "schedule": sched})
+    base = preset.train.model_dump(exclude={"steps"}) | {"lr": hp.lr, "eval_every": 10**6, "eval_batches": 1}
+    arch = preset.model.model_dump(exclude={"n_layers"})
     tree = {"seed": seed, "retry": {"retries": 0}, "data": preset.data.model_dump(), "model": arch, "train": base}
-    return PipelineConfig.model_validate({**tree, "registry": {"model_name": model_name}, "stages": stages})
+    return PipelineConfig.model_validate({**tree, "registry": {"model_name": model_name}, "stages": tree_stages})
 
 
 def train_flops_per_token(cfg: GPTConfig) -> float:
@@ -100,70 +181,3 @@ def train_flops_per_token(cfg: GPTConfig) -> float:
     per_block = 3 * d * d + d * d + 2 * d * f  # qkv, out-proj, mlp in and out (biases and norms: negligible)
     n_matmul = cfg.n_layers * per_block + d * 256  # + the byte head
     return 6.0 * n_matmul + 6.0 * cfg.n_layers * cfg.context * d
-
-
-_DATA_QUICK = DataConfig(max_bytes=3_000_000)
-# Measured on quick, 3 seeds (docs/benchmarks.md): beats nodecay-lr4 on every seed in time and FLOPs.
-# The cpu preset's documented figures are nodecay-lr4's; this schedule has not been run on cpu.
-_BEST = "nodecay-lr4-identity-transfer-nowarm"
-# Swept on the quick preset, seed 0 (docs/benchmarks.md): lr {1e-3, 2e-3, 4e-3} and warmup {5, 60} at
-# lr 2e-3 / warmup 20; then lr 6e-3 and warmup 60 against lr 4e-3. Best: lr 4e-3, warmup 60.
-_SCRATCH_TUNED = {"lr": 4e-3, "warmup_steps": 60}
-PRESETS: dict[str, Preset] = {
-    "quick": Preset(
-        name="quick",
-        model=GPTConfig(n_layers=12, d_model=64, n_heads=4, d_ff=256, context=64),
-        data=_DATA_QUICK,
-        train=TrainConfig(batch_size=32, lr=2e-3, warmup_steps=20),
-        scratch_train=_SCRATCH_TUNED,
-        scratch_steps=240,
-        eval_every=12,
-        eval_batches=4,
-        eval_batch_size=32,
-        seeds=[0, 1, 2],
-        schedules=[_BEST],
-    ),
-    "cpu": Preset(
-        name="cpu",
-        model=GPTConfig(n_layers=12, d_model=128, n_heads=4, d_ff=512, context=128),
-        data=DataConfig(),
-        train=TrainConfig(batch_size=32, lr=2e-3, warmup_steps=20),
-        scratch_train=_SCRATCH_TUNED,
-        scratch_steps=300,
-        eval_every=20,
-        eval_batches=4,
-        eval_batch_size=32,
-        seeds=[0, 1, 2],
-        schedules=[_BEST],
-    ),
-    "gpu": Preset(
-        name="gpu",
-        model=GPTConfig(n_layers=12, d_model=512, n_heads=8, d_ff=2048, context=512),
-        data=DataConfig(),
-        train=TrainConfig(batch_size=32, lr=1e-3, warmup_steps=100),
-        scratch_steps=3000,
-        eval_every=100,
-        eval_batches=8,
-        eval_batch_size=32,
-        seeds=[0, 1, 2],
-        schedules=["nodecay-lr4", "plain"],
-        throughput_steps=30,
-        matmul_size=8192,
-        peak_dtype="bfloat16",
-    ),
-    "tiny": Preset(  # for tests: seconds, not minutes
-        name="tiny",
-        model=GPTConfig(n_layers=4, d_model=16, n_heads=2, d_ff=32, context=16),
-        data=DataConfig(max_bytes=200_000),
-        train=TrainConfig(batch_size=4, lr=3e-3, warmup_steps=2),
-        scratch_steps=12,
-        eval_every=3,
-        eval_batches=1,
-        eval_batch_size=4,
-        seeds=[0, 1],
-        schedules=["tiny"],
-        throughput_steps=4,
-        throughput_rounds=1,
-        matmul_size=128,
-    ),
-}

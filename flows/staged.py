@@ -4,6 +4,12 @@ and resumes the interrupted one from its newest checkpoint. After the last stage
 with ``gate.every_stage``) the evaluation gate decides whether the new version becomes the
 champion; each version gets a model card.
 
+The publications are off the critical path: stage k's model card is submitted to Prefect's task runner
+and written while stage k+1 trains; the summary is written while the last stage's gate runs, and the
+last card and the comparison (both need the gate's decision) side by side after it. The flow waits
+for all of them before it finishes, so its results, the registry and the UI artifacts are those of a
+run that published one after the other.
+
 The flow owns the MLflow parent run: it opens it before the first stage that trains (a rerun that
 trains nothing opens none), and finishes or fails it here, in one place.
 """
@@ -13,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow
+from prefect.futures import PrefectFuture, wait
 from prefect.runtime import flow_run
 
 from tasks import publish
@@ -60,6 +67,7 @@ def staged_training(
         results.append(skipped_result(parent, registry, specs[parent.stage - 1].model))
         specs = specs[parent.stage :]
     gated: GateResult | None = None
+    pending: list[PrefectFuture] = []  # publications running beside the training
     try:
         for spec in specs:
             key = stage_key(spec, parent.weights_sha256 if parent else None)
@@ -68,17 +76,24 @@ def staged_training(
             result = run_stage.with_options(**retry)(spec, parent, ws, run_id)  # configs and references, no tensors
             results.append(result)
             parent = result.ref
+            if spec is specs[-1]:  # the summary needs no gate decision: it is written beside the last gate
+                png = Path(workdir) / f"{config.registry.model_name}-loss.png"
+                summary_args = (list(results), png, registry, parent_run.find(), pipeline.run_name)
+                pending.append(publish.summary.with_options(**retry).submit(*summary_args))
             gate_now = config.gate.enabled and (config.gate.every_stage or spec.index == len(config.stages))
             gated = (
                 run_gate.with_options(**retry)(parent, registry, config.gate, config.data, config.seed)
                 if gate_now
                 else None
             )
-            publish.card.with_options(**retry)(registry, results, config.data, gated)
-        png = Path(workdir) / f"{config.registry.model_name}-loss.png"
-        publish.summary.with_options(**retry)(results, png, registry, parent_run.find(), pipeline.run_name)
-        publish.comparison.with_options(**retry)(registry, results, gated, config.gate.alias)
+            pending.append(publish.card.with_options(**retry).submit(registry, list(results), config.data, gated))
+        pending.append(
+            publish.comparison.with_options(**retry).submit(registry, list(results), gated, config.gate.alias)
+        )
+        for future in pending:
+            future.result()  # raises the first publication that failed (after its retries)
     except BaseException:
+        wait(pending)  # never leave a publication writing after the flow has failed its parent run
         parent_run.fail()
         raise
     parent_run.finish()

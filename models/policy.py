@@ -1,17 +1,24 @@
 """Per-stage policies around growth: the learning rate across stages and when a stage ends.
 
-    stages.<i>.schedule  {policy: restart | continue | rewarm, rewarm_steps}
+    stages.<i>.schedule  {policy: restart | continue | rewarm, rewarm_steps, shape: cosine | wsd, decay_fraction}
     stages.<i>.until     {tokens} or {loss_slope: {threshold, window, max_steps}}; neither = stages.<i>.steps
 
 Learning rates are multipliers on the peak LR. ``continue`` and ``rewarm`` read one schedule laid
-over the whole pipeline (warmup, then cosine over the planned total steps of all stages) at the
+over the whole pipeline (warmup, then the shape over the planned total steps of all stages) at the
 stage's *global* step, which the stage learns from its parent (``ModelRef.global_step``).
+
+The *shape* after the warmup is ``cosine`` (decay to ``min_lr_ratio`` over all remaining steps) or
+``wsd``, warmup-stable-decay (Hu et al. 2024, MiniCPM; Hägele et al. 2024): the peak LR held
+constant, then a linear decay to ``min_lr_ratio`` over the last ``decay_fraction`` of the steps.
+Under ``continue`` the small stages of a pipeline then train at the constant peak LR and only the
+last stretch of the final stage decays, wherever the growth points fall.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -27,6 +34,9 @@ class ScheduleConfig(_Strict):
     # rewarm: a linear warmup over rewarm_steps multiplied onto `continue` (Adam's moments re-settle)
     policy: Literal["restart", "continue", "rewarm"] = "restart"
     rewarm_steps: int = Field(20, ge=1)
+    # after the warmup: cosine decay over all remaining steps, or wsd: constant, then a linear decay at the end
+    shape: Literal["cosine", "wsd"] = "cosine"
+    decay_fraction: float = Field(0.2, gt=0, le=1)  # wsd: the share of the steps (of the curve's span) that decays
 
 
 class LossSlope(_Strict):
@@ -66,6 +76,18 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def warmup_stable_decay(step: int, warmup: int, total: int, min_ratio: float, decay_fraction: float) -> float:
+    """Multiplier at ``step`` (0-based): linear warmup, the peak held, then a linear decay to ``min_ratio``
+    over the last ``decay_fraction`` of ``total`` steps (reached at step ``total - 1``, held after it)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    decay_start = total - max(1, round(decay_fraction * total))
+    if step < decay_start:
+        return 1.0
+    progress = min(1.0, (step - decay_start + 1) / (total - decay_start))
+    return 1.0 - (1.0 - min_ratio) * progress
+
+
 def lr_schedule(
     cfg: ScheduleConfig, *, warmup: int, min_ratio: float, stage_steps: int, start: int, total: int
 ) -> Callable[[int], float]:
@@ -73,11 +95,12 @@ def lr_schedule(
 
     start: the stage's first global step; total: planned steps of the whole pipeline.
     """
+    curve = warmup_cosine if cfg.shape == "cosine" else partial(warmup_stable_decay, decay_fraction=cfg.decay_fraction)
     if cfg.policy == "restart":
-        return lambda t: warmup_cosine(t, warmup, stage_steps, min_ratio)
+        return lambda t: curve(t, warmup, stage_steps, min_ratio)
     if cfg.policy == "continue":
-        return lambda t: warmup_cosine(start + t, warmup, total, min_ratio)
-    return lambda t: min(1.0, (t + 1) / cfg.rewarm_steps) * warmup_cosine(start + t, warmup, total, min_ratio)
+        return lambda t: curve(start + t, warmup, total, min_ratio)
+    return lambda t: min(1.0, (t + 1) / cfg.rewarm_steps) * curve(start + t, warmup, total, min_ratio)
 
 
 def slope_stop(rule: LossSlope | None) -> Callable[[list[tuple[int, float]]], bool]:

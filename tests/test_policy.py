@@ -5,8 +5,8 @@ import torch
 
 from models.data import ByteCorpus, DataConfig
 from models.gpt import GPT, GPTConfig
-from models.plan import GateRamp, StagePlan
-from models.policy import LossSlope, ScheduleConfig, lr_schedule, slope_stop, warmup_cosine
+from models.plan import GateRamp, Hooks, StagePlan
+from models.policy import LossSlope, ScheduleConfig, lr_schedule, slope_stop, warmup_cosine, warmup_stable_decay
 from models.train import TrainConfig, lr_at, train
 
 torch.set_num_threads(1)  # tiny models: OpenMP threads only spin against each other on shared cores
@@ -29,6 +29,50 @@ def test_rewarm_ramps_into_the_continued_schedule():
     f = lr_schedule(ScheduleConfig(policy="rewarm", rewarm_steps=4), **KW)
     g = lr_schedule(ScheduleConfig(policy="continue"), **KW)
     assert [f(t) / g(t) for t in range(6)] == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
+
+
+def test_wsd_warms_up_holds_the_peak_then_decays_linearly_to_the_floor():
+    f = lr_schedule(ScheduleConfig(shape="wsd", decay_fraction=0.2), **KW)  # 50 steps: 10 decay, from step 40
+    lrs = [f(t) for t in range(50)]
+    assert lrs[:10] == pytest.approx([(t + 1) / 10 for t in range(10)])
+    assert lrs[10:40] == [1.0] * 30
+    assert lrs[40:] == pytest.approx([1 - 0.9 * (k + 1) / 10 for k in range(10)]) and lrs[-1] == pytest.approx(0.1)
+    assert f(60) == pytest.approx(0.1)  # past the planned steps: held at the floor
+
+
+def test_wsd_under_continue_is_one_curve_over_the_pipeline():
+    """Small stages train at the constant peak; only the final stretch of the last stage decays."""
+    wsd = ScheduleConfig(policy="continue", shape="wsd", decay_fraction=0.25)
+    stages = [(0, 100), (100, 100), (200, 200)]  # (first global step, steps) of three stages: 400 steps
+    curve = [
+        lr_schedule(wsd, warmup=10, min_ratio=0.1, stage_steps=n, start=s, total=400)(t)
+        for s, n in stages
+        for t in range(n)
+    ]
+    assert curve == [warmup_stable_decay(g, 10, 400, 0.1, 0.25) for g in range(400)]
+    assert set(curve[10:300]) == {1.0} and curve[300] < 1.0 and curve[-1] == pytest.approx(0.1)
+
+
+def test_wsd_runs_in_the_pipeline_stage_plan_and_train(corpus):
+    """stages.<i>.schedule.shape: wsd reaches train() through the stage config and stage_plan."""
+    from tasks.config import PipelineConfig
+    from tasks.driver import plan_for
+
+    cfg = PipelineConfig.model_validate(
+        {
+            "model": {"d_model": 16, "n_heads": 2, "d_ff": 32, "context": 16},
+            "train": {"batch_size": 4, "warmup_steps": 2, "eval_every": 100, "eval_batches": 1, "device": "cpu"},
+            "data": {"max_bytes": 100_000},
+            "stages": [{"n_layers": 1, "steps": 10, "schedule": {"shape": "wsd", "decay_fraction": 0.3}}],
+        }
+    )
+    (spec,) = cfg.stage_specs()
+    seen = []
+    train(
+        GPT(spec.model), corpus, spec.train, plan=plan_for(spec, None), hooks=Hooks(on_step=lambda i: seen.append(i.lr))
+    )
+    want = [spec.train.lr * warmup_stable_decay(t, 2, 10, spec.train.min_lr_ratio, 0.3) for t in range(10)]
+    assert seen == pytest.approx(want) and seen[2:7] == [spec.train.lr] * 5 and seen[-1] < seen[7] < seen[6]
 
 
 def test_slope_stop():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -11,29 +12,36 @@ from flows.cli.errors import fail
 
 
 def add_bench_command(sub: argparse._SubParsersAction, argv: list[str]) -> None:
-    bench = sub.add_parser("bench", help="staged vs scratch benchmark: time/FLOPs to target, efficiency, report")
+    bench = sub.add_parser(
+        "bench", help="staged vs scratch, equally tuned, held-out seeds, several budgets: FLOPs/time to target"
+    )
     if argv[:1] != ["bench"]:  # torch and the presets are imported only for `staged bench`
         return
+    from bench.presets import PRESETS
     from bench.schedules import SCHEDULES
-    from bench.spec import PRESETS
 
     bench.add_argument("--preset", choices=sorted(PRESETS), default="quick")
-    bench.add_argument("--out", required=True, help="JSON summary to write")
+    bench.add_argument("--out", required=True, help="JSON summary to write (and its plot beside it, as .png)")
     bench.add_argument(
         "--workdir", default=".staged", help="where plots, stores and artifacts go (default: %(default)s)"
     )
     bench.add_argument("--schedules", help=f"comma-separated, from: {', '.join(SCHEDULES)}")
-    bench.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2")
+    bench.add_argument("--seeds", help="comma-separated held-out seeds (never tuning seeds), e.g. 4,5,6")
     bench.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a preset field, e.g. --set scratch_train.lr=0.003",
+        help="override a preset field, e.g. --set budgets=[1,4] --set tuning.trials=8",
     )
     bench.add_argument("--no-flow", action="store_true", help="skip the Prefect-flow orchestration measurement")
     bench.add_argument("--no-publish", action="store_true", help="skip Prefect/MLflow artifacts")
+    bench.add_argument(
+        "--only",
+        choices=["efficiency", "orchestration"],
+        help="only that measurement (orchestration: the first schedule, untuned defaults, at the flow budget)",
+    )
     bench.set_defaults(func=cmd_bench)
 
 
@@ -50,15 +58,27 @@ def _passive_openmp() -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     _passive_openmp()
+    from pydantic import ValidationError
+
     from bench.main import build_preset, run_bench
     from bench.report import markdown, write_json
+    from tasks.config import format_validation_error
 
     try:
         preset = build_preset(args.preset, args.schedules, args.seeds, args.overrides)
+    except ValidationError as e:
+        fail(f"preset {args.preset}: {format_validation_error(e)}")
     except ValueError as e:
         fail(str(e))
-    summary = run_bench(preset, Path(args.workdir), flow=not args.no_flow, publish_artifacts=not args.no_publish)
-    summary.pop("arms")
-    write_json(summary, Path(args.out))
-    print(markdown(summary))
+    out = Path(args.out)
+    if out.is_dir() or not out.parent.is_dir():
+        fail(f"--out {str(out)!r}: not a file in an existing directory")
+    flags = {"flow": not args.no_flow, "publish_artifacts": not args.no_publish and not args.only, "only": args.only}
+    summary = run_bench(preset, Path(args.workdir), **flags)
+    summary.pop("arms", None)
+    write_json(summary, out)
+    plots = [f for f in summary.get("files", []) if f.endswith(".png")]
+    if plots:  # the plot beside the JSON: docs/bench-budgets.json comes with docs/bench-budgets.png
+        shutil.copyfile(plots[0], out.with_suffix(".png"))
+    print(markdown(summary) if not args.only else f"wrote {out}")
     return 0

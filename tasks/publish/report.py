@@ -42,13 +42,14 @@ def summary_rows(results: list[StageResult]) -> list[dict[str, object]]:
 
 
 def plot_losses(results: list[StageResult], path: Path) -> Path:
-    """Train and validation loss against the global step, each stage shaded and labelled."""
-    import matplotlib
+    """Train and validation loss against the global step, each stage shaded and labelled.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    A ``Figure`` without pyplot: no global state, so cards and the summary can plot in parallel threads
+    (flows/staged.py runs them beside the next stage)."""
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
+    fig = Figure(figsize=(9, 4.5), dpi=110)
+    ax = fig.subplots()
     for i, r in enumerate(results):
         start = r.val_curve[0][0]
         end = r.train_curve[-1][0] if r.train_curve else start
@@ -74,7 +75,6 @@ def plot_losses(results: list[StageResult], path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
