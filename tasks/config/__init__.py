@@ -5,8 +5,8 @@ The door of this room: import these names from ``tasks.config``.
 
 from tasks.config.identity import code_version, pipeline_hash, spec_hash, stage_key
 from tasks.config.load import ConfigError, apply_override, load_config, read_yaml, resolve_config
+from tasks.config.model_section import ArchConfig, GPTArch, InitConfig, LlamaArch
 from tasks.config.schema import (
-    ArchConfig,
     CheckpointConfig,
     GateConfig,
     PipelineConfig,
@@ -20,6 +20,9 @@ from tasks.config.schema import (
 
 __all__ = [
     "ArchConfig",
+    "GPTArch",
+    "InitConfig",
+    "LlamaArch",
     "CheckpointConfig",
     "ConfigError",
     "GateConfig",

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
+from torch import nn
 
-from models.gpt import GPT
+from models import arch
 from models.plan import TrainState
 from tasks.store.storage import Storage
 
@@ -48,8 +49,8 @@ def _prefix(key: str, step: int) -> str:
     return f"{key}/step-{step:08d}"
 
 
-def _encode(model: GPT, state: TrainState) -> dict[str, bytes]:
-    weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+def _encode(model: nn.Module, state: TrainState) -> dict[str, bytes]:
+    weights = {k: v.detach().to("cpu").contiguous() for k, v in arch.weights(model).items()}
     np_name, np_keys, np_pos, np_gauss, np_cached = state.rng["numpy"]
     py_version, py_internal, py_gauss = state.rng["python"]
     rng = {"torch": state.rng["torch"], "numpy_keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64))}
@@ -96,7 +97,7 @@ def _decode(files: dict[str, bytes]) -> Checkpoint:
     return Checkpoint(step=meta["step"], weights=st_load(files["model.safetensors"]), state=state)
 
 
-def save(storage: Storage, key: str, model: GPT, state: TrainState) -> None:
+def save(storage: Storage, key: str, model: nn.Module, state: TrainState) -> None:
     """Write one checkpoint; the manifest goes last, so a crash mid-way leaves a detectably partial one."""
     prefix = _prefix(key, state.step)
     files = _encode(model, state)
