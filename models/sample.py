@@ -4,9 +4,11 @@ MLflow pyfunc wrapper all produce text the same way, for the byte GPT and the Ll
 from __future__ import annotations
 
 import torch
+from tokenizers import Tokenizer
 from torch import nn
 
 from models import arch
+from models import tokenizer as tokenizers
 
 
 def generate(
@@ -22,6 +24,22 @@ def generate(
     return bytes(
         generate_ids(model, list(prompt or b"\n"), max_new_bytes, temperature=temperature, top_k=top_k, seed=seed)
     )
+
+
+def complete(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    prompt: str,
+    max_new: int = 200,
+    *,
+    temperature: float = 0.8,
+    top_k: int | None = 40,
+    seed: int = 0,
+) -> str:
+    """``prompt`` and the model's continuation of it as text; tokens go through ``tokenizer`` (either family)."""
+    ids = tokenizers.encode(tokenizer, (prompt or "\n").encode()).tolist()  # at least one token to condition on
+    out = generate_ids(model, ids, max_new, temperature=temperature, top_k=top_k, seed=seed)
+    return prompt + tokenizers.decode(tokenizer, out)
 
 
 @torch.no_grad()

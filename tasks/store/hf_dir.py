@@ -36,13 +36,20 @@ class ImportRefused(ValueError):
 def save(model: torch.nn.Module, directory: Path, tok: Tokenizer | None) -> None:
     """Write ``model`` (a transformers Llama-family model with ``.cfg``) and its tokenizer as a HF directory."""
     from transformers import GenerationConfig, PreTrainedTokenizerFast
+    from transformers.utils import logging as hf_logging
 
     tok = tok or tokenizers.byte_tokenizer()
     eos = tokenizers.eos_id(tok)
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
         setattr(model.config, name, None if name == "bos_token_id" else eos)
     model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=eos)
-    model.save_pretrained(directory)
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # the stage's own progress bar is the one to watch
+    try:
+        model.save_pretrained(directory)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
     special = {"eos_token": tokenizers.EOT, "pad_token": tokenizers.EOT} if eos is not None else {}
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=model.cfg.context, **special)
     fast.save_pretrained(directory)
