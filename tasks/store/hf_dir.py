@@ -40,9 +40,9 @@ def save(model: torch.nn.Module, directory: Path, tok: Tokenizer | None) -> None
 
     tok = tok or tokenizers.byte_tokenizer()
     eos = tokenizers.eos_id(tok)
-    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        setattr(model.config, name, None if name == "bos_token_id" else eos)
-    model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=eos)
+    # eos only: a pad_token_id in config.json would become the embedding's padding_idx (a row that never trains)
+    model.config.bos_token_id, model.config.eos_token_id, model.config.pad_token_id = None, eos, None
+    model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=eos)  # generate() pads with eos
     shown = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # the stage's own progress bar is the one to watch
     try:
