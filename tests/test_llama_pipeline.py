@@ -50,7 +50,9 @@ def _download(workdir: Path, name: str, version: str, dst: Path) -> tuple[Path, 
     client = Registry.resolve(workdir).client()
     mv = client.get_model_version(name, version)
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(dst), tracking_uri=uri)), mv.tags
+    return Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(dst), tracking_uri=uri)
+    ), mv.tags
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 import models
+from tasks.store import hf_dir
 
 CODE = Path(__file__).with_name("pyfunc_model.py")
 EXAMPLE = b"def main():\n    "
@@ -79,7 +80,7 @@ def add_pyfunc(model_dir: Path, context: int, vocab_size: int = 256, example: li
                 code_paths=[str(code)],
                 signature=signature(vocab_size),
                 input_example=input_example(context, example),
-                pip_requirements=requirements(hf=(model_dir / "staged.json").is_file()),
+                pip_requirements=requirements(hf=hf_dir.is_hf(model_dir)),
             )
         for item in out.iterdir():
             if (model_dir / item.name).exists():
