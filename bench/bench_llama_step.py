@@ -9,8 +9,9 @@ here from the same numbers, random token batches made up front, and forward / cr
 clip / AdamW, nothing else: nothing is shared but torch and the transformers model class.
 
 Per-step wall times between consecutive steps (evaluation steps left out: the pipeline's eval_every is
-beyond the timed steps), the median of each run; rounds alternate pipeline and bare so that load drifts hit
-both. ratio = bare step time / pipeline step time (1.0: the pipeline costs nothing; goal >= 0.95).
+beyond the timed steps), the median of each run; each round runs both, in alternating order (ABBA), so that
+load drifts and whatever the first run leaves behind hit both alike.
+ratio = bare step time / pipeline step time (1.0: the pipeline costs nothing; goal >= 0.95).
 """
 
 from __future__ import annotations
@@ -87,15 +88,23 @@ def main() -> None:
     m, t = spec.model, spec.train
     print(f"llama {m.n_layers} layers, hidden {m.d_model}, {m.n_heads}/{m.n_kv_heads} heads, d_ff {m.d_ff}, "
           f"vocab {m.vocab_size}, batch {t.batch_size} x {m.context}, {torch.get_num_threads()} threads")  # fmt: skip
-    ratios = []
+    ratios: dict[str, list[float]] = {"median": [], "fastest": []}
     for r in range(args.rounds):
-        pipe = statistics.median(pipeline_step_times(spec, corpus))
-        bare = statistics.median(bare_step_times(spec, args.steps))
-        ratios.append(bare / pipe)
-        times = f"pipeline {1000 * pipe:7.2f} ms/step   bare {1000 * bare:7.2f} ms/step"
-        print(f"round {r + 1}: {times}   ratio {ratios[-1]:.3f}", flush=True)
-    spread = statistics.stdev(ratios) if len(ratios) > 1 else 0.0
-    print(f"ratio (bare / pipeline step time): {statistics.mean(ratios):.3f} ± {spread:.3f} over {len(ratios)} rounds")
+        runs = {
+            "pipeline": lambda: pipeline_step_times(spec, corpus),
+            "bare": lambda: bare_step_times(spec, args.steps),
+        }
+        order = list(runs) if r % 2 == 0 else list(runs)[::-1]  # ABBA: whichever runs second is not always the same
+        times = {name: runs[name]() for name in order}
+        pipe, bare = statistics.median(times["pipeline"]), statistics.median(times["bare"])
+        ratios["median"].append(bare / pipe)
+        ratios["fastest"].append(min(times["bare"]) / min(times["pipeline"]))  # least disturbed steps (shared cores)
+        steps = f"pipeline {1000 * pipe:7.2f} ms/step   bare {1000 * bare:7.2f} ms/step (medians)"
+        print(f"round {r + 1}: {steps}   ratio {ratios['median'][-1]:.3f} (fastest steps: {ratios['fastest'][-1]:.3f})")
+    for how, values in ratios.items():
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        print(f"ratio (bare / pipeline step time, {how} steps): {statistics.mean(values):.3f} ± {spread:.3f} "
+              f"over {len(values)} rounds")  # fmt: skip
 
 
 if __name__ == "__main__":
