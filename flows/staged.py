@@ -23,11 +23,11 @@ from prefect.futures import PrefectFuture, wait
 from prefect.runtime import flow_run
 
 from tasks import publish
-from tasks.config import ConfigError, PipelineConfig, resolve_config, stage_key
+from tasks.config import ConfigError, PipelineConfig, resolve_config
 from tasks.gate import run_gate
 from tasks.registry import Pipeline, PipelineRun, find_version, get_version
 from tasks.results import GateResult, StageResult
-from tasks.stage import run_stage, skipped_result
+from tasks.stage import key_of, pipeline_tokenizer, run_stage, skipped_result
 from tasks.workspace import Workspace
 
 
@@ -68,12 +68,14 @@ def staged_training(
         specs = specs[parent.stage :]
     gated: GateResult | None = None
     pending: list[PrefectFuture] = []  # publications running beside the training
+    tokenizer = pipeline_tokenizer(specs[0], ws)  # trained once (or read) and stored; None: the byte vocabulary
     try:
         for spec in specs:
-            key = stage_key(spec, parent.weights_sha256 if parent else None)
+            key = key_of(spec, parent, tokenizer)
             trains = find_version(registry.client(), spec.model_name, key) is None
             run_id = parent_run.open() if trains else parent_run.find()
-            result = run_stage.with_options(**retry)(spec, parent, ws, run_id)  # configs and references, no tensors
+            # configs and references, no tensors
+            result = run_stage.with_options(**retry)(spec, parent, ws, run_id, tokenizer)
             results.append(result)
             parent = result.ref
             if spec is specs[-1]:  # the summary needs no gate decision: it is written beside the last gate

@@ -3,7 +3,8 @@
 A depth operator is described by a *layer map*: child block j is a copy of parent block
 ``sources[j]``, and ``new[j]`` says whether it is an added copy (not the first copy of its source).
 Maps are plain data, so they can be printed, logged, tested and composed. The only place that
-rewrites ``blocks.<i>.`` keys is :func:`remap_blocks`.
+rewrites block keys is :func:`remap_blocks`, over the family's key layout (models/arch.py):
+``blocks.<i>.`` for the byte GPT, ``model.layers.<i>.`` for Llama and Qwen3 (transformers).
 
     parent 3 blocks -> child 6 blocks        sources              new (*)
     stack       (Gong et al. 2019)           [0, 1, 2, 0, 1, 2]   [- - - * * *]
@@ -11,7 +12,8 @@ rewrites ``blocks.<i>.`` keys is :func:`remap_blocks`.
     middle      (Saunshi et al. 2024, MIDAS) 6 -> 9: [0, 1, 2, 3, 1, 2, 3, 4, 5]   the middle block, copied in place
     identity    (layout: interleave|stack|middle)   as above; new blocks' out-projections zeroed
     masked      (Yao et al. 2023, MSG)       as above; new blocks gated 0 -> 1 while training
-    width       (Shen et al. 2022)           [0, 1, 2], d_model/n_heads/d_ff doubled (models/width.py)
+    width       (Shen et al. 2022)           [0, 1, 2], d_model/n_heads/d_ff doubled (models/width.py;
+                                             Llama family: models/width_llama.py, n_kv_heads doubled too)
 
 Every operator also maps Adam moments (``grow_moments``): the moments are keyed by parameter
 name, so a depth operator maps them with the very same function as the weights (identity's zeroed
@@ -20,22 +22,23 @@ projections get zero moments, i.e. a fresh start); width scales them as the grad
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.gpt import GPT, GPTConfig
-from models.width import WidthError, widen, widen_config, widen_moments
+from models import arch, width, width_llama
+from models.arch import GPT_LAYOUT, ModelConfig
+from models.width import WidthError
 
-_BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(.+)$")
 StateDict = dict[str, torch.Tensor]
 Operator = Literal["stack", "interleave", "middle", "identity", "masked", "width"]
-# identity zeroes, masked gates: the two projections that write a block's output to the residual stream
-RESIDUAL_WRITERS = ("attn.proj.weight", "attn.proj.bias", "mlp.proj.weight", "mlp.proj.bias")
+# identity zeroes, masked gates: the projections that write a block's output to the residual stream
+# (the byte GPT's; a Llama layer's are arch.LLAMA_LAYOUT.residual_writers: self_attn.o_proj, mlp.down_proj)
+RESIDUAL_WRITERS = GPT_LAYOUT.residual_writers
 
 
 class GrowthError(ValueError):
@@ -125,38 +128,43 @@ def layer_map(cfg: GrowthConfig, parent_layers: int, child_layers: int) -> Layer
 # ---- state dict plumbing -----------------------------------------------------------------------
 
 
-def split_blocks(state: StateDict) -> tuple[dict[int, StateDict], StateDict]:
+def split_blocks(state: StateDict, prefix: str = GPT_LAYOUT.block_prefix) -> tuple[dict[int, StateDict], StateDict]:
     """Split a state dict into {block index: {suffix: tensor}} and the non-block rest."""
     blocks: dict[int, StateDict] = {}
     rest: StateDict = {}
     for key, value in state.items():
-        m = _BLOCK_KEY.match(key)
-        if m:
-            blocks.setdefault(int(m.group(1)), {})[m.group(2)] = value
+        index, dot, suffix = key[len(prefix) :].partition(".") if key.startswith(prefix) else ("", "", "")
+        if dot and index.isdigit():
+            blocks.setdefault(int(index), {})[suffix] = value
         else:
             rest[key] = value
     return blocks, rest
 
 
-def remap_blocks(state: StateDict, plan: Sequence[int]) -> StateDict:
+def remap_blocks(state: StateDict, plan: Sequence[int], prefix: str = GPT_LAYOUT.block_prefix) -> StateDict:
     """Child state dict whose block j is a copy of the parent's block ``plan[j]``; the rest copied as is."""
-    blocks, rest = split_blocks(state)
+    blocks, rest = split_blocks(state, prefix)
     missing = sorted(set(plan) - set(blocks))
     if missing:
         raise GrowthError(f"layer plan {list(plan)} refers to parent blocks {missing}, parent has {len(blocks)}")
     child = {key: value.clone() for key, value in rest.items()}
     for j, src in enumerate(plan):
         for suffix, value in blocks[src].items():
-            child[f"blocks.{j}.{suffix}"] = value.clone()
+            child[f"{prefix}{j}.{suffix}"] = value.clone()
     return child
 
 
-def expected_shapes(cfg: GPTConfig) -> dict[str, tuple[int, ...]]:
+@cache  # configs are frozen: building a 48-layer transformers model on the meta device takes ~0.1 s
+def _shapes(cfg: ModelConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
     with torch.device("meta"):
-        return {k: tuple(v.shape) for k, v in GPT(cfg).state_dict().items()}
+        return tuple((k, tuple(v.shape)) for k, v in arch.weights(arch.build(cfg)).items())
 
 
-def check_state(state: StateDict, cfg: GPTConfig, what: str) -> None:
+def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    return dict(_shapes(cfg))
+
+
+def check_state(state: StateDict, cfg: ModelConfig, what: str) -> None:
     """One-line error naming what does not match between a state dict and its config."""
     want = expected_shapes(cfg)
     problems = [f"missing {k}" for k in want if k not in state]
@@ -171,11 +179,17 @@ def check_state(state: StateDict, cfg: GPTConfig, what: str) -> None:
         raise GrowthError(f"{what} state does not match its config: {'; '.join(problems[:3])}{more}")
 
 
-def check_same_width(parent: GPTConfig, child: GPTConfig) -> None:
+def check_same_family(parent: ModelConfig, child: ModelConfig) -> None:
+    if arch.family(parent) != arch.family(child):
+        raise GrowthError(f"cannot grow a {arch.family(parent)} model into a {arch.family(child)} model")
+
+
+def check_same_width(parent: ModelConfig, child: ModelConfig) -> None:
     """Depth operators copy tensors unchanged, so every non-depth dimension must agree."""
+    check_same_family(parent, child)
     diffs = [
         f"{name} {getattr(parent, name)} -> {getattr(child, name)}"
-        for name in ("d_model", "n_heads", "d_ff", "context")
+        for name in arch.layout(parent).shape_fields
         if getattr(parent, name) != getattr(child, name)
     ]
     if diffs:
@@ -185,29 +199,36 @@ def check_same_width(parent: GPTConfig, child: GPTConfig) -> None:
 # ---- the operators -----------------------------------------------------------------------------
 
 
-def _depth(state: StateDict, cfg: GrowthConfig, parent: GPTConfig, child: GPTConfig) -> StateDict:
+def _depth(state: StateDict, cfg: GrowthConfig, parent: ModelConfig, child: ModelConfig) -> StateDict:
     """stack, interleave, middle, masked: copy blocks along the layer map (masked's gates live in the model)."""
     check_same_width(parent, child)
-    return remap_blocks(state, layer_map(cfg, parent.n_layers, child.n_layers).sources)
+    return remap_blocks(
+        state, layer_map(cfg, parent.n_layers, child.n_layers).sources, arch.layout(parent).block_prefix
+    )
 
 
-def _identity(state: StateDict, cfg: GrowthConfig, parent: GPTConfig, child: GPTConfig) -> StateDict:
+def _identity(state: StateDict, cfg: GrowthConfig, parent: ModelConfig, child: ModelConfig) -> StateDict:
     """Copy blocks, then zero the new blocks' residual writers: each new block is x -> x."""
     check_same_width(parent, child)
-    lmap = layer_map(cfg, parent.n_layers, child.n_layers)
-    grown = remap_blocks(state, lmap.sources)
+    lmap, lay = layer_map(cfg, parent.n_layers, child.n_layers), arch.layout(parent)
+    grown = remap_blocks(state, lmap.sources, lay.block_prefix)
     for j in lmap.new_blocks:
-        for suffix in RESIDUAL_WRITERS:
-            grown[f"blocks.{j}.{suffix}"].zero_()
+        for suffix in lay.residual_writers:
+            grown[f"{lay.block_prefix}{j}.{suffix}"].zero_()
     return grown
 
 
-def _width(state: StateDict, cfg: GrowthConfig, parent: GPTConfig, child: GPTConfig) -> StateDict:
+def _widener(parent: ModelConfig):
+    return width if arch.is_gpt(parent) else width_llama
+
+
+def _width(state: StateDict, cfg: GrowthConfig, parent: ModelConfig, child: ModelConfig) -> StateDict:
     layer_map(cfg, parent.n_layers, child.n_layers)  # depth check, with the depth-specific message
-    return widen(state, parent, child, noise=cfg.noise, seed=cfg.noise_seed)
+    check_same_family(parent, child)
+    return _widener(parent).widen(state, parent, child, noise=cfg.noise, seed=cfg.noise_seed)
 
 
-OPERATORS: dict[str, Callable[[StateDict, GrowthConfig, GPTConfig, GPTConfig], StateDict]] = {
+OPERATORS: dict[str, Callable[[StateDict, GrowthConfig, ModelConfig, ModelConfig], StateDict]] = {
     "stack": _depth,
     "interleave": _depth,
     "middle": _depth,
@@ -217,9 +238,9 @@ OPERATORS: dict[str, Callable[[StateDict, GrowthConfig, GPTConfig, GPTConfig], S
 }
 
 
-def child_config(cfg: GrowthConfig, parent: GPTConfig, n_layers: int) -> GPTConfig:
+def child_config(cfg: GrowthConfig, parent: ModelConfig, n_layers: int) -> ModelConfig:
     """The child's model config: the parent's at ``n_layers`` depth, or doubled in width for ``width``."""
-    base = widen_config(parent) if cfg.operator == "width" else parent
+    base = _widener(parent).widen_config(parent) if cfg.operator == "width" else parent
     return base.model_copy(update={"n_layers": n_layers})
 
 
@@ -231,7 +252,7 @@ def _config(operator: str | GrowthConfig) -> GrowthConfig:
     return GrowthConfig(operator=operator)
 
 
-def grow(operator: str | GrowthConfig, state: StateDict, parent: GPTConfig, child: GPTConfig) -> StateDict:
+def grow(operator: str | GrowthConfig, state: StateDict, parent: ModelConfig, child: ModelConfig) -> StateDict:
     """Apply a growth operator (a name, or a full ``GrowthConfig``) to a parent state dict.
 
     The parent state is checked against ``parent`` first and the result against ``child``, so a
@@ -247,7 +268,9 @@ def grow(operator: str | GrowthConfig, state: StateDict, parent: GPTConfig, chil
     return grown
 
 
-def grow_moments(operator: str | GrowthConfig, moments: StateDict, parent: GPTConfig, child: GPTConfig) -> StateDict:
+def grow_moments(
+    operator: str | GrowthConfig, moments: StateDict, parent: ModelConfig, child: ModelConfig
+) -> StateDict:
     """Map AdamW moments (models.optim layout: ``exp_avg.<param>``, ``exp_avg_sq.<param>``, ``step``)."""
     cfg = _config(operator)
     out: StateDict = {"step": moments["step"].clone()}
@@ -255,7 +278,8 @@ def grow_moments(operator: str | GrowthConfig, moments: StateDict, parent: GPTCo
         part = {k.removeprefix(prefix): v for k, v in moments.items() if k.startswith(prefix)}
         if cfg.operator == "width":
             try:
-                grown = widen_moments(part, parent, child, power)
+                check_same_family(parent, child)
+                grown = _widener(parent).widen_moments(part, parent, child, power)
             except WidthError as e:
                 raise GrowthError(str(e)) from None
         else:  # the weights' own function; no noise is involved in depth growth
@@ -264,10 +288,10 @@ def grow_moments(operator: str | GrowthConfig, moments: StateDict, parent: GPTCo
     return out
 
 
-def dry_run(operator: str | GrowthConfig, parent: GPTConfig, child: GPTConfig) -> None:
-    """Grow shape-only (meta-device) models and load the result strictly: catches every
+def dry_run(operator: str | GrowthConfig, parent: ModelConfig, child: ModelConfig) -> None:
+    """Grow shape-only (meta-device) models and check the result against the child: catches every
     impossible growth request before any data is read or any step is trained."""
+    check_same_family(parent, child)
     with torch.device("meta"):
-        parent_state = GPT(parent).state_dict()
-        child_model = GPT(child)
-    child_model.load_state_dict(grow(operator, parent_state, parent, child), strict=True, assign=True)
+        parent_state = arch.weights(arch.build(parent))
+    grow(operator, parent_state, parent, child)  # checks the grown state's keys and shapes against the child

@@ -13,8 +13,7 @@ from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
-
-from models.gpt import GPT
+from torch import nn
 
 StateDict = dict[str, torch.Tensor]
 
@@ -27,7 +26,7 @@ class OptimizerConfig(BaseModel):
     state: Literal["reset", "transfer"] = "reset"  # reset: fresh AdamW (StackingBERT); transfer: mapped moments
 
 
-def make_optimizer(model: GPT, lr: float, weight_decay: float, beta2: float) -> torch.optim.AdamW:
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float, beta2: float) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only, as in nanoGPT."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -35,7 +34,7 @@ def make_optimizer(model: GPT, lr: float, weight_decay: float, beta2: float) -> 
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, beta2))
 
 
-def export_moments(model: GPT, optimizer: torch.optim.Optimizer) -> StateDict:
+def export_moments(model: nn.Module, optimizer: torch.optim.Optimizer) -> StateDict:
     """The optimizer's moments by parameter name; a parameter never stepped gets zeros (= a fresh start)."""
     out: StateDict = {}
     step = 0.0
@@ -54,7 +53,7 @@ class MomentsMismatch(ValueError):
     """Moments that do not fit the model; the message says which keys or shapes differ. One line."""
 
 
-def check_moments(model: GPT, moments: StateDict) -> None:
+def check_moments(model: nn.Module, moments: StateDict) -> None:
     """MomentsMismatch unless ``moments`` has every parameter's two moments in its shape, a step, nothing else."""
     params = dict(model.named_parameters())
     want = {f"{k}.{n}" for n in params for k in ("exp_avg", "exp_avg_sq")} | {"step"}
@@ -70,7 +69,7 @@ def check_moments(model: GPT, moments: StateDict) -> None:
         raise MomentsMismatch(f"optimizer moments do not match the model: {'; '.join(problems[:3])}")
 
 
-def load_moments(model: GPT, optimizer: torch.optim.Optimizer, moments: StateDict) -> None:
+def load_moments(model: nn.Module, optimizer: torch.optim.Optimizer, moments: StateDict) -> None:
     """Install ``moments`` as the optimizer's state, strictly: every parameter, right shapes, nothing extra."""
     check_moments(model, moments)
     step = torch.tensor(float(moments["step"]), dtype=torch.float32)

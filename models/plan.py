@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from models import arch
 from models.growth import GrowthConfig, layer_map
 from models.policy import ScheduleConfig, UntilConfig, lr_schedule, slope_stop, warmup_cosine
 
@@ -35,7 +36,7 @@ class GateRamp:
 
     def apply(self, model, step: int) -> None:
         for j in self.blocks:
-            model.blocks[j].gate.fill_(self.gate(step))
+            arch.set_gate(model, j, self.gate(step))
 
 
 def _never(curve: Curve) -> bool:

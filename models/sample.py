@@ -1,16 +1,18 @@
-"""Sampling bytes from a GPT: pure PyTorch, so the CLI, the evaluation gate and the MLflow pyfunc
-wrapper all produce text the same way."""
+"""Sampling tokens from any model of models/arch.py: pure PyTorch, so the CLI, the evaluation gate and the
+MLflow pyfunc wrapper all produce text the same way, for the byte GPT and the Llama family alike."""
 
 from __future__ import annotations
 
 import torch
+from tokenizers import Tokenizer
+from torch import nn
 
-from models.gpt import GPT
+from models import arch
+from models import tokenizer as tokenizers
 
 
-@torch.no_grad()
 def generate(
-    model: GPT,
+    model: nn.Module,
     prompt: bytes,
     max_new_bytes: int = 200,
     *,
@@ -18,22 +20,54 @@ def generate(
     top_k: int | None = 40,
     seed: int = 0,
 ) -> bytes:
-    """The prompt's continuation (new bytes only).
+    """A byte-vocabulary model's continuation of ``prompt`` (new bytes only): token ids are bytes."""
+    return bytes(
+        generate_ids(model, list(prompt or b"\n"), max_new_bytes, temperature=temperature, top_k=top_k, seed=seed)
+    )
+
+
+def complete(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    prompt: str,
+    max_new: int = 200,
+    *,
+    temperature: float = 0.8,
+    top_k: int | None = 40,
+    seed: int = 0,
+) -> str:
+    """``prompt`` and the model's continuation of it as text; tokens go through ``tokenizer`` (either family)."""
+    ids = tokenizers.encode(tokenizer, (prompt or "\n").encode()).tolist()  # at least one token to condition on
+    out = generate_ids(model, ids, max_new, temperature=temperature, top_k=top_k, seed=seed)
+    return prompt + tokenizers.decode(tokenizer, out)
+
+
+@torch.no_grad()
+def generate_ids(
+    model: nn.Module,
+    prompt: list[int],
+    max_new: int = 200,
+    *,
+    temperature: float = 0.8,
+    top_k: int | None = 40,
+    seed: int = 0,
+) -> list[int]:
+    """The prompt's continuation (new token ids only).
 
     temperature 0 is greedy decoding. A local generator seeded with ``seed`` makes a sample
     reproducible without touching the global RNG (training code relies on it).
-    The model sees at most its last ``context`` bytes, as during training.
+    The model sees at most its last ``context`` tokens, as during training.
     """
     if not prompt:
-        prompt = b"\n"  # the model needs at least one byte to condition on
+        raise ValueError("the model needs at least one token to condition on")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
-    idx = torch.tensor([list(prompt)], dtype=torch.long, device=device)  # (1, T)
+    idx = torch.tensor([prompt], dtype=torch.long, device=device)  # (1, T)
     out: list[int] = []
-    for _ in range(max_new_bytes):
-        logits = model(idx[:, -model.cfg.context :])[0, -1].float()  # (256,)
+    for _ in range(max_new):
+        logits = arch.logits(model, idx[:, -model.cfg.context :])[0, -1].float()  # (V,)
         if temperature <= 0:
             nxt = int(logits.argmax())
         else:
@@ -45,7 +79,7 @@ def generate(
         out.append(nxt)
         idx = torch.cat([idx, torch.tensor([[nxt]], device=device)], dim=1)
     model.train(was_training)
-    return bytes(out)
+    return out
 
 
 def decode(data: bytes) -> str:

@@ -30,10 +30,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
 
-from models import parallel
+from models import arch, parallel
 from models.data import ByteCorpus
-from models.gpt import GPT, byte_loss
 from models.optim import StateDict
 from models.optim import make_optimizer as _adamw
 from models.parallel import export_moments, load_moments
@@ -117,7 +117,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return warmup_cosine(step, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
 
 
-def make_optimizer(model: GPT, cfg: TrainConfig) -> torch.optim.AdamW:
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     return _adamw(model, cfg.lr, cfg.weight_decay, cfg.beta2)
 
 
@@ -128,17 +128,19 @@ def _autocast(device: torch.device):
 
 
 @torch.no_grad()
-def evaluate(model: GPT, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+def evaluate(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     with _autocast(device):
-        losses = [model.loss(x.to(device), y.to(device)).item() for x, y in batches]
+        losses = [arch.token_loss(arch.logits(model, x.to(device)), y.to(device)).item() for x, y in batches]
     model.train(was_training)
     return sum(losses) / len(losses)
 
 
-def _evaluate_on_rank0(model: GPT, batches: list[tuple[torch.Tensor, torch.Tensor]], rank: int, world: int) -> float:
+def _evaluate_on_rank0(
+    model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], rank: int, world: int
+) -> float:
     """Rank 0 evaluates, every rank gets its figure: the same stop decision everywhere. A sharded model
     evaluates on every rank (its forward pass all-gathers each block from all of them)."""
     if world == 1 or parallel.is_sharded(model):
@@ -159,7 +161,7 @@ def _mean_over_ranks(loss: torch.Tensor, world: int) -> float:
 
 
 def train(
-    model: GPT,
+    model: nn.Module,
     corpus: ByteCorpus,
     cfg: TrainConfig,
     *,
@@ -213,7 +215,7 @@ def train(
         x, y = corpus.batch(result.cursor, cfg.batch_size, rank, world)  # this rank's slice of the global batch
         result.cursor += cfg.batch_size
         with _autocast(device):
-            loss = byte_loss(net(x.to(device)), y.to(device))
+            loss = arch.token_loss(arch.logits(net, x.to(device)), y.to(device))
         train_loss = _mean_over_ranks(loss, world)
         if not math.isfinite(train_loss):
             raise NonFiniteLoss(step, train_loss)
@@ -241,8 +243,7 @@ def train(
         result.hook_seconds += time.perf_counter() - hooked
         if stopping:
             break
-    for block in model.blocks:
-        block.fold_gate()  # a no-op unless a ramp was still below 1
+    arch.fold_gates(model)  # a no-op unless a ramp was still below 1
     result.moments = export_moments(model, optimizer)
     result.world_size = world
     result.tokens = (result.steps - first + 1) * cfg.batch_size * corpus.context
@@ -250,7 +251,7 @@ def train(
     return result
 
 
-def snapshot(model: GPT, optimizer: torch.optim.Optimizer, result: TrainResult) -> TrainState:
+def snapshot(model: nn.Module, optimizer: torch.optim.Optimizer, result: TrainResult) -> TrainState:
     """The state after ``result.steps`` steps, copied so that training on does not change it (moments:
     each rank's shards when the model is sharded)."""
     return TrainState(

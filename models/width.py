@@ -64,7 +64,7 @@ def _twice(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([t, t], dim=dim)
 
 
-def _block_diag(w: torch.Tensor, noise_std: float, gen: torch.Generator | None) -> torch.Tensor:
+def block_diag(w: torch.Tensor, noise_std: float, gen: torch.Generator | None) -> torch.Tensor:
     """(n, m) -> (2n, 2m): [[W - N1, N1], [N2, W - N2]], N ~ normal(0, noise_std) or 0.
 
     Noise is drawn into contiguous (n, m) buffers: sampling into the strided blocks directly is
@@ -97,8 +97,8 @@ def _widen_tensor(key: str, t: torch.Tensor, moments: bool, noise_std: float, ge
         return out / 2 if key.startswith("ln_f.") and not moments else out  # the head sums two halves
     noisy = noise_std > 0 and not moments and t.device.type != "meta"
     if key.endswith("attn.qkv.weight"):  # 3 x (C, C) -> 3 x (2C, 2C) stacked: (6C, 2C)
-        return torch.cat([_block_diag(c, noise_std, gen if noisy else None) for c in t.chunk(3)])
-    return _block_diag(t, noise_std, gen if noisy else None)
+        return torch.cat([block_diag(c, noise_std, gen if noisy else None) for c in t.chunk(3)])
+    return block_diag(t, noise_std, gen if noisy else None)
 
 
 def _gradient_ratio(key: str) -> float:

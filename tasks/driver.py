@@ -7,7 +7,9 @@
 Used by the Prefect stage task (tasks/stage.py), by every torchrun rank (tasks/parallel/worker.py)
 and by the benchmark (bench/runner.py): what is benchmarked is what the pipeline runs, seeded alike.
 The parent's weights come in through ``Parent.load`` (the task reads them from the registry, the
-benchmark from memory), called only when no checkpoint of the stage exists.
+benchmark from memory), called only when no checkpoint of the stage exists; an imported stage 1's
+through ``initial`` (the task reads a local Hugging Face directory). Either architecture of
+models/arch.py: the byte GPT or the Llama family.
 
 ``parallel.strategy: fsdp`` under torchrun: every rank builds (or grows) the whole model as in one
 process, then shards it (models/parallel.py); a checkpoint, sharded or whole, loads into the shards.
@@ -19,8 +21,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from models.data import ByteCorpus
-from models.gpt import GPT, GPTConfig
+from tokenizers import Tokenizer
+from torch import nn
+
+from models import arch
+from models import tokenizer as tokenizers
+from models.arch import ModelConfig
+from models.data import ByteCorpus, DataConfig
 from models.growth import GrowthError, grow, grow_moments
 from models.optim import StateDict
 from models.parallel import load_full_state, shard
@@ -46,7 +53,7 @@ class Parent:
     n_layers: int
     data_cursor: int  # where this stage's data stream starts
     global_step: int  # steps trained by the parent and its ancestors
-    load: Callable[[], tuple[GPTConfig, StateDict, StateDict | None]]  # (config, weights, Adam moments or None)
+    load: Callable[[], tuple[ModelConfig, StateDict, StateDict | None]]  # (config, weights, Adam moments or None)
     version: str = ""  # for messages
 
 
@@ -62,7 +69,7 @@ class Checkpoints:
 
 @dataclass
 class Prepared:
-    model: GPT
+    model: nn.Module
     plan: StagePlan
     start: Start
     seconds: float  # building, growing (weights and moments) or reading the checkpoint
@@ -70,7 +77,7 @@ class Prepared:
 
 @dataclass
 class StageRun:
-    model: GPT
+    model: nn.Module
     result: TrainResult
     resumed_from: int | None  # the checkpoint step this attempt started from
     prepare_seconds: float
@@ -92,15 +99,19 @@ def plan_for(spec: StageSpec, parent: Parent | None) -> StagePlan:
     )
 
 
-def build(spec: StageSpec, parent: Parent | None) -> tuple[GPT, StateDict | None]:
-    """Stage 1: a fresh model. Later stages: the parent's weights, grown, and with ``optimizer.state:
-    transfer`` the parent's AdamW moments grown by the same operator."""
+def build(
+    spec: StageSpec, parent: Parent | None, initial: Callable[[], StateDict] | None = None
+) -> tuple[nn.Module, StateDict | None]:
+    """Stage 1: a fresh model (or ``initial()``'s weights: an import). Later stages: the parent's weights,
+    grown, and with ``optimizer.state: transfer`` the parent's AdamW moments grown by the same operator."""
     seed_everything(spec.seed)
-    model = GPT(spec.model)
+    model = arch.build(spec.model)
     if parent is None:
+        if initial is not None:
+            arch.load_weights(model, initial())
         return model, None
     parent_cfg, parent_state, parent_moments = parent.load()
-    model.load_state_dict(grow(spec.growth, parent_state, parent_cfg, spec.model), strict=True)
+    arch.load_weights(model, grow(spec.growth, parent_state, parent_cfg, spec.model))
     if spec.optimizer.state == "reset":
         return model, None
     if parent_moments is None:
@@ -113,19 +124,24 @@ def sharded(spec: StageSpec) -> bool:
     return spec.parallel.strategy == "fsdp" and rank_and_world()[1] > 1
 
 
-def prepare(spec: StageSpec, parent: Parent | None, checkpoints: Checkpoints | None = None) -> Prepared:
+def prepare(
+    spec: StageSpec,
+    parent: Parent | None,
+    checkpoints: Checkpoints | None = None,
+    initial: Callable[[], StateDict] | None = None,
+) -> Prepared:
     """The model and where training starts: from the newest valid checkpoint when there is one."""
     began = time.perf_counter()
     plan = plan_for(spec, parent)
-    shards = shard(GPT(spec.model), resolve_device(spec.train.device)) if sharded(spec) else None
+    shards = shard(arch.build(spec.model), resolve_device(spec.train.device)) if sharded(spec) else None
     found = checkpoint.latest(checkpoints.storage, checkpoints.key, into=shards) if checkpoints else None
     if found is not None:
-        model = shards if shards is not None else GPT(spec.model)
+        model = shards if shards is not None else arch.build(spec.model)
         if found.weights is not None:
-            model.load_state_dict(found.weights, strict=True)
+            arch.load_weights(model, found.weights)
         start = Start(seed=spec.seed + spec.index, resume=found.state)
     else:
-        model, moments = build(spec, parent)
+        model, moments = build(spec, parent, initial)
         if shards is not None:  # the whole grown model, then each rank keeps its shards
             load_full_state(shards, model.state_dict())
             model = shards
@@ -136,7 +152,7 @@ def prepare(spec: StageSpec, parent: Parent | None, checkpoints: Checkpoints | N
     return Prepared(model, plan, start, time.perf_counter() - began)
 
 
-def _with_checkpoints(hooks: Hooks, checkpoints: Checkpoints | None, model: GPT) -> Hooks:
+def _with_checkpoints(hooks: Hooks, checkpoints: Checkpoints | None, model: nn.Module) -> Hooks:
     if checkpoints is None or checkpoints.every == 0:
         return hooks
 
@@ -157,10 +173,11 @@ def train_prepared(
     hooks: Hooks = Hooks(),
     checkpoints: Checkpoints | None = None,
     corpus: ByteCorpus | None = None,
+    tokenizer: Tokenizer | None = None,
 ) -> StageRun:
     """Train the prepared model for the stage; NaN/Inf and checkpoint failures become one-line errors."""
     model, resume = prepared.model, prepared.start.resume
-    corpus = corpus or ByteCorpus(spec.data, spec.model.context, spec.seed)
+    corpus = corpus or open_corpus(spec.data, spec.model.context, spec.seed, tokenizer)
     try:
         result = train(
             model,
@@ -186,6 +203,50 @@ def run(
     hooks: Hooks = Hooks(),
     checkpoints: Checkpoints | None = None,
     corpus: ByteCorpus | None = None,
+    tokenizer: Tokenizer | None = None,
 ) -> StageRun:
     """A whole stage: prepare, then train."""
-    return train_prepared(spec, prepare(spec, parent, checkpoints), hooks=hooks, checkpoints=checkpoints, corpus=corpus)
+    prepared = prepare(spec, parent, checkpoints)
+    return train_prepared(spec, prepared, hooks=hooks, checkpoints=checkpoints, corpus=corpus, tokenizer=tokenizer)
+
+
+# ---- the pipeline's tokenizer and corpus ------------------------------------------------------------
+
+
+def resolve_tokenizer(spec: StageSpec) -> Tokenizer:
+    """The tokenizer of ``spec.tokenizer``: the byte vocabulary, a local file, or a BPE trained (deterministically)
+    on the training split of the stage's corpus only, never on its validation files."""
+    cfg = spec.tokenizer
+    if cfg.kind == "bytes":
+        return tokenizers.byte_tokenizer()
+    if cfg.kind == "path":
+        return tokenizers.load(cfg.path)
+    train_split = ByteCorpus(spec.data, spec.model.context, spec.seed).train
+    return tokenizers.train_bpe(train_split.numpy().tobytes(), cfg.train)
+
+
+def open_corpus(data: DataConfig, context: int, seed: int, tokenizer: Tokenizer | None) -> ByteCorpus:
+    """The stage's training and validation stream: the byte corpus for the byte vocabulary (ids are bytes),
+    else the interim in-memory token corpus below."""
+    if tokenizer is None or tokenizers.sha256(tokenizer) == tokenizers.sha256(tokenizers.byte_tokenizer()):
+        return ByteCorpus(data, context, seed)
+    return InterimTokenCorpus(data, context, seed, tokenizer)
+
+
+class InterimTokenCorpus(ByteCorpus):
+    """INTERIM PATH, to be replaced by the token-shard corpus (data.format, TokenCorpus) when it is wired in.
+
+    The byte corpus's train and validation splits (split by file, as ever), tokenized in memory on every
+    construction: no shards, no cache, the whole corpus in RAM. It keeps ByteCorpus's cursor semantics
+    (seeded permutation of non-overlapping ``context + 1`` token chunks per epoch), so resume is bitwise.
+    """
+
+    def __init__(self, data: DataConfig, context: int, seed: int, tokenizer: Tokenizer):
+        super().__init__(data, context, seed)
+        self.train = tokenizers.encode(tokenizer, self.train.numpy().tobytes())  # (N,) int32 token ids
+        self.val = tokenizers.encode(tokenizer, self.val.numpy().tobytes())
+        self.n_train = len(self.train) // (context + 1)
+        if self.n_train < 1 or len(self.val) < context + 1:
+            raise ValueError(
+                f"corpus too small for context {context}: {len(self.train)} train and {len(self.val)} val tokens"
+            )

@@ -16,28 +16,41 @@ from datetime import datetime, timezone
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
+from tokenizers import Tokenizer
+from torch import nn
 
-from models.data import ByteCorpus, DataConfig
-from models.gpt import GPT
-from models.sample import decode, generate
+from models import tokenizer as tokenizers
+from models.data import DataConfig
+from models.sample import complete
 from models.train import evaluate
 from tasks.config import GateConfig
+from tasks.driver import open_corpus
 from tasks.publish import ArtifactKeys
-from tasks.registry import ModelRef, Registry, load_model
+from tasks.registry import ModelRef, Registry, load_version
 from tasks.registry.schema import Artifacts, GateTags
 from tasks.results import Figures, GateResult
 
 
-def measure(model: GPT, data: DataConfig, gate: GateConfig, seed: int) -> Figures:
-    """Held-out loss and bits per byte (bytes are the tokens, so bpb = loss / ln 2) and the fixed sample."""
-    corpus = ByteCorpus(data, model.cfg.context, seed)
-    loss = evaluate(model, corpus.val_batches(gate.eval_batches, gate.batch_size))
-    sample = generate(model, gate.prompt.encode(), gate.sample_bytes, temperature=0.8, top_k=40, seed=0)
+def measure(model: nn.Module, tokenizer: Tokenizer, data: DataConfig, gate: GateConfig, seed: int) -> Figures:
+    """Held-out loss (nats per token), bits per token and per byte, and the fixed sample.
+
+    bits per byte = total bits over the held-out tokens / the bytes of text they stand for; for the byte
+    vocabulary every token is one byte, so bpb = bpt = loss / ln 2."""
+    corpus = open_corpus(data, model.cfg.context, seed, tokenizer)
+    batches = corpus.val_batches(gate.eval_batches, gate.batch_size)
+    loss = evaluate(model, batches)
+    tokens = gate.eval_batches * gate.batch_size * model.cfg.context
+    per_token = tokenizers.token_bytes(tokenizer)  # (V,) bytes each token id stands for
+    n_bytes = int(sum(int(per_token[y].sum()) for _, y in batches))
+    sample = complete(model, tokenizer, gate.prompt, gate.sample_bytes, temperature=0.8, top_k=40, seed=0)
+    bpt = loss / math.log(2)
     return Figures(
         val_loss=loss,
-        bpb=loss / math.log(2),
-        tokens=gate.eval_batches * gate.batch_size * model.cfg.context,
-        sample=gate.prompt + decode(sample),
+        bpb=bpt * (tokens / n_bytes),
+        bpt=bpt,
+        tokens=tokens,
+        bytes=n_bytes,
+        sample=sample,
     )
 
 
@@ -55,12 +68,14 @@ def report(r: GateResult) -> str:
     """The decision as markdown, for Prefect and for the version's run."""
     title = f"# Gate: `models:/{r.name}/{r.version}` {r.decision.upper()}"
     head = f"{title}\n\n{r.reason} (metric `{r.metric}`, lower is better).\n\n"
-    rows = ["| | version | val loss | bits/byte | bytes |", "|---|---|---|---|---|"]
+    rows = ["| | version | val loss | bits/byte | bits/token | tokens | bytes |", "|---|---|---|---|---|---|---|"]
     for who, version, f in (("candidate", r.version, r.candidate), ("champion before", r.champion_before, r.champion)):
         if f is not None:
-            rows.append(f"| {who} | {version} | {f.val_loss:.4f} | {f.bpb:.4f} | {f.tokens} |")
+            rows.append(
+                f"| {who} | {version} | {f.val_loss:.4f} | {f.bpb:.4f} | {f.bpt:.4f} | {f.tokens} | {f.bytes} |"
+            )
     if r.champion is None:
-        rows.append("| champion before | none | | | |")
+        rows.append("| champion before | none | | | | | |")
     sample = r.candidate.sample.replace("```", "'''")
     return head + "\n".join(rows) + f"\n\nFixed sample (seed 0):\n\n```\n{sample}\n```\n"
 
@@ -69,7 +84,7 @@ def report(r: GateResult) -> str:
 def run_gate(ref: ModelRef, registry: Registry, gate: GateConfig, data: DataConfig, seed: int) -> GateResult:
     log = get_run_logger()
     client = registry.client()
-    candidate = measure(load_model(registry, client.get_model_version(ref.name, ref.version)), data, gate, seed)
+    candidate = measure(*load_version(registry, client.get_model_version(ref.name, ref.version)), data, gate, seed)
     aliases = client.get_registered_model(ref.name).aliases
     before = str(aliases[gate.alias]) if gate.alias in aliases else None
     champion = None
@@ -77,7 +92,7 @@ def run_gate(ref: ModelRef, registry: Registry, gate: GateConfig, data: DataConf
         decision, reason = "kept", f"already the {gate.alias}"
     else:
         if before is not None:
-            champion = measure(load_model(registry, client.get_model_version(ref.name, before)), data, gate, seed)
+            champion = measure(*load_version(registry, client.get_model_version(ref.name, before)), data, gate, seed)
         promote, reason = decide(
             candidate.metric(gate.metric), champion.metric(gate.metric) if champion else None, gate.margin
         )
@@ -102,6 +117,7 @@ def run_gate(ref: ModelRef, registry: Registry, gate: GateConfig, data: DataConf
         margin=f"{gate.margin:g}",
         val_loss=candidate.val_loss,
         bpb=candidate.bpb,
+        bpt=candidate.bpt,
         at=now,
         champion_before=before,
         champion_val_loss=champion.val_loss if champion else None,

@@ -28,10 +28,12 @@ class StageResult(BaseModel):
 class Figures(BaseModel):
     """A version's held-out metrics and its fixed generation sample."""
 
-    val_loss: float  # nats per byte
-    bpb: float  # bits per byte
-    tokens: int  # bytes predicted
+    val_loss: float  # nats per token (per byte for the byte vocabulary)
+    bpb: float  # bits per byte of the text the tokens stand for
+    tokens: int  # tokens predicted
     sample: str
+    bpt: float | None = None  # bits per token
+    bytes: int | None = None  # bytes of text those tokens stand for
 
     def metric(self, name: str) -> float:
         return getattr(self, name)

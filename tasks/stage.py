@@ -21,9 +21,13 @@ import yaml
 from prefect import task
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run, task_run
+from tokenizers import Tokenizer
 
+from models import arch
+from models import tokenizer as tokenizers
+from models.arch import ModelConfig
 from models.data import ByteCorpus, stdlib_dir
-from models.gpt import GPT, GPTConfig
+from models.growth import GrowthError
 from models.plan import Hooks
 from tasks import driver
 from tasks.config import ConfigError, StageSpec, check_stage, code_version, spec_hash, stage_key
@@ -40,9 +44,9 @@ from tasks.registry import (
     metric_history,
     register,
 )
-from tasks.registry.schema import Artifacts, Metrics, RunTags, StageParams, VersionTags
+from tasks.registry.schema import IMPORTED, Artifacts, ImportTags, Metrics, RunTags, StageParams, VersionTags
 from tasks.results import StageResult
-from tasks.store import save_model, save_optimizer
+from tasks.store import hf_dir, imported_sha256, save_model, save_optimizer, tokenizer_store
 from tasks.workspace import Workspace
 
 
@@ -51,10 +55,36 @@ def _shift(curve: list[tuple[int, float]], offset: int) -> list[tuple[int, float
     return [(offset + step, value) for step, value in curve]
 
 
-def skipped_result(ref: ModelRef, registry: Registry, model: GPTConfig) -> StageResult:
+def pipeline_tokenizer(spec: StageSpec, workspace: Workspace) -> str | None:
+    """Resolve the pipeline's tokenizer once (train, or load) and store it for the stages; its sha256,
+    or None for the byte vocabulary (a constant of the code: nothing stored, nothing hashed)."""
+    if spec.tokenizer.kind == "bytes":
+        return None
+    return tokenizer_store.put(workspace.storage(), driver.resolve_tokenizer(spec))
+
+
+def key_of(spec: StageSpec, parent: ModelRef | None, tokenizer_sha256: str | None) -> str:
+    """The stage key; an import's "parent" is the imported directory's weights."""
+    parent_sha = parent.weights_sha256 if parent else imported_sha256(spec.init) if spec.init else None
+    return stage_key(spec, parent_sha, tokenizer_sha256)
+
+
+def check_tokenizer(parent: ModelRef, tokenizer_sha256: str | None) -> None:
+    """Growth keeps token ids: a parent trained with another tokenizer is refused (one line)."""
+    if parent.tokenizer_sha256 != tokenizer_sha256:
+        theirs, ours = (
+            f"{s[:12]}…" if s else "the byte vocabulary" for s in (parent.tokenizer_sha256, tokenizer_sha256)
+        )
+        raise GrowthError(
+            f"parent version {parent.version} was trained with tokenizer {theirs}, this pipeline's is {ours}: "
+            "growth keeps the vocabulary, so the tokenizers must be the same"
+        )
+
+
+def skipped_result(ref: ModelRef, registry: Registry, model: ModelConfig) -> StageResult:
     """Rebuild a registered stage's result from the registry."""
     with torch.device("meta"):
-        params = GPT(model).num_params()
+        params = arch.num_params(arch.build(model))
     run = registry.client().get_run(ref.run_id)
     logged = StageParams.read(run.data.params)
     offset = ref.global_step - logged.steps
@@ -76,15 +106,23 @@ def skipped_result(ref: ModelRef, registry: Registry, model: GPTConfig) -> Stage
 
 
 def _train(
-    spec: StageSpec, parent: ModelRef | None, workspace: Workspace, key: str, watch: StageWatch, corpus: ByteCorpus, log
+    spec: StageSpec,
+    parent: ModelRef | None,
+    workspace: Workspace,
+    key: str,
+    watch: StageWatch,
+    corpus: ByteCorpus,
+    tokenizer_sha256: str | None,
+    log,
 ):
     """The stage driver in this process, or under torchrun for more than one process: a driver.StageRun."""
     with StageProgress(spec) as progress:
         on_step = watch.observe(progress)
         if spec.parallel.world_size == 1:
             checkpoints = workspace.checkpoints(spec, key)
-            with watch.during("loading and growing the parent"):
-                prepared = driver.prepare(spec, workspace.parent(parent) if parent else None, checkpoints)
+            initial = (lambda: hf_dir.load_weights(spec.init)) if spec.init else None
+            with watch.during("importing the pretrained directory" if spec.init else "loading and growing the parent"):
+                prepared = driver.prepare(spec, workspace.parent(parent) if parent else None, checkpoints, initial)
             if (resume := prepared.start.resume) is not None:
                 log.info("stage %d: resuming from checkpoint step %d of %d", spec.index, resume.step, spec.train.steps)
             with watch.during("training"):
@@ -93,7 +131,10 @@ def _train(
         try:
             check_stage(spec)  # staged run checked it already; a flow started otherwise had not
             with watch.during("training under torchrun"):
-                run = launch(TorchrunJob(spec=spec, parent=parent, workspace=workspace, key=key), on_step, log)
+                job = TorchrunJob(
+                    spec=spec, parent=parent, workspace=workspace, key=key, tokenizer_sha256=tokenizer_sha256
+                )
+                run = launch(job, on_step, log)
         except (TorchrunFailed, ConfigError) as e:
             raise driver.StageFailed(str(e)) from None
         resumed = f", resumed from checkpoint step {run.resumed_from}" if run.resumed_from is not None else ""
@@ -112,6 +153,8 @@ def _register(
     run: driver.StageRun,
     watch: StageWatch,
     corpus: ByteCorpus,
+    tokenizer: Tokenizer,
+    tokenizer_sha256: str | None,
 ) -> ModelRef:
     """Register the trained model with its lineage tags, parameters, loss curves and run extras."""
     model, result = run.model, run.result
@@ -119,9 +162,11 @@ def _register(
     source = str(Path(spec.data.source).resolve()) if spec.data.source else str(stdlib_dir())
     digest = corpus.digest()
     with watch.during("registering"), tempfile.TemporaryDirectory(prefix="staged-model-") as tmp:
-        sha = save_model(model, Path(tmp))
+        sha = save_model(model, Path(tmp), tokenizer)  # the Llama family's: a Hugging Face model directory
         optimizer_sha = save_optimizer(result.moments, Path(tmp))
-        add_pyfunc(Path(tmp), spec.model.context)  # the same directory is also an MLflow pyfunc model
+        example = tokenizers.encode(tokenizer, b"def main():\n    ").tolist()
+        # the same directory is also an MLflow pyfunc model
+        add_pyfunc(Path(tmp), spec.model.context, arch.vocab_size(spec.model), example)
         tags = VersionTags(
             stage=spec.index,
             n_layers=spec.model.n_layers,
@@ -135,10 +180,14 @@ def _register(
             config_hash=spec_hash(spec)[:16],
             code_version=code_version(),
             val_loss=result.val_loss,
+            tokenizer_sha256=tokenizer_sha256,
         )
+        imported = None
+        if spec.init:
+            imported = ImportTags(source=IMPORTED, imported_from=spec.init, imported_sha256=imported_sha256(spec.init))
         params = StageParams(
             steps=result.steps,
-            params=model.num_params(),
+            params=arch.num_params(model),
             nproc=result.world_size,
             model=spec.model.model_dump(),
             train=spec.train.model_dump(),
@@ -166,15 +215,23 @@ def _register(
             params=params,
             metrics=metrics,
             extras=extras,
+            imported=imported,
         )
 
 
 @task(name="run-stage", task_run_name="stage-{spec.index}-{spec.model.n_layers}L", persist_result=False)
 def run_stage(
-    spec: StageSpec, parent: ModelRef | None, workspace: Workspace, parent_run_id: str | None = None
+    spec: StageSpec,
+    parent: ModelRef | None,
+    workspace: Workspace,
+    parent_run_id: str | None = None,
+    tokenizer_sha256: str | None = None,
 ) -> StageResult:
+    """``tokenizer_sha256``: the pipeline's tokenizer (pipeline_tokenizer), None for the byte vocabulary."""
     log = get_run_logger()
-    key = stage_key(spec, parent.weights_sha256 if parent else None)
+    if parent is not None:
+        check_tokenizer(parent, tokenizer_sha256)
+    key = key_of(spec, parent, tokenizer_sha256)
     if (existing := find_version(workspace.registry.client(), spec.model_name, key)) is not None:
         log.info("stage %d already registered as version %s: skipping", spec.index, existing.version)
         finalize(workspace.registry, existing)
@@ -182,17 +239,20 @@ def run_stage(
 
     began = time.perf_counter()
     watch = StageWatch(spec, workspace.registry, parent_run_id, workspace.storage(), key)
-    corpus = ByteCorpus(spec.data, spec.model.context, spec.seed)
-    run = _train(spec, parent, workspace, key, watch, corpus, log)
+    tokenizer = tokenizer_store.get(workspace.storage(), tokenizer_sha256) if tokenizer_sha256 else None
+    corpus = driver.open_corpus(spec.data, spec.model.context, spec.seed, tokenizer)
+    run = _train(spec, parent, workspace, key, watch, corpus, tokenizer_sha256, log)
     result = run.result
     init, val = result.val_loss_init, result.val_loss
     log.info("stage %d: val loss %.4f -> %.4f in %d steps", spec.index, init, val, result.steps)
-    ref = _register(spec, parent, workspace, key, run, watch, corpus)
+    ref = _register(
+        spec, parent, workspace, key, run, watch, corpus, tokenizer or tokenizers.byte_tokenizer(), tokenizer_sha256
+    )
     log.info("stage %d registered as %s version %s", spec.index, ref.name, ref.version)
     offset, cursor = (parent.global_step, parent.data_cursor) if parent else (0, 0)
     done = StageResult(
         ref=ref,
-        params=run.model.num_params(),
+        params=arch.num_params(run.model),
         steps=result.steps,
         val_loss_init=result.val_loss_init,
         val_loss=result.val_loss,

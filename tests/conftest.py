@@ -4,6 +4,7 @@ import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # transformers and tokenizers never reach the Hugging Face hub
 # The test models are tiny: a second OpenMP thread only adds synchronisation (and spins against any
 # other load on a 2-core machine). Subprocesses the tests start inherit this too.
 os.environ.setdefault("OMP_NUM_THREADS", "1")

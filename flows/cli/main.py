@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     add_server_commands(sub)
     add_bench_command(sub, sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    # MLflow draws a progress bar on stderr for every multi-file download (a Hugging Face version directory):
+    # the stage's own progress bar is the one to watch, and a mistake stays one line on stderr
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return args.func(args)
 
 

@@ -88,11 +88,30 @@ def _check_parent(config: PipelineConfig, registry, workdir: Path, version: str)
             cfg, _ = download(registry, ref, Path(tmp))
     except Exception as e:
         fail(f"--from-version {version}: refusing a parent whose weights do not verify: {one_line(e)}")
-    want = config.stage_specs()[ref.stage - 1].model
+    spec = config.stage_specs()[ref.stage - 1]
+    _check_parent_tokenizer(spec, ref, version)
+    want = spec.model
     if cfg != want:
         fail(
             f"--from-version {version}: its model ({cfg.n_layers} layers, d_model {cfg.d_model}) is not "
             f"stage {ref.stage} of this config ({want.n_layers} layers, d_model {want.d_model})"
+        )
+
+
+def _check_parent_tokenizer(spec, ref, version: str) -> None:
+    """Growth keeps token ids: the config's tokenizer (trained here if it must be) must be the parent's."""
+    from models import tokenizer as tokenizers
+    from tasks.driver import resolve_tokenizer
+
+    try:
+        ours = None if spec.tokenizer.kind == "bytes" else tokenizers.sha256(resolve_tokenizer(spec))
+    except (OSError, ValueError) as e:
+        fail(str(e))
+    if ours != ref.tokenizer_sha256:
+        theirs, ours = (f"{s[:12]}…" if s else "the byte vocabulary" for s in (ref.tokenizer_sha256, ours))
+        fail(
+            f"--from-version {version}: its tokenizer ({theirs}) differs from this config's ({ours}): "
+            "growth keeps the vocabulary, so the tokenizers must be the same"
         )
 
 

@@ -36,15 +36,13 @@ def _guard(func):
 
 @_guard
 def cmd_generate(args: argparse.Namespace) -> int:
-    from models.sample import decode, generate
-    from tasks.registry import load_model, open_registry, resolve
+    from models.sample import complete
+    from tasks.registry import load_version, open_registry, resolve
 
     registry = open_registry(args.workdir)
-    model = load_model(registry, resolve(registry, args.model_uri))
-    out = generate(
-        model, args.prompt.encode(), args.max_bytes, temperature=args.temperature, top_k=args.top_k, seed=args.seed
-    )
-    print(args.prompt + decode(out))
+    model, tokenizer = load_version(registry, resolve(registry, args.model_uri))
+    kwargs = {"temperature": args.temperature, "top_k": args.top_k, "seed": args.seed}
+    print(complete(model, tokenizer, args.prompt, args.max_bytes, **kwargs))
     return 0
 
 
@@ -56,7 +54,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from models.data import DataConfig
     from tasks.config import ConfigError, PipelineConfig, load_config
     from tasks.gate import measure
-    from tasks.registry import load_model, open_registry, resolve
+    from tasks.registry import load_version, open_registry, resolve
     from tasks.registry.schema import CardTags
 
     config = PipelineConfig()  # the default gate settings unless --config gives others
@@ -70,13 +68,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     card = CardTags.from_tags(mv.tags)
     data = config.data if args.config or not card else DataConfig.model_validate_json(card.data_config)
     try:
-        figures = measure(load_model(registry, mv), data, config.gate, config.seed)
+        figures = measure(*load_version(registry, mv), data, config.gate, config.seed)
     except (OSError, ValueError) as e:
         fail(str(e))
     table = Table(title=f"{mv.name} version {mv.version}: held-out validation set")
-    for column in ("val loss (nats/byte)", "bits/byte", "bytes"):
+    for column in ("val loss (nats/token)", "bits/byte", "bits/token", "tokens", "bytes"):
         table.add_column(column, justify="right")
-    table.add_row(f"{figures.val_loss:.4f}", f"{figures.bpb:.4f}", str(figures.tokens))
+    cells = (f"{figures.val_loss:.4f}", f"{figures.bpb:.4f}", f"{figures.bpt:.4f}", figures.tokens, figures.bytes)
+    table.add_row(*(str(c) for c in cells))
     console = Console()
     console.print(table)
     console.print(f"sample: {figures.sample!r}", markup=False, highlight=False)
@@ -119,13 +118,18 @@ def add_use_commands(sub: argparse._SubParsersAction) -> None:
     gen = sub.add_parser("generate", help="sample text from a registered version")
     gen.add_argument("model_uri", help=uri_help)
     gen.add_argument("--prompt", default="\n", help="text to continue")
-    gen.add_argument("--max-bytes", type=int, default=200, help="bytes to generate (default: %(default)s)")
+    gen.add_argument(
+        "--max-bytes",
+        type=int,
+        default=200,
+        help="tokens to generate: bytes for the byte vocabulary (default: %(default)s)",
+    )
     gen.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default: %(default)s)")
     gen.add_argument("--top-k", type=int, default=40, help="sample from the k likeliest bytes (default: %(default)s)")
     gen.add_argument("--seed", type=int, default=0, help="same seed, same text (default: %(default)s)")
     gen.set_defaults(func=cmd_generate)
 
-    ev = sub.add_parser("eval", help="a registered version's loss and bits per byte on the validation set")
+    ev = sub.add_parser("eval", help="a registered version's loss, bits per byte and per token on the validation set")
     ev.add_argument("model_uri", help=uri_help)
     ev.add_argument("--config", help="pipeline YAML whose data and gate settings to use (default: the version's data)")
     ev.set_defaults(func=cmd_eval)

@@ -1,6 +1,10 @@
 """What names a stage and a pipeline: content hashes of configs and of the model code.
 
-    stage_key(spec, parent_sha256) = sha256(spec hash | parent weights sha256 | code version)
+    stage_key(spec, parent_sha256, tokenizer_sha256)
+        = sha256(spec hash | parent weights sha256 | code version [| tokenizer sha256])
+
+The parent's sha256 is that of an imported directory's weights for an import stage. The tokenizer's is left
+out for the byte vocabulary (a constant of the code, named by the spec's ``tokenizer`` section alone).
 
 A registered version carrying a stage's key *is* that stage's result (idempotent reruns).
 """
@@ -17,8 +21,9 @@ from tasks.config.schema import PipelineConfig, StageSpec
 
 # What a stage computes does not depend on these: checkpoint cadence changes nothing in the weights,
 # parallel (ddp or fsdp, processes, nodes) keeps the global batch and steps (the same weights up to
-# float summation order, and with dropout > 0 other dropout masks).
-_NOT_COMPUTATION = {"checkpoint", "parallel"}
+# float summation order, and with dropout > 0 other dropout masks). Where an imported directory or a
+# tokenizer file lives does not matter either: their contents are in the key, by sha256.
+_NOT_COMPUTATION = {"checkpoint": True, "parallel": True, "init": True, "tokenizer": {"path"}}
 
 
 def spec_hash(spec: StageSpec) -> str:
@@ -51,6 +56,6 @@ def code_version() -> str:
     return h.hexdigest()[:16]
 
 
-def stage_key(spec: StageSpec, parent_sha256: str | None) -> str:
-    parts = [spec_hash(spec), parent_sha256 or "", code_version()]
+def stage_key(spec: StageSpec, parent_sha256: str | None, tokenizer_sha256: str | None = None) -> str:
+    parts = [spec_hash(spec), parent_sha256 or "", code_version()] + ([tokenizer_sha256] if tokenizer_sha256 else [])
     return hashlib.sha256("|".join(parts).encode()).hexdigest()

@@ -2,9 +2,11 @@
 
     PipelineConfig
       seed, retry, checkpoint, storage, data, registry, gate,
-      model  (stage 1's architecture; each stage sets n_layers, a `width` stage doubles the widths),
+      model  (stage 1's architecture, a union on `arch`: gpt | llama | qwen3 (tasks/config/model_section.py);
+              each stage sets n_layers, a `width` stage doubles the widths),
+      tokenizer  (the byte vocabulary, a BPE trained on the training split, or a local tokenizer.json),
       train  (defaults for every stage),
-      stages: [StageConfig(n_layers, steps | until, growth, optimizer, schedule, train, checkpoint, parallel), ...]
+      stages: [StageConfig(n_layers, steps | until, growth, optimizer, schedule, train, checkpoint, parallel, init)]
 
 ``PipelineConfig.stage_specs()`` resolves it into one self-contained ``StageSpec`` per stage:
 the only thing a stage needs, and what its stage key hashes (tasks/config/identity.py).
@@ -13,21 +15,20 @@ the only thing a stage needs, and what its stage key hashes (tasks/config/identi
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
+from models.arch import ModelConfig
 from models.data import DataConfig
-from models.gpt import GPTConfig
 from models.growth import GrowthConfig, GrowthError, child_config, dry_run
 from models.optim import OptimizerConfig
 from models.policy import ScheduleConfig, UntilConfig, step_cap
+from models.tokenizer import TokenizerConfig
 from models.train import TrainConfig
+from tasks.config.model_section import ArchConfig, GPTArch, InitConfig, Strict, first_model
 from tasks.store import check_uri
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def format_validation_error(err: ValidationError) -> str:
@@ -38,16 +39,6 @@ def format_validation_error(err: ValidationError) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         parts.append(f"{where}: {msg}" if where else msg)
     return "; ".join(parts)
-
-
-class ArchConfig(Strict):
-    """``model``: stage 1's architecture; each stage sets its own ``n_layers``, a ``width`` stage doubles the widths."""
-
-    d_model: int = 128
-    n_heads: int = 4
-    d_ff: int = 512
-    context: int = 128
-    dropout: float = 0.0
 
 
 # ``stages.<i>.train``: any TrainConfig field but ``steps`` (a stage's length is its own steps/until),
@@ -129,6 +120,7 @@ class StageConfig(Strict):
     # global batch and must divide by nproc x nnodes. Not in the stage key.
     parallel: ParallelConfig | None = None
     nproc: int | None = Field(None, ge=1)  # shorthand for parallel: {strategy: ddp, nproc: N}
+    init: InitConfig | None = None  # stage 1 only: import a local Hugging Face directory (registered as it is)
 
     @model_validator(mode="after")
     def _one_end_rule(self) -> StageConfig:
@@ -184,7 +176,9 @@ class StageSpec(Strict):
     seed: int
     model_name: str
     experiment: str
-    model: GPTConfig
+    model: ModelConfig
+    tokenizer: TokenizerConfig = TokenizerConfig()  # the pipeline's; its sha256 is part of the stage key
+    init: str | None = None  # stage 1 of an import: the HF directory (absolute); its weights' sha256 is in the key
     train: TrainConfig  # train.steps: the stage's step cap (steps, tokens / (batch x context), or max_steps)
     growth: GrowthConfig
     optimizer: OptimizerConfig = OptimizerConfig()
@@ -206,7 +200,8 @@ class PipelineConfig(Strict):
     checkpoint: CheckpointConfig = CheckpointConfig()
     storage: StorageConfig = StorageConfig()
     data: DataConfig = DataConfig()
-    model: ArchConfig = ArchConfig()
+    model: ArchConfig = GPTArch()
+    tokenizer: TokenizerConfig = TokenizerConfig()  # default: the byte vocabulary
     train: TrainConfig = TrainConfig()
     registry: RegistryConfig = RegistryConfig()
     gate: GateConfig = GateConfig()
@@ -227,6 +222,16 @@ class PipelineConfig(Strict):
         return train
 
     @model_validator(mode="after")
+    def _init_on_stage_one_only(self) -> PipelineConfig:
+        for i, stage in enumerate(self.stages):
+            if stage.init is not None and i > 0:
+                raise ValueError(f"stages.{i}.init: only stage 1 (stages.0) can start from a pretrained directory")
+        first = self.stages[0]
+        if first.init is not None and first.steps != 0:
+            raise ValueError("stages.0: an imported stage registers the directory as it is: set stages.0.steps: 0")
+        return self
+
+    @model_validator(mode="after")
     def _stages_resolve_and_grow(self) -> PipelineConfig:
         specs = self.stage_specs()  # raises on bad per-stage train overrides or model shapes
         for prev, spec in zip(specs, specs[1:]):
@@ -238,11 +243,12 @@ class PipelineConfig(Strict):
 
     def stage_specs(self) -> list[StageSpec]:
         specs: list[StageSpec] = []
-        model: GPTConfig | None = None
+        model: ModelConfig | None = None
+        tokenizer = self.tokenizer
         for k, stage in enumerate(self.stages, start=1):
             try:
                 if model is None:
-                    model = GPTConfig(n_layers=stage.n_layers, **self.model.model_dump())
+                    model, tokenizer = first_model(self.model, stage.n_layers, self.tokenizer, stage.init)
                 else:  # derived from the previous stage: same widths, or doubled by a width stage
                     model = child_config(stage.growth, model, stage.n_layers)
                 overrides = stage.train.model_dump(exclude_none=True)
@@ -260,6 +266,8 @@ class PipelineConfig(Strict):
                     model_name=self.registry.model_name,
                     experiment=self.registry.experiment or self.registry.model_name,
                     model=model,
+                    tokenizer=tokenizer,
+                    init=str(Path(stage.init.from_pretrained).resolve()) if stage.init else None,
                     train=train.model_copy(update={"steps": cap}),
                     growth=stage.growth,
                     optimizer=stage.optimizer,
@@ -271,6 +279,8 @@ class PipelineConfig(Strict):
                 )
             except ValidationError as e:
                 raise ValueError(f"stages.{k - 1}: {format_validation_error(e)}") from None
+            except ValueError as e:
+                raise ValueError(str(e) if str(e).startswith("stages.") else f"stages.{k - 1}: {e}") from None
             specs.append(spec)
         total = sum(s.train.steps for s in specs)  # only schedules that read it carry it: no needless cache misses
         return [s.model_copy(update={"total_steps": total}) if s.schedule.policy != "restart" else s for s in specs]

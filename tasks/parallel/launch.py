@@ -31,7 +31,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from models.gpt import GPT
+from models import arch
 from models.plan import StepInfo
 from models.train import TrainResult
 from tasks.config import ParallelConfig, StageSpec
@@ -87,6 +87,7 @@ class TorchrunJob(BaseModel):
     parent: ModelRef | None
     workspace: Workspace
     key: str
+    tokenizer_sha256: str | None = None  # the pipeline's tokenizer in storage (None: the byte vocabulary)
 
 
 class TorchrunFailed(RuntimeError):
@@ -170,8 +171,8 @@ def save_outputs(job_dir: Path, run: StageRun) -> None:
 
 def load_outputs(job_dir: Path) -> StageRun:
     cfg, state = load_state(job_dir, None)
-    model = GPT(cfg)
-    model.load_state_dict(state, strict=True)
+    model = arch.build(cfg)
+    arch.load_weights(model, state)
     saved = json.loads((job_dir / RESULT).read_text())
     meta = saved["result"]
     curves = {k: [tuple(p) for p in meta[k]] for k in ("train_curve", "val_curve")}

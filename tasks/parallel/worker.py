@@ -31,7 +31,7 @@ from models.train import resolve_device
 from tasks import driver
 from tasks.parallel.launch import JOB, TorchrunJob, progress_writer, save_outputs
 from tasks.parallel.rendezvous import bound_store
-from tasks.store import CheckpointError
+from tasks.store import CheckpointError, tokenizer_store
 
 
 def _init(backend: str, has_job: bool) -> None:
@@ -82,7 +82,10 @@ def main(job_dir: Path) -> int:
         ws, parent = job.workspace, job.parent
         hooks = Hooks(on_step=progress_writer(job_dir))
         checkpoints = ws.checkpoints(job.spec, job.key)
-        run = driver.run(job.spec, ws.parent(parent) if parent else None, hooks=hooks, checkpoints=checkpoints)
+        tok = tokenizer_store.get(ws.storage(), job.tokenizer_sha256) if job.tokenizer_sha256 else None
+        run = driver.run(
+            job.spec, ws.parent(parent) if parent else None, hooks=hooks, checkpoints=checkpoints, tokenizer=tok
+        )
         run = _gathered(run, job.spec)
         if rank == 0:
             save_outputs(job_dir, run)

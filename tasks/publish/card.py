@@ -51,6 +51,23 @@ def lineage(client: MlflowClient, ref: ModelRef) -> list[tuple[ModelRef, StagePa
     return [(r, StageParams.read(client.get_run(r.run_id).data.params)) for r in chain[::-1]]
 
 
+def architecture(m: dict[str, str], tokenizer_sha256: str | None) -> str:
+    """The card's architecture line, from the stage run's logged model params."""
+    if m.get("arch") in ("llama", "qwen3"):
+        family = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM (q/k norms)"}[m["arch"]]
+        vocab = f"byte-level BPE `{tokenizer_sha256[:12]}`" if tokenizer_sha256 else "256 bytes"
+        tied = ", tied embeddings" if m.get("tie_embeddings") == "True" else ""
+        return (
+            f"transformers {family}: {m['n_layers']} layers, hidden {m['d_model']}, {m['n_heads']} heads, "
+            f"{m['n_kv_heads']} key-value heads, d_ff {m['d_ff']}, RoPE theta {m['rope_theta']}{tied},\n"
+            f"context {m['context']} tokens, vocabulary {m['vocab_size']} ({vocab}). A Hugging Face model directory."
+        )
+    return (
+        f"Byte-level decoder-only transformer (models/gpt.py): {m['n_layers']} layers, d_model {m['d_model']},\n"
+        f"{m['n_heads']} heads, d_ff {m['d_ff']}, context {m['context']} bytes, vocabulary 256 bytes."
+    )
+
+
 def card_markdown(
     client: MlflowClient, ref: ModelRef, result: StageResult, gate: GateResult | None, commit: str
 ) -> str:
@@ -67,17 +84,16 @@ def card_markdown(
     if gate is not None:
         c = gate.candidate
         sample = c.sample.replace("```", chr(39) * 3)
+        per_token = f", {c.bpt:.4f} bits/token" if c.bpt is not None else ""
         gate_lines = (
             f"**{gate.decision}** ({gate.reason}); held-out val loss {c.val_loss:.4f}, "
-            f"{c.bpb:.4f} bits/byte over {c.tokens} bytes.\n\n```\n{sample}\n```"
+            f"{c.bpb:.4f} bits/byte{per_token} over {c.tokens} tokens.\n\n```\n{sample}\n```"
         )
-    m = params.model
     tokens_stage, tokens_all = (cursor - parent_cursor) * context, cursor * context
     return f"""# {ref.name} version {ref.version}: stage {ref.stage}, {ref.n_layers} layers
 
 ## Architecture
-Byte-level decoder-only transformer (models/gpt.py): {m["n_layers"]} layers, d_model {m["d_model"]},
-{m["n_heads"]} heads, d_ff {m["d_ff"]}, context {context} bytes, vocabulary 256 bytes.
+{architecture(params.model, ref.tokenizer_sha256)}
 **{result.params:,} parameters.**
 
 ## How it came to be
@@ -86,7 +102,7 @@ Byte-level decoder-only transformer (models/gpt.py): {m["n_layers"]} layers, d_m
 | growth from parent | {ref.growth} (parent version {ref.parent_version or "none"}) |
 | steps this stage / all stages | {result.steps} / {ref.global_step} |
 | data cursor (sequences) | {parent_cursor} → {cursor} |
-| tokens (bytes) this stage / all stages | {tokens_stage:,} / {tokens_all:,} (batch {batch}) |
+| tokens this stage / all stages | {tokens_stage:,} / {tokens_all:,} (batch {batch}) |
 | config hash | `{ref.config_hash}` |
 | code version (models/ hash) | `{ref.code_version}` |
 | git commit | `{commit}` |
@@ -96,7 +112,7 @@ Lineage, root first:
 {chr(10).join(rows)}
 
 ## Metrics
-Validation loss {result.val_loss_init:.4f} → {result.val_loss:.4f} nats/byte over this stage.
+Validation loss {result.val_loss_init:.4f} → {result.val_loss:.4f} nats/token over this stage.
 
 Gate: {gate_lines}
 

@@ -18,7 +18,16 @@ from tasks.registry.client import (
     metric_history,
     register,
 )
-from tasks.registry.lookup import UseError, load_model, open_registry, parse_uri, registered_model, resolve, versions
+from tasks.registry.lookup import (
+    UseError,
+    load_model,
+    load_version,
+    open_registry,
+    parse_uri,
+    registered_model,
+    resolve,
+    versions,
+)
 from tasks.registry.pyfunc import add_pyfunc, load_pyfunc, mlflow_uri
 from tasks.registry.runs import Pipeline, PipelineRun, StageRunExtras, corpus_input, experiment_id
 
@@ -40,6 +49,7 @@ __all__ = [
     "find_version",
     "get_version",
     "load_model",
+    "load_version",
     "load_pyfunc",
     "metric_history",
     "mlflow_uri",

@@ -19,6 +19,7 @@ from tasks.registry.runs import StageRunExtras, experiment_id
 from tasks.registry.schema import (
     PARENT_RUN_TAG,
     Artifacts,
+    ImportTags,
     StageParams,
     VersionTags,
     stage_alias,
@@ -135,13 +136,15 @@ def register(
     params: StageParams,
     metrics: dict[str, list[tuple[int, float]]],
     extras: StageRunExtras | None = None,
+    imported: ImportTags | None = None,
 ) -> ModelRef:
     """Log one MLflow run for the stage and register its weights as a new model version, exactly once.
 
     The version is created last, with every lineage tag at once: a version that exists is complete.
     If one already carries this ``stage_key`` (an earlier attempt died after creating it), it is
     returned instead; runs left by attempts that died before creating it are deleted first.
-    With ``extras.parent_run_id`` the run is nested under the pipeline's parent run.
+    With ``extras.parent_run_id`` the run is nested under the pipeline's parent run; ``imported`` marks a
+    stage 1 registered from a local Hugging Face directory.
     """
     extras = extras or StageRunExtras()
     client = registry.client()
@@ -150,7 +153,7 @@ def register(
         return existing
     exp = experiment_id(client, registry.artifact_location, experiment)
     delete_orphans(client, exp, tags.stage_key)
-    version_tags = tags.to_tags()
+    version_tags = tags.to_tags() | (imported.to_tags() if imported else {})
     run_tags = {**version_tags, **extras.tags.to_tags()}
     if extras.parent_run_id:
         run_tags[PARENT_RUN_TAG] = extras.parent_run_id

@@ -12,11 +12,13 @@ from pathlib import Path
 
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from tokenizers import Tokenizer
+from torch import nn
 
-from models.gpt import GPT
+from models import arch
 from tasks.registry.client import Registry, fetch
 from tasks.registry.schema import VersionTags, versions_filter
-from tasks.store import load_state
+from tasks.store import load_state, load_tokenizer
 
 _URI = re.compile(
     r"^models:/(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)(?:/(?P<version>\d+|latest)|@(?P<alias>[A-Za-z0-9_-]+))$"
@@ -87,14 +89,22 @@ def resolve(registry: Registry, uri: str) -> ModelVersion:
         raise UseError(f"{uri}: {_one_line(e)}") from None
 
 
-def load_model(registry: Registry, mv: ModelVersion) -> GPT:
-    """The project's own loader: download the version's source, verify its sha256 tag, rebuild the GPT (eval mode)."""
+def load_version(registry: Registry, mv: ModelVersion) -> tuple[nn.Module, Tokenizer]:
+    """The project's own loader: download the version's source, verify its sha256 tag, rebuild the model (either
+    architecture, eval mode) and its tokenizer (the byte vocabulary for the byte GPT)."""
     tags = VersionTags.from_tags(mv.tags)
     with tempfile.TemporaryDirectory(prefix="staged-use-") as tmp:
-        cfg, state = load_state(fetch(registry, mv.source, Path(tmp)), tags.weights_sha256 if tags else None)
-    model = GPT(cfg)
-    model.load_state_dict(state, strict=True)
-    return model.eval()
+        local = fetch(registry, mv.source, Path(tmp))
+        cfg, state = load_state(local, tags.weights_sha256 if tags else None)
+        tokenizer = load_tokenizer(local)
+    model = arch.build(cfg)
+    arch.load_weights(model, state)
+    return model.eval(), tokenizer
+
+
+def load_model(registry: Registry, mv: ModelVersion) -> nn.Module:
+    """:func:`load_version`'s model alone."""
+    return load_version(registry, mv)[0]
 
 
 def versions(registry: Registry, name: str) -> tuple[list[ModelVersion], dict[str, list[str]]]:

@@ -1,7 +1,8 @@
 """The MLflow pyfunc flavour of a version, written with models-from-code (no pickle anywhere).
 
-``add_pyfunc(model_dir)`` turns a saved ``model.safetensors`` + ``config.json`` directory into one
-that is also a valid MLflow model (MLmodel, the code file tasks/pyfunc_model.py, a copy of the
+``add_pyfunc(model_dir, context, vocab_size)`` turns a saved ``model.safetensors`` + ``config.json``
+directory (the byte GPT's, or a Hugging Face directory of the Llama family) into one that is also a valid
+MLflow model (MLmodel, the code file tasks/pyfunc_model.py, a copy of the
 ``models`` package's sources, environment files, signature and input example). The registered
 version's source stays that one directory, so tools that read the safetensors directly keep
 working, and ``mlflow.pyfunc.load_model("models:/name@alias")`` / ``mlflow models serve`` work too.
@@ -25,17 +26,19 @@ from pathlib import Path
 import numpy as np
 
 import models
+from tasks.store import hf_dir
 
 CODE = Path(__file__).with_name("pyfunc_model.py")
 EXAMPLE = b"def main():\n    "
 _PINNED = ("torch", "safetensors", "pydantic", "numpy", "mlflow")
+_PINNED_HF = ("transformers", "tokenizers")  # and for a Llama-family directory
 
 
-def requirements() -> list[str]:
+def requirements(hf: bool = False) -> list[str]:
     """Exact versions of what the wrapper imports (explicit: MLflow's inference would load the model in a
     subprocess)."""
     reqs = []
-    for name in _PINNED:
+    for name in _PINNED + (_PINNED_HF if hf else ()):
         try:
             reqs.append(f"{name}=={version(name).split('+')[0]}")
         except PackageNotFoundError:
@@ -43,23 +46,25 @@ def requirements() -> list[str]:
     return reqs
 
 
-def signature():
-    """int64 byte ids (batch, T) -> float32 logits (batch, T, 256)."""
+def signature(vocab_size: int = 256):
+    """int64 token ids (batch, T) -> float32 logits (batch, T, vocab); for the byte GPT ids are bytes, vocab 256."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype("int64"), (-1, -1))]),
-        outputs=Schema([TensorSpec(np.dtype("float32"), (-1, -1, 256))]),
+        outputs=Schema([TensorSpec(np.dtype("float32"), (-1, -1, vocab_size))]),
     )
 
 
-def input_example(context: int) -> np.ndarray:
-    return np.array([list(EXAMPLE[:context])], dtype=np.int64)
+def input_example(context: int, ids: list[int] | None = None) -> np.ndarray:
+    return np.array([(list(EXAMPLE) if ids is None else ids)[:context]], dtype=np.int64)
 
 
-def add_pyfunc(model_dir: Path, context: int) -> None:
-    """Make ``model_dir`` (model.safetensors + config.json) also an MLflow pyfunc model directory."""
+def add_pyfunc(model_dir: Path, context: int, vocab_size: int = 256, example: list[int] | None = None) -> None:
+    """Make ``model_dir`` (model.safetensors + config.json) also an MLflow pyfunc model directory.
+
+    ``example``: token ids of the input example (default: EXAMPLE's bytes, the byte vocabulary's ids)."""
     import mlflow.pyfunc
 
     with tempfile.TemporaryDirectory(prefix="staged-pyfunc-") as tmp:
@@ -73,9 +78,9 @@ def add_pyfunc(model_dir: Path, context: int) -> None:
                 str(out),
                 python_model=str(CODE),
                 code_paths=[str(code)],
-                signature=signature(),
-                input_example=input_example(context),
-                pip_requirements=requirements(),
+                signature=signature(vocab_size),
+                input_example=input_example(context, example),
+                pip_requirements=requirements(hf=hf_dir.is_hf(model_dir)),
             )
         for item in out.iterdir():
             if (model_dir / item.name).exists():

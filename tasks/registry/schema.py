@@ -1,6 +1,7 @@
 """What the registry records, spelled in one place: every tag, alias, param, metric and artifact path.
 
-    model version  tags VersionTags (lineage, integrity, idempotency) + GateTags + CardTags; alias stage-<k>
+    model version  tags VersionTags (lineage, integrity, idempotency) + ImportTags (an imported stage 1)
+                   + GateTags + CardTags; alias stage-<k>
     stage run      the version's tags + RunTags; params StageParams; metrics METRICS; artifacts Artifacts
     parent run     RunTags(run_kind=pipeline, config_hash, prefect_flow_run_id); artifacts Artifacts
 
@@ -64,6 +65,18 @@ class VersionTags(_Tags):
     config_hash: str
     code_version: str
     val_loss: float
+    tokenizer_sha256: str | None = None  # models.tokenizer.sha256 of the version's tokenizer; None: the byte vocabulary
+
+
+IMPORTED = "imported"  # ImportTags.source of a version registered from a local Hugging Face directory
+
+
+class ImportTags(_Tags):
+    """A stage 1 that imported a local Hugging Face directory (``stages.0.init.from_pretrained``)."""
+
+    source: str  # IMPORTED
+    imported_from: str  # the directory, as given (absolute)
+    imported_sha256: str  # of its safetensors as found there (tasks.store.imported_sha256)
 
 
 class GateTags(_Tags):
@@ -77,6 +90,7 @@ class GateTags(_Tags):
     val_loss: float
     bpb: float
     at: str
+    bpt: float | None = None  # bits per token (= bpb for the byte vocabulary)
     champion_before: str | None
     champion_val_loss: float | None
     sample: str

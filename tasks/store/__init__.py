@@ -1,18 +1,21 @@
 """Where a run's files live, with no Prefect and no MLflow: local or S3 storage (storage.py), in-stage
-checkpoints on it (checkpoint.py), and model directories on disk (model_dir.py).
+checkpoints on it (checkpoint.py), model directories on disk (model_dir.py; Hugging Face ones: hf_dir.py),
+and the pipeline's tokenizer on it (tokenizer_store.py).
 
 The door of this room: import these names from ``tasks.store``.
 """
 
-from tasks.store import checkpoint
+from tasks.store import checkpoint, hf_dir, tokenizer_store
 from tasks.store.checkpoint import CheckpointError
 from tasks.store.model_dir import (
     CONFIG,
     OPTIMIZER,
     WEIGHTS,
     WeightsMismatch,
+    imported_sha256,
     load_optimizer,
     load_state,
+    load_tokenizer,
     save_model,
     save_optimizer,
     sha256_file,
@@ -29,10 +32,14 @@ __all__ = [
     "Storage",
     "StorageError",
     "WeightsMismatch",
+    "tokenizer_store",
     "check_uri",
     "checkpoint",
+    "hf_dir",
+    "imported_sha256",
     "load_optimizer",
     "load_state",
+    "load_tokenizer",
     "open_storage",
     "s3_client",
     "save_model",

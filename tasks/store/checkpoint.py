@@ -30,8 +30,9 @@ import numpy as np
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
+from torch import nn
 
-from models.gpt import GPT
+from models import arch
 from models.parallel import is_sharded, load_full_state
 from models.plan import TrainState
 from tasks.store import sharded
@@ -57,8 +58,8 @@ def _prefix(key: str, step: int) -> str:
     return f"{key}/step-{step:08d}"
 
 
-def _encode(model: GPT, state: TrainState) -> dict[str, bytes]:
-    weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+def _encode(model: nn.Module, state: TrainState) -> dict[str, bytes]:
+    weights = {k: v.detach().to("cpu").contiguous() for k, v in arch.weights(model).items()}
     return {
         "model.safetensors": st_save(weights),
         "optimizer.safetensors": st_save({k: v.contiguous() for k, v in state.moments.items()}),
@@ -127,7 +128,7 @@ def decode_progress(files: dict[str, bytes], moments: dict[str, torch.Tensor]) -
     return state
 
 
-def save(storage: Storage, key: str, model: GPT, state: TrainState) -> None:
+def save(storage: Storage, key: str, model: nn.Module, state: TrainState) -> None:
     """Write one checkpoint; the manifest goes last, so a crash mid-way leaves a detectably partial one.
     A sharded model: every rank calls this and writes its shards (tasks/store/sharded.py)."""
     prefix = _prefix(key, state.step)

@@ -1,14 +1,17 @@
 """Model artifacts on disk: ``model.safetensors`` + ``config.json`` + ``optimizer.safetensors``.
 
+The byte GPT's directory: its weights and its own ``config.json`` (a GPTConfig). A Llama-family model's:
+a Hugging Face model directory with its tokenizer (tasks/store/hf_dir.py). :func:`save_model` writes
+either, :func:`load_state` and :func:`load_tokenizer` read either: the one way in each direction.
 The optimizer file holds the AdamW moments by parameter name (models/optim.py), for stages that
 transfer optimizer state across growth. Nothing is ever pickled.
 
-Weights above ``SHARD_BYTES`` (Hugging Face's default, 5 GB) are saved as Hugging Face does, by
-``huggingface_hub.save_torch_state_dict``: ``model-00001-of-0000N.safetensors``... and
-``model.safetensors.index.json`` (which tensor is in which file). The index also records each shard's
-sha256 (``metadata.sha256``), and the version's weights sha256 is the index's: verifying it and then
-each shard against it verifies every byte. ``huggingface_hub.load_torch_model`` and transformers read
-such a directory as they read a single file."""
+Weights above ``SHARD_BYTES`` (Hugging Face's default, 5 GB) are saved as Hugging Face does
+(``huggingface_hub.save_torch_state_dict`` for the byte GPT, ``save_pretrained`` for the Llama family):
+``model-00001-of-0000N.safetensors``... and ``model.safetensors.index.json`` (which tensor is in which
+file). The index also records each shard's sha256 (``metadata.sha256``), and the version's weights sha256
+is the index's: verifying it and then each shard against it verifies every byte. transformers and
+``huggingface_hub.load_torch_model`` read such a directory as they read a single file."""
 
 from __future__ import annotations
 
@@ -19,8 +22,14 @@ from pathlib import Path
 import torch
 from huggingface_hub import save_torch_state_dict
 from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
+from torch import nn
 
-from models.gpt import GPT, GPTConfig
+from models import arch
+from models import tokenizer as tokenizers
+from models.arch import ModelConfig
+from models.gpt import GPTConfig
+from tasks.store import hf_dir
 
 WEIGHTS, CONFIG, OPTIMIZER = "model.safetensors", "config.json", "optimizer.safetensors"
 INDEX = "model.safetensors.index.json"  # sharded weights (above SHARD_BYTES)
@@ -35,20 +44,33 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_model(model: GPT, directory: Path, max_shard_bytes: int = SHARD_BYTES) -> str:
-    """Write weights and config into ``directory``; return the sha256 of the weights file (or of the index)."""
+def _weights_sha256(directory: Path) -> str:
+    """The single weights file's sha256, or (sharded) the index's once it records every shard's sha256."""
+    if not (directory / INDEX).is_file():
+        return sha256_file(directory / WEIGHTS)
+    index = json.loads((directory / INDEX).read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    index.setdefault("metadata", {})["sha256"] = {name: sha256_file(directory / name) for name in shards}
+    (directory / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return sha256_file(directory / INDEX)
+
+
+def save_model(
+    model: nn.Module, directory: Path, tokenizer: Tokenizer | None = None, max_shard_bytes: int = SHARD_BYTES
+) -> str:
+    """Write weights and config (a Llama-family model: a HF directory with ``tokenizer``, default the byte
+    vocabulary) into ``directory``; return the sha256 of the weights file (or of the shards' index)."""
     directory.mkdir(parents=True, exist_ok=True)
+    if not arch.is_gpt(model):
+        hf_dir.save(model, directory, tokenizer, max_shard_bytes)
+        return _weights_sha256(directory)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     (directory / CONFIG).write_text(model.cfg.model_dump_json(indent=2) + "\n")
     if sum(v.numel() * v.element_size() for v in state.values()) <= max_shard_bytes:
         save_file(state, directory / WEIGHTS)
-        return sha256_file(directory / WEIGHTS)
-    save_torch_state_dict(state, directory, max_shard_size=max_shard_bytes)
-    index = json.loads((directory / INDEX).read_text())
-    shards = sorted(set(index["weight_map"].values()))
-    index["metadata"]["sha256"] = {name: sha256_file(directory / name) for name in shards}
-    (directory / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    return sha256_file(directory / INDEX)
+    else:
+        save_torch_state_dict(state, directory, max_shard_size=max_shard_bytes)
+    return _weights_sha256(directory)
 
 
 class WeightsMismatch(RuntimeError):
@@ -61,10 +83,13 @@ def _verified(path: Path, expected_sha256: str | None) -> Path:
     return path
 
 
-def load_state(directory: Path, expected_sha256: str | None) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
-    """Read a saved model, refusing weights whose sha256 differs from ``expected_sha256`` (sharded: the
-    index's, then every shard against the index)."""
-    cfg = GPTConfig.model_validate_json((directory / CONFIG).read_text())
+def load_state(directory: Path, expected_sha256: str | None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """Read a saved model (either family), refusing weights whose sha256 differs from ``expected_sha256``
+    (sharded: the index's, then every shard against the index)."""
+    if hf_dir.is_hf(directory):
+        cfg = hf_dir.config(directory)
+    else:
+        cfg = GPTConfig.model_validate_json((directory / CONFIG).read_text())
     if not (directory / INDEX).is_file():
         return cfg, load_file(_verified(directory / WEIGHTS, expected_sha256))
     index = json.loads(_verified(directory / INDEX, expected_sha256).read_text())
@@ -74,6 +99,19 @@ def load_state(directory: Path, expected_sha256: str | None) -> tuple[GPTConfig,
     if state.keys() != index["weight_map"].keys():
         raise WeightsMismatch(f"{directory / INDEX}: its shards do not hold exactly the tensors it lists")
     return cfg, state
+
+
+def load_tokenizer(directory: Path) -> Tokenizer:
+    """A version's tokenizer: its tokenizer.json, or the byte vocabulary (the byte GPT's directories have none)."""
+    if (directory / tokenizers.TOKENIZER_FILE).is_file():
+        return tokenizers.load(directory)
+    return tokenizers.byte_tokenizer()
+
+
+def imported_sha256(directory: str | Path) -> str:
+    """sha256 of a HF directory's safetensors (one file: that file's; shards: of their sha256s, in order)."""
+    shas = [sha256_file(f) for f in hf_dir.weight_files(Path(directory))]
+    return shas[0] if len(shas) == 1 else hashlib.sha256("".join(shas).encode()).hexdigest()
 
 
 def save_optimizer(moments: dict[str, torch.Tensor], directory: Path) -> str:
