@@ -65,8 +65,10 @@ def main() -> None:
     gpt = args.arch == "gpt"
     state = random_state(parent)
     n = sum(v.numel() for v in state.values())
-    print(f"parent: {args.arch}, {parent.n_layers} layers, width {parent.d_model}, {n / 1e6:.1f}M parameters "
-          f"({4 * n / 2**30:.2f} GiB), {torch.get_num_threads()} threads")  # fmt: skip
+    print(
+        f"parent: {args.arch}, {parent.n_layers} layers, width {parent.d_model}, {n / 1e6:.1f}M parameters "
+        f"({4 * n / 2**30:.2f} GiB), {torch.get_num_threads()} threads"
+    )
     moments = None
     if gpt or args.moments:
         moments = {f"{m}.{k}": torch.rand_like(v) for k, v in state.items() for m in ("exp_avg", "exp_avg_sq")}

@@ -47,11 +47,17 @@ def bare_step_times(spec, steps: int) -> list[float]:
 
     m, t = spec.model, spec.train
     config = LlamaConfig(
-        vocab_size=m.vocab_size, hidden_size=m.d_model, intermediate_size=m.d_ff, num_hidden_layers=m.n_layers,
-        num_attention_heads=m.n_heads, num_key_value_heads=m.n_kv_heads, max_position_embeddings=m.context,
-        rope_parameters={"rope_type": "default", "rope_theta": m.rope_theta}, rms_norm_eps=m.rms_norm_eps,
+        vocab_size=m.vocab_size,
+        hidden_size=m.d_model,
+        intermediate_size=m.d_ff,
+        num_hidden_layers=m.n_layers,
+        num_attention_heads=m.n_heads,
+        num_key_value_heads=m.n_kv_heads,
+        max_position_embeddings=m.context,
+        rope_parameters={"rope_type": "default", "rope_theta": m.rope_theta},
+        rms_norm_eps=m.rms_norm_eps,
         tie_word_embeddings=m.tie_embeddings,
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).train()
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -86,8 +92,10 @@ def main() -> None:
     spec = load_config(CONFIG, overrides).stage_specs()[0]
     corpus = driver.open_corpus(spec.data, spec.model.context, spec.seed, driver.resolve_tokenizer(spec))
     m, t = spec.model, spec.train
-    print(f"llama {m.n_layers} layers, hidden {m.d_model}, {m.n_heads}/{m.n_kv_heads} heads, d_ff {m.d_ff}, "
-          f"vocab {m.vocab_size}, batch {t.batch_size} x {m.context}, {torch.get_num_threads()} threads")  # fmt: skip
+    print(
+        f"llama {m.n_layers} layers, hidden {m.d_model}, {m.n_heads}/{m.n_kv_heads} heads, d_ff {m.d_ff}, "
+        f"vocab {m.vocab_size}, batch {t.batch_size} x {m.context}, {torch.get_num_threads()} threads"
+    )
     ratios: dict[str, list[float]] = {"median": [], "fastest": []}
     for r in range(args.rounds):
         runs = {
@@ -103,8 +111,10 @@ def main() -> None:
         print(f"round {r + 1}: {steps}   ratio {ratios['median'][-1]:.3f} (fastest steps: {ratios['fastest'][-1]:.3f})")
     for how, values in ratios.items():
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        print(f"ratio (bare / pipeline step time, {how} steps): {statistics.mean(values):.3f} ± {spread:.3f} "
-              f"over {len(values)} rounds")  # fmt: skip
+        print(
+            f"ratio (bare / pipeline step time, {how} steps): {statistics.mean(values):.3f} ± {spread:.3f} "
+            f"over {len(values)} rounds"
+        )
 
 
 if __name__ == "__main__":

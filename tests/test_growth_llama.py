@@ -16,10 +16,18 @@ FAMILIES = [
     LlamaFamilyConfig(arch="llama", n_layers=3, d_model=16, n_heads=4, n_kv_heads=2, d_ff=24, context=8, vocab_size=40),
     LlamaFamilyConfig(arch="qwen3", n_layers=3, d_model=16, n_heads=4, n_kv_heads=2, d_ff=24, context=8, vocab_size=40),
     LlamaFamilyConfig(
-        arch="llama", n_layers=3, d_model=16, n_heads=4, n_kv_heads=1, d_ff=24, context=8, vocab_size=40,
-        tie_embeddings=True, rope_theta=500.0,
+        arch="llama",
+        n_layers=3,
+        d_model=16,
+        n_heads=4,
+        n_kv_heads=1,
+        d_ff=24,
+        context=8,
+        vocab_size=40,
+        tie_embeddings=True,
+        rope_theta=500.0,
     ),
-]  # fmt: skip
+]
 IDS = ["llama-gqa", "qwen3-qknorm", "llama-tied-mqa"]
 
 

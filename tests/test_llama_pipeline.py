@@ -146,9 +146,15 @@ def _pretrained(directory: Path) -> Path:
     tok = tokenizers.train_bpe(text, tokenizers.TrainTokenizer(vocab_size=300))
     torch.manual_seed(1)
     config = LlamaConfig(
-        vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True,
-    )  # fmt: skip
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+    )
     LlamaForCausalLM(config).save_pretrained(directory)
     PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=tokenizers.EOT).save_pretrained(directory)
     return directory

@@ -70,8 +70,11 @@ def test_a_local_file_or_directory_loads_and_save_pretrained_gives_an_autotokeni
     from models import arch
     from models.llama import LlamaFamilyConfig
 
-    model = arch.build(LlamaFamilyConfig(arch="llama", n_layers=1, d_model=8, n_heads=2, n_kv_heads=1, d_ff=8,
-                                         context=8, vocab_size=300))  # fmt: skip
+    model = arch.build(
+        LlamaFamilyConfig(
+            arch="llama", n_layers=1, d_model=8, n_heads=2, n_kv_heads=1, d_ff=8, context=8, vocab_size=300
+        )
+    )
     out = tmp_path / "version"
     out.mkdir()
     hf_dir.save(model, out, tok)

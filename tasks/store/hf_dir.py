@@ -33,7 +33,7 @@ class ImportRefused(ValueError):
     """A directory that cannot be imported (no safetensors, pickle only, no config); one line."""
 
 
-def save(model: torch.nn.Module, directory: Path, tok: Tokenizer | None, max_shard_bytes: int) -> None:
+def save(model: torch.nn.Module, directory: Path, tok: Tokenizer | None, max_shard_bytes: int = 5 * 10**9) -> None:
     """Write ``model`` (a transformers Llama-family model with ``.cfg``) and its tokenizer as a HF directory,
     its weights sharded with an index above ``max_shard_bytes``."""
     from transformers import GenerationConfig, PreTrainedTokenizerFast
