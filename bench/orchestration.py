@@ -37,7 +37,7 @@ def orchestration_overhead(preset: Preset, schedule: Schedule, workdir: Path, se
 
     from flows.staged import staged_training
 
-    @flow(name="staged-bench-warmup")
+    @flow(name="staged-bench-warmup", persist_result=False)
     def _warmup() -> None:
         return None
 

@@ -147,7 +147,7 @@ def publish(summary: dict, files: list[Path], md: str, workdir: Path) -> dict:
         for n, s in summary["schedules"].items()
     ]
 
-    @flow(name="staged-bench-report")
+    @flow(name="staged-bench-report", persist_result=False)
     def report_flow() -> None:
         create_table_artifact(
             table=rows, key=f"bench-{summary['preset']}-ratios", description="time/FLOPs to target vs scratch"

@@ -128,7 +128,7 @@ def _with_checkpoints(hooks: Hooks, checkpoints: Checkpoints | None, model: GPT)
 
     def save(state: TrainState) -> None:
         checkpoint.save(checkpoints.storage, checkpoints.key, model, state)
-        checkpoint.prune(checkpoints.storage, checkpoints.key, checkpoints.keep)
+        checkpoint.prune(checkpoints.storage, checkpoints.key, checkpoints.keep, written=state.step)
         if hooks.on_checkpoint is not None:
             hooks.on_checkpoint(state)
 

@@ -6,6 +6,10 @@ fair even when the champion came from another run. The candidate is promoted onl
 champion by more than ``gate.margin``. Either way the decision and the figures are written to the
 candidate's version tags, to its run (``gate/gate.md``) and to a Prefect markdown artifact: a
 refusal leaves the alias where it was and says so.
+
+Gates of one alias run their decision one at a time, under a lease in the registry
+(tasks/registry/lease.py): two gates at once cannot both promote over the same champion; the second
+compares against whatever the first left.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from models.sample import decode, generate
 from models.train import evaluate
 from tasks.config import GateConfig
 from tasks.publish import ArtifactKeys
-from tasks.registry import ModelRef, Registry, load_model
+from tasks.registry import ModelRef, Registry, lease, load_model
 from tasks.registry.schema import Artifacts, GateTags
 from tasks.results import Figures, GateResult
 
@@ -70,6 +74,21 @@ def run_gate(ref: ModelRef, registry: Registry, gate: GateConfig, data: DataConf
     log = get_run_logger()
     client = registry.client()
     candidate = measure(load_model(registry, client.get_model_version(ref.name, ref.version)), data, gate, seed)
+    with lease(client, f"{ref.name}@{gate.alias}"):  # one gate at a time reads, decides and moves the alias
+        result = _decide_and_record(client, registry, ref, gate, data, seed, candidate)
+    md = report(result)
+    client.log_text(ref.run_id, md, Artifacts.GATE)
+    key, description = ArtifactKeys(ref.name).gate, f"Gate decision for version {ref.version}"
+    create_markdown_artifact(markdown=md, key=key, description=description)
+    decision, reason = result.decision, result.reason
+    (log.info if decision != "refused" else log.warning)("gate: version %s %s: %s", ref.version, decision, reason)
+    return result
+
+
+def _decide_and_record(
+    client, registry: Registry, ref: ModelRef, gate: GateConfig, data: DataConfig, seed: int, candidate: Figures
+) -> GateResult:
+    """Under the lease: the champion now, the decision, the tags, and on promotion the alias."""
     aliases = client.get_registered_model(ref.name).aliases
     before = str(aliases[gate.alias]) if gate.alias in aliases else None
     champion = None
@@ -113,9 +132,4 @@ def run_gate(ref: ModelRef, registry: Registry, gate: GateConfig, data: DataConf
         client.set_model_version_tag(ref.name, ref.version, key, value)
     if promoted:
         client.set_registered_model_alias(ref.name, gate.alias, ref.version)  # last: the tags explain the move
-    md = report(result)
-    client.log_text(ref.run_id, md, Artifacts.GATE)
-    key, description = ArtifactKeys(ref.name).gate, f"Gate decision for version {ref.version}"
-    create_markdown_artifact(markdown=md, key=key, description=description)
-    (log.info if decision != "refused" else log.warning)("gate: version %s %s: %s", ref.version, decision, reason)
     return result

@@ -42,7 +42,7 @@ from tasks.registry import (
 )
 from tasks.registry.schema import Artifacts, Metrics, RunTags, StageParams, VersionTags
 from tasks.results import StageResult
-from tasks.store import save_model, save_optimizer
+from tasks.store import redact, save_model, save_optimizer
 from tasks.workspace import Workspace
 
 
@@ -112,7 +112,7 @@ def _register(
     """Register the trained model with its lineage tags, parameters, loss curves and run extras."""
     model, result = run.model, run.result
     start = parent.data_cursor if parent else 0
-    source = str(Path(spec.data.source).resolve()) if spec.data.source else str(stdlib_dir())
+    source = redact(str(Path(spec.data.source).resolve()) if spec.data.source else str(stdlib_dir()))
     digest = corpus.digest()
     with watch.during("registering"), tempfile.TemporaryDirectory(prefix="staged-model-") as tmp:
         sha = save_model(model, Path(tmp))

@@ -16,7 +16,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from flows.cli.errors import fail, one_line, safe_uri
+from flows.cli.errors import fail, one_line
 from flows.cli.use import print_gate
 from tasks.config import ConfigError, PipelineConfig, load_config
 
@@ -59,7 +59,7 @@ def _check_endpoints(config: PipelineConfig, workdir: Path, from_version: str | 
         try:
             ws.registry.client().search_experiments(max_results=1)
         except Exception as e:
-            fail(f"MLflow tracking URI {safe_uri(ws.registry.tracking_uri)} unreachable: {one_line(e)}", code=1)
+            fail(f"MLflow tracking URI {ws.registry.tracking_uri} unreachable: {one_line(e)}", code=1)
     if from_version is not None:
         _check_parent(config, ws.registry, workdir, from_version)
 
@@ -82,7 +82,7 @@ def _check_parent(config: PipelineConfig, registry, workdir: Path, version: str)
         with tempfile.TemporaryDirectory(prefix="staged-check-") as tmp:
             cfg, _ = download(registry, ref, Path(tmp))
     except Exception as e:
-        fail(f"--from-version {version}: refusing a parent whose weights do not verify: {one_line(e)}")
+        fail(f"--from-version {version}: refusing a parent whose files do not verify: {one_line(e)}")
     want = config.stage_specs()[ref.stage - 1].model
     if cfg != want:
         fail(
@@ -135,8 +135,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     state = staged_training(config, str(workdir), args.from_version, return_state=True)
     if not state.is_completed():
+        from tasks.store import IntegrityError
+
         error = state.result(raise_on_failure=False)
-        fail(f"run {state.name.lower()}: {error}", code=1)
+        fail(f"run {state.name.lower()}: {error}", code=2 if isinstance(error, IntegrityError) else 1)
     results = state.result()
     _print_summary(results, workdir / f"{config.registry.model_name}-loss.png")
     print_gate(workdir, config.registry.model_name, results[-1].ref.version)

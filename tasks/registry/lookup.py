@@ -1,7 +1,8 @@
 """Finding and loading registered versions by ``models:/`` URI, for people and for the gate.
 
 Every failure a user can cause (a malformed URI, a model, version or alias that does not exist,
-a workdir with no store) is a :class:`UseError` with a one-line message.
+a workdir with no store) is a :class:`UseError` with a one-line message; a version whose files do not
+match its manifest is an IntegrityError (tasks/store/manifest.py), one line too.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from models.gpt import GPT
-from tasks.registry.client import Registry, fetch
-from tasks.registry.schema import VersionTags, versions_filter
-from tasks.store import load_state
+from tasks.registry.client import ModelRef, Registry, download
+from tasks.registry.schema import versions_filter
+from tasks.store import IntegrityError, redact
 
 _URI = re.compile(
     r"^models:/(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)(?:/(?P<version>\d+|latest)|@(?P<alias>[A-Za-z0-9_-]+))$"
@@ -50,7 +51,7 @@ def open_registry(workdir: str | Path) -> Registry:
 
 
 def _one_line(e: MlflowException) -> str:
-    return (e.message or str(e)).strip().splitlines()[0]
+    return redact((e.message or str(e)).strip().splitlines()[0])
 
 
 def registered_model(registry: Registry, name: str):
@@ -58,9 +59,9 @@ def registered_model(registry: Registry, name: str):
     try:
         found = client.search_registered_models(f"name = '{name}'")
     except MlflowException as e:
-        raise UseError(f"cannot reach the registry at {registry.tracking_uri}: {_one_line(e)}") from None
+        raise UseError(f"cannot reach the registry at {redact(registry.tracking_uri)}: {_one_line(e)}") from None
     if not found:
-        raise UseError(f"no registered model named {name!r} in {registry.tracking_uri}")
+        raise UseError(f"no registered model named {name!r} in {redact(registry.tracking_uri)}")
     return client.get_registered_model(name)
 
 
@@ -87,11 +88,19 @@ def resolve(registry: Registry, uri: str) -> ModelVersion:
         raise UseError(f"{uri}: {_one_line(e)}") from None
 
 
+def version_ref(mv: ModelVersion) -> ModelRef:
+    """A stage version as the loaders see it; a version without stage tags cannot be verified: refused."""
+    try:
+        return ModelRef.of(mv)
+    except ValueError as e:
+        raise IntegrityError(f"{e}; refusing to load it") from None
+
+
 def load_model(registry: Registry, mv: ModelVersion) -> GPT:
-    """The project's own loader: download the version's source, verify its sha256 tag, rebuild the GPT (eval mode)."""
-    tags = VersionTags.from_tags(mv.tags)
+    """The project's own loader: download the version's directory, verify it against its manifest, rebuild the
+    GPT (eval mode)."""
     with tempfile.TemporaryDirectory(prefix="staged-use-") as tmp:
-        cfg, state = load_state(fetch(registry, mv.source, Path(tmp)), tags.weights_sha256 if tags else None)
+        cfg, state = download(registry, version_ref(mv), Path(tmp))
     model = GPT(cfg)
     model.load_state_dict(state, strict=True)
     return model.eval()

@@ -26,6 +26,7 @@ from tasks.registry.schema import (
     RunTags,
     open_pipeline_runs_filter,
 )
+from tasks.store import redact
 
 
 def experiment_id(client: MlflowClient, artifact_location: str | None, name: str) -> str:
@@ -133,6 +134,7 @@ class StageRunExtras:
 
 def corpus_input(source: str, digest: str, start: int, end: int, context: str = "training") -> DatasetInput:
     """An MLflow dataset input: the corpus (a local path, by content digest) and the cursor range read from it."""
+    source = redact(source)
     src = get_dataset_source_from_json(json.dumps({"uri": source}), source_type="local")
     dataset = Dataset(**MetaDataset(src, name=Path(source).name or source, digest=digest).to_dict())
     tags = {"mlflow.data.context": context, DATASET_CURSOR_START: str(start), DATASET_CURSOR_END: str(end)}

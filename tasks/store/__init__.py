@@ -1,11 +1,13 @@
 """Where a run's files live, with no Prefect and no MLflow: local or S3 storage (storage.py), in-stage
-checkpoints on it (checkpoint.py), and model directories on disk (model_dir.py).
+checkpoints on it (checkpoint.py), model directories on disk (model_dir.py) and their sha256 manifest
+(manifest.py), and the one redaction of credentials in URIs (redact.py).
 
 The door of this room: import these names from ``tasks.store``.
 """
 
 from tasks.store import checkpoint
 from tasks.store.checkpoint import CheckpointError
+from tasks.store.manifest import MANIFEST_FILE, IntegrityError, sha256_file, verify_manifest, write_manifest
 from tasks.store.model_dir import (
     CONFIG,
     OPTIMIZER,
@@ -15,15 +17,17 @@ from tasks.store.model_dir import (
     load_state,
     save_model,
     save_optimizer,
-    sha256_file,
 )
+from tasks.store.redact import redact
 from tasks.store.storage import LocalStorage, S3Storage, Storage, StorageError, check_uri, open_storage, s3_client
 
 __all__ = [
     "CONFIG",
     "OPTIMIZER",
     "WEIGHTS",
+    "MANIFEST_FILE",
     "CheckpointError",
+    "IntegrityError",
     "LocalStorage",
     "S3Storage",
     "Storage",
@@ -34,8 +38,11 @@ __all__ = [
     "load_optimizer",
     "load_state",
     "open_storage",
+    "redact",
     "s3_client",
     "save_model",
     "save_optimizer",
     "sha256_file",
+    "verify_manifest",
+    "write_manifest",
 ]

@@ -175,20 +175,27 @@ def latest(storage: Storage, key: str) -> Checkpoint | None:
     return None
 
 
-def prune(storage: Storage, key: str, keep: int) -> None:
-    """Delete all but the newest ``keep`` checkpoints (and any partial ones older than them).
+def _verifies(storage: Storage, key: str, step: int) -> bool:
+    return _read_valid(storage, key, step) is not None
 
-    Each victim's manifest goes first, so a prune that dies half-way leaves a partial checkpoint,
-    never one that looks valid but is not.
+
+def prune(storage: Storage, key: str, keep: int, written: int | None = None) -> list[int]:
+    """Keep the newest ``keep`` checkpoints that *verify* (always including ``written``, the step just
+    saved); delete the rest, the invalid ones (partial, corrupt, undecodable) first. Returns the deleted steps.
+
+    Validity is checked, not assumed from a manifest's presence: a corrupt newer step never pushes out
+    the only good one. Each victim's manifest goes first, so a prune that dies half-way leaves a partial
+    checkpoint, never one that looks valid but is not.
     """
     names = set(storage.list(f"{key}/"))
     all_steps = steps(storage, key)
-    complete = [s for s in all_steps if f"{_prefix(key, s)}/{MANIFEST}" in names]
-    if len(complete) <= keep:
-        return
-    oldest_kept = complete[-keep]
-    for step in (s for s in all_steps if s < oldest_kept):
-        victims = sorted(n for n in names if n.startswith(f"{_prefix(key, step)}/"))
-        manifest = [n for n in victims if n.endswith(f"/{MANIFEST}")]
+    valid = [s for s in all_steps if s == written or _verifies(storage, key, s)]
+    kept = set(valid[-keep:]) | ({written} if written is not None else set())
+    invalid = [s for s in all_steps if s not in valid]
+    victims = invalid + [s for s in valid if s not in kept]
+    for step in victims:
+        files = sorted(n for n in names if n.startswith(f"{_prefix(key, step)}/"))
+        manifest = [n for n in files if n.endswith(f"/{MANIFEST}")]
         storage.delete(manifest)
-        storage.delete([n for n in victims if n not in manifest])
+        storage.delete([n for n in files if n not in manifest])
+    return victims

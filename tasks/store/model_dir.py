@@ -1,27 +1,20 @@
 """Model artifacts on disk: ``model.safetensors`` + ``config.json`` + ``optimizer.safetensors``.
 
 The optimizer file holds the AdamW moments by parameter name (models/optim.py), for stages that
-transfer optimizer state across growth. Nothing is ever pickled."""
+transfer optimizer state across growth. Nothing is ever pickled. A registered version's directory is
+verified as a whole (tasks/store/manifest.py) before these functions read it."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from models.gpt import GPT, GPTConfig
+from tasks.store.manifest import IntegrityError, sha256_file
 
 WEIGHTS, CONFIG, OPTIMIZER = "model.safetensors", "config.json", "optimizer.safetensors"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_model(model: GPT, directory: Path) -> str:
@@ -33,8 +26,8 @@ def save_model(model: GPT, directory: Path) -> str:
     return sha256_file(directory / WEIGHTS)
 
 
-class WeightsMismatch(RuntimeError):
-    pass
+class WeightsMismatch(IntegrityError):
+    """A weights or optimizer file whose sha256 is not the registered one."""
 
 
 def load_state(directory: Path, expected_sha256: str | None) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
