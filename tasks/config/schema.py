@@ -1,7 +1,7 @@
 """One pydantic config tree for a pipeline (loading and overrides: tasks/config/load.py).
 
     PipelineConfig
-      seed, retry, checkpoint, storage, data, registry, gate,
+      seed, retry, checkpoint, storage, data, registry, gate, limits,
       model  (stage 1's architecture; each stage sets n_layers, a `width` stage doubles the widths),
       train  (defaults for every stage),
       stages: [StageConfig(n_layers, steps | until, growth, optimizer, schedule, train, checkpoint, nproc), ...]
@@ -22,6 +22,7 @@ from models.growth import GrowthConfig, GrowthError, child_config, dry_run
 from models.optim import OptimizerConfig
 from models.policy import ScheduleConfig, UntilConfig, step_cap
 from models.train import TrainConfig
+from tasks.config.limits import LimitsConfig, check_fit, check_shapes
 from tasks.store import check_uri
 
 
@@ -124,7 +125,7 @@ class GateConfig(Strict):
     eval_batches: int = Field(8, ge=1)  # held-out set: this many fixed validation batches...
     batch_size: int = Field(16, ge=1)  # ...of this many sequences of the model's context
     prompt: str = "def "  # the fixed generation sample: seeded, so the same version always writes the same text
-    sample_bytes: int = Field(64, ge=0)
+    sample_bytes: int = Field(64, ge=0, le=1 << 16)  # bounded: every gate writes it
 
 
 class StageSpec(Strict):
@@ -158,6 +159,7 @@ class PipelineConfig(Strict):
     train: TrainConfig = TrainConfig()
     registry: RegistryConfig = RegistryConfig()
     gate: GateConfig = GateConfig()
+    limits: LimitsConfig = LimitsConfig()  # caps on depth, sizes, processes and memory (tasks/config/limits.py)
     stages: list[StageConfig] = Field(
         default=[
             StageConfig(n_layers=3, steps=400),
@@ -176,7 +178,9 @@ class PipelineConfig(Strict):
 
     @model_validator(mode="after")
     def _stages_resolve_and_grow(self) -> PipelineConfig:
+        check_shapes(self.stages, self.model, self.limits)  # before anything is sized by these numbers
         specs = self.stage_specs()  # raises on bad per-stage train overrides or model shapes
+        check_fit(specs, self.limits)
         for prev, spec in zip(specs, specs[1:]):
             try:
                 dry_run(spec.growth, prev.model, spec.model)
