@@ -53,7 +53,9 @@ def lease(client: MlflowClient, name: str, ttl: float = 900, wait: float = 1800,
     _ensure_model(client)
     owner = f"{socket.gethostname()}:{os.getpid()}"
     tags = LeaseTags(name=name, owner=owner, expires=time.time() + ttl)
-    mine = str(client.create_model_version(LEASE_MODEL, source=f"lease:{name}", tags=tags.to_tags()).version)
+    source = f"lease://{name.replace('@', '/')}"  # any absolute URI: a ticket has no files
+    ticket = client.create_model_version(LEASE_MODEL, source=source, tags=tags.to_tags(), await_creation_for=0)
+    mine = str(ticket.version)
     deadline = time.monotonic() + wait
     try:
         while True:
