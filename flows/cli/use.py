@@ -92,6 +92,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 @_guard
 def cmd_serve(args: argparse.Namespace) -> int:
     """``mlflow models serve`` on a verified local copy of the version: its code runs only once it matches."""
+    import signal
     import subprocess
     import sys
     import tempfile
@@ -105,8 +106,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"serving {args.model_uri} (verified) on http://{args.host}:{args.port}/invocations", file=sys.stderr)
         mlflow = Path(sys.executable).with_name("mlflow")
         argv = [str(mlflow) if mlflow.exists() else "mlflow", "models", "serve", "-m", str(local)]
-        argv += ["--env-manager", "local", "--host", args.host, "--port", str(args.port)]
-        return subprocess.run(argv).returncode
+        argv += ["--env-manager", "local", "--host", args.host, "--port", str(args.port), "--workers", "1"]
+        proc = subprocess.Popen(argv)
+        for sig in (signal.SIGTERM, signal.SIGINT):  # stopping us stops the server, then the copy is removed
+            signal.signal(sig, lambda *_: proc.terminate())
+        return proc.wait()
 
 
 @_guard
