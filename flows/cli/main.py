@@ -1,7 +1,7 @@
 """``staged``: the command line, one module per command group.
 
     staged run|resume CONFIG ...                        flows/cli/run.py
-    staged generate|eval MODEL_URI ..., models list     flows/cli/use.py
+    staged generate|eval|serve MODEL_URI ..., models list   flows/cli/use.py
     staged servers up|down|status|env [--dir DIR]       flows/cli/servers.py (local Postgres/S3/Prefect/MLflow)
     staged bench --preset quick --out FILE.json ...     flows/cli/bench.py
 
@@ -12,6 +12,7 @@ from its newest checkpoint.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from flows.cli.bench import add_bench_command
@@ -21,6 +22,8 @@ from flows.cli.use import add_use_commands
 
 
 def main(argv: list[str] | None = None) -> int:
+    # a version directory has ~25 files: MLflow's per-download progress bar would bury the one-line messages
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     parser = argparse.ArgumentParser(
         prog="staged", description="Staged (progressive) training with Prefect and MLflow."
     )
