@@ -71,13 +71,17 @@ def test_four_runs_of_one_config_at_once_register_each_stage_once(local_servers,
     for run in runs:
         assert run.returncode == 0, run.stdout[-3000:]
     printed = [_versions_printed(r.stdout) for r in runs]
-    assert printed[0] == ["1", "2", "3"] and all(p == printed[0] for p in printed), printed
+    assert all(p == printed[0] for p in printed) and len(set(printed[0])) == 3, printed
     client = MlflowClient(tracking_uri=local_servers.urls["mlflow"])
     versions = client.search_model_versions("name = 'race-same'")
-    assert sorted(int(v.version) for v in versions) == [1, 2, 3]  # losers deleted their own versions
-    assert len({v.tags["stage_key"] for v in versions}) == 3
+    # losers deleted their own versions: the numbers left have gaps where they were (MLflow never reuses one)
+    assert sorted(int(v.version) for v in versions) == sorted(int(v) for v in printed[0])
+    assert sorted(v.tags["stage"] for v in versions) == ["1", "2", "3"]
+    last = printed[0][-1]
     gates = sorted(_gate_line(r.stdout) for r in runs)
-    assert gates == ["gate: version 3 kept: already the champion"] * 3 + ["gate: version 3 promoted: no champion yet"]
+    assert gates == [f"gate: version {last} kept: already the champion"] * 3 + [
+        f"gate: version {last} promoted: no champion yet"
+    ]
     exp = client.get_experiment_by_name("race-same").experiment_id
     stage_runs = [r for r in client.search_runs([exp]) if "stage_key" in r.data.tags]
     assert sorted(r.info.run_id for r in stage_runs) == sorted(v.run_id for v in versions)  # no run left behind

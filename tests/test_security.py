@@ -304,3 +304,21 @@ def test_every_prefect_task_and_flow_persists_no_result():
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("task", "flow"):
                 kw = {k.arg: k.value for k in node.keywords}
                 assert "persist_result" in kw and kw["persist_result"].value is False, f"{path}:{node.lineno}"
+
+
+def test_a_cycle_in_the_lineage_tags_is_an_error_not_an_endless_loop(workdir):
+    """The model card walks ``parent_version`` tags (the only lineage walk); a tampered registry may loop."""
+    from tasks.publish.card import lineage
+    from tasks.registry import ModelRef, Registry
+    from tasks.registry.schema import VersionTags
+
+    client = Registry.resolve(workdir).client()
+    client.create_registered_model("looped")
+    run = client.create_run(client.create_experiment("looped"))
+    for version, parent in (("1", "2"), ("2", "1")):
+        fields = {"stage": int(version), "n_layers": 1, "parent_version": parent, "weights_sha256": "w"}
+        fields |= {"stage_key": version, "growth": "stack", "data_cursor": 0, "global_step": 0}
+        tags = VersionTags(**fields, config_hash="c", code_version="v", val_loss=1.0)
+        client.create_model_version("looped", source="/x", run_id=run.info.run_id, tags=tags.to_tags())
+    with pytest.raises(ValueError, match="the lineage of version 2 loops at version 2"):
+        lineage(client, ModelRef.of(client.get_model_version("looped", "2")))
