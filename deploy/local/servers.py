@@ -132,6 +132,7 @@ class _Starter:
                 env={**base_env(), **env},  # never the whole environment of the shell
                 start_new_session=True,
                 cwd=self.servers.dir,
+                umask=0o077,  # what the servers write (MLflow's user database, artifacts) is this user's only
             )
         self.servers.pids[name] = proc.pid
         self.servers.save()

@@ -34,9 +34,10 @@ class _Tags(BaseModel):
 
     @classmethod
     def from_tags(cls, tags: dict[str, str]):
-        """The typed tags; None when a version carries none of them (e.g. never gated)."""
+        """The typed tags; None when a version carries none of them (e.g. never gated), or not all of the required
+        ones yet (another process is setting them, one call per tag, right now)."""
         found = {k: tags[cls.prefix + k] for k in cls.model_fields if cls.prefix + k in tags}
-        if not found:
+        if not found or any(f.is_required() and k not in found for k, f in cls.model_fields.items()):
             return None
         return cls.model_validate({k: None if v == "" else v for k, v in found.items()})
 
