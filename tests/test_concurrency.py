@@ -59,6 +59,19 @@ def _versions_printed(stdout: str) -> list[str]:
     return [row.strip("│ ").split("│")[-1].strip() for row in rows]
 
 
+def _gate_decisions(servers, model: str) -> list[str]:
+    """The title of every gate report (Prefect markdown artifact ``<model>-gate``) ever published."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from tests.deployed import api
+
+    found = api(
+        servers,
+        lambda c: c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"{model}-gate"]))),
+    )
+    return [a.data.splitlines()[0].removeprefix("# Gate: ").replace("`", "") for a in found]
+
+
 def _gate_line(stdout: str) -> str:
     return next(line for line in stdout.splitlines() if line.startswith("gate: "))
 
@@ -78,10 +91,10 @@ def test_four_runs_of_one_config_at_once_register_each_stage_once(local_servers,
     assert sorted(int(v.version) for v in versions) == sorted(int(v) for v in printed[0])
     assert sorted(v.tags["stage"] for v in versions) == ["1", "2", "3"]
     last = printed[0][-1]
-    gates = sorted(_gate_line(r.stdout) for r in runs)
-    assert gates == [f"gate: version {last} kept: already the champion"] * 3 + [
-        f"gate: version {last} promoted: no champion yet"
-    ]
+    assert str(client.get_registered_model("race-same").aliases["champion"]) == last
+    # each gate's own decision, as it published it: one promotion, three found it already the champion
+    decisions = sorted(_gate_decisions(local_servers, "race-same"))
+    assert decisions == [f"models:/race-same/{last} KEPT"] * 3 + [f"models:/race-same/{last} PROMOTED"]
     exp = client.get_experiment_by_name("race-same").experiment_id
     stage_runs = [r for r in client.search_runs([exp]) if "stage_key" in r.data.tags]
     assert sorted(r.info.run_id for r in stage_runs) == sorted(v.run_id for v in versions)  # no run left behind
@@ -103,6 +116,7 @@ def test_four_different_configs_at_once_keep_every_version_and_no_credential(loc
     assert printed == sorted(str(v.version) for v in versions)  # each run reports its own three
     decisions = sorted(_gate_line(r.stdout).split(": ")[1].split()[-1] for r in runs)
     assert decisions == ["promoted", "refused", "refused", "refused"]  # serialized gates: one promotion
+    assert sorted(d.split()[-1] for d in _gate_decisions(local_servers, "race-diff")) == decisions
 
     leaks = [i for i, r in enumerate(runs) if password in r.stdout]
     dump = {}

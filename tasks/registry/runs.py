@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 from mlflow.data.dataset_source_registry import get_dataset_source_from_json
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Dataset, DatasetInput, InputTag
+from mlflow.exceptions import MlflowException
 from pydantic import BaseModel
 
 from tasks.config import PipelineConfig, pipeline_hash
@@ -31,8 +32,14 @@ from tasks.store import redact
 
 def experiment_id(client: MlflowClient, artifact_location: str | None, name: str) -> str:
     """The experiment's id, created (with the embedded store's artifact location) when it does not exist."""
-    exp = client.get_experiment_by_name(name)
-    return exp.experiment_id if exp else client.create_experiment(name, artifact_location=artifact_location)
+    if (exp := client.get_experiment_by_name(name)) is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id  # a racing run of the pipeline made it first
 
 
 class Pipeline(BaseModel):
