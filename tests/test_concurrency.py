@@ -116,7 +116,7 @@ def test_four_different_configs_at_once_keep_every_version_and_no_credential(loc
     assert printed == sorted(str(v.version) for v in versions)  # each run reports its own three
     decisions = sorted(_gate_line(r.stdout).split(": ")[1].split()[-1] for r in runs)
     assert decisions == ["promoted", "refused", "refused", "refused"]  # serialized gates: one promotion
-    assert sorted(d.split()[-1] for d in _gate_decisions(local_servers, "race-diff")) == decisions
+    assert sorted(d.split()[-1].lower() for d in _gate_decisions(local_servers, "race-diff")) == decisions
 
     leaks = [i for i, r in enumerate(runs) if password in r.stdout]
     dump = {}
