@@ -190,6 +190,13 @@ def test_a_changed_directory_is_refused(model_dir, change, message):
         verify_manifest(d, digest, "model 'm' version 1")
 
 
+def test_the_note_mlflow_itself_writes_into_a_local_store_is_not_a_tamper(model_dir):
+    """``mlflow.pyfunc.load_model("models:/…")`` on a local store writes registered_model_meta into the version."""
+    d, digest = model_dir
+    (d / "registered_model_meta").write_text("model_name: m\nmodel_version: '1'\n")
+    verify_manifest(d, digest)
+
+
 def test_a_version_without_a_manifest_tag_is_refused(model_dir):
     d, _ = model_dir
     with pytest.raises(IntegrityError, match="no manifest sha256 is registered"):

@@ -29,7 +29,7 @@ from tasks.registry.schema import (
     stage_runs_filter,
     versions_filter,
 )
-from tasks.store import load_optimizer, load_state, redact, verify_manifest, write_manifest
+from tasks.store import MLFLOW_META, load_optimizer, load_state, redact, verify_manifest, write_manifest
 
 _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 
@@ -131,6 +131,7 @@ def fetch(registry: Registry, ref: ModelRef, dst: Path) -> Path:
     uri = registry.tracking_uri
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.source, dst_path=str(dst), tracking_uri=uri))
     verify_manifest(local, ref.manifest_sha256, f"model {ref.name!r} version {ref.version}")
+    (local / MLFLOW_META).unlink(missing_ok=True)  # MLflow's note, not the version's: nothing reads it from here
     return local
 
 

@@ -7,7 +7,14 @@ The door of this room: import these names from ``tasks.store``.
 
 from tasks.store import checkpoint
 from tasks.store.checkpoint import CheckpointError
-from tasks.store.manifest import MANIFEST_FILE, IntegrityError, sha256_file, verify_manifest, write_manifest
+from tasks.store.manifest import (
+    MANIFEST_FILE,
+    MLFLOW_META,
+    IntegrityError,
+    sha256_file,
+    verify_manifest,
+    write_manifest,
+)
 from tasks.store.model_dir import (
     CONFIG,
     OPTIMIZER,
@@ -26,6 +33,7 @@ __all__ = [
     "OPTIMIZER",
     "WEIGHTS",
     "MANIFEST_FILE",
+    "MLFLOW_META",
     "CheckpointError",
     "IntegrityError",
     "LocalStorage",

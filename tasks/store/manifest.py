@@ -19,6 +19,9 @@ import json
 from pathlib import Path
 
 MANIFEST_FILE = "staged-manifest.json"
+# MLflow's own loader, given ``models:/…`` on a local store, writes this file (the version's name and number)
+# into the stored directory itself. It is not part of the version: never listed, never read (``fetch`` drops it).
+MLFLOW_META = "registered_model_meta"
 
 
 class IntegrityError(ValueError):
@@ -40,7 +43,7 @@ def _files(directory: Path) -> dict[str, Path]:
         rel = path.relative_to(directory).as_posix()
         if path.is_symlink():
             raise IntegrityError(f"{directory}: {rel} is a symbolic link; a model directory holds plain files only")
-        if path.is_file() and rel != MANIFEST_FILE:
+        if path.is_file() and rel not in (MANIFEST_FILE, MLFLOW_META):
             found[rel] = path
     return found
 
