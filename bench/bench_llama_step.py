@@ -3,7 +3,7 @@
     PYTHONPATH=. python bench/bench_llama_step.py [--rounds 5 --steps 30 --layers 6]
 
 Pipeline: the stage driver on configs/llama-demo.yaml's stage 1 (at ``--layers``): driver.prepare +
-driver.train_prepared, i.e. models.train.train with the stage's plan, the interim token corpus's cursor
+driver.train_prepared, i.e. models.train.train with the stage's plan, the token-shard corpus's cursor
 batches, the NaN check, the LR schedule and the hooks. Bare: ``LlamaForCausalLM(LlamaConfig(...))`` built
 here from the same numbers, random token batches made up front, and forward / cross-entropy / backward /
 clip / AdamW, nothing else: nothing is shared but torch and the transformers model class.
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -90,7 +91,9 @@ def main() -> None:
     overrides = [f"stages=[{{n_layers: {args.layers}, steps: {args.steps}}}]", "checkpoint.every=0"]
     overrides += [f"train.eval_every={args.steps + 1}", "data.max_bytes=1000000", *args.overrides]
     spec = load_config(CONFIG, overrides).stage_specs()[0]
-    corpus = driver.open_corpus(spec.data, spec.model.context, spec.seed, driver.resolve_tokenizer(spec))
+    cache = Path(tempfile.mkdtemp(prefix="staged-bench-cache-"))
+    tok = driver.resolve_tokenizer(spec, cache)
+    corpus = driver.open_corpus(spec.data, spec.model.context, spec.seed, tok, cache, progress=False)
     m, t = spec.model, spec.train
     print(
         f"llama {m.n_layers} layers, hidden {m.d_model}, {m.n_heads}/{m.n_kv_heads} heads, d_ff {m.d_ff}, "

@@ -58,7 +58,7 @@ def orchestration_overhead(
     from flows.staged import staged_training
     from tasks.registry import Registry
 
-    @flow(name="staged-bench-warmup")
+    @flow(name="staged-bench-warmup", persist_result=False)
     def _warmup() -> None:
         return None
 

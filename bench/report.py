@@ -171,7 +171,7 @@ def publish(summary: dict, files: list[Path], md: str, workdir: Path) -> dict:
     ]
     keys = [f"bench-{summary['preset']}-ratios", f"bench-{summary['preset']}-report"]
 
-    @flow(name="staged-bench-report")
+    @flow(name="staged-bench-report", persist_result=False)
     def report_flow() -> None:
         create_table_artifact(table=rows, key=keys[0], description="FLOPs/time to target vs scratch, held-out seeds")
         create_markdown_artifact(markdown=md, key=keys[1], description="staged bench report")

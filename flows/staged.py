@@ -28,6 +28,7 @@ from tasks.gate import run_gate
 from tasks.registry import Pipeline, PipelineRun, find_version, get_version
 from tasks.results import GateResult, StageResult
 from tasks.stage import key_of, pipeline_tokenizer, run_stage, skipped_result
+from tasks.store import IntegrityError
 from tasks.workspace import Workspace
 
 
@@ -40,7 +41,18 @@ def flow_run_name() -> str:
         return "staged-training-bad-config"  # the flow body then fails with the one-line error
 
 
-@flow(name="staged-training", flow_run_name=flow_run_name)
+def retryable(task, task_run, state) -> bool:
+    """Retry what may pass next time; never a version whose files fail their manifest (it stays tampered)."""
+    try:
+        state.result()
+    except IntegrityError:
+        return False
+    except BaseException:
+        return True
+    return True
+
+
+@flow(name="staged-training", flow_run_name=flow_run_name, persist_result=False)  # results are never pickled
 def staged_training(
     config: PipelineConfig | str | None = None,
     workdir: str = ".staged",
@@ -59,7 +71,11 @@ def staged_training(
     registry, specs = ws.registry, config.stage_specs()
     pipeline = Pipeline.of(config, flow_run_id=str(flow_run.id))
     parent_run = PipelineRun(registry.client(), registry.artifact_location, pipeline)
-    retry = {"retries": config.retry.retries, "retry_delay_seconds": config.retry.delay_s}
+    retry = {
+        "retries": config.retry.retries,
+        "retry_delay_seconds": config.retry.delay_s,
+        "retry_condition_fn": retryable,
+    }
     results: list[StageResult] = []
     parent = None
     if from_version is not None:
@@ -84,7 +100,7 @@ def staged_training(
                 pending.append(publish.summary.with_options(**retry).submit(*summary_args))
             gate_now = config.gate.enabled and (config.gate.every_stage or spec.index == len(config.stages))
             gated = (
-                run_gate.with_options(**retry)(parent, registry, config.gate, config.data, config.seed)
+                run_gate.with_options(**retry)(parent, registry, config.gate, config.data, config.seed, ws.cache_dir)
                 if gate_now
                 else None
             )

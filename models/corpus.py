@@ -73,6 +73,24 @@ def open_corpus(
     return TokenCorpus(directory, manifest, context, seed)
 
 
+def check_documents(cfg: DataConfig, cache_dir: Path) -> None:
+    """Read every document of ``cfg`` once, without tokenizing: a file that does not parse, a missing field or
+    column, a corpus with no train or no validation document is the one-line CorpusError it would be later."""
+    files = source_files(cfg)
+    n = Counter(
+        is_val for is_val, _ in split_documents(read_documents(cfg, cache_dir / "hf-datasets", files), cfg.val_every)
+    )
+    _check_splits(cfg, source_root(cfg), n[False], n[True])
+
+
+def _check_splits(cfg: DataConfig, root: Path, n_train: int, n_val: int) -> None:
+    if n_train + n_val == 0:
+        raise CorpusError(f"data source {str(root)!r}: no {cfg.format} documents left after dropping empty ones")
+    if not n_train or not n_val:
+        n = n_train + n_val
+        raise CorpusError(f"data source {str(root)!r}: {n} document(s); a train and a validation split need 2 or more")
+
+
 def shards_dir(cfg: DataConfig, tokenizer_sha256: str, cache_dir: Path) -> Path:
     key = hashlib.sha256(f"{LAYOUT}|{cfg.model_dump_json()}|{tokenizer_sha256}".encode()).hexdigest()[:20]
     return Path(cache_dir) / f"{cfg.format}-{key}"
@@ -167,11 +185,7 @@ def build_shards(
                 batch, batch_bytes = [], 0
         if batch:
             flush(batch)
-    if counts["train"]["documents"] + counts["val"]["documents"] == 0:
-        raise CorpusError(f"data source {str(root)!r}: no {cfg.format} documents left after dropping empty ones")
-    if not counts["train"]["documents"] or not counts["val"]["documents"]:
-        n = counts["train"]["documents"] + counts["val"]["documents"]
-        raise CorpusError(f"data source {str(root)!r}: {n} document(s); a train and a validation split need 2 or more")
+    _check_splits(cfg, root, counts["train"]["documents"], counts["val"]["documents"])
     splits = {split: Split(shards=writers[split].close(), **counts[split]) for split in writers}
     manifest = Manifest(
         layout=LAYOUT,

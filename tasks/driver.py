@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from tokenizers import Tokenizer
 from torch import nn
@@ -27,11 +28,14 @@ from torch import nn
 from models import arch
 from models import tokenizer as tokenizers
 from models.arch import ModelConfig
+from models.corpus import open_corpus as corpus_for
 from models.data import ByteCorpus, DataConfig
+from models.documents import read_documents, split_documents
 from models.growth import GrowthError, grow, grow_moments
 from models.optim import StateDict
 from models.parallel import load_full_state, shard
 from models.plan import Hooks, StagePlan, Start, TrainState, stage_plan
+from models.shards import TokenCorpus
 from models.train import NonFiniteLoss, TrainResult, rank_and_world, resolve_device, seed_everything, train
 from tasks.config import StageSpec
 from tasks.store import CheckpointError, Storage, checkpoint
@@ -159,7 +163,7 @@ def _with_checkpoints(hooks: Hooks, checkpoints: Checkpoints | None, model: nn.M
     def save(state: TrainState) -> None:  # on rank 0, or on every rank of a sharded model (its shards)
         checkpoint.save(checkpoints.storage, checkpoints.key, model, state)
         if rank_and_world()[0] == 0:
-            checkpoint.prune(checkpoints.storage, checkpoints.key, checkpoints.keep)
+            checkpoint.prune(checkpoints.storage, checkpoints.key, checkpoints.keep, written=state.step)
             if hooks.on_checkpoint is not None:
                 hooks.on_checkpoint(state)
 
@@ -172,12 +176,14 @@ def train_prepared(
     *,
     hooks: Hooks = Hooks(),
     checkpoints: Checkpoints | None = None,
-    corpus: ByteCorpus | None = None,
+    corpus: ByteCorpus | TokenCorpus | None = None,
     tokenizer: Tokenizer | None = None,
+    cache_dir: Path | None = None,
 ) -> StageRun:
-    """Train the prepared model for the stage; NaN/Inf and checkpoint failures become one-line errors."""
+    """Train the prepared model for the stage (on ``corpus``, or the one its data, tokenizer and ``cache_dir``
+    name); NaN/Inf and checkpoint failures become one-line errors."""
     model, resume = prepared.model, prepared.start.resume
-    corpus = corpus or open_corpus(spec.data, spec.model.context, spec.seed, tokenizer)
+    corpus = corpus or open_corpus(spec.data, spec.model.context, spec.seed, tokenizer, cache_dir, progress=False)
     try:
         result = train(
             model,
@@ -202,51 +208,44 @@ def run(
     *,
     hooks: Hooks = Hooks(),
     checkpoints: Checkpoints | None = None,
-    corpus: ByteCorpus | None = None,
+    corpus: ByteCorpus | TokenCorpus | None = None,
     tokenizer: Tokenizer | None = None,
+    cache_dir: Path | None = None,
 ) -> StageRun:
     """A whole stage: prepare, then train."""
     prepared = prepare(spec, parent, checkpoints)
-    return train_prepared(spec, prepared, hooks=hooks, checkpoints=checkpoints, corpus=corpus, tokenizer=tokenizer)
+    return train_prepared(
+        spec, prepared, hooks=hooks, checkpoints=checkpoints, corpus=corpus, tokenizer=tokenizer, cache_dir=cache_dir
+    )
 
 
 # ---- the pipeline's tokenizer and corpus ------------------------------------------------------------
 
 
-def resolve_tokenizer(spec: StageSpec) -> Tokenizer:
+def resolve_tokenizer(spec: StageSpec, cache_dir: Path) -> Tokenizer:
     """The tokenizer of ``spec.tokenizer``: the byte vocabulary, a local file, or a BPE trained (deterministically)
-    on the training split of the stage's corpus only, never on its validation files."""
+    on the documents of the corpus's training split only, never on its validation ones."""
     cfg = spec.tokenizer
     if cfg.kind == "bytes":
         return tokenizers.byte_tokenizer()
     if cfg.kind == "path":
         return tokenizers.load(cfg.path)
-    train_split = ByteCorpus(spec.data, spec.model.context, spec.seed).train
-    return tokenizers.train_bpe(train_split.numpy().tobytes(), cfg.train)
+    limit, parts, n = cfg.train.max_bytes, [], 0
+    for is_val, doc in split_documents(read_documents(spec.data, Path(cache_dir) / "hf-datasets"), spec.data.val_every):
+        if not is_val:
+            parts.append(doc.text.encode("utf-8"))
+            n += doc.n_bytes
+        if limit is not None and n >= limit:
+            break
+    return tokenizers.train_bpe(b"".join(parts), cfg.train)
 
 
-def open_corpus(data: DataConfig, context: int, seed: int, tokenizer: Tokenizer | None) -> ByteCorpus:
-    """The stage's training and validation stream: the byte corpus for the byte vocabulary (ids are bytes),
-    else the interim in-memory token corpus below."""
-    if tokenizer is None or tokenizers.sha256(tokenizer) == tokenizers.sha256(tokenizers.byte_tokenizer()):
-        return ByteCorpus(data, context, seed)
-    return InterimTokenCorpus(data, context, seed, tokenizer)
-
-
-class InterimTokenCorpus(ByteCorpus):
-    """INTERIM PATH, to be replaced by the token-shard corpus (data.format, TokenCorpus) when it is wired in.
-
-    The byte corpus's train and validation splits (split by file, as ever), tokenized in memory on every
-    construction: no shards, no cache, the whole corpus in RAM. It keeps ByteCorpus's cursor semantics
-    (seeded permutation of non-overlapping ``context + 1`` token chunks per epoch), so resume is bitwise.
-    """
-
-    def __init__(self, data: DataConfig, context: int, seed: int, tokenizer: Tokenizer):
-        super().__init__(data, context, seed)
-        self.train = tokenizers.encode(tokenizer, self.train.numpy().tobytes())  # (N,) int32 token ids
-        self.val = tokenizers.encode(tokenizer, self.val.numpy().tobytes())
-        self.n_train = len(self.train) // (context + 1)
-        if self.n_train < 1 or len(self.val) < context + 1:
-            raise ValueError(
-                f"corpus too small for context {context}: {len(self.train)} train and {len(self.val)} val tokens"
-            )
+def open_corpus(
+    data: DataConfig, context: int, seed: int, tokenizer: Tokenizer | None, cache_dir: Path | None, progress=True
+) -> ByteCorpus | TokenCorpus:
+    """A stage's training and validation stream: raw bytes (``data.format: bytes``), or the documents tokenized
+    once into token shards cached under ``cache_dir`` (models/corpus.py)."""
+    if data.format == "bytes":
+        return corpus_for(data, context, seed)
+    tok = tokenizer or tokenizers.byte_tokenizer()
+    return corpus_for(data, context, seed, tok, tokenizers.sha256(tok), cache_dir, progress=progress)

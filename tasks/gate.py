@@ -6,12 +6,17 @@ fair even when the champion came from another run. The candidate is promoted onl
 champion by more than ``gate.margin``. Either way the decision and the figures are written to the
 candidate's version tags, to its run (``gate/gate.md``) and to a Prefect markdown artifact: a
 refusal leaves the alias where it was and says so.
+
+Gates of one alias run their decision one at a time, under a lease in the registry
+(tasks/registry/lease.py): two gates at once cannot both promote over the same champion; the second
+compares against whatever the first left.
 """
 
 from __future__ import annotations
 
 import math
 from datetime import datetime, timezone
+from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
@@ -26,17 +31,19 @@ from models.train import evaluate
 from tasks.config import GateConfig
 from tasks.driver import open_corpus
 from tasks.publish import ArtifactKeys
-from tasks.registry import ModelRef, Registry, load_version
+from tasks.registry import ModelRef, Registry, lease, load_version
 from tasks.registry.schema import Artifacts, GateTags
 from tasks.results import Figures, GateResult
 
 
-def measure(model: nn.Module, tokenizer: Tokenizer, data: DataConfig, gate: GateConfig, seed: int) -> Figures:
+def measure(
+    model: nn.Module, tokenizer: Tokenizer, data: DataConfig, gate: GateConfig, seed: int, cache_dir: Path
+) -> Figures:
     """Held-out loss (nats per token), bits per token and per byte, and the fixed sample.
 
     bits per byte = total bits over the held-out tokens / the bytes of text they stand for; for the byte
     vocabulary every token is one byte, so bpb = bpt = loss / ln 2."""
-    corpus = open_corpus(data, model.cfg.context, seed, tokenizer)
+    corpus = open_corpus(data, model.cfg.context, seed, tokenizer, cache_dir, progress=False)
     batches = corpus.val_batches(gate.eval_batches, gate.batch_size)
     loss = evaluate(model, batches)
     tokens = gate.eval_batches * gate.batch_size * model.cfg.context
@@ -81,10 +88,38 @@ def report(r: GateResult) -> str:
 
 
 @task(name="evaluation-gate", task_run_name="gate-v{ref.version}", persist_result=False)
-def run_gate(ref: ModelRef, registry: Registry, gate: GateConfig, data: DataConfig, seed: int) -> GateResult:
+def run_gate(
+    ref: ModelRef, registry: Registry, gate: GateConfig, data: DataConfig, seed: int, cache_dir: str
+) -> GateResult:
+    """``cache_dir``: where the corpus's token shards are (tasks/workspace.py); the byte corpus needs none."""
     log = get_run_logger()
     client = registry.client()
-    candidate = measure(*load_version(registry, client.get_model_version(ref.name, ref.version)), data, gate, seed)
+    cache = Path(cache_dir)
+    candidate = measure(
+        *load_version(registry, client.get_model_version(ref.name, ref.version)), data, gate, seed, cache
+    )
+    with lease(client, f"{ref.name}@{gate.alias}"):  # one gate at a time reads, decides and moves the alias
+        result = _decide_and_record(client, registry, ref, gate, data, seed, cache, candidate)
+    md = report(result)
+    client.log_text(ref.run_id, md, Artifacts.GATE)
+    key, description = ArtifactKeys(ref.name).gate, f"Gate decision for version {ref.version}"
+    create_markdown_artifact(markdown=md, key=key, description=description)
+    decision, reason = result.decision, result.reason
+    (log.info if decision != "refused" else log.warning)("gate: version %s %s: %s", ref.version, decision, reason)
+    return result
+
+
+def _decide_and_record(
+    client,
+    registry: Registry,
+    ref: ModelRef,
+    gate: GateConfig,
+    data: DataConfig,
+    seed: int,
+    cache: Path,
+    candidate: Figures,
+) -> GateResult:
+    """Under the lease: the champion now, the decision, the tags, and on promotion the alias."""
     aliases = client.get_registered_model(ref.name).aliases
     before = str(aliases[gate.alias]) if gate.alias in aliases else None
     champion = None
@@ -92,7 +127,9 @@ def run_gate(ref: ModelRef, registry: Registry, gate: GateConfig, data: DataConf
         decision, reason = "kept", f"already the {gate.alias}"
     else:
         if before is not None:
-            champion = measure(*load_version(registry, client.get_model_version(ref.name, before)), data, gate, seed)
+            champion = measure(
+                *load_version(registry, client.get_model_version(ref.name, before)), data, gate, seed, cache
+            )
         promote, reason = decide(
             candidate.metric(gate.metric), champion.metric(gate.metric) if champion else None, gate.margin
         )
@@ -129,9 +166,4 @@ def run_gate(ref: ModelRef, registry: Registry, gate: GateConfig, data: DataConf
         client.set_model_version_tag(ref.name, ref.version, key, value)
     if promoted:
         client.set_registered_model_alias(ref.name, gate.alias, ref.version)  # last: the tags explain the move
-    md = report(result)
-    client.log_text(ref.run_id, md, Artifacts.GATE)
-    key, description = ArtifactKeys(ref.name).gate, f"Gate decision for version {ref.version}"
-    create_markdown_artifact(markdown=md, key=key, description=description)
-    (log.info if decision != "refused" else log.warning)("gate: version %s %s: %s", ref.version, decision, reason)
     return result

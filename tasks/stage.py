@@ -30,7 +30,7 @@ from models.data import ByteCorpus, stdlib_dir
 from models.growth import GrowthError
 from models.plan import Hooks
 from tasks import driver
-from tasks.config import ConfigError, StageSpec, check_stage, code_version, spec_hash, stage_key
+from tasks.config import StageSpec, code_version, spec_hash, stage_key
 from tasks.parallel import TorchrunFailed, TorchrunJob, launch
 from tasks.publish import StageProgress, StageWatch
 from tasks.registry import (
@@ -46,7 +46,7 @@ from tasks.registry import (
 )
 from tasks.registry.schema import IMPORTED, Artifacts, ImportTags, Metrics, RunTags, StageParams, VersionTags
 from tasks.results import StageResult
-from tasks.store import hf_dir, imported_sha256, save_model, save_optimizer, tokenizer_store
+from tasks.store import hf_dir, imported_sha256, redact, save_model, save_optimizer, tokenizer_store
 from tasks.workspace import Workspace
 
 
@@ -60,7 +60,7 @@ def pipeline_tokenizer(spec: StageSpec, workspace: Workspace) -> str | None:
     or None for the byte vocabulary (a constant of the code: nothing stored, nothing hashed)."""
     if spec.tokenizer.kind == "bytes":
         return None
-    return tokenizer_store.put(workspace.storage(), driver.resolve_tokenizer(spec))
+    return tokenizer_store.put(workspace.storage(), driver.resolve_tokenizer(spec, Path(workspace.cache_dir)))
 
 
 def key_of(spec: StageSpec, parent: ModelRef | None, tokenizer_sha256: str | None) -> str:
@@ -129,13 +129,12 @@ def _train(
                 hooks = Hooks(on_step=on_step)
                 return driver.train_prepared(spec, prepared, hooks=hooks, checkpoints=checkpoints, corpus=corpus)
         try:
-            check_stage(spec)  # staged run checked it already; a flow started otherwise had not
             with watch.during("training under torchrun"):
                 job = TorchrunJob(
                     spec=spec, parent=parent, workspace=workspace, key=key, tokenizer_sha256=tokenizer_sha256
                 )
                 run = launch(job, on_step, log)
-        except (TorchrunFailed, ConfigError) as e:
+        except TorchrunFailed as e:
             raise driver.StageFailed(str(e)) from None
         resumed = f", resumed from checkpoint step {run.resumed_from}" if run.resumed_from is not None else ""
         p = spec.parallel
@@ -159,7 +158,7 @@ def _register(
     """Register the trained model with its lineage tags, parameters, loss curves and run extras."""
     model, result = run.model, run.result
     start = parent.data_cursor if parent else 0
-    source = str(Path(spec.data.source).resolve()) if spec.data.source else str(stdlib_dir())
+    source = redact(str(Path(spec.data.source).resolve()) if spec.data.source else str(stdlib_dir()))
     digest = corpus.digest()
     with watch.during("registering"), tempfile.TemporaryDirectory(prefix="staged-model-") as tmp:
         sha = save_model(model, Path(tmp), tokenizer)  # the Llama family's: a Hugging Face model directory
@@ -240,7 +239,8 @@ def run_stage(
     began = time.perf_counter()
     watch = StageWatch(spec, workspace.registry, parent_run_id, workspace.storage(), key)
     tokenizer = tokenizer_store.get(workspace.storage(), tokenizer_sha256) if tokenizer_sha256 else None
-    corpus = driver.open_corpus(spec.data, spec.model.context, spec.seed, tokenizer)
+    # opened (and, for documents, tokenized into shards) here, before any torchrun rank would read it
+    corpus = driver.open_corpus(spec.data, spec.model.context, spec.seed, tokenizer, Path(workspace.cache_dir))
     run = _train(spec, parent, workspace, key, watch, corpus, tokenizer_sha256, log)
     result = run.result
     init, val = result.val_loss_init, result.val_loss

@@ -1,6 +1,6 @@
 """Where one pipeline's state lives: the MLflow registry and the checkpoint storage, resolved once.
 
-    Workspace.resolve(workdir, storage) -> Workspace(registry, checkpoints, max_attempts)
+    Workspace.resolve(workdir, storage) -> Workspace(registry, checkpoint_uri, cache_dir, max_attempts)
 
 What every task receives (a small, serialisable value), instead of URIs spread over arguments.
 """
@@ -21,6 +21,9 @@ from tasks.store import Storage, open_storage
 class Workspace(BaseModel):
     registry: Registry
     checkpoint_uri: str  # storage URI of the in-stage checkpoints (tasks/store/storage.py)
+    # this machine's local cache of derived files (token shards, the datasets library's): memory-mapped, so
+    # local even when the checkpoints are on S3; rebuilt from the sources when missing or stale
+    cache_dir: str
     max_attempts: int = 5  # botocore attempts per S3 call
 
     @classmethod
@@ -34,6 +37,7 @@ class Workspace(BaseModel):
         return cls(
             registry=Registry.resolve(workdir, storage.uri),
             checkpoint_uri=checkpoints,
+            cache_dir=str(Path(workdir).resolve() / "cache"),
             max_attempts=storage.max_attempts,
         )
 

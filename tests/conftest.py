@@ -113,14 +113,21 @@ def gated_runs(prefect_harness, tmp_path_factory):
 @pytest.fixture(scope="session")
 def local_servers(tmp_path_factory):
     """``staged servers up`` for real (Postgres, moto S3, Prefect server + process worker, MLflow
-    server) on free loopback ports; stopped, data included, at the end of the session."""
+    server, all with credentials) on free loopback ports; stopped, data included, at the end of the session.
+    The MLflow credentials are in this process's environment meanwhile (MlflowClient reads them from there),
+    not the tracking URI: tests that use an embedded store are unaffected."""
     from deploy.local.servers import DEFAULT_PORTS, down, up
 
     dir = tmp_path_factory.mktemp("servers")
     try:
-        yield up(dir, {name: free_port() for name in DEFAULT_PORTS})
+        servers = up(dir, {name: free_port() for name in DEFAULT_PORTS})
+        env = servers.client_env()
+        with pytest.MonkeyPatch.context() as mp:
+            for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+                mp.setenv(name, env[name])
+            yield servers
     finally:
-        down(dir)
+        down(dir, purge=True)
 
 
 @pytest.fixture(scope="session")

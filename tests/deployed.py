@@ -72,8 +72,10 @@ def _read_flow_run(servers, cli_output: str):
 def api(servers, call):
     """``call(client)`` with a synchronous Prefect client of the servers' API."""
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: servers.client_env()["PREFECT_API_URL"]}):
+    env = servers.client_env()  # the API answers only with the auth string
+    settings = {PREFECT_API_URL: env["PREFECT_API_URL"], PREFECT_API_AUTH_STRING: env["PREFECT_API_AUTH_STRING"]}
+    with temporary_settings(settings):
         with get_client(sync_client=True) as client:
             return call(client)

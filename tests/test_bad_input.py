@@ -242,7 +242,7 @@ CASES = {
         "tampered",
         {},
         2,
-        "refusing a parent whose weights do not verify",
+        "refusing a parent whose files do not verify",
     ),
     "unreachable tracking URI": (
         None,
@@ -283,7 +283,7 @@ CASES = {
         "fresh",
         {},
         2,
-        "stages.0.parallel.nproc 512 is more than the",
+        "stages.0.parallel.nproc 512 exceeds 2 (usable CPU cores)",
     ),
     "nnodes without a rendezvous endpoint": (
         None,
@@ -357,7 +357,7 @@ def test_the_cli_contract_holds_in_real_processes_too(registries, tmp_path):
     }
     port = free_port()
     runs = [  # started together: most of each is interpreter start-up
-        (["--workdir", str(registries["tampered"]), "--from-version", "1"], {}, 2, "weights do not verify"),
+        (["--workdir", str(registries["tampered"]), "--from-version", "1"], {}, 2, "files do not verify"),
         (["--workdir", str(registries["good"]), "--from-version", "9"], {}, 2, "has no version 9"),
         (["--workdir", str(tmp_path / "w")], {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}, 1, "unreachable"),
     ]

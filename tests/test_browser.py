@@ -17,7 +17,7 @@ STAGES = ["stage-1-3L", "stage-2-6L", "stage-3-12L"]
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory):
+def page(tmp_path_factory, local_servers):
     chromium = os.environ.get("STAGED_CHROMIUM") or shutil.which("chromium")
     if chromium is None:
         if os.environ.get("CI"):
@@ -27,8 +27,12 @@ def page(tmp_path_factory):
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        env = local_servers.client_env()  # both UIs ask for credentials: log in as a person would
+        mlflow_login = {"username": env["MLFLOW_TRACKING_USERNAME"], "password": env["MLFLOW_TRACKING_PASSWORD"]}
+        context = browser.new_context(viewport={"width": 1400, "height": 900}, http_credentials=mlflow_login)
+        page = context.new_page()
         page.set_default_timeout(30_000)
+        _log_into_prefect(page, local_servers.urls["prefect"], env["PREFECT_API_AUTH_STRING"])
         yield page
         browser.close()
 
@@ -38,6 +42,16 @@ def shots(tmp_path_factory) -> Path:
     out = Path(os.environ.get("STAGED_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def _log_into_prefect(page, url: str, auth_string: str) -> None:
+    """The Prefect UI's login page (shown because the API needs the auth string), filled in and submitted."""
+    page.goto(url)
+    field = page.locator("input").first
+    field.wait_for()
+    field.fill(auth_string)
+    page.get_by_role("button").first.click()
+    page.wait_for_url(lambda u: "login" not in u)
 
 
 def _artifact(servers, flow_run_id, key: str):

@@ -72,20 +72,63 @@ def test_prune_keeps_the_newest_n(storage):
     assert checkpoint.latest(storage, KEY).step == 4
 
 
-def test_disk_full_while_checkpointing_leaves_the_previous_checkpoint_intact(tmp_path):
-    """/dev/full makes the kernel answer ENOSPC, as a full disk does, for the new checkpoint's weights."""
+def test_prune_never_deletes_the_step_just_written_for_a_corrupt_newer_one(storage):
+    """The issue's case: a corrupt step 150 (left by an earlier attempt) beside a freshly written valid step 50,
+    keep=1. Counting manifests would keep 150 and delete 50, the only good one; validity decides instead."""
+    model = GPT(CFG)
+    checkpoint.save(storage, KEY, model, _state(150))
+    storage.put(f"{KEY}/step-00000150/optimizer.safetensors", b"garbage")  # corrupt, manifest still there
+    checkpoint.save(storage, KEY, model, _state(50))
+    deleted = checkpoint.prune(storage, KEY, keep=1, written=50)
+    assert deleted == [150]
+    assert checkpoint.steps(storage, KEY) == [50] and checkpoint.latest(storage, KEY).step == 50
+
+
+def test_prune_deletes_invalid_steps_first_and_keeps_valid_ones(storage):
+    model = GPT(CFG)
+    for step in (10, 20, 30):
+        checkpoint.save(storage, KEY, model, _state(step))
+    storage.delete([f"{KEY}/step-00000030/manifest.json"])  # partial
+    checkpoint.save(storage, KEY, model, _state(40))
+    assert checkpoint.prune(storage, KEY, keep=2, written=40) == [30, 10]
+    assert checkpoint.steps(storage, KEY) == [20, 40]
+
+
+def test_two_writers_of_one_key_never_share_a_temporary_file(tmp_path):
+    """Two processes training the same stage key write the same checkpoint names: each writes its own
+    temporary file, so the file that lands is one writer's whole bytes, never an interleaving."""
+    storage = LocalStorage(tmp_path / "ckpt")
+    payloads = [bytes([i]) * 4_000_000 for i in (1, 2)]
+    threads = [threading.Thread(target=storage.put, args=("k/step-1/model.safetensors", p)) for p in payloads]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert storage.get("k/step-1/model.safetensors") in payloads
+    assert [p.name for p in (tmp_path / "ckpt" / "k" / "step-1").iterdir()] == ["model.safetensors"]
+
+
+def test_disk_full_while_checkpointing_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    """/dev/full makes the kernel answer ENOSPC, as a full disk does, for the new checkpoint's weights
+    (the writer's random temporary-name suffix is fixed so that the test can put /dev/full there)."""
+    import os
+
+    import tasks.store.storage as storage_module
+
+    monkeypatch.setattr(storage_module.secrets, "token_hex", lambda n: "fixed")
     storage = LocalStorage(tmp_path / "ckpt")
     model = GPT(CFG)
     checkpoint.save(storage, KEY, model, _state(5))
     target = tmp_path / "ckpt" / KEY / "step-00000010"
     target.mkdir()
-    (target / "model.safetensors.partial").symlink_to("/dev/full")
+    partial = target / f"model.safetensors.{os.getpid()}-fixed.partial"
+    partial.symlink_to("/dev/full")
     with pytest.raises(
         checkpoint.CheckpointError,
         match=r"step 10 not written \(No space left on device\); checkpoint step 5 is intact",
     ):
         checkpoint.save(storage, KEY, model, _state(10))
-    assert not (target / "model.safetensors.partial").exists()
+    assert not partial.exists()
     assert checkpoint.latest(storage, KEY).step == 5
 
 

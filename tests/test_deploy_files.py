@@ -111,9 +111,10 @@ def test_compose_stack_structure_and_secrets():
     assert "prefect worker start" in " ".join(services["worker"]["command"])
     server_env = services["prefect-server"]["environment"]
     assert server_env["PREFECT_API_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://")
-    mlflow_args = " ".join(services["mlflow"]["command"])
-    assert "--backend-store-uri=postgresql://" in mlflow_args and "--artifacts-destination=s3://" in mlflow_args
-    assert services["mlflow"]["environment"]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    mlflow_env = services["mlflow"]["environment"]  # the store URIs in the environment, not on the command line
+    assert mlflow_env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://")
+    assert mlflow_env["MLFLOW_ARTIFACTS_DESTINATION"].startswith("s3://")
+    assert mlflow_env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
 
     for service in services.values():  # secrets only by interpolation, never literal
         for key, value in (service.get("environment") or {}).items():

@@ -1,5 +1,5 @@
 """A Llama stage through the stage driver (no Prefect): checkpoints and a bitwise resume, masked growth's gates
-folded into a plain transformers model, and the interim token corpus's cursor."""
+folded into a plain transformers model, and the token-shard corpus's cursor."""
 
 from pathlib import Path
 
@@ -8,6 +8,7 @@ import torch
 
 from models import arch
 from models.plan import Hooks
+from models.shards import TokenCorpus
 from tasks import driver
 from tasks.config import load_config
 from tasks.store import LocalStorage, checkpoint
@@ -22,17 +23,18 @@ class Interrupt(RuntimeError):
 
 
 @pytest.fixture(scope="module")
-def stage():
+def stage(tmp_path_factory):
     spec = load_config(DEMO, TOY + ["stages=[{n_layers: 2, steps: 6}]"]).stage_specs()[0]
-    tok = driver.resolve_tokenizer(spec)
-    return spec, driver.open_corpus(spec.data, spec.model.context, spec.seed, tok)
+    cache = tmp_path_factory.mktemp("cache")
+    tok = driver.resolve_tokenizer(spec, cache)
+    return spec, driver.open_corpus(spec.data, spec.model.context, spec.seed, tok, cache, progress=False)
 
 
-def test_the_interim_corpus_is_tokens_with_the_byte_corpus_cursor(stage):
+def test_the_demo_reads_token_shards_with_the_byte_corpus_cursor(stage):
     spec, corpus = stage
-    assert isinstance(corpus, driver.InterimTokenCorpus) and corpus.train.dtype == torch.int32
+    assert isinstance(corpus, TokenCorpus) and corpus.manifest.vocab_size == 300
     x, y = corpus.batch(5, 4)
-    assert x.shape == (4, 16) and torch.equal(x[:, 1:], y[:, :-1]) and int(corpus.train.max()) < 300
+    assert x.shape == (4, 16) and torch.equal(x[:, 1:], y[:, :-1]) and int(x.max()) < 300
     assert torch.equal(corpus.batch(5, 4)[0], x)  # a pure function of the cursor
 
 

@@ -144,16 +144,19 @@ def test_s3_end_to_end_checkpoints_and_artifacts_in_the_bucket_resume_reads_them
         assert not any(secret in t for t in texts), secret
 
 
-def test_a_task_retry_after_a_full_disk_resumes_from_the_intact_checkpoint(reference, tmp_path):
+def test_a_task_retry_after_a_full_disk_resumes_from_the_intact_checkpoint(reference, tmp_path, monkeypatch):
     """Stage 1's checkpoint at step 4 hits ENOSPC (/dev/full); Prefect retries the task, which
-    resumes from step 2 and still ends bit for bit where the uninterrupted run did."""
+    resumes from step 2 and still ends bit for bit where the uninterrupted run did. (The writer's random
+    temporary-name suffix is fixed so that the test can put /dev/full there.)"""
+    import tasks.store.storage as storage_module
     from tasks.config import stage_key
 
+    monkeypatch.setattr(storage_module.secrets, "token_hex", lambda n: "fixed")
     config = load_config(SMOKE, OVERRIDES + ["retry.retries=1", "retry.delay_s=0"])
     workdir = tmp_path / "work"
     full = workdir / "checkpoints" / stage_key(config.stage_specs()[0], None) / "step-00000004"
     full.mkdir(parents=True)
-    (full / "model.safetensors.partial").symlink_to("/dev/full")
+    (full / f"model.safetensors.{os.getpid()}-fixed.partial").symlink_to("/dev/full")
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         results = staged_training(config, str(workdir))

@@ -1,4 +1,5 @@
-"""The same pipeline and commands against a real MLflow server on loopback, and `mlflow models serve`."""
+"""The same pipeline and commands against a real MLflow server on loopback, and `staged serve` (which runs
+`mlflow models serve` on a verified copy of the version)."""
 
 import json
 import os
@@ -151,7 +152,7 @@ def test_pyfunc_and_mlflow_models_serve_match_the_project_loader(served_run, tmp
         expected = load_model(registry, resolve(registry, "models:/staged-smoke@champion"))(
             torch.from_numpy(ids)
         ).numpy()
-    assert np.array_equal(load_pyfunc(url, "models:/staged-smoke@champion").predict(ids), expected)
+    assert np.array_equal(load_pyfunc(registry, "models:/staged-smoke@champion").predict(ids), expected)
 
     port = free_port()
     bin_dir = str(Path(MLFLOW).parent)  # `mlflow models serve` execs `uvicorn` by name, as in an activated venv
@@ -161,21 +162,8 @@ def test_pyfunc_and_mlflow_models_serve_match_the_project_loader(served_run, tmp
         "PYTHONPATH": str(ROOT),
         "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
     }
-    args = [
-        MLFLOW,
-        "models",
-        "serve",
-        "-m",
-        "models:/staged-smoke@champion",
-        "--env-manager",
-        "local",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(port),
-        "-w",
-        "1",
-    ]
+    # `staged serve`: `mlflow models serve` of a local copy verified against the version's manifest
+    args = [sys.executable, "-m", "flows.cli.main", "serve", "models:/staged-smoke@champion", "--port", str(port)]
     proc = _start(args, tmp_path / "serve.log", f"http://127.0.0.1:{port}/ping", env)
     try:
         body = json.dumps({"inputs": ids.tolist()}).encode()

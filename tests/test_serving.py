@@ -45,7 +45,7 @@ def test_pyfunc_from_registry_alias_equals_the_project_loader(gated_runs):
         got = pyfunc.predict(ids)
         assert got.shape == (1, ids.shape[1], 256) and np.array_equal(got, expected), uri
     assert os.environ.get("MLFLOW_TRACKING_URI") == env_before  # the global URI was restored
-    meta = load_pyfunc(registry.tracking_uri, "models:/staged-smoke@champion").metadata
+    meta = load_pyfunc(registry, "models:/staged-smoke@champion").metadata
     spec = meta.signature.inputs.inputs[0]
     assert (spec.type, spec.shape) == (np.dtype("int64"), (-1, -1))
     assert meta.saved_input_example_info["type"] == "ndarray"

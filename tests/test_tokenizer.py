@@ -46,14 +46,14 @@ def test_the_tokenizer_is_learnt_from_the_training_split_only(tmp_path):
     src.mkdir()
     for i in range(4):
         (src / f"{i}.py").write_text(f"def train_{i}(x):\n    return x * {i}\n" * 30)
-    overrides = ["model.arch=llama", "model.context=16", f"data.source={src}", "data.val_every=4"]
+    overrides = ["model.arch=llama", "model.context=16", "data.format=text", f"data.source={src}", "data.val_every=4"]
     overrides += ["tokenizer.train.vocab_size=300", "stages.0.steps=1", "stages.1.steps=1", "stages.2.steps=1"]
-    spec = load_config(None, overrides).stage_specs()[0]
-    first = tokenizers.sha256(resolve_tokenizer(spec))
+    spec, cache = load_config(None, overrides).stage_specs()[0], tmp_path / "cache"
+    first = tokenizers.sha256(resolve_tokenizer(spec, cache))
     (src / "3.py").write_text("class Validation:\n    only = 'never seen'\n" * 30)  # file 3 is validation
-    assert tokenizers.sha256(resolve_tokenizer(spec)) == first
+    assert tokenizers.sha256(resolve_tokenizer(spec, cache)) == first
     (src / "0.py").write_text("class Training:\n    changed = True\n" * 30)
-    assert tokenizers.sha256(resolve_tokenizer(spec)) != first
+    assert tokenizers.sha256(resolve_tokenizer(spec, cache)) != first
 
 
 def test_a_local_file_or_directory_loads_and_save_pretrained_gives_an_autotokenizer(tmp_path):

@@ -3,6 +3,7 @@ worker, MLflow server), `prefect deploy` from deploy/prefect.yaml, a run of the 
 triggered on the server and executed by the worker from a git clone. Nothing is mocked."""
 
 import hashlib
+from pathlib import Path
 
 import pytest
 
@@ -32,14 +33,15 @@ def test_three_versions_with_lineage_in_the_postgres_backed_registry(deployed_ru
     assert [v.tags["parent_version"] for v in versions] == ["", "1", "2"]
     import psycopg
 
-    with psycopg.connect(f"{servers.urls['postgres']}/mlflow") as conn:  # the rows really are in Postgres
+    with psycopg.connect(servers.postgres_url("mlflow")) as conn:  # the rows really are in Postgres
         rows = conn.execute(
             "SELECT version FROM model_versions WHERE name = 'staged-smoke' ORDER BY version"
         ).fetchall()
     assert [r[0] for r in rows] == [1, 2, 3]
 
 
-def test_model_weights_and_checkpoints_are_in_the_s3_bucket(deployed_run):
+def test_weights_behind_mlflow_and_checkpoints_in_the_s3_bucket(deployed_run):
+    """MLflow's artifacts go through its (authenticated) proxy to the servers' disk; checkpoints to S3."""
     servers, _ = deployed_run
     import boto3
     from mlflow import MlflowClient
@@ -56,12 +58,12 @@ def test_model_weights_and_checkpoints_are_in_the_s3_bucket(deployed_run):
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
         for o in page.get("Contents", [])
     ]
+    artifacts = Path(servers.dir) / "artifacts"
     client = MlflowClient(tracking_uri=servers.urls["mlflow"])
     for v in client.search_model_versions("name='staged-smoke'"):
-        weights = [k for k in keys if v.run_id in k and k.endswith("/model/model.safetensors")]
-        assert len(weights) == 1, (v.version, v.run_id)
-        body = s3.get_object(Bucket=BUCKET, Key=weights[0])["Body"].read()
-        assert hashlib.sha256(body).hexdigest() == v.tags["weights_sha256"]
+        (weights,) = [p for p in artifacts.rglob("model.safetensors") if v.run_id in str(p)]
+        assert hashlib.sha256(weights.read_bytes()).hexdigest() == v.tags["weights_sha256"]
+        assert v.tags["manifest_sha256"]
     assert any(k.startswith("smoke/checkpoints/") for k in keys)  # storage.uri override: in-stage checkpoints
 
 

@@ -1,4 +1,9 @@
-"""Process plumbing for the local servers: run as the postgres user, wait for health, stop a process group."""
+"""Process plumbing for the local servers: run as the postgres user, wait for health, recognise our own
+processes, stop a process group.
+
+A PID in ``servers.json`` is only a number: by the time ``down`` reads it, the process may have died and
+the number been given to someone else's. So every process is recorded with its command line and start
+time (``fingerprint``), and a group is signalled only while its leader still matches (``group_is_ours``)."""
 
 from __future__ import annotations
 
@@ -61,14 +66,50 @@ def run_logged(argv: list[str], name: str, log: Path) -> None:
         raise ServerError(f"{name} failed with code {code}: {last_line(log)}")
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+def fingerprint(pid: int) -> dict:
+    """What identifies a process beyond its PID: its command line and start time."""
+    import psutil
+
+    p = psutil.Process(pid)
+    return {"cmdline": p.cmdline(), "started": p.create_time()}
+
+
+def is_ours(pid: int, recorded: dict | None) -> bool:
+    """``pid`` is alive and is the process we started (same command line, same start time)."""
+    import psutil
+
+    if not recorded:
         return False
-    except PermissionError:
+    try:
+        p = psutil.Process(pid)
+        return p.cmdline() == recorded["cmdline"] and abs(p.create_time() - recorded["started"]) < 0.5
+    except (psutil.NoSuchProcess, psutil.AccessDenied):  # ZombieProcess is a NoSuchProcess
+        return False
+
+
+def group_is_ours(pid: int, recorded: dict | None) -> bool:
+    """May the process group ``pid`` be signalled? Its leader is ours; or the leader is gone and processes
+    it left are still in its group (a PID is never reused while a group of that number exists)."""
+    import psutil
+
+    if is_ours(pid, recorded):
         return True
-    return True
+    try:
+        psutil.Process(pid)
+        leader_exists = True
+    except psutil.NoSuchProcess:
+        leader_exists = False
+    except psutil.AccessDenied:
+        return False
+    if leader_exists and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        return False  # the number belongs to another process now: our group is gone
+    for p in psutil.process_iter():
+        try:
+            if p.pid != pid and os.getpgid(p.pid) == pid:
+                return True
+        except (ProcessLookupError, PermissionError, psutil.NoSuchProcess):
+            continue
+    return False
 
 
 def stop_group(pid: int, grace: float) -> None:

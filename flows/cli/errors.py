@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import sys
 from typing import NoReturn
-from urllib.parse import urlsplit
+
+from tasks.store import redact
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    print(f"staged: error: {message}", file=sys.stderr)
+    """Every message goes through ``redact``: a URI in it never shows its credentials."""
+    print(f"staged: error: {redact(message)}", file=sys.stderr)
     raise SystemExit(code)
 
 
 def one_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
-    return (text[0] if text else type(err).__name__)[:300]
-
-
-def safe_uri(uri: str) -> str:
-    """A URI as safe to print: no user or password."""
-    parts = urlsplit(uri)
-    if not parts.hostname:
-        return uri
-    return parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")).geturl()
+    return redact(text[0] if text else type(err).__name__)[:300]

@@ -1,7 +1,7 @@
 """``staged``: the command line, one module per command group.
 
     staged run|resume CONFIG ...                        flows/cli/run.py
-    staged generate|eval MODEL_URI ..., models list     flows/cli/use.py
+    staged generate|eval|serve MODEL_URI ..., models list   flows/cli/use.py
     staged servers up|down|status|env [--dir DIR]       flows/cli/servers.py (local Postgres/S3/Prefect/MLflow)
     staged bench --preset quick --out FILE.json ...     flows/cli/bench.py
 
@@ -22,8 +22,8 @@ from flows.cli.use import add_use_commands
 
 
 def main(argv: list[str] | None = None) -> int:
-    # MLflow draws a download bar on stderr whenever tqdm is installed (it comes with `datasets`):
-    # a command's stderr is its messages, one line for a mistake
+    # MLflow draws a download bar on stderr whenever tqdm is installed (it comes with `datasets`), per file
+    # of a version directory: a command's stderr is its messages, one line for a mistake
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     parser = argparse.ArgumentParser(
         prog="staged", description="Staged (progressive) training with Prefect and MLflow."
@@ -34,9 +34,6 @@ def main(argv: list[str] | None = None) -> int:
     add_server_commands(sub)
     add_bench_command(sub, sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    # MLflow draws a progress bar on stderr for every multi-file download (a Hugging Face version directory):
-    # the stage's own progress bar is the one to watch, and a mistake stays one line on stderr
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return args.func(args)
 
 

@@ -16,7 +16,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from flows.cli.errors import fail, one_line, safe_uri
+from flows.cli.errors import fail, one_line
 from flows.cli.use import print_gate
 from tasks.config import ConfigError, PipelineConfig, load_config
 
@@ -25,16 +25,17 @@ MLFLOW_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_RE
 
 
 def _check_inputs(config: PipelineConfig, workdir: Path) -> None:
-    """Checks that need the file system; the config tree validated everything else."""
+    """Checks that need the file system; the config tree validated everything else. A document corpus is read
+    once, whole (every file parses, both splits have documents); it is tokenized later, by the flow."""
+    from models.corpus import check_documents
     from models.data import ByteCorpus
-    from tasks.config import check_parallel
+    from tasks.workspace import Workspace
 
     try:
-        check_parallel(config)
-    except ConfigError as e:
-        fail(str(e))
-    try:
-        ByteCorpus(config.data, config.model.context, config.seed)
+        if config.data.format == "bytes":
+            ByteCorpus(config.data, config.model.context, config.seed)
+        else:
+            check_documents(config.data, Path(Workspace.resolve(workdir).cache_dir))
     except (OSError, ValueError) as e:
         fail(str(e))
     try:
@@ -64,7 +65,7 @@ def _check_endpoints(config: PipelineConfig, workdir: Path, from_version: str | 
         try:
             ws.registry.client().search_experiments(max_results=1)
         except Exception as e:
-            fail(f"MLflow tracking URI {safe_uri(ws.registry.tracking_uri)} unreachable: {one_line(e)}", code=1)
+            fail(f"MLflow tracking URI {ws.registry.tracking_uri} unreachable: {one_line(e)}", code=1)
     if from_version is not None:
         _check_parent(config, ws.registry, workdir, from_version)
 
@@ -87,9 +88,9 @@ def _check_parent(config: PipelineConfig, registry, workdir: Path, version: str)
         with tempfile.TemporaryDirectory(prefix="staged-check-") as tmp:
             cfg, _ = download(registry, ref, Path(tmp))
     except Exception as e:
-        fail(f"--from-version {version}: refusing a parent whose weights do not verify: {one_line(e)}")
+        fail(f"--from-version {version}: refusing a parent whose files do not verify: {one_line(e)}")
     spec = config.stage_specs()[ref.stage - 1]
-    _check_parent_tokenizer(spec, ref, version)
+    _check_parent_tokenizer(spec, ref, version, workdir)
     want = spec.model
     if cfg != want:
         fail(
@@ -98,13 +99,15 @@ def _check_parent(config: PipelineConfig, registry, workdir: Path, version: str)
         )
 
 
-def _check_parent_tokenizer(spec, ref, version: str) -> None:
+def _check_parent_tokenizer(spec, ref, version: str, workdir: Path) -> None:
     """Growth keeps token ids: the config's tokenizer (trained here if it must be) must be the parent's."""
     from models import tokenizer as tokenizers
     from tasks.driver import resolve_tokenizer
+    from tasks.workspace import Workspace
 
     try:
-        ours = None if spec.tokenizer.kind == "bytes" else tokenizers.sha256(resolve_tokenizer(spec))
+        cache = Path(Workspace.resolve(workdir).cache_dir)
+        ours = None if spec.tokenizer.kind == "bytes" else tokenizers.sha256(resolve_tokenizer(spec, cache))
     except (OSError, ValueError) as e:
         fail(str(e))
     if ours != ref.tokenizer_sha256:
@@ -159,8 +162,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     state = staged_training(config, str(workdir), args.from_version, return_state=True)
     if not state.is_completed():
+        from tasks.store import IntegrityError
+
         error = state.result(raise_on_failure=False)
-        fail(f"run {state.name.lower()}: {error}", code=1)
+        fail(f"run {state.name.lower()}: {error}", code=2 if isinstance(error, IntegrityError) else 1)
     results = state.result()
     _print_summary(results, workdir / f"{config.registry.model_name}-loss.png")
     print_gate(workdir, config.registry.model_name, results[-1].ref.version)

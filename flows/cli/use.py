@@ -2,20 +2,24 @@
 
     staged generate MODEL_URI --prompt TEXT [--max-bytes N] [--temperature T] [--top-k K] [--seed S]
     staged eval MODEL_URI [--config YAML]
+    staged serve MODEL_URI [--host 127.0.0.1] [--port 5001]   (mlflow models serve, of a verified copy)
     staged models list NAME
 
 MODEL_URI is models:/NAME/VERSION, models:/NAME/latest or models:/NAME@ALIAS. The store is the
 one ``staged run`` used: MLFLOW_TRACKING_URI when set, else the embedded store in --workdir.
 These commands need no Prefect server. Bad URIs and missing models, versions or aliases end with
-one line on stderr and exit code 2.
+one line on stderr and exit code 2, and so does a version whose files do not match its manifest: every
+one of these commands loads only a downloaded directory that verified (tasks/store/manifest.py).
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from flows.cli.errors import fail
 
+MAX_GENERATE_BYTES = 1 << 20  # a remote caller must not be able to ask for an endless generation
 _WORKDIR_HELP = "workdir of the embedded store, when MLFLOW_TRACKING_URI is not set (default: %(default)s)"
 
 
@@ -24,10 +28,11 @@ def _guard(func):
 
     def run(args: argparse.Namespace) -> int:
         from tasks.registry import UseError
+        from tasks.store import IntegrityError
 
         try:
             return func(args)
-        except UseError as e:
+        except (UseError, IntegrityError) as e:  # a bad URI, or a version whose files do not verify
             fail(str(e))
         return 2
 
@@ -39,6 +44,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from models.sample import complete
     from tasks.registry import load_version, open_registry, resolve
 
+    if not 0 <= args.max_bytes <= MAX_GENERATE_BYTES:
+        fail(f"--max-bytes {args.max_bytes} is outside 0..{MAX_GENERATE_BYTES}")
     registry = open_registry(args.workdir)
     model, tokenizer = load_version(registry, resolve(registry, args.model_uri))
     kwargs = {"temperature": args.temperature, "top_k": args.top_k, "seed": args.seed}
@@ -56,6 +63,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from tasks.gate import measure
     from tasks.registry import load_version, open_registry, resolve
     from tasks.registry.schema import CardTags
+    from tasks.workspace import Workspace
 
     config = PipelineConfig()  # the default gate settings unless --config gives others
     if args.config:
@@ -68,7 +76,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     card = CardTags.from_tags(mv.tags)
     data = config.data if args.config or not card else DataConfig.model_validate_json(card.data_config)
     try:
-        figures = measure(*load_version(registry, mv), data, config.gate, config.seed)
+        cache = Path(Workspace.resolve(args.workdir).cache_dir)  # the token shards `staged run` built (or builds now)
+        figures = measure(*load_version(registry, mv), data, config.gate, config.seed, cache)
     except (OSError, ValueError) as e:
         fail(str(e))
     table = Table(title=f"{mv.name} version {mv.version}: held-out validation set")
@@ -80,6 +89,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(f"sample: {figures.sample!r}", markup=False, highlight=False)
     return 0
+
+
+@_guard
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``mlflow models serve`` on a verified local copy of the version: its code runs only once it matches."""
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from tasks.registry import open_registry, verified_copy
+
+    registry = open_registry(args.workdir)
+    with tempfile.TemporaryDirectory(prefix="staged-serve-") as tmp:
+        local = verified_copy(registry, args.model_uri, Path(tmp))
+        print(f"serving {args.model_uri} (verified) on http://{args.host}:{args.port}/invocations", file=sys.stderr)
+        mlflow = Path(sys.executable).with_name("mlflow")
+        argv = [str(mlflow) if mlflow.exists() else "mlflow", "models", "serve", "-m", str(local)]
+        argv += ["--env-manager", "local", "--host", args.host, "--port", str(args.port), "--workers", "1"]
+        proc = subprocess.Popen(argv)
+        for sig in (signal.SIGTERM, signal.SIGINT):  # stopping us stops the server, then the copy is removed
+            signal.signal(sig, lambda *_: proc.terminate())
+        return proc.wait()
 
 
 @_guard
@@ -134,10 +167,16 @@ def add_use_commands(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--config", help="pipeline YAML whose data and gate settings to use (default: the version's data)")
     ev.set_defaults(func=cmd_eval)
 
+    serve = sub.add_parser("serve", help="serve a registered version (mlflow models serve) after verifying its files")
+    serve.add_argument("model_uri", help=uri_help)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=5001, help="(default: %(default)s)")
+    serve.set_defaults(func=cmd_serve)
+
     models = sub.add_parser("models", help="registered models")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     ls = models_sub.add_parser("list", help="versions of a registered model with stage, layers, val loss and aliases")
     ls.add_argument("name", help="registered model name, e.g. staged-smoke")
     ls.set_defaults(func=cmd_models_list)
-    for p in (gen, ev, ls):
+    for p in (gen, ev, serve, ls):
         p.add_argument("--workdir", default=".staged", help=_WORKDIR_HELP)

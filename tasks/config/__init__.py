@@ -6,7 +6,6 @@ The door of this room: import these names from ``tasks.config``.
 from tasks.config.identity import code_version, pipeline_hash, spec_hash, stage_key
 from tasks.config.load import ConfigError, apply_override, load_config, read_yaml, resolve_config
 from tasks.config.model_section import ArchConfig, GPTArch, InitConfig, LlamaArch
-from tasks.config.preflight import check_parallel, check_stage
 from tasks.config.schema import (
     CheckpointConfig,
     GateConfig,
@@ -36,8 +35,6 @@ __all__ = [
     "StageSpec",
     "StorageConfig",
     "apply_override",
-    "check_parallel",
-    "check_stage",
     "code_version",
     "format_validation_error",
     "load_config",

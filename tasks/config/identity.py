@@ -31,8 +31,9 @@ def spec_hash(spec: StageSpec) -> str:
 
 
 def pipeline_hash(config: PipelineConfig) -> str:
-    """Short hash of the whole resolved config: names the pipeline in Prefect (flow run) and MLflow (parent run)."""
-    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:8]
+    """Short hash of the whole resolved config but its ``limits`` (they change what may run, not what runs):
+    names the pipeline in Prefect (flow run) and MLflow (parent run)."""
+    return hashlib.sha256(config.model_dump_json(exclude={"limits"}).encode()).hexdigest()[:8]
 
 
 def _code_only(source: str) -> str:

@@ -1,7 +1,7 @@
 """One pydantic config tree for a pipeline (loading and overrides: tasks/config/load.py).
 
     PipelineConfig
-      seed, retry, checkpoint, storage, data, registry, gate,
+      seed, retry, checkpoint, storage, data, registry, gate, limits,
       model  (stage 1's architecture, a union on `arch`: gpt | llama | qwen3 (tasks/config/model_section.py);
               each stage sets n_layers, a `width` stage doubles the widths),
       tokenizer  (the byte vocabulary, a BPE trained on the training split, or a local tokenizer.json),
@@ -27,6 +27,7 @@ from models.optim import OptimizerConfig
 from models.policy import ScheduleConfig, UntilConfig, step_cap
 from models.tokenizer import TokenizerConfig
 from models.train import TrainConfig
+from tasks.config.limits import LimitsConfig, check_fit, check_shapes
 from tasks.config.model_section import ArchConfig, GPTArch, InitConfig, Strict, first_model
 from tasks.store import check_uri
 
@@ -166,7 +167,7 @@ class GateConfig(Strict):
     eval_batches: int = Field(8, ge=1)  # held-out set: this many fixed validation batches...
     batch_size: int = Field(16, ge=1)  # ...of this many sequences of the model's context
     prompt: str = "def "  # the fixed generation sample: seeded, so the same version always writes the same text
-    sample_bytes: int = Field(64, ge=0)
+    sample_bytes: int = Field(64, ge=0, le=1 << 16)  # bounded: every gate writes it
 
 
 class StageSpec(Strict):
@@ -205,6 +206,7 @@ class PipelineConfig(Strict):
     train: TrainConfig = TrainConfig()
     registry: RegistryConfig = RegistryConfig()
     gate: GateConfig = GateConfig()
+    limits: LimitsConfig = LimitsConfig()  # caps on depth, sizes, processes and memory (tasks/config/limits.py)
     stages: list[StageConfig] = Field(
         default=[
             StageConfig(n_layers=3, steps=400),
@@ -222,6 +224,15 @@ class PipelineConfig(Strict):
         return train
 
     @model_validator(mode="after")
+    def _tokens_come_from_documents(self) -> PipelineConfig:
+        if self.tokenizer.kind != "bytes" and self.data.format == "bytes":
+            raise ValueError(
+                "tokenizer.train/path tokenize documents: set data.format to text, jsonl or parquet "
+                "(data.format bytes feeds raw bytes)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _init_on_stage_one_only(self) -> PipelineConfig:
         for i, stage in enumerate(self.stages):
             if stage.init is not None and i > 0:
@@ -233,7 +244,9 @@ class PipelineConfig(Strict):
 
     @model_validator(mode="after")
     def _stages_resolve_and_grow(self) -> PipelineConfig:
+        check_shapes(self.stages, self.model, self.limits)  # before anything is sized by these numbers
         specs = self.stage_specs()  # raises on bad per-stage train overrides or model shapes
+        check_fit(specs, self.limits)
         for prev, spec in zip(specs, specs[1:]):
             try:
                 dry_run(spec.growth, prev.model, spec.model)

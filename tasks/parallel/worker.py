@@ -84,7 +84,12 @@ def main(job_dir: Path) -> int:
         checkpoints = ws.checkpoints(job.spec, job.key)
         tok = tokenizer_store.get(ws.storage(), job.tokenizer_sha256) if job.tokenizer_sha256 else None
         run = driver.run(
-            job.spec, ws.parent(parent) if parent else None, hooks=hooks, checkpoints=checkpoints, tokenizer=tok
+            job.spec,
+            ws.parent(parent) if parent else None,
+            hooks=hooks,
+            checkpoints=checkpoints,
+            tokenizer=tok,
+            cache_dir=Path(ws.cache_dir),  # the stage task built the shards there before launching the ranks
         )
         run = _gathered(run, job.spec)
         if rank == 0:

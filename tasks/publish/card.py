@@ -20,6 +20,7 @@ from tasks.publish.report import plot_losses
 from tasks.registry import ModelRef, Registry
 from tasks.registry.schema import Artifacts, CardTags, StageParams, stage_alias
 from tasks.results import GateResult, StageResult
+from tasks.store import redact
 
 _DESCRIPTION_MAX = 4500  # MLflow keeps at most 5000 characters of a version description
 
@@ -135,7 +136,7 @@ def write_card(registry: Registry, results: list[StageResult], data: DataConfig,
         png = plot_losses(results, Path(tmp) / "loss.png")
         client.log_artifact(ref.run_id, str(png), Artifacts.CARD_DIR)
     client.log_text(ref.run_id, md, Artifacts.CARD)
-    uri = f"{client.get_run(ref.run_id).info.artifact_uri}/{Artifacts.CARD}"
+    uri = redact(f"{client.get_run(ref.run_id).info.artifact_uri}/{Artifacts.CARD}")
     for key, value in CardTags(model_card=uri, git_commit=commit, data_config=data.model_dump_json()).to_tags().items():
         client.set_model_version_tag(ref.name, ref.version, key, value)
     more = f"\n\n… (full card: {Artifacts.CARD})"

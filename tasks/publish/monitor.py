@@ -34,7 +34,7 @@ from models.train import NonFiniteLoss
 from tasks.config import StageSpec
 from tasks.registry import ModelRef, Registry, schema
 from tasks.results import StageResult
-from tasks.store import Storage, checkpoint
+from tasks.store import Storage, checkpoint, redact
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def failure_markdown(spec: StageSpec, error: BaseException, phase: str, step: in
         at = f"at step {error.step}"
     else:
         at = f"after step {step}" if step else "before the first step"
-    message = (str(error).splitlines() or [""])[0].replace("|", "\\|")  # one line, and no table cell breaks
+    message = redact((str(error).splitlines() or [""])[0]).replace("|", "\\|")  # one line, no cell breaks
     rows = {
         "what failed": f"`{type(error).__name__}`: {message}",
         "stage": f"{spec.index} ({spec.model.n_layers} layers)",
@@ -226,7 +226,8 @@ class StageWatch:
 
     def _report_failure(self, error: Exception) -> None:
         steps = checkpoint.complete(self.storage, self.key)
-        kept = f"step {steps[-1]} (`{checkpoint.location(self.storage, self.key, steps[-1])}`)" if steps else None
+        where = redact(checkpoint.location(self.storage, self.key, steps[-1])) if steps else ""
+        kept = f"step {steps[-1]} (`{where}`)" if steps else None
         md = failure_markdown(self.spec, error, self.phase, self.step, kept)
         key = ArtifactKeys(self.spec.model_name).failure
         create_markdown_artifact(markdown=md, key=key, description=f"Stage {self.spec.index} failed")

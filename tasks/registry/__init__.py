@@ -1,5 +1,6 @@
 """MLflow only: what a version records (schema.py), finding, registering and fetching versions (client.py),
-``models:/`` URIs (lookup.py), the pipeline's parent run (runs.py), and the pyfunc flavour (pyfunc.py).
+``models:/`` URIs (lookup.py), the pipeline's parent run (runs.py), the pyfunc flavour (pyfunc.py), and
+the gate's lease (lease.py).
 
 The door of this room: import these names from ``tasks.registry``. No other room names an MLflow tag.
 """
@@ -18,6 +19,7 @@ from tasks.registry.client import (
     metric_history,
     register,
 )
+from tasks.registry.lease import LeaseTimeout, lease
 from tasks.registry.lookup import (
     UseError,
     load_model,
@@ -26,12 +28,14 @@ from tasks.registry.lookup import (
     parse_uri,
     registered_model,
     resolve,
+    version_ref,
     versions,
 )
-from tasks.registry.pyfunc import add_pyfunc, load_pyfunc, mlflow_uri
+from tasks.registry.pyfunc import add_pyfunc, load_pyfunc, mlflow_uri, verified_copy
 from tasks.registry.runs import Pipeline, PipelineRun, StageRunExtras, corpus_input, experiment_id
 
 __all__ = [
+    "LeaseTimeout",
     "ModelRef",
     "Pipeline",
     "PipelineRun",
@@ -48,6 +52,7 @@ __all__ = [
     "finalize",
     "find_version",
     "get_version",
+    "lease",
     "load_model",
     "load_version",
     "load_pyfunc",
@@ -59,5 +64,7 @@ __all__ = [
     "registered_model",
     "resolve",
     "schema",
+    "verified_copy",
+    "version_ref",
     "versions",
 ]

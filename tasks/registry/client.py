@@ -7,12 +7,15 @@ active run and a process-global tracking URI; neither is touched here).
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 from pydantic import BaseModel
 
 from tasks.registry.runs import StageRunExtras, experiment_id
@@ -27,7 +30,7 @@ from tasks.registry.schema import (
     stage_runs_filter,
     versions_filter,
 )
-from tasks.store import load_optimizer, load_state
+from tasks.store import MLFLOW_META, load_optimizer, load_state, redact, verify_manifest, write_manifest
 
 _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 
@@ -43,7 +46,7 @@ class Registry(BaseModel):
         """``MLFLOW_TRACKING_URI`` when set, else an embedded SQLite store under ``workdir`` whose artifacts go
         to ``<workdir>/mlartifacts``, or with an S3 ``storage_uri`` to ``<storage_uri>/mlartifacts``."""
         if uri := os.environ.get("MLFLOW_TRACKING_URI"):
-            return cls(tracking_uri=uri)
+            return cls(tracking_uri=_credentials_to_env(uri))
         root = Path(workdir).resolve()
         remote = storage_uri is not None and storage_uri.startswith("s3://")
         artifacts = f"{storage_uri.rstrip('/')}/mlartifacts" if remote else (root / "mlartifacts").as_uri()
@@ -58,8 +61,8 @@ class Registry(BaseModel):
 
     @property
     def server(self) -> str | None:
-        """The MLflow UI's base URL when the tracking URI is an http(s) server; None for an embedded store."""
-        uri = self.tracking_uri
+        """The MLflow UI's base URL (never with credentials) for an http(s) server; None for an embedded store."""
+        uri = redact(self.tracking_uri)
         return uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
 
     def run_page(self, experiment_id: str, run_id: str) -> str | None:
@@ -67,6 +70,20 @@ class Registry(BaseModel):
 
     def version_page(self, name: str, version: str) -> str | None:
         return f"{self.server}/#/models/{name}/versions/{version}" if self.server else None
+
+
+def _credentials_to_env(uri: str) -> str:
+    """A tracking URI with ``user:password@``: the credentials move to MLflow's own variables
+    (``MLFLOW_TRACKING_USERNAME``/``PASSWORD``, unless already set) and the URI is used without them, here
+    and in every process started from here, so neither MLflow's messages nor ours can print them."""
+    parts = urlsplit(uri)
+    if parts.username is None:
+        return uri
+    os.environ.setdefault("MLFLOW_TRACKING_USERNAME", unquote(parts.username))
+    if parts.password is not None:
+        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(parts.password))
+    os.environ["MLFLOW_TRACKING_URI"] = redact(uri)
+    return redact(uri)
 
 
 class ModelRef(VersionTags):
@@ -90,9 +107,10 @@ class ModelRef(VersionTags):
 
 
 def find_version(client: MlflowClient, model_name: str, stage_key: str) -> ModelRef | None:
-    """The version already registered for this exact stage, if any."""
+    """The version registered for this exact stage, if any: the lowest-numbered one, the winner of any
+    race between registrations (see ``register``)."""
     found = client.search_model_versions(versions_filter(model_name, stage_key))
-    return ModelRef.of(found[0]) if found else None
+    return ModelRef.of(min(found, key=lambda v: int(v.version))) if found else None
 
 
 def get_version(client: MlflowClient, model_name: str, version: str) -> ModelRef:
@@ -108,20 +126,24 @@ def finalize(registry: Registry, ref: ModelRef) -> None:
         client.set_terminated(ref.run_id, "FINISHED")
 
 
-def fetch(registry: Registry, source: str, dst: Path) -> Path:
-    """Download a version's artifact directory (its ``source``); return its local path."""
+def fetch(registry: Registry, ref: ModelRef, dst: Path) -> Path:
+    """Download a version's directory and verify it against its manifest tag, before anything reads it;
+    IntegrityError (one line) when a file differs, is missing or extra, or the version has no manifest tag."""
     uri = registry.tracking_uri
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=uri))
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.source, dst_path=str(dst), tracking_uri=uri))
+    verify_manifest(local, ref.manifest_sha256, f"model {ref.name!r} version {ref.version}")
+    (local / MLFLOW_META).unlink(missing_ok=True)  # MLflow's note, not the version's: nothing reads it from here
+    return local
 
 
 def download(registry: Registry, ref: ModelRef, dst: Path):
-    """Fetch a version's artifacts, verify the weights' sha256, return (GPTConfig, state dict)."""
-    return load_state(fetch(registry, ref.source, dst), ref.weights_sha256)
+    """Fetch and verify a version's directory, return (GPTConfig, state dict)."""
+    return load_state(fetch(registry, ref, dst), ref.weights_sha256)
 
 
 def download_with_optimizer(registry: Registry, ref: ModelRef, dst: Path):
-    """(GPTConfig, state dict, AdamW moments or None), each file verified against its registered sha256."""
-    local = fetch(registry, ref.source, dst)
+    """(GPTConfig, state dict, AdamW moments or None), from a verified directory."""
+    local = fetch(registry, ref, dst)
     cfg, state = load_state(local, ref.weights_sha256)
     return cfg, state, load_optimizer(local, ref.optimizer_sha256)
 
@@ -138,11 +160,15 @@ def register(
     extras: StageRunExtras | None = None,
     imported: ImportTags | None = None,
 ) -> ModelRef:
-    """Log one MLflow run for the stage and register its weights as a new model version, exactly once.
+    """Log one MLflow run for the stage and register ``model_dir`` as a new model version, exactly once.
 
-    The version is created last, with every lineage tag at once: a version that exists is complete.
-    If one already carries this ``stage_key`` (an earlier attempt died after creating it), it is
-    returned instead; runs left by attempts that died before creating it are deleted first.
+    The directory gets its sha256 manifest (tasks/store/manifest.py), recorded in the version's
+    ``manifest_sha256`` tag. The version is created last, with every tag at once: a version that exists is
+    complete. Racing registrations of one stage key (two ``staged run`` of the same config) are settled
+    after the fact: each creates its version, then the lowest-numbered version with the key wins (MLflow
+    numbers versions in commit order, so every racer sees the same winner); a loser deletes its own version
+    and run and returns the winner. Runs of attempts that died before creating a version are deleted when
+    they are over for sure (``delete_orphans``); a live attempt's run never is.
     With ``extras.parent_run_id`` the run is nested under the pipeline's parent run; ``imported`` marks a
     stage 1 registered from a local Hugging Face directory.
     """
@@ -153,6 +179,7 @@ def register(
         return existing
     exp = experiment_id(client, registry.artifact_location, experiment)
     delete_orphans(client, exp, tags.stage_key)
+    tags = tags.model_copy(update={"manifest_sha256": write_manifest(model_dir)})
     version_tags = tags.to_tags() | (imported.to_tags() if imported else {})
     run_tags = {**version_tags, **extras.tags.to_tags()}
     if extras.parent_run_id:
@@ -169,10 +196,17 @@ def register(
         for i in range(0, len(points), _BATCH):
             client.log_batch(run_id, metrics=points[i : i + _BATCH])
         client.log_artifacts(run_id, str(model_dir), Artifacts.MODEL)
-        if not client.search_registered_models(f"name = '{model_name}'"):
-            client.create_registered_model(model_name)
+        _ensure_registered_model(client, model_name)
         source = f"{run.info.artifact_uri}/{Artifacts.MODEL}"
         mv = client.create_model_version(model_name, source=source, run_id=run_id, tags=version_tags)
+        winner = find_version(client, model_name, tags.stage_key)
+        if winner.version != str(mv.version):  # another attempt registered this stage first: its version stands
+            for loser in client.search_model_versions(versions_filter(model_name, tags.stage_key)):
+                if str(loser.version) != winner.version:
+                    _delete_version(client, model_name, str(loser.version))
+            client.delete_run(run_id)
+            finalize(registry, winner)
+            return winner
         client.set_registered_model_alias(model_name, stage_alias(tags.stage), str(mv.version))
     except BaseException:
         client.set_terminated(run_id, "FAILED")
@@ -181,9 +215,36 @@ def register(
     return ModelRef.of(client.get_model_version(model_name, str(mv.version)))
 
 
+def _ensure_registered_model(client: MlflowClient, name: str) -> None:
+    try:
+        client.create_registered_model(name)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":  # exists, or a racing registration made it first
+            raise
+
+
+def _delete_version(client: MlflowClient, name: str, version: str) -> None:
+    try:
+        client.delete_model_version(name, version)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_DOES_NOT_EXIST":  # its own attempt deleted it already
+            raise
+
+
+STALE_RUN_S = 3600  # a registration takes seconds: a stage run still RUNNING without a version after this is dead
+
+
 def delete_orphans(client: MlflowClient, experiment: str, stage_key: str) -> list[str]:
-    """Delete runs of this stage key that never became a model version (their attempt died mid-way)."""
-    orphans = [r.info.run_id for r in client.search_runs([experiment], filter_string=stage_runs_filter(stage_key))]
+    """Delete runs of this stage key that never became a model version and whose attempt is over for sure:
+    terminated (FAILED, KILLED: an attempt that failed while registering), or RUNNING for more than
+    ``STALE_RUN_S`` (killed mid-way). A younger RUNNING run may be another live attempt's: it is left alone,
+    and that attempt deletes its run itself if it loses the race. Call only when no version has the key."""
+    cutoff_ms = (time.time() - STALE_RUN_S) * 1000
+    orphans = [
+        r.info.run_id
+        for r in client.search_runs([experiment], filter_string=stage_runs_filter(stage_key))
+        if r.info.status != "RUNNING" or r.info.start_time < cutoff_ms
+    ]
     for run_id in orphans:
         client.delete_run(run_id)
     return orphans

@@ -1,7 +1,8 @@
 """Finding and loading registered versions by ``models:/`` URI, for people and for the gate.
 
 Every failure a user can cause (a malformed URI, a model, version or alias that does not exist,
-a workdir with no store) is a :class:`UseError` with a one-line message.
+a workdir with no store) is a :class:`UseError` with a one-line message; a version whose files do not
+match its manifest is an IntegrityError (tasks/store/manifest.py), one line too.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from models import arch
-from tasks.registry.client import Registry, fetch
-from tasks.registry.schema import VersionTags, versions_filter
-from tasks.store import load_state, load_tokenizer
+from tasks.registry.client import ModelRef, Registry, fetch
+from tasks.registry.schema import versions_filter
+from tasks.store import IntegrityError, load_state, load_tokenizer, redact
 
 _URI = re.compile(
     r"^models:/(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)(?:/(?P<version>\d+|latest)|@(?P<alias>[A-Za-z0-9_-]+))$"
@@ -52,7 +53,7 @@ def open_registry(workdir: str | Path) -> Registry:
 
 
 def _one_line(e: MlflowException) -> str:
-    return (e.message or str(e)).strip().splitlines()[0]
+    return redact((e.message or str(e)).strip().splitlines()[0])
 
 
 def registered_model(registry: Registry, name: str):
@@ -60,9 +61,9 @@ def registered_model(registry: Registry, name: str):
     try:
         found = client.search_registered_models(f"name = '{name}'")
     except MlflowException as e:
-        raise UseError(f"cannot reach the registry at {registry.tracking_uri}: {_one_line(e)}") from None
+        raise UseError(f"cannot reach the registry at {redact(registry.tracking_uri)}: {_one_line(e)}") from None
     if not found:
-        raise UseError(f"no registered model named {name!r} in {registry.tracking_uri}")
+        raise UseError(f"no registered model named {name!r} in {redact(registry.tracking_uri)}")
     return client.get_registered_model(name)
 
 
@@ -89,13 +90,21 @@ def resolve(registry: Registry, uri: str) -> ModelVersion:
         raise UseError(f"{uri}: {_one_line(e)}") from None
 
 
+def version_ref(mv: ModelVersion) -> ModelRef:
+    """A stage version as the loaders see it; a version without stage tags cannot be verified: refused."""
+    try:
+        return ModelRef.of(mv)
+    except ValueError as e:
+        raise IntegrityError(f"{e}; refusing to load it") from None
+
+
 def load_version(registry: Registry, mv: ModelVersion) -> tuple[nn.Module, Tokenizer]:
-    """The project's own loader: download the version's source, verify its sha256 tag, rebuild the model (either
-    architecture, eval mode) and its tokenizer (the byte vocabulary for the byte GPT)."""
-    tags = VersionTags.from_tags(mv.tags)
+    """The project's own loader: download the version's directory, verify it against its manifest, rebuild the
+    model (either architecture, eval mode) and its tokenizer (the byte vocabulary for the byte GPT)."""
+    ref = version_ref(mv)
     with tempfile.TemporaryDirectory(prefix="staged-use-") as tmp:
-        local = fetch(registry, mv.source, Path(tmp))
-        cfg, state = load_state(local, tags.weights_sha256 if tags else None)
+        local = fetch(registry, ref, Path(tmp))
+        cfg, state = load_state(local, ref.weights_sha256)
         tokenizer = load_tokenizer(local)
     model = arch.build(cfg)
     arch.load_weights(model, state)

@@ -6,6 +6,8 @@ MLflow model (MLmodel, the code file tasks/pyfunc_model.py, a copy of the
 ``models`` package's sources, environment files, signature and input example). The registered
 version's source stays that one directory, so tools that read the safetensors directly keep
 working, and ``mlflow.pyfunc.load_model("models:/name@alias")`` / ``mlflow models serve`` work too.
+Those two execute the version's ``pyfunc_model.py`` as the artifact store holds it; the project's own
+doors verify the whole directory first: ``load_pyfunc`` here and ``staged serve`` (flows/cli/use.py).
 
 ``mlflow.pyfunc.save_model`` is used rather than ``log_model``: it writes files only, so no
 LoggedModel, no fluent run and no process-global tracking URI are involved; the stage's run then
@@ -18,6 +20,7 @@ import logging
 import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -26,6 +29,8 @@ from pathlib import Path
 import numpy as np
 
 import models
+from tasks.registry.client import Registry, fetch
+from tasks.registry.lookup import resolve, version_ref
 from tasks.store import hf_dir
 
 CODE = Path(__file__).with_name("pyfunc_model.py")
@@ -127,9 +132,22 @@ def mlflow_uri(uri: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def load_pyfunc(tracking_uri: str, model_uri: str):
-    """``mlflow.pyfunc.load_model(model_uri)`` against ``tracking_uri``, leaving global state as it was."""
+def verified_copy(registry: Registry, model_uri: str, dst: Path) -> Path:
+    """The version a ``models:/`` URI names, downloaded into ``dst`` and verified against its manifest tag:
+    a directory whose ``pyfunc_model.py`` and ``code/`` may be executed. IntegrityError (one line) otherwise."""
+    return fetch(registry, version_ref(resolve(registry, model_uri)), dst)
+
+
+def load_pyfunc(registry: Registry, model_uri: str):
+    """``mlflow.pyfunc.load_model`` of a verified local copy of ``model_uri`` (MLflow's own loader, given a
+    ``models:/`` URI, would execute the artifact store's ``pyfunc_model.py`` unchecked)."""
     import mlflow.pyfunc
 
-    with mlflow_uri(tracking_uri):
-        return mlflow.pyfunc.load_model(model_uri)
+    tmp = Path(tempfile.mkdtemp(prefix="staged-pyfunc-"))
+    try:
+        model = mlflow.pyfunc.load_model(str(verified_copy(registry, model_uri, tmp)))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    weakref.finalize(model, shutil.rmtree, tmp, True)  # the copy lives as long as the model
+    return model

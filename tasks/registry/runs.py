@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 from mlflow.data.dataset_source_registry import get_dataset_source_from_json
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Dataset, DatasetInput, InputTag
+from mlflow.exceptions import MlflowException
 from pydantic import BaseModel
 
 from tasks.config import PipelineConfig, pipeline_hash
@@ -26,12 +27,19 @@ from tasks.registry.schema import (
     RunTags,
     open_pipeline_runs_filter,
 )
+from tasks.store import redact
 
 
 def experiment_id(client: MlflowClient, artifact_location: str | None, name: str) -> str:
     """The experiment's id, created (with the embedded store's artifact location) when it does not exist."""
-    exp = client.get_experiment_by_name(name)
-    return exp.experiment_id if exp else client.create_experiment(name, artifact_location=artifact_location)
+    if (exp := client.get_experiment_by_name(name)) is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id  # a racing run of the pipeline made it first
 
 
 class Pipeline(BaseModel):
@@ -133,6 +141,7 @@ class StageRunExtras:
 
 def corpus_input(source: str, digest: str, start: int, end: int, context: str = "training") -> DatasetInput:
     """An MLflow dataset input: the corpus (a local path, by content digest) and the cursor range read from it."""
+    source = redact(source)
     src = get_dataset_source_from_json(json.dumps({"uri": source}), source_type="local")
     dataset = Dataset(**MetaDataset(src, name=Path(source).name or source, digest=digest).to_dict())
     tags = {"mlflow.data.context": context, DATASET_CURSOR_START: str(start), DATASET_CURSOR_END: str(end)}

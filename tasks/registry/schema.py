@@ -35,9 +35,10 @@ class _Tags(BaseModel):
 
     @classmethod
     def from_tags(cls, tags: dict[str, str]):
-        """The typed tags; None when a version carries none of them (e.g. never gated)."""
+        """The typed tags; None when a version carries none of them (e.g. never gated), or not all of the required
+        ones yet (another process is setting them, one call per tag, right now)."""
         found = {k: tags[cls.prefix + k] for k in cls.model_fields if cls.prefix + k in tags}
-        if not found:
+        if not found or any(f.is_required() and k not in found for k, f in cls.model_fields.items()):
             return None
         return cls.model_validate({k: None if v == "" else v for k, v in found.items()})
 
@@ -54,10 +55,11 @@ class VersionTags(_Tags):
     stage: int
     n_layers: int
     parent_version: str | None  # None: the first stage
-    weights_sha256: (
-        str  # of model.safetensors (sharded: of its index, which holds each shard's), verified before every load
-    )
+    weights_sha256: str  # of model.safetensors (sharded: of its index): names the parent in the next stage's key
     optimizer_sha256: str | None = None  # of optimizer.safetensors; None for versions registered without it
+    # sha256 of staged-manifest.json, which lists every file of the version's directory (tasks/store/manifest.py):
+    # verified before every load; set by registry.register. None (older versions): such a version is refused.
+    manifest_sha256: str | None = None
     stage_key: str  # tasks.config.stage_key: a version with this key *is* the stage's result
     growth: str  # the operator that made it from its parent; "none" for the first stage
     data_cursor: int  # where the next stage's data stream starts
@@ -187,6 +189,30 @@ class Artifacts:
 
 
 DATASET_CURSOR_START, DATASET_CURSOR_END = "cursor_start", "cursor_end"  # tags on a stage run's dataset input
+
+
+# ---- the gate's lease (tasks/registry/lease.py) --------------------------------------------------
+
+LEASE_MODEL = "staged.leases"  # a registered model whose versions are tickets, never a model
+LEASE_DESCRIPTION = "Leases of the staged-training gates: each version is one ticket (tasks/registry/lease.py)."
+
+
+class LeaseTags(_Tags):
+    """A ticket: which lease it waits for or holds, whose it is, and until when it is valid."""
+
+    prefix: ClassVar[str] = "lease_"
+    name: str  # <model>@<alias>: one lease per alias a gate moves
+    owner: str  # host:pid, for people
+    expires: float  # unix time; a ticket past it belongs to a dead holder and is deleted
+
+    @classmethod
+    def renewal(cls, expires: float) -> tuple[str, str]:
+        """(tag, value) that moves a ticket's expiry."""
+        return cls.prefix + "expires", _encode(expires)
+
+
+def lease_filter(name: str) -> str:
+    return f"name = '{LEASE_MODEL}' and tags.lease_name = '{name}'"
 
 
 # ---- searches ----------------------------------------------------------------------------------

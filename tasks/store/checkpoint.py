@@ -177,7 +177,8 @@ def steps(storage: Storage, key: str) -> list[int]:
     return sorted(found)
 
 
-def _read_valid(storage: Storage, key: str, step: int, into: torch.nn.Module | None) -> Checkpoint | None:
+def _verified_files(storage: Storage, key: str, step: int) -> dict[str, bytes] | None:
+    """The checkpoint's files when every one is there and matches its manifest; None (with a warning) else."""
     prefix = _prefix(key, step)
     try:
         raw = storage.get(f"{prefix}/{MANIFEST}")
@@ -199,10 +200,16 @@ def _read_valid(storage: Storage, key: str, step: int, into: torch.nn.Module | N
             log.warning("checkpoint %s is corrupt (%s fails its sha256): skipped", prefix, name)
             return None
         files[name] = data
+    return files
+
+
+def _read_valid(storage: Storage, key: str, step: int, into: torch.nn.Module | None) -> Checkpoint | None:
+    if (files := _verified_files(storage, key, step)) is None:
+        return None
     try:
         return _decode(files, into)
     except (KeyError, ValueError, TypeError, RuntimeError) as e:
-        log.warning("checkpoint %s cannot be decoded (%s): skipped", prefix, e)
+        log.warning("checkpoint %s cannot be decoded (%s): skipped", _prefix(key, step), e)
         return None
 
 
@@ -229,20 +236,27 @@ def latest(storage: Storage, key: str, into: torch.nn.Module | None = None) -> C
     return None
 
 
-def prune(storage: Storage, key: str, keep: int) -> None:
-    """Delete all but the newest ``keep`` checkpoints (and any partial ones older than them).
+def _verifies(storage: Storage, key: str, step: int) -> bool:
+    return _verified_files(storage, key, step) is not None
 
-    Each victim's manifest goes first, so a prune that dies half-way leaves a partial checkpoint,
-    never one that looks valid but is not.
+
+def prune(storage: Storage, key: str, keep: int, written: int | None = None) -> list[int]:
+    """Keep the newest ``keep`` checkpoints that *verify* (always including ``written``, the step just
+    saved); delete the rest, the invalid ones (partial, corrupt, undecodable) first. Returns the deleted steps.
+
+    Validity is checked, not assumed from a manifest's presence: a corrupt newer step never pushes out
+    the only good one. Each victim's manifest goes first, so a prune that dies half-way leaves a partial
+    checkpoint, never one that looks valid but is not.
     """
     names = set(storage.list(f"{key}/"))
     all_steps = steps(storage, key)
-    complete = [s for s in all_steps if f"{_prefix(key, s)}/{MANIFEST}" in names]
-    if len(complete) <= keep:
-        return
-    oldest_kept = complete[-keep]
-    for step in (s for s in all_steps if s < oldest_kept):
-        victims = sorted(n for n in names if n.startswith(f"{_prefix(key, step)}/"))
-        manifest = [n for n in victims if n.endswith(f"/{MANIFEST}")]
+    valid = [s for s in all_steps if s == written or _verifies(storage, key, s)]
+    kept = set(valid[-keep:]) | ({written} if written is not None else set())
+    invalid = [s for s in all_steps if s not in valid]
+    victims = invalid + [s for s in valid if s not in kept]
+    for step in victims:
+        files = sorted(n for n in names if n.startswith(f"{_prefix(key, step)}/"))
+        manifest = [n for n in files if n.endswith(f"/{MANIFEST}")]
         storage.delete(manifest)
-        storage.delete([n for n in victims if n not in manifest])
+        storage.delete([n for n in files if n not in manifest])
+    return victims

@@ -11,7 +11,8 @@ Weights above ``SHARD_BYTES`` (Hugging Face's default, 5 GB) are saved as Huggin
 ``model-00001-of-0000N.safetensors``... and ``model.safetensors.index.json`` (which tensor is in which
 file). The index also records each shard's sha256 (``metadata.sha256``), and the version's weights sha256
 is the index's: verifying it and then each shard against it verifies every byte. transformers and
-``huggingface_hub.load_torch_model`` read such a directory as they read a single file."""
+``huggingface_hub.load_torch_model`` read such a directory as they read a single file. A registered
+version's directory is verified as a whole (tasks/store/manifest.py) before these functions read it."""
 
 from __future__ import annotations
 
@@ -30,18 +31,11 @@ from models import tokenizer as tokenizers
 from models.arch import ModelConfig
 from models.gpt import GPTConfig
 from tasks.store import hf_dir
+from tasks.store.manifest import IntegrityError, sha256_file
 
 WEIGHTS, CONFIG, OPTIMIZER = "model.safetensors", "config.json", "optimizer.safetensors"
 INDEX = "model.safetensors.index.json"  # sharded weights (above SHARD_BYTES)
 SHARD_BYTES = 5 * 10**9  # huggingface_hub's and transformers' default max_shard_size ("5GB")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _weights_sha256(directory: Path) -> str:
@@ -73,8 +67,8 @@ def save_model(
     return _weights_sha256(directory)
 
 
-class WeightsMismatch(RuntimeError):
-    pass
+class WeightsMismatch(IntegrityError):
+    """A weights or optimizer file whose sha256 is not the registered one."""
 
 
 def _verified(path: Path, expected_sha256: str | None) -> Path:

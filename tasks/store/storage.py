@@ -3,8 +3,9 @@
     open_storage("/abs/dir" | "file:///abs/dir" | "s3://bucket/prefix", max_attempts) -> Storage
 
 Every ``put`` is atomic: a reader sees the whole object or nothing. Locally that is write to
-``<name>.partial``, fsync, rename; on S3 an object (or a completed multipart upload) appears
-whole. Checkpoints build on this by writing their manifest last (tasks/checkpoint.py).
+``<name>.<writer>.partial`` (one name per writer), fsync, rename, fsync the directory; on S3 an
+object (or a completed multipart upload) appears whole. Checkpoints build on this by writing their
+manifest last (tasks/store/checkpoint.py).
 
 S3 endpoint and credentials come from the standard AWS environment variables or profile
 (``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``, else ``MLFLOW_S3_ENDPOINT_URL``, so one setting
@@ -18,6 +19,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import secrets
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
@@ -51,6 +53,25 @@ def check_uri(uri: str) -> str:
     return uri
 
 
+def _make_dirs(directory: Path) -> list[Path]:
+    """``mkdir -p``; returns the parents of the directories it created (whose entries must be synced)."""
+    missing = []
+    while not directory.is_dir():
+        missing.append(directory)
+        directory = directory.parent
+    for d in reversed(missing):
+        d.mkdir(exist_ok=True)
+    return [d.parent for d in missing]
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class LocalStorage:
     def __init__(self, root: str | Path):
         self.root = Path(root).resolve()
@@ -58,14 +79,17 @@ class LocalStorage:
 
     def put(self, key: str, data: bytes) -> None:
         path = self.root / key
-        tmp = path.with_name(path.name + ".partial")
+        # one temporary name per writer: two processes writing the same key never share a half-written file
+        tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            created = _make_dirs(path.parent)
             with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+            for directory in [path.parent, *created]:  # the rename, and each new directory entry, reach the disk
+                _fsync_dir(directory)
         except OSError:
             tmp.unlink(missing_ok=True)  # a full disk must not keep the half-written file
             raise
