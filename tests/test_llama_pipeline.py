@@ -84,8 +84,9 @@ def test_three_llama_versions_are_hugging_face_directories_that_generate(llama_r
     # the pyfunc flavour of the same directory: token ids -> logits over the BPE vocabulary
     with torch.no_grad():
         ours = model(input_ids=prompt["input_ids"]).logits.numpy()
-    uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    served = load_pyfunc(uri, "models:/staged-llama/3").predict(prompt["input_ids"].numpy().astype(np.int64))
+    served = load_pyfunc(Registry.resolve(workdir), "models:/staged-llama/3").predict(
+        prompt["input_ids"].numpy().astype(np.int64)
+    )
     assert served.shape == (1, prompt["input_ids"].shape[1], 320)
     np.testing.assert_allclose(served, ours, rtol=1e-5, atol=1e-5)
 
