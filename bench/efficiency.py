@@ -2,8 +2,10 @@
 
 - throughput: tokens/s of train() (the pipeline's loop: data cursor, LR plan, clipping, the NaN check's
   per-step ``.item()``, hooks) against an independent bare loop that shares nothing with it but torch and
-  the model class: its own model built from the config, its own AdamW and weight-decay groups, its own
-  loss, on a fixed batch of random bytes, timed over whole steps with one synchronisation at the end.
+  the model class: its own model built from the config (the byte GPT class, or transformers' Llama/Qwen3
+  config and model classes filled in here, not through models/llama.py), its own AdamW and weight-decay
+  groups, its own loss, on a fixed batch of random tokens, timed over whole steps with one
+  synchronisation at the end.
   The two alternate in rounds (ABBA order, so a drifting machine load hits both alike); the figure is the
   median of the per-round ratios, reported with their min and max.
 - MFU: model FLOPs/s (bench.spec.train_flops_per_token) over the machine's torch.mm peak, measured
@@ -18,9 +20,12 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from bench.runner import Corpus
 from bench.spec import Preset, train_flops_per_token
-from models.data import ByteCorpus
+from models import arch
+from models.arch import ModelConfig
 from models.gpt import GPT, GPTConfig
 from models.plan import Hooks, StepInfo
 from models.train import TrainConfig, resolve_device, seed_everything, train
@@ -47,7 +52,7 @@ def matmul_peak(n: int, dtype: str, device: torch.device, reps: int = 10) -> flo
     return 2.0 * n**3 / best
 
 
-def train_step_seconds(cfg: GPTConfig, corpus: ByteCorpus, tcfg: TrainConfig) -> float:
+def train_step_seconds(cfg: ModelConfig, corpus: Corpus, tcfg: TrainConfig) -> float:
     """Steady-state seconds per step inside train(): between the 1st and the (n-1)th callback,
     so setup and train()'s own evals are outside the window."""
     stamps: list[float] = []
@@ -58,12 +63,38 @@ def train_step_seconds(cfg: GPTConfig, corpus: ByteCorpus, tcfg: TrainConfig) ->
         stamps.append(time.perf_counter())
 
     seed_everything(0)
-    train(GPT(cfg), corpus, tcfg, hooks=Hooks(on_step=on_step))
+    train(arch.build(cfg), corpus, tcfg, hooks=Hooks(on_step=on_step))
     return (stamps[-2] - stamps[0]) / (len(stamps) - 2)
 
 
+def bare_model(cfg: ModelConfig) -> nn.Module:
+    """The reference loop's own model: ``GPT(cfg)``, or transformers' LlamaForCausalLM / Qwen3ForCausalLM from
+    a config written out here field by field (nothing of models/llama.py: a test checks it is the same model)."""
+    if isinstance(cfg, GPTConfig):
+        return GPT(cfg)
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    config_class, model_class = (
+        (Qwen3Config, Qwen3ForCausalLM) if cfg.arch == "qwen3" else (LlamaConfig, LlamaForCausalLM)
+    )
+    config = config_class(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.d_model,
+        intermediate_size=cfg.d_ff,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_kv_heads,
+        head_dim=cfg.head_dim or cfg.d_model // cfg.n_heads,
+        max_position_embeddings=cfg.max_position_embeddings or cfg.context,
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+        rms_norm_eps=cfg.rms_norm_eps,
+        tie_word_embeddings=cfg.tie_embeddings,
+    )
+    return model_class(config)
+
+
 def bare_step_seconds(
-    cfg: GPTConfig,
+    cfg: ModelConfig,
     device: torch.device,
     *,
     batch: int,
@@ -75,18 +106,20 @@ def bare_step_seconds(
 ) -> float:
     """The reference: forward, cross-entropy, backward, clip, AdamW; nothing else, nothing from models.train."""
     torch.manual_seed(0)
-    model = GPT(cfg).to(device).train()
+    model = bare_model(cfg).to(device).train()
+    hf = not isinstance(model, GPT)  # transformers' models take input_ids and return .logits
+    vocab = model.config.vocab_size if hf else 256
     matrices = [p for p in model.parameters() if p.dim() >= 2]
     vectors = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": matrices, "weight_decay": weight_decay}, {"params": vectors, "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, beta2))
-    x = torch.randint(0, 256, (batch, cfg.context), device=device)  # (B, T)
-    y = torch.randint(0, 256, (batch, cfg.context), device=device)  # (B, T)
+    x = torch.randint(0, vocab, (batch, cfg.context), device=device)  # (B, T)
+    y = torch.randint(0, vocab, (batch, cfg.context), device=device)  # (B, T)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
     def step() -> None:
         with amp:
-            logits = model(x)  # (B, T, 256)
+            logits = model(input_ids=x, use_cache=False).logits if hf else model(x)  # (B, T, V)
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -112,11 +145,11 @@ def _note(ratios: list[float]) -> str:
         return f"median above 1 ({med:.3f}) but rounds span {lo:.3f}-{hi:.3f}: round-to-round noise, not a speed-up"
     return (
         f"every round above 1 ({lo:.3f}-{hi:.3f}): train() outran this bare loop here; the loops differ only in "
-        "their data (train(): real bytes from the cursor; bare: one fixed random batch) and allocation order"
+        "their data (train(): real tokens from the cursor; bare: one fixed random batch) and allocation order"
     )
 
 
-def throughput_and_mfu(preset: Preset, corpus: ByteCorpus) -> dict:
+def throughput_and_mfu(preset: Preset, corpus: Corpus) -> dict:
     """Tokens/s of train() vs the independent bare loop on the final architecture, and both MFUs."""
     cfg, t = preset.model, preset.train
     tcfg = t.model_copy(update={"steps": preset.throughput_steps, "warmup_steps": 1, "eval_every": 10**6})

@@ -4,8 +4,10 @@ on the `gpu` preset's model (12 layers, d_model 512, context 512, batch 32, bf16
 
     PYTHONPATH=. python -m bench.gpu_check [--out gpu.json]   # on a machine with CUDA
     PYTHONPATH=. python -m bench.gpu_check --tiny             # anywhere: the tiny preset on CPU, to test the script
+    PYTHONPATH=. python -m bench.gpu_check --preset llama     # another preset's model (any architecture), on CUDA
 
-The full protocol at GPU size (tuning, held-out seeds, budgets) is `staged bench --preset gpu`.
+The full protocol at GPU size (tuning, held-out seeds, budgets) is `staged bench --preset gpu`. A preset
+that reads token shards (a trained BPE) builds them in a temporary directory, deleted at the end.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,20 +23,23 @@ import torch
 
 from bench.efficiency import throughput_and_mfu
 from bench.presets import PRESETS
-from models.data import ByteCorpus
+from bench.runner import open_corpora
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="the tiny preset on CPU (a test of this script)")
+    parser.add_argument("--tiny", action="store_true", help="allow CPU: a test of this script (default preset tiny)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="the model of this preset (default: gpu)")
     parser.add_argument("--out", help="also write the figures as JSON here")
     args = parser.parse_args(argv)
     if not args.tiny and not torch.cuda.is_available():
         print("gpu_check: no CUDA device here (use --tiny to test the script on CPU)", file=sys.stderr)
         return 2
-    preset = PRESETS["tiny" if args.tiny else "gpu"]
+    preset = PRESETS[args.preset or ("tiny" if args.tiny else "gpu")]
     began = time.perf_counter()
-    eff = throughput_and_mfu(preset, ByteCorpus(preset.data, preset.model.context, preset.heldout_seeds[0]))
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as workdir:
+        seed = preset.heldout_seeds[0]
+        eff = throughput_and_mfu(preset, open_corpora(preset, [seed], Path(workdir))[seed])
     device = torch.cuda.get_device_name(0) if eff["device"].startswith("cuda") else "cpu"
     rounds = ", ".join(f"{r:.3f}" for r in eff["ratio_per_round"])
     print(f"device: {device}; preset {preset.name}: {preset.model}, batch {preset.train.batch_size}")

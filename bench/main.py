@@ -26,9 +26,9 @@ from bench.efficiency import throughput_and_mfu
 from bench.presets import PRESETS
 from bench.protocol import run_budget
 from bench.report import markdown, plot, publish, write_json
+from bench.runner import open_corpora
 from bench.schedules import SCHEDULES, resolve
 from bench.spec import Preset, budget
-from models.data import ByteCorpus
 
 
 def machine() -> dict:
@@ -85,13 +85,13 @@ def run_bench(
     started = time.perf_counter()
     head = {"preset": preset.name, "command": "staged " + " ".join(shlex.quote(a) for a in sys.argv[1:])}
     seeds = dict.fromkeys([*preset.tuning.seeds, *preset.heldout_seeds])
-    corpora = {seed: ByteCorpus(preset.data, preset.model.context, seed) for seed in seeds}
     if only == "orchestration":
         orch = orchestration(preset, workdir, preset.schedules[0], preset.defaults.model_dump(), log)
         return head | {
             "orchestration_overhead_fraction": orch["orchestration_overhead_fraction"],
             "orchestration": orch,
         }
+    corpora = open_corpora(preset, [preset.heldout_seeds[0]] if only == "efficiency" else seeds, workdir)
     log(f"[bench] efficiency: train() vs an independent bare loop, matmul peak ({preset.name})")
     eff = throughput_and_mfu(preset, corpora[preset.heldout_seeds[0]])
     log(f"[bench] throughput ratio {eff['throughput_ratio_vs_bare_loop']:.3f}: {eff['note']}")

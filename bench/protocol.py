@@ -17,17 +17,18 @@ import statistics
 from pathlib import Path
 
 from bench.figures import best_schedule, scratch_rows, seed_row, summarise
-from bench.runner import run_arm
+from bench.runner import Corpus, run_arm
 from bench.schedules import resolve
 from bench.spec import Budget, HParams, Preset, Schedule, budget, scratch_schedule
 from bench.tune import FAILED, NOT_REACHED, Tuned, study_name, tune
-from models.data import ByteCorpus
 from tasks.driver import StageFailed
 
 
 def _identity(preset: Preset, b: Budget, schedule: Schedule, extra: object = None) -> dict:
     """What a study's objective depends on: a change in any of it starts a new study."""
-    keep = preset.model_dump(include={"model", "data", "train", "evals_per_run", "eval_batches", "eval_batch_size"})
+    keep = preset.model_dump(
+        include={"model", "data", "tokenizer", "train", "evals_per_run", "eval_batches", "eval_batch_size"}
+    )
     tuning = preset.tuning.model_dump(exclude={"trials"})  # more trials extend a study, they do not replace it
     return {**keep, "tuning": tuning, "budget": b.tokens_per_param, "schedule": schedule.model_dump(), "extra": extra}
 
@@ -37,7 +38,7 @@ def _failed(name: str, seed: int, e: StageFailed) -> dict:
     return {"schedule": name, "seed": seed, "failed": str(e), "final_val_loss": None, "points": [], "boundaries": []}
 
 
-def tune_scratch(preset: Preset, b: Budget, corpora: dict[int, ByteCorpus], workdir: Path, log) -> Tuned:
+def tune_scratch(preset: Preset, b: Budget, corpora: dict[int, Corpus], workdir: Path, log) -> Tuned:
     scratch = scratch_schedule(preset)
 
     def objective(hp: HParams) -> tuple[float, dict]:
@@ -55,7 +56,7 @@ def tune_scratch(preset: Preset, b: Budget, corpora: dict[int, ByteCorpus], work
 
 
 def tune_schedule(
-    preset: Preset, b: Budget, schedule: Schedule, scratch: Tuned, corpora: dict[int, ByteCorpus], workdir: Path, log
+    preset: Preset, b: Budget, schedule: Schedule, scratch: Tuned, corpora: dict[int, Corpus], workdir: Path, log
 ) -> Tuned:
     best = scratch.best.attrs
     targets = [{"final_val_loss": f, "points": p} for f, p in zip(best["final"], best["points"])]
@@ -79,7 +80,7 @@ def tune_schedule(
 
 
 def run_budget(
-    preset: Preset, tokens_per_param: float, corpora: dict[int, ByteCorpus], workdir: Path, log
+    preset: Preset, tokens_per_param: float, corpora: dict[int, Corpus], workdir: Path, log
 ) -> tuple[dict, list[dict]]:
     """Tune, then measure on the held-out seeds: (this budget's figures, the held-out arms' raw curves)."""
     b = budget(preset, tokens_per_param)

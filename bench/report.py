@@ -140,7 +140,8 @@ def plot(summary: dict, arms: list[dict], path: Path) -> Path:
             label=arm["schedule"],
         )
     curves.set_xlabel("training FLOPs")
-    curves.set_ylabel("val loss (nats/byte)")
+    tokenized = summary["preset_config"]["tokenizer"]["train"] or summary["preset_config"]["tokenizer"]["path"]
+    curves.set_ylabel(f"val loss (nats/{'token' if tokenized else 'byte'})")
     curves.set_title(f"{longest:g} tokens/param, held-out seed {seed}")
     curves.legend(fontsize=8)
     curves.grid(alpha=0.3)

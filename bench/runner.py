@@ -11,23 +11,42 @@ Clock: runs while the driver prepares a stage (build, growth of weights and Adam
 inside train(), minus the step hook's own time (the benchmark's evaluations, on the same fixed
 validation batches for every arm). train()'s own one-batch evals at the start and end of each stage
 stay inside the clock; that costs under one step per stage.
+
+Corpora (open_corpora): one per seed, opened by the driver's own ``open_corpus``: raw bytes, or, for a
+document format, the token shards the pipeline builds, cached under ``<workdir>/cache``, with the preset's
+tokenizer resolved once (``driver.resolve_tokenizer``: a BPE trained on the training split only) and
+shared by every arm and seed, so every arm reads the very same token stream.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+from torch import nn
 
 from bench.curves import Point
-from bench.spec import Budget, HParams, Preset, Schedule, pipeline_config, train_flops_per_token
+from bench.spec import Budget, HParams, Preset, Schedule, pipeline_config, scratch_schedule, train_flops_per_token
 from models.data import ByteCorpus
-from models.gpt import GPT
 from models.plan import Hooks, StepInfo
+from models.shards import TokenCorpus
 from models.train import evaluate, resolve_device
 from tasks import driver
+
+Corpus = ByteCorpus | TokenCorpus
+
+
+def open_corpora(preset: Preset, seeds: Iterable[int], workdir: Path) -> dict[int, Corpus]:
+    """Each seed's corpus, as a pipeline stage of the preset opens it (token shards under ``workdir/cache``)."""
+    cache = workdir / "cache"
+    spec = pipeline_config(preset, scratch_schedule(preset), 0, "bench-corpus", preset.defaults, 2).stage_specs()[0]
+    tok = driver.resolve_tokenizer(spec, cache)  # the byte vocabulary, a file, or a BPE trained once here
+    ctx = preset.model.context
+    return {seed: driver.open_corpus(preset.data, ctx, seed, tok, cache, progress=False) for seed in seeds}
 
 
 class _Reached(Exception):
@@ -43,7 +62,7 @@ class ArmResult:
     boundaries: list[dict] = field(default_factory=list)  # where each stage starts: stage, n_layers, seconds, ...
     stopped_at_target: bool = False
     eval_seconds: float = 0.0
-    model: GPT | None = None  # the final stage's model where training ended (not in as_dict)
+    model: nn.Module | None = None  # the final stage's model where training ended (not in as_dict)
 
     @property
     def final_val_loss(self) -> float:
@@ -82,7 +101,7 @@ class _StageClock:
         self.excluded += time.perf_counter() - t
 
 
-def _in_memory(model: GPT, spec, result, global_step: int) -> driver.Parent:
+def _in_memory(model: nn.Module, spec, result, global_step: int) -> driver.Parent:
     """The trained stage as the next stage's parent, without the registry in between."""
     state = {n: t.detach().cpu().clone() for n, t in model.state_dict().items()}
     moments = result.moments
@@ -92,7 +111,7 @@ def _in_memory(model: GPT, spec, result, global_step: int) -> driver.Parent:
 def run_arm(
     preset: Preset,
     schedule: Schedule,
-    corpus: ByteCorpus,
+    corpus: Corpus,
     seed: int,
     hp: HParams,
     budget: Budget,
@@ -108,7 +127,7 @@ def run_arm(
     seconds, step0, tokens0, flops0 = 0.0, 0, 0, 0.0
     parent: driver.Parent | None = None
 
-    def record(model: GPT, stage: int, step: int, tokens: int, flops: float, at: float) -> float:
+    def record(model: nn.Module, stage: int, step: int, tokens: int, flops: float, at: float) -> float:
         t = time.perf_counter()
         loss = evaluate(model, val)
         arm.eval_seconds += time.perf_counter() - t

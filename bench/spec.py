@@ -13,11 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from models import tokenizer as tokenizers
+from models.arch import ModelConfig, family, vocab_size
 from models.data import DataConfig
-from models.gpt import GPT, GPTConfig
+from models.gpt import VOCAB_SIZE, GPTConfig
+from models.llama import LlamaFamilyConfig
+from models.size import footprint
+from models.tokenizer import TokenizerConfig
 from models.train import TrainConfig
 from tasks.config import PipelineConfig, StageConfig
 
@@ -81,8 +85,11 @@ class Tuning(Strict):
 
 class Preset(Strict):
     name: str
-    model: GPTConfig  # the final (scratch) architecture
+    model: ModelConfig  # the final (scratch) architecture: the byte GPT or a Llama-family model
     data: DataConfig
+    # the pipeline's tokenizer: the byte vocabulary (the GPT's), or e.g. a BPE trained on the training split
+    # (resolved once per preset, bench.runner.open_corpora); a Llama's model.vocab_size must be its size
+    tokenizer: TokenizerConfig = TokenizerConfig()
     train: TrainConfig  # batch size, min LR ratio, weight decay...; lr and warmup come from each trial
     budgets: list[float] = Field(min_length=1)  # training tokens per parameter of the final model, one run each
     flow_budget: float | None = None  # the budget of the one run through the Prefect flow; None: the smallest
@@ -106,6 +113,10 @@ class Preset(Strict):
             raise ValueError(f"budgets must be positive tokens per parameter, got {self.budgets}")
         if self.flow_budget is not None and self.flow_budget not in self.budgets:
             raise ValueError(f"flow_budget {self.flow_budget:g} is not one of the budgets {self.budgets}")
+        if family(self.model) == "gpt" and self.tokenizer.kind != "bytes":
+            raise ValueError("the byte GPT reads bytes: a tokenizer.train/path preset needs a Llama-family model")
+        if (n := tokenizer_vocab(self.tokenizer)) != vocab_size(self.model):
+            raise ValueError(f"model.vocab_size {vocab_size(self.model)} is not the tokenizer's {n}: set both alike")
         return self
 
     @property
@@ -128,9 +139,16 @@ class Budget:
         return self.scratch_steps * self.tokens_per_step
 
 
-def n_params(cfg: GPTConfig) -> int:
-    with torch.device("meta"):
-        return GPT(cfg).num_params()
+def tokenizer_vocab(cfg: TokenizerConfig) -> int:
+    """How many tokens ``cfg`` gives the model: 256 bytes, the BPE's vocab_size, or the file's."""
+    if cfg.train is not None:
+        return cfg.train.vocab_size
+    return tokenizers.vocab_size(tokenizers.load(cfg.path)) if cfg.path else tokenizers.BYTE_ALPHABET
+
+
+def n_params(cfg: ModelConfig) -> int:
+    """Every parameter of the architecture, embeddings included (a tied head once): models.size's exact count."""
+    return footprint(cfg, batch=1).params
 
 
 def budget(preset: Preset, tokens_per_param: float) -> Budget:
@@ -168,16 +186,47 @@ def pipeline_config(
         sched = {**st.schedule.model_dump(), "shape": hp.shape, "decay_fraction": hp.decay}
         tree_stages.append({**st.model_dump(), "train": train, "schedule": sched})
     base = preset.train.model_dump(exclude={"steps"}) | {"lr": hp.lr, "eval_every": 10**6, "eval_batches": 1}
-    arch = preset.model.model_dump(exclude={"n_layers"})
+    arch = preset.model.model_dump(exclude={"n_layers", "vocab_size"})  # a Llama's vocabulary: the tokenizer's
     tree = {"seed": seed, "retry": {"retries": 0}, "data": preset.data.model_dump(), "model": arch, "train": base}
-    return PipelineConfig.model_validate({**tree, "registry": {"model_name": model_name}, "stages": tree_stages})
+    tree |= {"tokenizer": preset.tokenizer.model_dump(), "registry": {"model_name": model_name}}
+    return PipelineConfig.model_validate({**tree, "stages": tree_stages})
 
 
-def train_flops_per_token(cfg: GPTConfig) -> float:
-    """Training FLOPs per token (forward + backward = 3 x forward), Kaplan et al. 2020:
-    6 * N + 6 * n_layers * context * d_model, where N counts the parameters that take part in
-    matmuls (blocks and head; embeddings are lookups). The only FLOPs formula in the benchmark."""
+# ---- training FLOPs per token, one count per architecture ---------------------------------------------
+#
+# Training = forward + backward = 3 x forward (Kaplan et al. 2020, table 1): 6 * N per token, N the
+# parameters that take part in matmuls (blocks and head; embeddings are lookups, norms and biases are
+# negligible), plus the attention's own matmuls, 6 * n_layers * context * d_attn, d_attn the width of the
+# queries (Kaplan's convention: QK^T and the weighted sum over a causal mask average context / 2 keys).
+# The benchmark's only FLOPs formulas; the same convention for both, so ratios compare across families.
+
+
+def gpt_matmul_params(cfg: GPTConfig) -> int:
     d, f = cfg.d_model, cfg.d_ff
-    per_block = 3 * d * d + d * d + 2 * d * f  # qkv, out-proj, mlp in and out (biases and norms: negligible)
-    n_matmul = cfg.n_layers * per_block + d * 256  # + the byte head
-    return 6.0 * n_matmul + 6.0 * cfg.n_layers * cfg.context * d
+    per_block = 3 * d * d + d * d + 2 * d * f  # qkv, out-proj, mlp in and out
+    return cfg.n_layers * per_block + d * VOCAB_SIZE  # + the byte head
+
+
+def llama_matmul_params(cfg: LlamaFamilyConfig) -> int:
+    """The weights of every nn.Linear of the transformers model: q, k, v, o, SwiGLU's three, the head
+    (a tied head is still a matmul). Grouped-query attention: k and v are n_kv_heads wide."""
+    d, f, q, kv = cfg.d_model, cfg.d_ff, cfg.n_heads * cfg.resolved_head_dim, cfg.n_kv_heads * cfg.resolved_head_dim
+    per_layer = d * q + 2 * d * kv + q * d + 3 * d * f
+    return cfg.n_layers * per_layer + d * cfg.vocab_size
+
+
+def gpt_train_flops_per_token(cfg: GPTConfig) -> float:
+    return 6.0 * gpt_matmul_params(cfg) + 6.0 * cfg.n_layers * cfg.context * cfg.d_model
+
+
+def llama_train_flops_per_token(cfg: LlamaFamilyConfig) -> float:
+    d_attn = cfg.n_heads * cfg.resolved_head_dim  # every query head attends, whatever the key-value heads
+    return 6.0 * llama_matmul_params(cfg) + 6.0 * cfg.n_layers * cfg.context * d_attn
+
+
+FLOPS_PER_TOKEN = {GPTConfig: gpt_train_flops_per_token, LlamaFamilyConfig: llama_train_flops_per_token}
+
+
+def train_flops_per_token(cfg: ModelConfig) -> float:
+    """Training FLOPs per token of ``cfg``'s architecture (FLOPS_PER_TOKEN, keyed by its config class)."""
+    return FLOPS_PER_TOKEN[type(cfg)](cfg)

@@ -155,7 +155,8 @@ def test_field_schedules_are_what_the_papers_describe():
 
 def test_every_schedule_is_a_pipeline_the_flow_accepts():
     assert all(name in SCHEDULES for p in PRESETS.values() for name in p.schedules)
-    cases = [(p, name, p.budgets[0]) for p in (PRESETS["tiny"], PRESETS["gpu"]) for name in p.schedules]
+    presets = [PRESETS[n] for n in ("tiny", "gpu", "llama", "tiny-llama")]  # the Llama's vocabulary: its BPE's
+    cases = [(p, name, p.budgets[0]) for p in presets for name in p.schedules]
     cases += [(PRESETS["budgets"], "gstack", t) for t in PRESETS["budgets"].budgets]  # its stages move with the budget
     for preset, name, t in cases:  # PipelineConfig dry-runs every growth on meta tensors
         specs = pipeline_config(preset, resolve(name, t), 0, "bench-test", HP, budget(preset, t).scratch_steps)

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from bench import efficiency
-from bench.efficiency import _note, bare_step_seconds, throughput_and_mfu
+from bench.efficiency import _note, bare_model, bare_step_seconds, throughput_and_mfu
 from bench.presets import PRESETS
+from models import arch
 from models.data import ByteCorpus
 from models.gpt import GPT
 
@@ -30,15 +31,36 @@ def _globals_used(fn) -> set[str]:
 
 def test_the_bare_loop_uses_only_torch_and_the_model_class():
     used = {n: vars(efficiency).get(n, n) for n in _globals_used(bare_step_seconds)}
-    assert used["GPT"] is GPT and used["torch"] is torch
-    allowed = {"torch", "F", "GPT", "contextlib", "time", "_sync", "range"}
+    assert used["GPT"] is GPT and used["torch"] is torch and used["bare_model"] is bare_model
+    allowed = {"torch", "F", "GPT", "bare_model", "contextlib", "time", "_sync", "range", "isinstance"}
     assert set(used) <= allowed, set(used) - allowed  # no train(), make_optimizer, byte_loss, seeding helpers
     assert {"train", "seed_everything", "resolve_device"} <= set(vars(efficiency))  # ...which train()'s side uses
+    # its model: the GPT class, or transformers' classes imported inside (no models.llama, no models.arch)
+    assert _globals_used(bare_model) <= {"GPT", "GPTConfig", "isinstance"}, _globals_used(bare_model)
+    imported = {i.argval for i in dis.get_instructions(bare_model) if i.opname == "IMPORT_NAME"}
+    assert imported == {"transformers"}
 
 
-def test_the_bare_loop_runs_on_its_own_model():
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+@pytest.mark.parametrize("tied", [False, True])
+def test_the_bare_loops_llama_is_the_pipelines_model(family, tied):
+    """Built independently from the config's numbers, it has the pipeline's every tensor, shape and setting."""
+    cfg = PRESETS["tiny-llama"].model.model_copy(update={"arch": family, "tie_embeddings": tied, "head_dim": 12})
+    ours, theirs = bare_model(cfg), arch.build(cfg)
+    assert type(ours) is type(theirs)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+    keys = ("rope_parameters", "rms_norm_eps", "tie_word_embeddings", "max_position_embeddings", "head_dim")
+    assert {k: getattr(ours.config, k) for k in keys} == {k: getattr(theirs.config, k) for k in keys}
+    x = torch.randint(0, cfg.vocab_size, (2, cfg.context))
+    ours.load_state_dict(theirs.state_dict())  # same weights: the same function
+    with torch.no_grad():
+        assert torch.equal(ours(input_ids=x).logits, theirs(input_ids=x).logits)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-llama"])
+def test_the_bare_loop_runs_on_its_own_model(preset):
     seconds = bare_step_seconds(
-        PRESETS["tiny"].model, torch.device("cpu"), batch=2, lr=1e-3, weight_decay=0.1, beta2=0.99, clip=1.0, steps=4
+        PRESETS[preset].model, torch.device("cpu"), batch=2, lr=1e-3, weight_decay=0.1, beta2=0.99, clip=1.0, steps=4
     )
     assert seconds > 0
 
