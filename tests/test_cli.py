@@ -1,4 +1,4 @@
-"""The `staged` command as a user runs it: a real subprocess."""
+"""The `staged` command as a user runs it: a real subprocess (its mistakes mostly in-process, the same main)."""
 
 import os
 import subprocess
@@ -51,16 +51,28 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_user_mistakes_exit_2_with_one_line_and_register_nothing(tmp_path, case):
+def test_user_mistakes_exit_2_with_one_line_and_register_nothing(tmp_path, case, capsys, monkeypatch):
+    """The first case as a real process; the others in-process, through the same ``main`` (each process costs
+    ~4 s of imports; test_bad_input.py runs its registry and network cases as processes too)."""
+    from flows.cli.main import main
+
     make_args, message = CASES[case]
     args = make_args(tmp_path)
     if "--workdir" not in args:
         args += ["--workdir", str(tmp_path / "work")]
-    proc = staged(*args, cwd=tmp_path)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("staged: error:") and message in lines[0], proc.stderr
-    assert "Traceback" not in proc.stdout + proc.stderr
+    if case == next(iter(CASES)):
+        proc = staged(*args, cwd=tmp_path)
+        code, err = proc.returncode, proc.stderr
+    else:
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        with pytest.raises(SystemExit) as exit_:
+            main(args)
+        code, err = exit_.value.code, capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("staged: error:") and message in lines[0], err
+    assert "Traceback" not in err
     assert not (tmp_path / "work" / "mlflow.db").exists() and not (tmp_path / "mlflow.db").exists()
 
 

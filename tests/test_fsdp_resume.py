@@ -28,8 +28,12 @@ def _cmd(workdir: Path) -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in {"MLFLOW_TRACKING_URI", "PREFECT_API_URL"}}
-    return {**env, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    """The embedded MLflow store; the session's Prefect test server (a kill of one rank leaves the launcher and
+    its server alive, so this saves each process ~10 s of starting a temporary one, and tests nothing less)."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return {**env, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PREFECT_API_URL": PREFECT_API_URL.value()}
 
 
 def _ranks_of(root: int) -> list[int]:
