@@ -5,8 +5,8 @@
 Pipeline: the stage driver on configs/llama-demo.yaml's stage 1 (at ``--layers``): driver.prepare +
 driver.train_prepared, i.e. models.train.train with the stage's plan, the token-shard corpus's cursor
 batches, the NaN check, the LR schedule and the hooks. Bare: ``LlamaForCausalLM(LlamaConfig(...))`` built
-here from the same numbers, random token batches made up front, and forward / cross-entropy / backward /
-clip / AdamW, nothing else: nothing is shared but torch and the transformers model class.
+by bench.efficiency.bare_model from the same numbers, random token batches made up front, and forward /
+cross-entropy / backward / clip / AdamW, nothing else: nothing is shared but torch and the transformers model class.
 
 Per-step wall times between consecutive steps (evaluation steps left out: the pipeline's eval_every is
 beyond the timed steps), the median of each run; each round runs both, in alternating order (ABBA), so that
@@ -44,23 +44,11 @@ def pipeline_step_times(spec, corpus) -> list[float]:
 
 
 def bare_step_times(spec, steps: int) -> list[float]:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from bench.efficiency import bare_model  # transformers' LlamaForCausalLM from the numbers, not models/llama.py
 
     m, t = spec.model, spec.train
-    config = LlamaConfig(
-        vocab_size=m.vocab_size,
-        hidden_size=m.d_model,
-        intermediate_size=m.d_ff,
-        num_hidden_layers=m.n_layers,
-        num_attention_heads=m.n_heads,
-        num_key_value_heads=m.n_kv_heads,
-        max_position_embeddings=m.context,
-        rope_parameters={"rope_type": "default", "rope_theta": m.rope_theta},
-        rms_norm_eps=m.rms_norm_eps,
-        tie_word_embeddings=m.tie_embeddings,
-    )
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config).train()
+    model = bare_model(m).train()
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": rest, "weight_decay": 0.0}]
