@@ -28,7 +28,8 @@ _HELDOUT = [1, 2, 3]
 # a 768-token BPE (256 bytes + <|endoftext|> + 511 merges), 379k parameters, 19% of them in the untied
 # embeddings and head. At this width a step costs mostly transformers' per-layer overhead, so a longer
 # context (128 tokens, ~330 bytes of Python) makes each step carry more tokens at little extra cost.
-# Sized from a timed sample (docs/benchmarks.md, "llama preset"): one budget ~10-20 min on 2 idle cores.
+# Cost (docs/benchmarks.md, "The llama preset"): one scratch trial of 370 steps took 69 s on 2 idle cores,
+# so the whole protocol (4 trials x 6 arms + 3 held-out seeds) is an estimated 30-45 minutes there.
 _LLAMA_VOCAB = 768
 _LLAMA = LlamaFamilyConfig(
     arch="llama", n_layers=12, d_model=48, n_heads=4, n_kv_heads=2, d_ff=128, context=128, vocab_size=_LLAMA_VOCAB
