@@ -32,10 +32,10 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+import tasks.store.sharded as sharded
 from models import arch
 from models.parallel import is_sharded, load_full_state
 from models.plan import TrainState
-from tasks.store import sharded
 from tasks.store.storage import Storage
 
 MANIFEST = "manifest.json"

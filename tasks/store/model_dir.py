@@ -26,11 +26,11 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from torch import nn
 
+import tasks.store.hf_dir as hf_dir
 from models import arch
 from models import tokenizer as tokenizers
 from models.arch import ModelConfig
 from models.gpt import GPTConfig
-from tasks.store import hf_dir
 from tasks.store.manifest import IntegrityError, sha256_file
 
 WEIGHTS, CONFIG, OPTIMIZER = "model.safetensors", "config.json", "optimizer.safetensors"
