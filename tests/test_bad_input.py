@@ -18,8 +18,8 @@ from flows.cli.main import main
 from models.gpt import GPT
 from tasks.config import load_config
 from tasks.registry import Registry, register
-from tasks.registry.schema import StageParams, VersionTags
 from tasks.store import save_model, save_optimizer
+from tests.versions import stage1_tags, stage_params
 
 ROOT = Path(__file__).parent.parent
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
@@ -33,21 +33,8 @@ def _registry(workdir: Path, tamper: bool = False) -> Path:
         model, out = GPT(spec.model), workdir / "model"
         sha = save_model(model, out)
         opt = save_optimizer({}, out)
-        tags = VersionTags(
-            stage=1,
-            n_layers=3,
-            parent_version=None,
-            weights_sha256=sha,
-            optimizer_sha256=opt,
-            stage_key="k1",
-            growth="none",
-            data_cursor=0,
-            global_step=0,
-            config_hash="c",
-            code_version="v",
-            val_loss=5.0,
-        )
-        params = StageParams(steps=0, params=1, nproc=1, model=spec.model.model_dump(), train=spec.train.model_dump())
+        tags = stage1_tags(sha, "k1", optimizer_sha256=opt)
+        params = stage_params(spec)
         registry = Registry.resolve(workdir)
         register(
             registry,

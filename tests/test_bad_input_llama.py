@@ -17,8 +17,8 @@ from models import arch
 from models import tokenizer as tokenizers
 from tasks.config import load_config
 from tasks.registry import Registry, register
-from tasks.registry.schema import StageParams, VersionTags
 from tasks.store import save_model
+from tests.versions import stage1_tags, stage_params
 
 ROOT = Path(__file__).parent.parent
 DEMO = str(ROOT / "configs" / "llama-demo.yaml")
@@ -54,21 +54,8 @@ def llama_registry(tmp_path_factory):
         torch.manual_seed(0)
         tok = tokenizers.load(a)
         sha = save_model(arch.build(spec.model), workdir / "model", tok)
-        tags = VersionTags(
-            stage=1,
-            n_layers=3,
-            parent_version=None,
-            weights_sha256=sha,
-            stage_key="k1",
-            growth="none",
-            data_cursor=0,
-            global_step=0,
-            config_hash="c",
-            code_version="v",
-            val_loss=5.0,
-            tokenizer_sha256=tokenizers.sha256(tok),
-        )
-        params = StageParams(steps=0, params=1, nproc=1, model=spec.model.model_dump(), train=spec.train.model_dump())
+        tags = stage1_tags(sha, "k1", tokenizer_sha256=tokenizers.sha256(tok))
+        params = stage_params(spec)
         register(
             Registry.resolve(workdir),
             spec.model_name,

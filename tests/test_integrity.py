@@ -24,8 +24,8 @@ from tasks.registry import (
     register,
     resolve,
 )
-from tasks.registry.schema import StageParams, VersionTags
 from tasks.store import IntegrityError, save_model, save_optimizer
+from tests.versions import stage1_tags, stage_params
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,23 +43,10 @@ def store(tmp_path_factory):
         spec = load_config(SMOKE).stage_specs()[0]
         out = workdir / "model"
         sha = save_model(GPT(spec.model), out)
-        tags = VersionTags(
-            stage=1,
-            n_layers=3,
-            parent_version=None,
-            weights_sha256=sha,
-            optimizer_sha256=save_optimizer({}, out),
-            stage_key="k1",
-            growth="none",
-            data_cursor=0,
-            global_step=0,
-            config_hash="c",
-            code_version="v",
-            val_loss=5.0,
-        )
+        tags = stage1_tags(sha, "k1", optimizer_sha256=save_optimizer({}, out))
         (out / "tokenizer.json").write_text(tokenizers.byte_tokenizer().to_str())
         add_pyfunc(out, spec.model.context)
-        params = StageParams(steps=0, params=1, nproc=1, model=spec.model.model_dump(), train=spec.train.model_dump())
+        params = stage_params(spec)
         registry = Registry.resolve(workdir)
         register(registry, spec.model_name, spec.experiment, model_dir=out, tags=tags, params=params, metrics={})
     return workdir

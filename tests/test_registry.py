@@ -9,8 +9,8 @@ from mlflow.entities import ViewType
 from models.gpt import GPT
 from tasks.config import load_config
 from tasks.registry import Registry, register
-from tasks.registry.schema import StageParams, VersionTags
 from tasks.store import save_model, save_optimizer
+from tests.versions import stage1_tags, stage_params
 
 SMOKE = Path(__file__).parent.parent / "configs" / "smoke.yaml"
 
@@ -19,21 +19,8 @@ def test_an_orphan_run_is_cleaned_up_and_a_second_register_returns_the_same_vers
     registry, spec = Registry.resolve(workdir), load_config(SMOKE).stage_specs()[0]
     out = tmp_path / "model"
     sha = save_model(GPT(spec.model), out)
-    tags = VersionTags(
-        stage=1,
-        n_layers=3,
-        parent_version=None,
-        weights_sha256=sha,
-        optimizer_sha256=save_optimizer({}, out),
-        stage_key="key-1",
-        growth="none",
-        data_cursor=0,
-        global_step=0,
-        config_hash="c",
-        code_version="v",
-        val_loss=5.0,
-    )
-    params = StageParams(steps=0, params=1, nproc=1, model=spec.model.model_dump(), train=spec.train.model_dump())
+    tags = stage1_tags(sha, "key-1", optimizer_sha256=save_optimizer({}, out))
+    params = stage_params(spec)
     client = registry.client()
     # an attempt that failed after logging its run and artifacts, before create_model_version (its run FAILED)
     exp = client.create_experiment(spec.experiment, artifact_location=registry.artifact_location)
@@ -61,20 +48,8 @@ def test_a_racing_registration_that_lost_keeps_the_winner(workdir, tmp_path):
     version and run and returns the winner (the lowest-numbered version)."""
     registry, spec = Registry.resolve(workdir), load_config(SMOKE).stage_specs()[0]
     out = tmp_path / "model"
-    tags = VersionTags(
-        stage=1,
-        n_layers=3,
-        parent_version=None,
-        weights_sha256=save_model(GPT(spec.model), out),
-        stage_key="key-race",
-        growth="none",
-        data_cursor=0,
-        global_step=0,
-        config_hash="c",
-        code_version="v",
-        val_loss=5.0,
-    )
-    params = StageParams(steps=0, params=1, nproc=1, model=spec.model.model_dump(), train=spec.train.model_dump())
+    tags = stage1_tags(save_model(GPT(spec.model), out), "key-race")
+    params = stage_params(spec)
     winner = register(registry, spec.model_name, spec.experiment, model_dir=out, tags=tags, params=params, metrics={})
     client = registry.client()
     # the loser passed its "already registered?" check before the winner's version existed: replay that by

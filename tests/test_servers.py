@@ -141,27 +141,15 @@ def _register_one(servers: Servers, tmp_path: Path, monkeypatch) -> str:
     from models.gpt import GPT
     from tasks.config import load_config
     from tasks.registry import Registry, register
-    from tasks.registry.schema import StageParams, VersionTags
     from tasks.store import save_model
+    from tests.versions import stage1_tags, stage_params
 
     for key, value in servers.client_env().items():
         monkeypatch.setenv(key, value)
     spec = load_config(ROOT / "configs" / "smoke.yaml").stage_specs()[0]
     out = tmp_path / "model"
-    tags = VersionTags(
-        stage=1,
-        n_layers=3,
-        parent_version=None,
-        weights_sha256=save_model(GPT(spec.model), out),
-        stage_key="k",
-        growth="none",
-        data_cursor=0,
-        global_step=0,
-        config_hash="c",
-        code_version="v",
-        val_loss=5.0,
-    )
-    params = StageParams(steps=0, params=1, nproc=1, model=spec.model.model_dump(), train=spec.train.model_dump())
+    tags = stage1_tags(save_model(GPT(spec.model), out), "k")
+    params = stage_params(spec)
     ref = register(Registry.resolve(tmp_path), "kept", "kept", model_dir=out, tags=tags, params=params, metrics={})
     return ref.manifest_sha256
 
