@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from models.gpt import GPT
+from models import arch
 from models.parallel import full_state, gather_json, is_sharded
 from models.plan import Hooks
 from models.train import resolve_device
@@ -61,8 +61,8 @@ def _gathered(run: driver.StageRun, spec) -> driver.StageRun:
     state = full_state(run.model)
     if dist.get_rank() != 0:
         return run
-    model = GPT(spec.model)
-    model.load_state_dict(state, strict=True)
+    model = arch.build(spec.model)
+    arch.load_weights(model, state)
     return dataclasses.replace(run, model=model)
 
 
