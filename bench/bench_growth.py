@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from models import arch
+from models.families import family_of
 from models.gpt import GPTConfig
 from models.growth import GrowthConfig, child_config, grow, grow_moments
 from models.llama import LlamaFamilyConfig
@@ -47,7 +47,8 @@ def best_of(fn, repeats: int = 3) -> float:
 
 def random_state(cfg) -> dict[str, torch.Tensor]:
     with torch.device("meta"):
-        shapes = {k: v.shape for k, v in arch.weights(arch.build(cfg)).items()}
+        family = family_of(cfg)
+        shapes = {k: v.shape for k, v in family.weights(family.build(cfg)).items()}
     return {k: torch.rand(shape) for k, shape in shapes.items()}
 
 

@@ -44,7 +44,7 @@ def pipeline_step_times(spec, corpus) -> list[float]:
 
 
 def bare_step_times(spec, steps: int) -> list[float]:
-    from bench.efficiency import bare_model  # transformers' LlamaForCausalLM from the numbers, not models/llama.py
+    from bench.efficiency import bare_model  # the model as its family builds it: transformers' LlamaForCausalLM
 
     m, t = spec.model, spec.train
     torch.manual_seed(0)

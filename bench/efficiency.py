@@ -2,13 +2,12 @@
 
 - throughput: tokens/s of train() (the pipeline's loop: data cursor, LR plan, clipping, the NaN check's
   per-step ``.item()``, hooks) against an independent bare loop that shares nothing with it but torch and
-  the model class: its own model built from the config (the byte GPT class, or transformers' Llama/Qwen3
-  config and model classes filled in here, not through models/llama.py), its own AdamW and weight-decay
-  groups, its own loss, on a fixed batch of random tokens, timed over whole steps with one
-  synchronisation at the end.
+  the model (built by its family, models/families.py: the byte GPT class, or the transformers classes):
+  its own AdamW and weight-decay groups, its own loss, on a fixed batch of random tokens, timed over whole
+  steps with one synchronisation at the end.
   The two alternate in rounds (ABBA order, so a drifting machine load hits both alike); the figure is the
   median of the per-round ratios, reported with their min and max.
-- MFU: model FLOPs/s (bench.spec.train_flops_per_token) over the machine's torch.mm peak, measured
+- MFU: model FLOPs/s (the family's ``flops_per_token``) over the machine's torch.mm peak, measured
   just before in the dtype the preset trains in (float32 on CPU, bfloat16 on GPU).
 """
 
@@ -23,10 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.runner import Corpus
-from bench.spec import Preset, train_flops_per_token
-from models import arch
-from models.arch import ModelConfig
-from models.gpt import GPT, GPTConfig
+from bench.spec import Preset
+from models.families import ModelConfig, family_of
 from models.plan import Hooks, StepInfo
 from models.train import TrainConfig, resolve_device, seed_everything, train
 
@@ -63,34 +60,13 @@ def train_step_seconds(cfg: ModelConfig, corpus: Corpus, tcfg: TrainConfig) -> f
         stamps.append(time.perf_counter())
 
     seed_everything(0)
-    train(arch.build(cfg), corpus, tcfg, hooks=Hooks(on_step=on_step))
+    train(family_of(cfg).build(cfg), corpus, tcfg, hooks=Hooks(on_step=on_step))
     return (stamps[-2] - stamps[0]) / (len(stamps) - 2)
 
 
 def bare_model(cfg: ModelConfig) -> nn.Module:
-    """The reference loop's own model: ``GPT(cfg)``, or transformers' LlamaForCausalLM / Qwen3ForCausalLM from
-    a config written out here field by field (nothing of models/llama.py: a test checks it is the same model)."""
-    if isinstance(cfg, GPTConfig):
-        return GPT(cfg)
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
-
-    config_class, model_class = (
-        (Qwen3Config, Qwen3ForCausalLM) if cfg.arch == "qwen3" else (LlamaConfig, LlamaForCausalLM)
-    )
-    config = config_class(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.d_model,
-        intermediate_size=cfg.d_ff,
-        num_hidden_layers=cfg.n_layers,
-        num_attention_heads=cfg.n_heads,
-        num_key_value_heads=cfg.n_kv_heads,
-        head_dim=cfg.head_dim or cfg.d_model // cfg.n_heads,
-        max_position_embeddings=cfg.max_position_embeddings or cfg.context,
-        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
-        rms_norm_eps=cfg.rms_norm_eps,
-        tie_word_embeddings=cfg.tie_embeddings,
-    )
-    return model_class(config)
+    """The reference loop's model: its family's own (the byte GPT class, or transformers' model class)."""
+    return family_of(cfg).build(cfg)
 
 
 def bare_step_seconds(
@@ -107,8 +83,8 @@ def bare_step_seconds(
     """The reference: forward, cross-entropy, backward, clip, AdamW; nothing else, nothing from models.train."""
     torch.manual_seed(0)
     model = bare_model(cfg).to(device).train()
-    hf = not isinstance(model, GPT)  # transformers' models take input_ids and return .logits
-    vocab = model.config.vocab_size if hf else 256
+    family = family_of(cfg)
+    vocab = family.vocab_size(cfg)
     matrices = [p for p in model.parameters() if p.dim() >= 2]
     vectors = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": matrices, "weight_decay": weight_decay}, {"params": vectors, "weight_decay": 0.0}]
@@ -119,7 +95,7 @@ def bare_step_seconds(
 
     def step() -> None:
         with amp:
-            logits = model(input_ids=x, use_cache=False).logits if hf else model(x)  # (B, T, V)
+            logits = family.logits(model, x)  # (B, T, V)
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -167,7 +143,7 @@ def throughput_and_mfu(preset: Preset, corpus: Corpus) -> dict:
             run()
     ratios = [b / a for a, b in zip(in_train, bare)]
     tokens_step = t.batch_size * cfg.context
-    flops_step = train_flops_per_token(cfg) * tokens_step
+    flops_step = family_of(cfg).flops_per_token(cfg) * tokens_step
     t_train, t_bare = statistics.median(in_train), statistics.median(bare)
     return {
         "throughput_ratio_vs_bare_loop": statistics.median(ratios),

@@ -56,7 +56,8 @@ def matmul_peak(cuda: bool) -> float:
 def rank_main(strategy: str, size: dict, out: Path) -> None:
     """One rank: build, wrap (DDP) or shard (FSDP2), warm up, time ``steps`` training steps."""
     from models import parallel
-    from models.gpt import GPT, GPTConfig, byte_loss
+    from models.family import token_loss
+    from models.gpt import GPT, GPTConfig
     from models.optim import make_optimizer
 
     cuda = torch.cuda.is_available()
@@ -80,7 +81,7 @@ def rank_main(strategy: str, size: dict, out: Path) -> None:
     def step() -> None:
         ctx = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
         with ctx:
-            loss = byte_loss(net(x), x)
+            loss = token_loss(net(x), x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -16,11 +16,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from models import tokenizer as tokenizers
-from models.arch import ModelConfig, family, vocab_size
 from models.data import DataConfig
-from models.gpt import VOCAB_SIZE, GPTConfig
-from models.llama import LlamaFamilyConfig
-from models.size import footprint
+from models.families import ModelConfig, family_of
 from models.tokenizer import TokenizerConfig
 from models.train import TrainConfig
 from tasks.config import PipelineConfig, StageConfig
@@ -113,10 +110,13 @@ class Preset(Strict):
             raise ValueError(f"budgets must be positive tokens per parameter, got {self.budgets}")
         if self.flow_budget is not None and self.flow_budget not in self.budgets:
             raise ValueError(f"flow_budget {self.flow_budget:g} is not one of the budgets {self.budgets}")
-        if family(self.model) == "gpt" and self.tokenizer.kind != "bytes":
-            raise ValueError("the byte GPT reads bytes: a tokenizer.train/path preset needs a Llama-family model")
-        if (n := tokenizer_vocab(self.tokenizer)) != vocab_size(self.model):
-            raise ValueError(f"model.vocab_size {vocab_size(self.model)} is not the tokenizer's {n}: set both alike")
+        family = family_of(self.model)
+        if family.fixed_vocab is not None and self.tokenizer.kind != "bytes":
+            raise ValueError(
+                f"model.arch {family.name} reads bytes: a tokenizer.train/path preset needs a tokenized arch"
+            )
+        if (n := tokenizer_vocab(self.tokenizer)) != (v := family.vocab_size(self.model)):
+            raise ValueError(f"model.vocab_size {v} is not the tokenizer's {n}: set both alike")
         return self
 
     @property
@@ -148,7 +148,7 @@ def tokenizer_vocab(cfg: TokenizerConfig) -> int:
 
 def n_params(cfg: ModelConfig) -> int:
     """Every parameter of the architecture, embeddings included (a tied head once): models.size's exact count."""
-    return footprint(cfg, batch=1).params
+    return family_of(cfg).num_params(cfg)
 
 
 def budget(preset: Preset, tokens_per_param: float) -> Budget:
@@ -192,41 +192,6 @@ def pipeline_config(
     return PipelineConfig.model_validate({**tree, "stages": tree_stages})
 
 
-# ---- training FLOPs per token, one count per architecture ---------------------------------------------
-#
-# Training = forward + backward = 3 x forward (Kaplan et al. 2020, table 1): 6 * N per token, N the
-# parameters that take part in matmuls (blocks and head; embeddings are lookups, norms and biases are
-# negligible), plus the attention's own matmuls, 6 * n_layers * context * d_attn, d_attn the width of the
-# queries (Kaplan's convention: QK^T and the weighted sum over a causal mask average context / 2 keys).
-# The benchmark's only FLOPs formulas; the same convention for both, so ratios compare across families.
-
-
-def gpt_matmul_params(cfg: GPTConfig) -> int:
-    d, f = cfg.d_model, cfg.d_ff
-    per_block = 3 * d * d + d * d + 2 * d * f  # qkv, out-proj, mlp in and out
-    return cfg.n_layers * per_block + d * VOCAB_SIZE  # + the byte head
-
-
-def llama_matmul_params(cfg: LlamaFamilyConfig) -> int:
-    """The weights of every nn.Linear of the transformers model: q, k, v, o, SwiGLU's three, the head
-    (a tied head is still a matmul). Grouped-query attention: k and v are n_kv_heads wide."""
-    d, f, q, kv = cfg.d_model, cfg.d_ff, cfg.n_heads * cfg.resolved_head_dim, cfg.n_kv_heads * cfg.resolved_head_dim
-    per_layer = d * q + 2 * d * kv + q * d + 3 * d * f
-    return cfg.n_layers * per_layer + d * cfg.vocab_size
-
-
-def gpt_train_flops_per_token(cfg: GPTConfig) -> float:
-    return 6.0 * gpt_matmul_params(cfg) + 6.0 * cfg.n_layers * cfg.context * cfg.d_model
-
-
-def llama_train_flops_per_token(cfg: LlamaFamilyConfig) -> float:
-    d_attn = cfg.n_heads * cfg.resolved_head_dim  # every query head attends, whatever the key-value heads
-    return 6.0 * llama_matmul_params(cfg) + 6.0 * cfg.n_layers * cfg.context * d_attn
-
-
-FLOPS_PER_TOKEN = {GPTConfig: gpt_train_flops_per_token, LlamaFamilyConfig: llama_train_flops_per_token}
-
-
 def train_flops_per_token(cfg: ModelConfig) -> float:
-    """Training FLOPs per token of ``cfg``'s architecture (FLOPS_PER_TOKEN, keyed by its config class)."""
-    return FLOPS_PER_TOKEN[type(cfg)](cfg)
+    """Training FLOPs per token: the family's one count (models/family.py ``flops_per_token``: 6 N + attention)."""
+    return family_of(cfg).flops_per_token(cfg)

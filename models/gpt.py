@@ -1,6 +1,6 @@
 """A small decoder-only transformer over bytes, written to be read in one sitting.
 
-Reading order: attention -> MLP -> block -> config -> model.
+Reading order: attention -> MLP -> block -> config -> model -> the family object (what the pipeline asks).
 Every parameter of transformer block i lives under the key prefix ``blocks.<i>.``;
 embeddings, the final norm and the head live outside ``blocks.`` so that growth
 operators (models/growth.py) can treat a model as "a list of blocks plus the rest".
@@ -9,11 +9,16 @@ operators (models/growth.py) can treat a model as "a list of blocks plus the res
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from models import size, width
+from models.family import Family, Layout, StateDict, token_loss
 
 VOCAB_SIZE = 256  # bytes: no tokenizer to ship, download or version
 
@@ -82,6 +87,7 @@ class Block(nn.Module):
 class GPTConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    arch: Literal["gpt"] = "gpt"  # the family (models/families.py); versions saved before it had none: the default
     n_layers: int = Field(6, ge=1)
     d_model: int = Field(128, ge=1)
     n_heads: int = Field(4, ge=1)
@@ -131,14 +137,77 @@ class GPT(nn.Module):
         return self.head(self.ln_f(x))  # (B, T, 256)
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return byte_loss(self(idx), targets)
+        return token_loss(self(idx), targets)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
 
-def byte_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-byte cross-entropy of logits (B, T, 256) against targets (B, T). A function of the
-    logits, so that a DistributedDataParallel wrapper can run the forward pass (models/train.py)."""
-    logits = logits.reshape(-1, VOCAB_SIZE)  # bf16 under autocast: take the softmax in at least float32
-    return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), targets.reshape(-1))
+class ByteGPT(Family):
+    """The byte GPT as a family: its blocks at ``blocks.<i>.``, gates on each block, width growth in
+    models/width.py, and a version directory of its own (``config.json`` with this config, ``model.safetensors``)."""
+
+    name = "gpt"
+    config = GPTConfig
+    layout = Layout(
+        "blocks.",
+        ("attn.proj.weight", "attn.proj.bias", "mlp.proj.weight", "mlp.proj.bias"),
+        ("d_model", "n_heads", "d_ff", "context"),
+    )
+    fixed_vocab = VOCAB_SIZE
+    config_file = "config.json"
+
+    def build(self, cfg: GPTConfig) -> GPT:
+        return GPT(cfg)
+
+    def describe(self, cfg: GPTConfig) -> str:
+        return (
+            f"Byte-level decoder-only transformer (models/gpt.py): {cfg.n_layers} layers, d_model {cfg.d_model},\n"
+            f"{cfg.n_heads} heads, d_ff {cfg.d_ff}, context {cfg.context} bytes"
+        )
+
+    def blocks(self, model: GPT) -> nn.ModuleList:
+        return model.blocks
+
+    def logits(self, net: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+        return net(idx)  # (B, T, 256)
+
+    def set_gate(self, model: GPT, j: int, value: float) -> None:
+        model.blocks[j].gate.fill_(value)
+
+    def fold_gates(self, model: GPT) -> None:
+        for block in model.blocks:
+            block.fold_gate()
+
+    def widen_config(self, cfg: GPTConfig) -> GPTConfig:
+        return width.widen_config(cfg)
+
+    def widen(self, state: StateDict, parent, child, noise: float = 0.0, seed: int = 0) -> StateDict:
+        return width.widen(state, parent, child, noise=noise, seed=seed)
+
+    def widen_moments(self, moments: StateDict, parent, child, power: int) -> StateDict:
+        return width.widen_moments(moments, parent, child, power)
+
+    def num_params(self, cfg: GPTConfig) -> int:
+        return size.gpt_params(cfg, VOCAB_SIZE)
+
+    def matmul_params(self, cfg: GPTConfig) -> int:
+        return size.gpt_matmul_params(cfg, VOCAB_SIZE)
+
+    def footprint(self, cfg: GPTConfig, batch: int) -> size.Footprint:
+        return size.gpt_footprint(cfg, batch, VOCAB_SIZE)
+
+    def save(self, model: GPT, directory: Path, tokenizer, max_shard_bytes: int) -> None:
+        """``config.json`` + ``model.safetensors`` (sharded as Hugging Face does above ``max_shard_bytes``)."""
+        from huggingface_hub import save_torch_state_dict
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        (directory / self.config_file).write_text(model.cfg.model_dump_json(indent=2) + "\n")
+        if sum(v.numel() * v.element_size() for v in state.values()) <= max_shard_bytes:
+            save_file(state, directory / "model.safetensors")
+        else:
+            save_torch_state_dict(state, directory, max_shard_size=max_shard_bytes)
+
+
+BYTE_GPT = ByteGPT()

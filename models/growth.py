@@ -3,8 +3,8 @@
 A depth operator is described by a *layer map*: child block j is a copy of parent block
 ``sources[j]``, and ``new[j]`` says whether it is an added copy (not the first copy of its source).
 Maps are plain data, so they can be printed, logged, tested and composed. The only place that
-rewrites block keys is :func:`remap_blocks`, over the family's key layout (models/arch.py):
-``blocks.<i>.`` for the byte GPT, ``model.layers.<i>.`` for Llama and Qwen3 (transformers).
+rewrites block keys is :func:`remap_blocks`, over the family's key layout (``Family.layout``):
+``blocks.<i>.`` for the byte GPT, ``model.layers.<i>.`` for the transformers decoders.
 
     parent 3 blocks -> child 6 blocks        sources              new (*)
     stack       (Gong et al. 2019)           [0, 1, 2, 0, 1, 2]   [- - - * * *]
@@ -12,8 +12,8 @@ rewrites block keys is :func:`remap_blocks`, over the family's key layout (model
     middle      (Saunshi et al. 2024, MIDAS) 6 -> 9: [0, 1, 2, 3, 1, 2, 3, 4, 5]   the middle block, copied in place
     identity    (layout: interleave|stack|middle)   as above; new blocks' out-projections zeroed
     masked      (Yao et al. 2023, MSG)       as above; new blocks gated 0 -> 1 while training
-    width       (Shen et al. 2022)           [0, 1, 2], d_model/n_heads/d_ff doubled (models/width.py;
-                                             Llama family: models/width_llama.py, n_kv_heads doubled too)
+    width       (Shen et al. 2022)           [0, 1, 2], d_model/n_heads/d_ff doubled (the family's widen:
+                                             models/width.py, models/width_llama.py with n_kv_heads doubled too)
 
 Every operator also maps Adam moments (``grow_moments``): the moments are keyed by parameter
 name, so a depth operator maps them with the very same function as the weights (identity's zeroed
@@ -30,15 +30,12 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from models import arch, width, width_llama
-from models.arch import GPT_LAYOUT, ModelConfig
+from models.families import ModelConfig, family_of
+from models.gpt import BYTE_GPT
 from models.width import WidthError
 
 StateDict = dict[str, torch.Tensor]
 Operator = Literal["stack", "interleave", "middle", "identity", "masked", "width"]
-# identity zeroes, masked gates: the projections that write a block's output to the residual stream
-# (the byte GPT's; a Llama layer's are arch.LLAMA_LAYOUT.residual_writers: self_attn.o_proj, mlp.down_proj)
-RESIDUAL_WRITERS = GPT_LAYOUT.residual_writers
 
 
 class GrowthError(ValueError):
@@ -128,7 +125,9 @@ def layer_map(cfg: GrowthConfig, parent_layers: int, child_layers: int) -> Layer
 # ---- state dict plumbing -----------------------------------------------------------------------
 
 
-def split_blocks(state: StateDict, prefix: str = GPT_LAYOUT.block_prefix) -> tuple[dict[int, StateDict], StateDict]:
+def split_blocks(
+    state: StateDict, prefix: str = BYTE_GPT.layout.block_prefix
+) -> tuple[dict[int, StateDict], StateDict]:
     """Split a state dict into {block index: {suffix: tensor}} and the non-block rest."""
     blocks: dict[int, StateDict] = {}
     rest: StateDict = {}
@@ -141,7 +140,7 @@ def split_blocks(state: StateDict, prefix: str = GPT_LAYOUT.block_prefix) -> tup
     return blocks, rest
 
 
-def remap_blocks(state: StateDict, plan: Sequence[int], prefix: str = GPT_LAYOUT.block_prefix) -> StateDict:
+def remap_blocks(state: StateDict, plan: Sequence[int], prefix: str = BYTE_GPT.layout.block_prefix) -> StateDict:
     """Child state dict whose block j is a copy of the parent's block ``plan[j]``; the rest copied as is."""
     blocks, rest = split_blocks(state, prefix)
     missing = sorted(set(plan) - set(blocks))
@@ -157,7 +156,8 @@ def remap_blocks(state: StateDict, plan: Sequence[int], prefix: str = GPT_LAYOUT
 @cache  # configs are frozen: building a 48-layer transformers model on the meta device takes ~0.1 s
 def _shapes(cfg: ModelConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
     with torch.device("meta"):
-        return tuple((k, tuple(v.shape)) for k, v in arch.weights(arch.build(cfg)).items())
+        family = family_of(cfg)
+        return tuple((k, tuple(v.shape)) for k, v in family.weights(family.build(cfg)).items())
 
 
 def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -180,8 +180,8 @@ def check_state(state: StateDict, cfg: ModelConfig, what: str) -> None:
 
 
 def check_same_family(parent: ModelConfig, child: ModelConfig) -> None:
-    if arch.family(parent) != arch.family(child):
-        raise GrowthError(f"cannot grow a {arch.family(parent)} model into a {arch.family(child)} model")
+    if parent.arch != child.arch:
+        raise GrowthError(f"cannot grow a {parent.arch} model into a {child.arch} model")
 
 
 def check_same_width(parent: ModelConfig, child: ModelConfig) -> None:
@@ -189,7 +189,7 @@ def check_same_width(parent: ModelConfig, child: ModelConfig) -> None:
     check_same_family(parent, child)
     diffs = [
         f"{name} {getattr(parent, name)} -> {getattr(child, name)}"
-        for name in arch.layout(parent).shape_fields
+        for name in family_of(parent).layout.shape_fields
         if getattr(parent, name) != getattr(child, name)
     ]
     if diffs:
@@ -203,14 +203,14 @@ def _depth(state: StateDict, cfg: GrowthConfig, parent: ModelConfig, child: Mode
     """stack, interleave, middle, masked: copy blocks along the layer map (masked's gates live in the model)."""
     check_same_width(parent, child)
     return remap_blocks(
-        state, layer_map(cfg, parent.n_layers, child.n_layers).sources, arch.layout(parent).block_prefix
+        state, layer_map(cfg, parent.n_layers, child.n_layers).sources, family_of(parent).layout.block_prefix
     )
 
 
 def _identity(state: StateDict, cfg: GrowthConfig, parent: ModelConfig, child: ModelConfig) -> StateDict:
     """Copy blocks, then zero the new blocks' residual writers: each new block is x -> x."""
     check_same_width(parent, child)
-    lmap, lay = layer_map(cfg, parent.n_layers, child.n_layers), arch.layout(parent)
+    lmap, lay = layer_map(cfg, parent.n_layers, child.n_layers), family_of(parent).layout
     grown = remap_blocks(state, lmap.sources, lay.block_prefix)
     for j in lmap.new_blocks:
         for suffix in lay.residual_writers:
@@ -218,14 +218,10 @@ def _identity(state: StateDict, cfg: GrowthConfig, parent: ModelConfig, child: M
     return grown
 
 
-def _widener(parent: ModelConfig):
-    return width if arch.is_gpt(parent) else width_llama
-
-
 def _width(state: StateDict, cfg: GrowthConfig, parent: ModelConfig, child: ModelConfig) -> StateDict:
     layer_map(cfg, parent.n_layers, child.n_layers)  # depth check, with the depth-specific message
     check_same_family(parent, child)
-    return _widener(parent).widen(state, parent, child, noise=cfg.noise, seed=cfg.noise_seed)
+    return family_of(parent).widen(state, parent, child, noise=cfg.noise, seed=cfg.noise_seed)
 
 
 OPERATORS: dict[str, Callable[[StateDict, GrowthConfig, ModelConfig, ModelConfig], StateDict]] = {
@@ -240,7 +236,7 @@ OPERATORS: dict[str, Callable[[StateDict, GrowthConfig, ModelConfig, ModelConfig
 
 def child_config(cfg: GrowthConfig, parent: ModelConfig, n_layers: int) -> ModelConfig:
     """The child's model config: the parent's at ``n_layers`` depth, or doubled in width for ``width``."""
-    base = _widener(parent).widen_config(parent) if cfg.operator == "width" else parent
+    base = family_of(parent).widen_config(parent) if cfg.operator == "width" else parent
     return base.model_copy(update={"n_layers": n_layers})
 
 
@@ -279,7 +275,7 @@ def grow_moments(
         if cfg.operator == "width":
             try:
                 check_same_family(parent, child)
-                grown = _widener(parent).widen_moments(part, parent, child, power)
+                grown = family_of(parent).widen_moments(part, parent, child, power)
             except WidthError as e:
                 raise GrowthError(str(e)) from None
         else:  # the weights' own function; no noise is involved in depth growth
@@ -292,6 +288,7 @@ def dry_run(operator: str | GrowthConfig, parent: ModelConfig, child: ModelConfi
     """Grow shape-only (meta-device) models and check the result against the child: catches every
     impossible growth request before any data is read or any step is trained."""
     check_same_family(parent, child)
+    family = family_of(parent)
     with torch.device("meta"):
-        parent_state = arch.weights(arch.build(parent))
+        parent_state = family.weights(family.build(parent))
     grow(operator, parent_state, parent, child)  # checks the grown state's keys and shapes against the child

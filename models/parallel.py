@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from models.families import family_of
 from models.optim import StateDict, check_moments
 from models.optim import export_moments as _export_full
 from models.optim import load_moments as _load_full
@@ -46,17 +47,6 @@ def _full():
     return _state_dict_api().StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
-def transformer_blocks(model: nn.Module) -> list[nn.Module]:
-    """The repeated blocks, the unit of sharding: ``model.blocks`` (the byte GPT) or ``model.model.layers``
-    (Hugging Face Llama, Qwen3 and kin)."""
-    if isinstance(getattr(model, "blocks", None), nn.ModuleList):
-        return list(model.blocks)
-    inner = getattr(model, "model", None)
-    if isinstance(getattr(inner, "layers", None), nn.ModuleList):
-        return list(inner.layers)
-    raise TypeError(f"{type(model).__name__} has neither .blocks nor .model.layers: no blocks to shard")
-
-
 def is_sharded(model: nn.Module) -> bool:
     fsdp = sys.modules.get("torch.distributed.fsdp")  # not imported: nothing can be sharded
     return fsdp is not None and isinstance(model, fsdp.FSDPModule)
@@ -70,9 +60,9 @@ def evaluated(model: nn.Module, value: float) -> float:
     return value
 
 
-def shard(model: nn.Module, device: torch.device, blocks: list[nn.Module] | None = None) -> nn.Module:
-    """FSDP2 over the default process group: each block is one all-gather unit, the root holds the rest
-    (embeddings, final norm, head). ``blocks`` defaults to :func:`transformer_blocks`."""
+def shard(model: nn.Module, device: torch.device) -> nn.Module:
+    """FSDP2 over the default process group: each of the family's units (its blocks) is one all-gather unit,
+    the root holds the rest (embeddings, final norm, head)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -81,7 +71,7 @@ def shard(model: nn.Module, device: torch.device, blocks: list[nn.Module] | None
     cuda = device.type == "cuda"
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if cuda else None
     kwargs = {"mesh": mesh, **({"mp_policy": policy} if policy else {})}
-    for block in blocks if blocks is not None else transformer_blocks(model):
+    for block in family_of(model).fsdp_units(model):
         fully_shard(block, **kwargs)
     fully_shard(model, **kwargs)
     return model

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from models import arch
+from models.families import family_of
 from models.growth import GrowthConfig, layer_map
 from models.policy import ScheduleConfig, UntilConfig, lr_schedule, slope_stop, warmup_cosine
 
@@ -35,8 +35,9 @@ class GateRamp:
         return min(1.0, max(0, step - 1) / self.steps)
 
     def apply(self, model, step: int) -> None:
+        family = family_of(model)
         for j in self.blocks:
-            arch.set_gate(model, j, self.gate(step))
+            family.set_gate(model, j, self.gate(step))
 
 
 def _never(curve: Curve) -> bool:

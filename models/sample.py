@@ -1,5 +1,5 @@
-"""Sampling tokens from any model of models/arch.py: pure PyTorch, so the CLI, the evaluation gate and the
-MLflow pyfunc wrapper all produce text the same way, for the byte GPT and the Llama family alike."""
+"""Sampling tokens from a model of any family (models/families.py): pure PyTorch, so the CLI, the evaluation
+gate and the MLflow pyfunc wrapper all produce text the same way, for every family alike."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
-from models import arch
 from models import tokenizer as tokenizers
+from models.families import family_of
 
 
 def generate(
@@ -67,7 +67,7 @@ def generate_ids(
     idx = torch.tensor([prompt], dtype=torch.long, device=device)  # (1, T)
     out: list[int] = []
     for _ in range(max_new):
-        logits = arch.logits(model, idx[:, -model.cfg.context :])[0, -1].float()  # (V,)
+        logits = family_of(model).logits(model, idx[:, -model.cfg.context :])[0, -1].float()  # (V,)
         if temperature <= 0:
             nxt = int(logits.argmax())
         else:

@@ -32,8 +32,10 @@ import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from models import arch, parallel
+from models import parallel
 from models.data import ByteCorpus
+from models.families import family_of
+from models.family import token_loss
 from models.optim import StateDict
 from models.optim import make_optimizer as _adamw
 from models.parallel import export_moments, load_moments
@@ -132,8 +134,9 @@ def evaluate(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]])
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    family = family_of(model)
     with _autocast(device):
-        losses = [arch.token_loss(arch.logits(model, x.to(device)), y.to(device)).item() for x, y in batches]
+        losses = [token_loss(family.logits(model, x.to(device)), y.to(device)).item() for x, y in batches]
     model.train(was_training)
     return sum(losses) / len(losses)
 
@@ -177,6 +180,7 @@ def train(
     Raises NonFiniteLoss (before stepping the optimizer) when the loss is NaN or Inf.
     """
     seed_everything(start.seed)
+    family = family_of(model)
     device = resolve_device(cfg.device)
     rank, world = rank_and_world()
     model.to(device).train()
@@ -215,7 +219,7 @@ def train(
         x, y = corpus.batch(result.cursor, cfg.batch_size, rank, world)  # this rank's slice of the global batch
         result.cursor += cfg.batch_size
         with _autocast(device):
-            loss = arch.token_loss(arch.logits(net, x.to(device)), y.to(device))
+            loss = token_loss(family.logits(net, x.to(device)), y.to(device))
         train_loss = _mean_over_ranks(loss, world)
         if not math.isfinite(train_loss):
             raise NonFiniteLoss(step, train_loss)
@@ -243,7 +247,7 @@ def train(
         result.hook_seconds += time.perf_counter() - hooked
         if stopping:
             break
-    arch.fold_gates(model)  # a no-op unless a ramp was still below 1
+    family.fold_gates(model)  # a no-op unless a ramp was still below 1
     result.moments = export_moments(model, optimizer)
     result.world_size = world
     result.tokens = (result.steps - first + 1) * cfg.batch_size * corpus.context

@@ -27,8 +27,7 @@ m/sqrt(v) for every copied entry is then the parent's.
 from __future__ import annotations
 
 import torch
-
-from models.gpt import GPTConfig
+from pydantic import BaseModel
 
 StateDict = dict[str, torch.Tensor]
 
@@ -39,14 +38,14 @@ class WidthError(ValueError):
     """Raised for an impossible width request; models.growth turns it into a GrowthError."""
 
 
-def widen_config(parent: GPTConfig) -> GPTConfig:
+def widen_config(parent: BaseModel) -> BaseModel:
     """The child config of a width stage: d_model, n_heads and d_ff doubled, the rest kept."""
     return parent.model_copy(
         update={"d_model": 2 * parent.d_model, "n_heads": 2 * parent.n_heads, "d_ff": 2 * parent.d_ff}
     )
 
 
-def check_width(parent: GPTConfig, child: GPTConfig) -> None:
+def check_width(parent: BaseModel, child: BaseModel) -> None:
     expected = widen_config(parent)
     if child != expected:
         fields = ("n_layers", "d_model", "n_heads", "d_ff", "context")
@@ -105,14 +104,14 @@ def _gradient_ratio(key: str) -> float:
     return 1.0 if key.startswith("ln_f.") else 0.5
 
 
-def widen(state: StateDict, parent: GPTConfig, child: GPTConfig, noise: float = 0.0, seed: int = 0) -> StateDict:
+def widen(state: StateDict, parent: BaseModel, child: BaseModel, noise: float = 0.0, seed: int = 0) -> StateDict:
     """The child state dict (every tensor doubled as in the module docstring)."""
     check_width(parent, child)
     gen = torch.Generator().manual_seed(seed)
     return {key: _widen_tensor(key, t, False, noise, gen) for key, t in state.items()}
 
 
-def widen_moments(moments: StateDict, parent: GPTConfig, child: GPTConfig, power: int) -> StateDict:
+def widen_moments(moments: StateDict, parent: BaseModel, child: BaseModel, power: int) -> StateDict:
     """Map exp_avg (power 1) or exp_avg_sq (power 2), keyed by parameter name, onto the child."""
     check_width(parent, child)
     gen = torch.Generator()

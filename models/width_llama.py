@@ -1,4 +1,4 @@
-"""Width growth for the Llama family (RMSNorm + SwiGLU + grouped-query attention + RoPE): d_model, n_heads,
+"""Width growth for the transformers decoders (RMSNorm + SwiGLU + grouped-query attention + RoPE): d_model, n_heads,
 n_kv_heads and d_ff doubled, head_dim kept, so that the child computes exactly the parent's function.
 
 As for the byte GPT (models/width.py), the child's residual stream is the parent's written twice,
@@ -11,6 +11,7 @@ x' = [x; x] (B, T, 2C), and every layer keeps that form:
     gate/up_proj     W (F, C)        -> [[W, 0], [0, W]]       SwiGLU is elementwise: [h; h]
     down_proj        W (C, F)        -> [[W, 0], [0, W]]
     q_norm, k_norm   g (hd)          -> g                      (Qwen3) per head: unchanged
+    q/k/v_proj bias  b (h x hd)      -> [b; b]                 (Qwen2) with its projection's output rows
     final norm       g (C)           -> [g; g] / 2             the head sees [n/2; n/2] ...
     lm_head          H (V, C)        -> [H, H]                 ... and sums H n/2 + H n/2 = H n
 
@@ -30,8 +31,8 @@ Adam moments follow the gradients: every duplicated parameter gets half the pare
 from __future__ import annotations
 
 import torch
+from pydantic import BaseModel
 
-from models.llama import LlamaFamilyConfig
 from models.width import WidthError, block_diag
 
 StateDict = dict[str, torch.Tensor]
@@ -40,7 +41,7 @@ _FINAL_NORM = "model.norm.weight"
 _SHARED = (".q_norm.weight", ".k_norm.weight")  # per-head norms (Qwen3): one copy serves both twins
 
 
-def widen_config(parent: LlamaFamilyConfig) -> LlamaFamilyConfig:
+def widen_config(parent: BaseModel) -> BaseModel:
     """The child config of a width stage: d_model, n_heads, n_kv_heads and d_ff doubled, head_dim kept."""
     return parent.model_copy(
         update={
@@ -53,13 +54,13 @@ def widen_config(parent: LlamaFamilyConfig) -> LlamaFamilyConfig:
     )
 
 
-def check_width(parent: LlamaFamilyConfig, child: LlamaFamilyConfig) -> None:
+def check_width(parent: BaseModel, child: BaseModel) -> None:
     expected = widen_config(parent)
     child = child.model_copy(update={"head_dim": child.resolved_head_dim})
     if child != expected:
         diffs = [
             f"{f} {getattr(child, f)} (expected {getattr(expected, f)})"
-            for f in LlamaFamilyConfig.model_fields
+            for f in type(parent).model_fields
             if getattr(child, f) != getattr(expected, f)
         ]
         raise WidthError(
@@ -85,7 +86,7 @@ def _gradient_ratio(key: str) -> float:
 
 
 def widen(
-    state: StateDict, parent: LlamaFamilyConfig, child: LlamaFamilyConfig, noise: float = 0.0, seed: int = 0
+    state: StateDict, parent: BaseModel, child: BaseModel, noise: float = 0.0, seed: int = 0
 ) -> StateDict:
     """The child state dict (every tensor as in the module docstring)."""
     check_width(parent, child)
@@ -93,7 +94,7 @@ def widen(
     return {key: _widen_tensor(key, t, False, noise, gen) for key, t in state.items()}
 
 
-def widen_moments(moments: StateDict, parent: LlamaFamilyConfig, child: LlamaFamilyConfig, power: int) -> StateDict:
+def widen_moments(moments: StateDict, parent: BaseModel, child: BaseModel, power: int) -> StateDict:
     """Map exp_avg (power 1) or exp_avg_sq (power 2), keyed by parameter name, onto the child."""
     check_width(parent, child)
     gen = torch.Generator()

@@ -8,8 +8,7 @@ Used by the Prefect stage task (tasks/stage.py), by every torchrun rank (tasks/p
 and by the benchmark (bench/runner.py): what is benchmarked is what the pipeline runs, seeded alike.
 The parent's weights come in through ``Parent.load`` (the task reads them from the registry, the
 benchmark from memory), called only when no checkpoint of the stage exists; an imported stage 1's
-through ``initial`` (the task reads a local Hugging Face directory). Either architecture of
-models/arch.py: the byte GPT or the Llama family.
+through ``initial`` (the task reads a local Hugging Face directory). Any family (models/families.py).
 
 ``parallel.strategy: fsdp`` under torchrun: every rank builds (or grows) the whole model as in one
 process, then shards it (models/parallel.py); a checkpoint, sharded or whole, loads into the shards.
@@ -25,12 +24,11 @@ from pathlib import Path
 from tokenizers import Tokenizer
 from torch import nn
 
-from models import arch
 from models import tokenizer as tokenizers
-from models.arch import ModelConfig
 from models.corpus import open_corpus as corpus_for
 from models.data import ByteCorpus, DataConfig
 from models.documents import read_documents, split_documents
+from models.families import ModelConfig, family_of
 from models.growth import GrowthError, grow, grow_moments
 from models.optim import StateDict
 from models.parallel import load_full_state, shard
@@ -109,13 +107,14 @@ def build(
     """Stage 1: a fresh model (or ``initial()``'s weights: an import). Later stages: the parent's weights,
     grown, and with ``optimizer.state: transfer`` the parent's AdamW moments grown by the same operator."""
     seed_everything(spec.seed)
-    model = arch.build(spec.model)
+    family = family_of(spec.model)
+    model = family.build(spec.model)
     if parent is None:
         if initial is not None:
-            arch.load_weights(model, initial())
+            family.load_weights(model, initial())
         return model, None
     parent_cfg, parent_state, parent_moments = parent.load()
-    arch.load_weights(model, grow(spec.growth, parent_state, parent_cfg, spec.model))
+    family.load_weights(model, grow(spec.growth, parent_state, parent_cfg, spec.model))
     if spec.optimizer.state == "reset":
         return model, None
     if parent_moments is None:
@@ -136,13 +135,13 @@ def prepare(
 ) -> Prepared:
     """The model and where training starts: from the newest valid checkpoint when there is one."""
     began = time.perf_counter()
-    plan = plan_for(spec, parent)
-    shards = shard(arch.build(spec.model), resolve_device(spec.train.device)) if sharded(spec) else None
+    plan, family = plan_for(spec, parent), family_of(spec.model)
+    shards = shard(family.build(spec.model), resolve_device(spec.train.device)) if sharded(spec) else None
     found = checkpoint.latest(checkpoints.storage, checkpoints.key, into=shards) if checkpoints else None
     if found is not None:
-        model = shards if shards is not None else arch.build(spec.model)
+        model = shards if shards is not None else family.build(spec.model)
         if found.weights is not None:
-            arch.load_weights(model, found.weights)
+            family.load_weights(model, found.weights)
         start = Start(seed=spec.seed + spec.index, resume=found.state)
     else:
         model, moments = build(spec, parent, initial)

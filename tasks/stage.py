@@ -16,17 +16,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 import yaml
 from prefect import task
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run, task_run
 from tokenizers import Tokenizer
 
-from models import arch
 from models import tokenizer as tokenizers
-from models.arch import ModelConfig
 from models.data import ByteCorpus, stdlib_dir
+from models.families import ModelConfig, family_of
+from models.family import num_params
 from models.growth import GrowthError
 from models.plan import Hooks
 from tasks import driver
@@ -83,8 +82,7 @@ def check_tokenizer(parent: ModelRef, tokenizer_sha256: str | None) -> None:
 
 def skipped_result(ref: ModelRef, registry: Registry, model: ModelConfig) -> StageResult:
     """Rebuild a registered stage's result from the registry."""
-    with torch.device("meta"):
-        params = arch.num_params(arch.build(model))
+    params = family_of(model).num_params(model)
     run = registry.client().get_run(ref.run_id)
     logged = StageParams.read(run.data.params)
     offset = ref.global_step - logged.steps
@@ -165,7 +163,7 @@ def _register(
         optimizer_sha = save_optimizer(result.moments, Path(tmp))
         example = tokenizers.encode(tokenizer, b"def main():\n    ").tolist()
         # the same directory is also an MLflow pyfunc model
-        add_pyfunc(Path(tmp), spec.model.context, arch.vocab_size(spec.model), example)
+        add_pyfunc(Path(tmp), spec.model, example)
         tags = VersionTags(
             stage=spec.index,
             n_layers=spec.model.n_layers,
@@ -186,7 +184,7 @@ def _register(
             imported = ImportTags(source=IMPORTED, imported_from=spec.init, imported_sha256=imported_sha256(spec.init))
         params = StageParams(
             steps=result.steps,
-            params=arch.num_params(model),
+            params=num_params(model),
             nproc=result.world_size,
             model=spec.model.model_dump(),
             train=spec.train.model_dump(),
@@ -252,7 +250,7 @@ def run_stage(
     offset, cursor = (parent.global_step, parent.data_cursor) if parent else (0, 0)
     done = StageResult(
         ref=ref,
-        params=arch.num_params(run.model),
+        params=num_params(run.model),
         steps=result.steps,
         val_loss_init=result.val_loss_init,
         val_loss=result.val_loss,

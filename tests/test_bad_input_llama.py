@@ -13,8 +13,8 @@ import torch
 from test_bad_input import SET, _snapshot
 
 from flows.cli.main import main
-from models import arch
 from models import tokenizer as tokenizers
+from models.families import family_of
 from tasks.config import load_config
 from tasks.registry import Registry, register
 from tasks.store import save_model
@@ -53,7 +53,7 @@ def llama_registry(tmp_path_factory):
         spec = load_config(DEMO, [*TOY[1::2], f"tokenizer.path={a}", "tokenizer.train=null"]).stage_specs()[0]
         torch.manual_seed(0)
         tok = tokenizers.load(a)
-        sha = save_model(arch.build(spec.model), workdir / "model", tok)
+        sha = save_model(family_of(spec.model).build(spec.model), workdir / "model", tok)
         tags = stage1_tags(sha, "k1", tokenizer_sha256=tokenizers.sha256(tok))
         params = stage_params(spec)
         register(

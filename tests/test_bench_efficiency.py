@@ -14,9 +14,8 @@ import torch
 from bench import efficiency
 from bench.efficiency import _note, bare_model, bare_step_seconds, throughput_and_mfu
 from bench.presets import PRESETS
-from models import arch
 from models.data import ByteCorpus
-from models.gpt import GPT
+from models.families import family_of
 
 
 def _globals_used(fn) -> set[str]:
@@ -29,32 +28,13 @@ def _globals_used(fn) -> set[str]:
     return names
 
 
-def test_the_bare_loop_uses_only_torch_and_the_model_class():
+def test_the_bare_loop_uses_only_torch_and_the_model():
     used = {n: vars(efficiency).get(n, n) for n in _globals_used(bare_step_seconds)}
-    assert used["GPT"] is GPT and used["torch"] is torch and used["bare_model"] is bare_model
-    allowed = {"torch", "F", "GPT", "bare_model", "contextlib", "time", "_sync", "range", "isinstance"}
-    assert set(used) <= allowed, set(used) - allowed  # no train(), make_optimizer, byte_loss, seeding helpers
+    assert used["torch"] is torch and used["bare_model"] is bare_model and used["family_of"] is family_of
+    allowed = {"torch", "F", "bare_model", "family_of", "contextlib", "time", "_sync", "range"}
+    assert set(used) <= allowed, set(used) - allowed  # no train(), make_optimizer, token_loss, seeding helpers
     assert {"train", "seed_everything", "resolve_device"} <= set(vars(efficiency))  # ...which train()'s side uses
-    # its model: the GPT class, or transformers' classes imported inside (no models.llama, no models.arch)
-    assert _globals_used(bare_model) <= {"GPT", "GPTConfig", "isinstance"}, _globals_used(bare_model)
-    imported = {i.argval for i in dis.get_instructions(bare_model) if i.opname == "IMPORT_NAME"}
-    assert imported == {"transformers"}
-
-
-@pytest.mark.parametrize("family", ["llama", "qwen3"])
-@pytest.mark.parametrize("tied", [False, True])
-def test_the_bare_loops_llama_is_the_pipelines_model(family, tied):
-    """Built independently from the config's numbers, it has the pipeline's every tensor, shape and setting."""
-    cfg = PRESETS["tiny-llama"].model.model_copy(update={"arch": family, "tie_embeddings": tied, "head_dim": 12})
-    ours, theirs = bare_model(cfg), arch.build(cfg)
-    assert type(ours) is type(theirs)
-    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
-    keys = ("rope_parameters", "rms_norm_eps", "tie_word_embeddings", "max_position_embeddings", "head_dim")
-    assert {k: getattr(ours.config, k) for k in keys} == {k: getattr(theirs.config, k) for k in keys}
-    x = torch.randint(0, cfg.vocab_size, (2, cfg.context))
-    ours.load_state_dict(theirs.state_dict())  # same weights: the same function
-    with torch.no_grad():
-        assert torch.equal(ours(input_ids=x).logits, theirs(input_ids=x).logits)
+    assert _globals_used(bare_model) == {"family_of"}  # the model, as its family builds it: nothing else
 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny-llama"])

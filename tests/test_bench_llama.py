@@ -11,10 +11,10 @@ from torch import nn
 
 from bench.presets import PRESETS
 from bench.schedules import FIELD
-from bench.spec import Preset, budget, llama_matmul_params, n_params, train_flops_per_token
-from models import arch
+from bench.spec import Preset, budget, n_params, train_flops_per_token
+from models.families import family_of
+from models.family import num_params
 from models.llama import LlamaFamilyConfig
-from models.size import llama_params
 
 CONFIGS = {
     "gqa": LlamaFamilyConfig(arch="llama", n_layers=3, d_model=16, n_heads=4, n_kv_heads=2, d_ff=40, vocab_size=300),
@@ -23,21 +23,22 @@ CONFIGS = {
         arch="llama", n_layers=2, d_model=8, n_heads=2, n_kv_heads=2, d_ff=16, tie_embeddings=True
     ),
     "qwen3": LlamaFamilyConfig(arch="qwen3", n_layers=2, d_model=16, n_heads=4, n_kv_heads=1, d_ff=32, vocab_size=260),
+    "qwen2": LlamaFamilyConfig(arch="qwen2", n_layers=2, d_model=16, n_heads=4, n_kv_heads=2, d_ff=32, vocab_size=270),
 }
 
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_llama_flops_count_every_matmul_weight_of_the_built_model(name):
     cfg = CONFIGS[name]
-    model = arch.build(cfg)
+    family = family_of(cfg)
+    model = family.build(cfg)
     linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))  # the tied head included
-    assert llama_matmul_params(cfg) == linear
-    # and it is models.size's exact count less what is no matmul: the embeddings, the RMSNorms' gains
-    hd = cfg.resolved_head_dim
-    norms = cfg.n_layers * (2 * cfg.d_model + (2 * hd if cfg.arch == "qwen3" else 0)) + cfg.d_model
+    assert family.matmul_params(cfg) == linear
+    # and it is the exact count less what is no matmul: the embeddings, the RMSNorms' gains, Qwen2's biases
+    no_matmul = sum(p.numel() for k, p in model.named_parameters() if p.dim() < 2 or "embed" in k)
     head = cfg.vocab_size * cfg.d_model if cfg.tie_embeddings else 0  # tied: the head's matmul, counted once
-    assert llama_matmul_params(cfg) == llama_params(cfg) - cfg.vocab_size * cfg.d_model - norms + head
-    assert llama_params(cfg) == arch.num_params(model) == n_params(cfg)
+    assert family.matmul_params(cfg) == family.num_params(cfg) - no_matmul + head
+    assert family.num_params(cfg) == num_params(model) == n_params(cfg)
 
 
 def test_llama_flops_formula_is_6n_plus_attention_over_the_query_width():
@@ -54,7 +55,7 @@ def test_the_llama_presets_are_the_same_protocol_with_a_trained_bpe():
     assert p.model.vocab_size == p.tokenizer.train.vocab_size and set(FIELD) <= set(p.schedules)
     assert p.tuning == PRESETS["quick"].tuning and p.heldout_seeds == PRESETS["quick"].heldout_seeds
     b = budget(p, p.budgets[0])
-    assert b.params == llama_params(p.model) and b.tokens == pytest.approx(2.0 * b.params, rel=0.01)
+    assert b.params == n_params(p.model) and b.tokens == pytest.approx(2.0 * b.params, rel=0.01)
 
 
 def test_a_preset_whose_vocabulary_is_not_its_tokenizers_is_refused():
@@ -63,7 +64,7 @@ def test_a_preset_whose_vocabulary_is_not_its_tokenizers_is_refused():
     with pytest.raises(ValueError, match="model.vocab_size 300 is not the tokenizer's 512"):
         Preset.model_validate(tree)
     gpt = PRESETS["tiny"].model_dump() | {"tokenizer": {"train": {"vocab_size": 512}}}
-    with pytest.raises(ValueError, match="the byte GPT reads bytes"):
+    with pytest.raises(ValueError, match="model.arch gpt reads bytes"):
         Preset.model_validate(gpt)
 
 
@@ -76,7 +77,7 @@ def test_the_protocol_runs_end_to_end_on_tiny_llama(tmp_path):
     for key in ("tuning_seeds", "heldout_seeds", "budgets", "throughput_ratio_vs_bare_loop"):
         assert written[key] == summary[key]
     (b,) = summary["budgets"]
-    assert b["params"] == llama_params(preset.model) and b["scratch"]["trials"] == 2
+    assert b["params"] == n_params(preset.model) and b["scratch"]["trials"] == 2
     assert set(b["schedules"]) == set(FIELD)
     for s in b["schedules"].values():  # every arm: the same 2 trials, the held-out seeds' figures
         assert s["trials"] == 2 == len(s["tuning"]["all"]) and set(s["flops_ratio"]["per_seed"]) == {"1", "2"}

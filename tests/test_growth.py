@@ -3,9 +3,8 @@
 import pytest
 import torch
 
-from models.gpt import GPT, GPTConfig
+from models.gpt import BYTE_GPT, GPT, GPTConfig
 from models.growth import (
-    RESIDUAL_WRITERS,
     GrowthConfig,
     GrowthError,
     child_config,
@@ -75,7 +74,7 @@ def test_layer_map_is_bitwise(g):
             continue
         _, j, suffix = key.split(".", 2)
         src = before[f"blocks.{lmap.sources[int(j)]}.{suffix}"]
-        if g.operator == "identity" and lmap.new[int(j)] and suffix in RESIDUAL_WRITERS:
+        if g.operator == "identity" and lmap.new[int(j)] and suffix in BYTE_GPT.layout.residual_writers:
             assert not value.any(), key
         else:
             assert torch.equal(value, src), key

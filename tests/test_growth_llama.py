@@ -4,9 +4,10 @@ through the transformers forward pass (float64, <= 1e-10), width with GQA and ti
 import pytest
 import torch
 
-from models import arch
+from models.families import family_of
+from models.family import token_loss
 from models.growth import GrowthConfig, GrowthError, child_config, dry_run, grow, grow_moments, layer_map
-from models.llama import LlamaFamilyConfig
+from models.llama import LLAMA, LlamaFamilyConfig
 from models.plan import GateRamp
 from models.width_llama import widen_moments
 
@@ -33,7 +34,7 @@ IDS = ["llama-gqa", "qwen3-qknorm", "llama-tied-mqa"]
 
 def parent64(cfg: LlamaFamilyConfig, seed: int = 0):
     torch.manual_seed(seed)
-    model = arch.build(cfg).double().eval()
+    model = family_of(cfg).build(cfg).double().eval()
     with torch.no_grad():  # norms away from 1, so that a wrong copy of an RMSNorm weight cannot hide
         for p in model.parameters():
             if p.dim() == 1:
@@ -43,13 +44,13 @@ def parent64(cfg: LlamaFamilyConfig, seed: int = 0):
 
 def grown64(g: GrowthConfig, parent, n_layers: int):
     cfg = child_config(g, parent.cfg, n_layers)
-    child = arch.build(cfg).double().eval()
-    arch.load_weights(child, grow(g, arch.weights(parent), parent.cfg, cfg))
+    child = family_of(cfg).build(cfg).double().eval()
+    family_of(child).load_weights(child, grow(g, family_of(parent).weights(parent), parent.cfg, cfg))
     return child
 
 
 def out(model, x: torch.Tensor) -> torch.Tensor:
-    return arch.logits(model, x)  # the transformers forward: model(input_ids=x).logits
+    return family_of(model).logits(model, x)  # the transformers forward: model(input_ids=x).logits
 
 
 @pytest.mark.parametrize("cfg", FAMILIES, ids=IDS)
@@ -120,7 +121,7 @@ def test_width_moments_are_the_grown_models_gradients(cfg, float64_rmsnorm):
     grads = []
     for model in (parent, child):
         model.zero_grad()
-        arch.token_loss(out(model, x[:, :-1]), x[:, 1:]).backward()
+        token_loss(out(model, x[:, :-1]), x[:, 1:]).backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     mapped = widen_moments(grads[0], parent.cfg, child.cfg, power=1)
     assert mapped.keys() == grads[1].keys()
@@ -138,11 +139,11 @@ def test_width_moments_are_the_grown_models_gradients(cfg, float64_rmsnorm):
 def test_layer_maps_are_bitwise_over_model_layers(cfg, operator):
     g = GrowthConfig(operator=operator)
     parent = parent64(cfg)
-    before = {k: v.clone() for k, v in arch.weights(parent).items()}
+    before = {k: v.clone() for k, v in family_of(parent).weights(parent).items()}
     n_layers = 5 if operator == "middle" else 6
-    child = grow(g, arch.weights(parent), cfg, child_config(g, cfg, n_layers))
+    child = grow(g, family_of(parent).weights(parent), cfg, child_config(g, cfg, n_layers))
     lmap = layer_map(g, 3, n_layers)
-    writers = arch.LLAMA_LAYOUT.residual_writers
+    writers = LLAMA.layout.residual_writers
     assert ("lm_head.weight" in child) != cfg.tie_embeddings
     for key, value in child.items():
         if not key.startswith("model.layers."):
@@ -154,7 +155,7 @@ def test_layer_maps_are_bitwise_over_model_layers(cfg, operator):
             assert not value.any(), key
         else:
             assert torch.equal(value, src), key
-    assert {k: v for k, v in arch.weights(parent).items() if not torch.equal(v, before[k])} == {}
+    assert {k: v for k, v in family_of(parent).weights(parent).items() if not torch.equal(v, before[k])} == {}
 
 
 def test_depth_moments_map_like_the_weights():
@@ -175,13 +176,17 @@ def test_masked_gates_fold_into_o_proj_and_down_proj():
     cfg = FAMILIES[1]
     child = grown64(GrowthConfig(operator="masked"), parent64(cfg), 6)
     for j in (1, 3):
-        arch.set_gate(child, j, 0.3)
+        family_of(child).set_gate(child, j, 0.3)
     x = torch.randint(0, cfg.vocab_size, (2, cfg.context))
     before = out(child, x)
-    arch.fold_gates(child)
-    assert not any(hasattr(layer, "gate_hooks") for layer in arch.blocks(child))  # a plain transformers model again
+    family_of(child).fold_gates(child)
+    assert not any(
+        hasattr(layer, "gate_hooks") for layer in family_of(child).blocks(child)
+    )  # a plain transformers model again
     assert (out(child, x) - before).abs().max().item() <= 1e-12
-    assert set(arch.weights(child)) == set(arch.weights(arch.build(child.cfg)))
+    assert set(family_of(child).weights(child)) == set(
+        family_of(child.cfg).weights(family_of(child.cfg).build(child.cfg))
+    )
 
 
 @pytest.mark.parametrize(

@@ -45,7 +45,7 @@ def store(tmp_path_factory):
         sha = save_model(GPT(spec.model), out)
         tags = stage1_tags(sha, "k1", optimizer_sha256=save_optimizer({}, out))
         (out / "tokenizer.json").write_text(tokenizers.byte_tokenizer().to_str())
-        add_pyfunc(out, spec.model.context)
+        add_pyfunc(out, spec.model)
         params = stage_params(spec)
         registry = Registry.resolve(workdir)
         register(registry, spec.model_name, spec.experiment, model_dir=out, tags=tags, params=params, metrics={})

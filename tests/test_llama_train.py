@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import arch
+from models.families import family_of
 from models.plan import Hooks
 from models.shards import TokenCorpus
 from tasks import driver
@@ -52,7 +52,7 @@ def test_a_llama_stage_resumes_from_its_checkpoint_bitwise(stage, tmp_path):
     assert checkpoint.complete(checkpoints.storage, "key") == [2, 4]
     resumed = driver.run(spec, None, checkpoints=checkpoints, corpus=corpus)
     assert resumed.resumed_from == 4
-    a, b = arch.weights(straight.model), arch.weights(resumed.model)
+    a, b = family_of(straight.model).weights(straight.model), family_of(resumed.model).weights(resumed.model)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.result.val_curve == straight.result.val_curve
 
@@ -64,10 +64,12 @@ def test_masked_growth_trains_through_hooks_and_saves_a_plain_model(stage):
     ]
     spec1, spec2 = load_config(DEMO, overrides).stage_specs()
     first = driver.run(spec1, None, corpus=corpus)
-    state = {k: v.clone() for k, v in arch.weights(first.model).items()}
+    state = {k: v.clone() for k, v in family_of(first.model).weights(first.model).items()}
     parent = driver.Parent(2, first.result.cursor, 2, lambda: (spec1.model, state, None))
     grown = driver.run(spec2, parent, corpus=corpus)
     assert grown.result.val_loss_init == pytest.approx(first.result.val_loss, rel=1e-6)  # gates at 0
-    assert not any(hasattr(layer, "gate_hooks") for layer in arch.blocks(grown.model))  # folded at the end
-    layer1 = arch.weights(grown.model)["model.layers.1.self_attn.o_proj.weight"]
+    assert not any(
+        hasattr(layer, "gate_hooks") for layer in family_of(grown.model).blocks(grown.model)
+    )  # folded at the end
+    layer1 = family_of(grown.model).weights(grown.model)["model.layers.1.self_attn.o_proj.weight"]
     assert layer1.abs().sum() > 0  # a gated copy, not a zeroed one

@@ -3,29 +3,18 @@
 import pytest
 import torch
 import torch.distributed as dist
-import torch.nn as nn
 from torch.distributed.fsdp import FSDPModule
 
 from models import parallel
+from models.families import family_of
 from models.gpt import GPT, GPTConfig
+from models.llama import LlamaFamilyConfig
 from models.optim import MomentsMismatch, make_optimizer
 
 CFG = GPTConfig(n_layers=2, d_model=16, n_heads=2, d_ff=32, context=8)
 
 
-class LlamaShaped(nn.Module):
-    """The Hugging Face layout: blocks at ``model.layers``."""
-
-    def __init__(self):
-        super().__init__()
-        self.model = nn.Module()
-        self.model.layers = nn.ModuleList(nn.Linear(4, 4) for _ in range(3))
-        self.lm_head = nn.Linear(4, 4)
-
-    def forward(self, x):
-        for layer in self.model.layers:
-            x = layer(x)
-        return self.lm_head(x)
+QWEN2 = LlamaFamilyConfig(arch="qwen2", n_layers=3, d_model=16, n_heads=2, n_kv_heads=1, d_ff=24, context=8)
 
 
 @pytest.fixture
@@ -35,16 +24,17 @@ def group():
     dist.destroy_process_group()
 
 
-def test_blocks_are_found_for_both_layouts():
-    assert len(parallel.transformer_blocks(GPT(CFG))) == 2
-    assert len(parallel.transformer_blocks(LlamaShaped())) == 3
-    with pytest.raises(TypeError, match="neither .blocks nor .model.layers"):
-        parallel.transformer_blocks(nn.Linear(2, 2))
+@pytest.mark.parametrize("cfg", [CFG, QWEN2])
+def test_the_units_are_the_familys_blocks(cfg):
+    family = family_of(cfg)
+    model = family.build(cfg)
+    assert family.fsdp_units(model) == family.checkpoint_units(model) == list(family.blocks(model))
+    assert len(family.fsdp_units(model)) == cfg.n_layers
 
 
 def test_shard_wraps_each_block_and_the_root(group):
-    llama = parallel.shard(LlamaShaped(), torch.device("cpu"))
-    assert isinstance(llama, FSDPModule) and all(isinstance(b, FSDPModule) for b in llama.model.layers)
+    qwen2 = parallel.shard(family_of(QWEN2).build(QWEN2), torch.device("cpu"))
+    assert isinstance(qwen2, FSDPModule) and all(isinstance(b, FSDPModule) for b in qwen2.model.layers)
     torch.manual_seed(0)
     model = GPT(CFG)
     whole = {k: v.clone() for k, v in model.state_dict().items()}

@@ -17,8 +17,10 @@ import torch
 import yaml
 
 from deploy.check_secrets import problems
-from models.gpt import GPT, GPTConfig
-from models.size import footprint, gpt_params
+from models.families import family_of
+from models.family import num_params
+from models.gpt import BYTE_GPT, GPTConfig
+from models.llama import LlamaFamilyConfig
 from tasks.config import ConfigError, load_config
 from tasks.store import IntegrityError, redact, verify_manifest, write_manifest
 
@@ -86,20 +88,26 @@ def test_the_cli_refuses_a_cap_with_exit_2_and_one_line(tmp_path):
 
 @pytest.mark.parametrize(
     "cfg",
-    [GPTConfig(n_layers=1, d_model=8, n_heads=2, d_ff=16, context=4), GPTConfig(), GPTConfig(n_layers=12, context=64)],
+    [GPTConfig(n_layers=1, d_model=8, n_heads=2, d_ff=16, context=4), GPTConfig(), GPTConfig(n_layers=12, context=64)]
+    + [
+        LlamaFamilyConfig(arch=arch, n_layers=2, d_model=16, n_heads=4, n_kv_heads=2, d_ff=24, tie_embeddings=tied)
+        for arch in ("llama", "qwen3", "qwen2")
+        for tied in (False, True)
+    ],
 )
 def test_the_parameter_count_is_exact(cfg):
+    family = family_of(cfg)
     with torch.device("meta"):
-        assert gpt_params(cfg) == GPT(cfg).num_params()
+        assert family.num_params(cfg) == num_params(family.build(cfg))
 
 
 def test_the_estimate_counts_adamw_and_grows_with_the_batch():
     cfg = GPTConfig()
-    small, large = footprint(cfg, 8), footprint(cfg, 16)
-    assert small.optimizer == 2 * small.weights == 2 * small.grads == 8 * gpt_params(cfg)
+    small, large = BYTE_GPT.footprint(cfg, 8), BYTE_GPT.footprint(cfg, 16)
+    assert small.optimizer == 2 * small.weights == 2 * small.grads == 8 * BYTE_GPT.num_params(cfg)
     assert large.activations == 2 * small.activations and large.weights == small.weights
-    with pytest.raises(ValueError, match="no size estimate for int"):
-        footprint(3, 8)
+    with pytest.raises(ValueError, match="unknown model.arch 'moe'"):
+        family_of({"arch": "moe"})
 
 
 # --- redaction: one function, everywhere -----------------------------------------------------------

@@ -50,7 +50,7 @@ def test_a_sharded_version_directory_serves_as_a_pyfunc_model(tmp_path):
 
     model = GPT(CFG).eval()
     save_model(model, tmp_path, max_shard_bytes=40_000)
-    add_pyfunc(tmp_path, CFG.context)
+    add_pyfunc(tmp_path, CFG)
     ids = np.array([list(b"def f")], dtype=np.int64)
     served = mlflow.pyfunc.load_model(str(tmp_path)).predict(ids)
     with torch.no_grad():

@@ -59,25 +59,22 @@ def test_the_tokenizer_is_learnt_from_the_training_split_only(tmp_path):
 def test_a_local_file_or_directory_loads_and_save_pretrained_gives_an_autotokenizer(tmp_path):
     from transformers import AutoTokenizer
 
-    from tasks.store import hf_dir
-
     tok = tokenizers.train_bpe(TEXT * 50, TrainTokenizer(vocab_size=300))
     (tmp_path / "tokenizer.json").write_text(tok.to_str())
     sha = tokenizers.sha256(tok)
     assert tokenizers.sha256(tokenizers.load(tmp_path)) == sha
     assert tokenizers.sha256(tokenizers.load(tmp_path / "tokenizer.json")) == sha
     # a version directory: PreTrainedTokenizerFast.save_pretrained, tokenizer.json kept canonical
-    from models import arch
-    from models.llama import LlamaFamilyConfig
+    from models.llama import LLAMA, LlamaFamilyConfig
 
-    model = arch.build(
+    model = LLAMA.build(
         LlamaFamilyConfig(
             arch="llama", n_layers=1, d_model=8, n_heads=2, n_kv_heads=1, d_ff=8, context=8, vocab_size=300
         )
     )
     out = tmp_path / "version"
     out.mkdir()
-    hf_dir.save(model, out, tok)
+    LLAMA.save(model, out, tok, max_shard_bytes=5 * 10**9)
     assert tokenizers.sha256(tokenizers.load(out)) == sha
     auto = AutoTokenizer.from_pretrained(out)
     assert auto(TEXT.decode())["input_ids"] == tokenizers.encode(tok, TEXT).tolist()

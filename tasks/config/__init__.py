@@ -5,7 +5,7 @@ The door of this room: import these names from ``tasks.config``.
 
 from tasks.config.identity import code_version, pipeline_hash, spec_hash, stage_key
 from tasks.config.load import ConfigError, apply_override, load_config, read_yaml, resolve_config
-from tasks.config.model_section import ArchConfig, GPTArch, InitConfig, LlamaArch
+from tasks.config.model_section import ArchConfig, InitConfig
 from tasks.config.schema import (
     CheckpointConfig,
     GateConfig,
@@ -21,9 +21,7 @@ from tasks.config.schema import (
 
 __all__ = [
     "ArchConfig",
-    "GPTArch",
     "InitConfig",
-    "LlamaArch",
     "CheckpointConfig",
     "ConfigError",
     "GateConfig",

@@ -15,7 +15,7 @@ import os
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.size import footprint
+from models.families import family_of
 
 
 class LimitsConfig(BaseModel):
@@ -84,10 +84,11 @@ def check_fit(specs, limits: LimitsConfig) -> None:
         if par.nproc > procs:  # per node: one process per GPU, or per core (more only time-slice a CPU)
             source = "limits.max_nproc" if limits.max_nproc else ("GPUs" if cuda else "usable CPU cores")
             raise ValueError(f"{where}.parallel.nproc {par.nproc} exceeds {procs} ({source})")
-        state = footprint(spec.model, 0)  # weights, gradients, AdamW: sharded across the ranks under FSDP
+        family = family_of(spec.model)
+        state = family.footprint(spec.model, 0)  # weights, gradients, AdamW: sharded across the ranks under FSDP
         shards = par.world_size if par.strategy == "fsdp" else 1
         per_rank = (state.weights + state.grads + state.optimizer) // shards
-        per_rank += footprint(spec.model, spec.train.batch_size // par.world_size).activations
+        per_rank += family.footprint(spec.model, spec.train.batch_size // par.world_size).activations
         need = per_rank if cuda else per_rank * par.nproc  # on CPU every rank on this node shares its memory
         have = limits.memory_bytes or machine_memory(cuda)
         if need > have:

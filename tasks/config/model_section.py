@@ -1,10 +1,11 @@
-"""The ``model`` section (a union on ``arch``), ``stages.0.init`` and stage 1's resolved model and tokenizer.
+"""The ``model`` section (any family's config but ``n_layers`` and ``vocab_size``, told apart by ``arch``),
+``stages.0.init`` and stage 1's resolved model and tokenizer.
 
     model: {d_model: 128, ...}                       the byte GPT (arch: gpt, the default)
-    model: {arch: llama, n_kv_heads: 2, ...}         transformers' LlamaForCausalLM (qwen3: Qwen3ForCausalLM)
+    model: {arch: llama, n_kv_heads: 2, ...}         transformers' LlamaForCausalLM (qwen3, qwen2: theirs)
     stages: [{n_layers: 12, steps: 0, init: {from_pretrained: DIR}}, ...]   stage 1 imports a local HF directory
 
-A Llama-family model's vocabulary size is never written by hand: it is the tokenizer's (``tokenizer.train.
+A tokenized family's vocabulary size is never written by hand: it is the tokenizer's (``tokenizer.train.
 vocab_size``, the size of ``tokenizer.path``'s vocabulary, 256 bytes by default) or, for an import, the
 directory's own. The files read here (a tokenizer.json, an imported config.json) are read only to size
 the model; their contents are checked again, by sha256, where they are used.
@@ -13,62 +14,43 @@ the model; their contents are checked again, by sha256, where they are used.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, create_model
 
 from models import tokenizer as tokenizers
-from models.arch import ModelConfig
-from models.gpt import GPTConfig
-from models.llama import LlamaFamilyConfig, UnsupportedHFConfig, from_hf
+from models.families import CONFIGS, FAMILIES, ModelConfig, config_tag, family_of
+from models.hf_format import UnsupportedHFConfig
 from models.tokenizer import TokenizerConfig, TokenizerError
 from tasks.store import hf_dir
+
+PER_STAGE = ("n_layers", "vocab_size")  # each stage sets its depth; the tokenizer sets the vocabulary
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class GPTArch(Strict):
-    """``model`` for the byte GPT: stage 1's widths; each stage sets n_layers, a ``width`` stage doubles them."""
-
-    arch: Literal["gpt"] = "gpt"
-    d_model: int = 128
-    n_heads: int = 4
-    d_ff: int = 512
-    context: int = 128
-    dropout: float = 0.0
+def _section(config: type[BaseModel]) -> type[BaseModel]:
+    """``model`` for a config class: its fields, defaults and bounds, but those a stage or the tokenizer sets."""
+    fields = {name: (f.annotation, f) for name, f in config.model_fields.items() if name not in PER_STAGE}
+    return create_model(f"{config.__name__}Section", __base__=Strict, **fields)
 
 
-class LlamaArch(Strict):
-    """``model`` for the Llama family (LlamaFamilyConfig's fields but n_layers and vocab_size)."""
-
-    arch: Literal["llama", "qwen3"]
-    d_model: int = 128
-    n_heads: int = 4
-    n_kv_heads: int = 2  # grouped-query attention: 2 query heads per key-value head
-    d_ff: int = 384
-    head_dim: int | None = None
-    context: int = 128
-    max_position_embeddings: int | None = None  # None: the context
-    rope_theta: float = 10000.0
-    rms_norm_eps: float = 1e-5
-    tie_embeddings: bool = False
-
-
-def _arch_tag(value: Any) -> str:
-    arch = value.get("arch", "gpt") if isinstance(value, dict) else getattr(value, "arch", "gpt")
-    return "llama" if arch == "qwen3" else str(arch)
-
-
+SECTIONS = {config: _section(config) for config in CONFIGS}
 ArchConfig = Annotated[
-    Annotated[GPTArch, Tag("gpt")] | Annotated[LlamaArch, Tag("llama")],
+    Union[tuple(Annotated[section, Tag(config.__name__)] for config, section in SECTIONS.items())],  # noqa: UP007
     Discriminator(
-        _arch_tag,
+        config_tag,
         custom_error_type="unknown_arch",
-        custom_error_message="unknown model.arch: known architectures are gpt, llama and qwen3",
+        custom_error_message=f"unknown model.arch: known architectures are {', '.join(FAMILIES)}",
     ),
 ]
+
+
+def default_section() -> BaseModel:
+    """The byte GPT's defaults: the demo's model."""
+    return SECTIONS[FAMILIES["gpt"].config]()
 
 
 class InitConfig(Strict):
@@ -85,31 +67,47 @@ def _vocab_of(tokenizer: TokenizerConfig) -> int:
     return tokenizers.BYTE_ALPHABET
 
 
+def _tokenized() -> str:
+    return ", ".join(name for name, f in FAMILIES.items() if f.fixed_vocab is None)
+
+
 def first_model(
-    model: GPTArch | LlamaArch, n_layers: int, tokenizer: TokenizerConfig, init: InitConfig | None
+    model: BaseModel, n_layers: int, tokenizer: TokenizerConfig, init: InitConfig | None
 ) -> tuple[ModelConfig, TokenizerConfig]:
     """Stage 1's model config and the pipeline's tokenizer (an import brings its own). ValueError: one line."""
+    family = family_of(model)
     try:
-        if isinstance(model, GPTArch):
-            if init is not None:
-                raise ValueError("init.from_pretrained imports a Llama-family model: set model.arch: llama or qwen3")
-            if tokenizer.kind != "bytes":
-                raise ValueError("the byte GPT (model.arch: gpt) reads bytes: tokenizer.train/path need arch llama")
-            return GPTConfig(n_layers=n_layers, **model.model_dump(exclude={"arch"})), tokenizer
-        if init is None:
-            fields = model.model_dump()
-            return LlamaFamilyConfig(n_layers=n_layers, vocab_size=_vocab_of(tokenizer), **fields), tokenizer
-        return _imported(model, n_layers, tokenizer, init)
+        if init is not None:
+            return _imported(model, n_layers, tokenizer, init)
+        if family.fixed_vocab is None:
+            return family.config(n_layers=n_layers, vocab_size=_vocab_of(tokenizer), **model.model_dump()), tokenizer
+        if tokenizer.kind != "bytes":
+            raise ValueError(
+                f"model.arch {family.name} reads bytes: tokenizer.train/path need a tokenized arch ({_tokenized()})"
+            )
+        return family.config(n_layers=n_layers, **model.model_dump()), tokenizer
     except (TokenizerError, UnsupportedHFConfig, hf_dir.ImportRefused) as e:
         raise ValueError(str(e)) from None
 
 
+def _importer(model_type) -> str:
+    """The family that imports a config.json's ``model_type``."""
+    known = {f.hf_model_type: name for name, f in FAMILIES.items() if f.hf_model_type}
+    if model_type not in known:
+        raise UnsupportedHFConfig(f"model_type {model_type!r} is not supported (supported: {', '.join(known)})")
+    return known[model_type]
+
+
 def _imported(
-    model: LlamaArch, n_layers: int, tokenizer: TokenizerConfig, init: InitConfig
-) -> tuple[LlamaFamilyConfig, TokenizerConfig]:
+    model: BaseModel, n_layers: int, tokenizer: TokenizerConfig, init: InitConfig
+) -> tuple[ModelConfig, TokenizerConfig]:
     """The directory's architecture; fields the user set in ``model`` must agree with it."""
+    if family_of(model).hf_model_type is None:
+        importers = ", ".join(name for name, f in FAMILIES.items() if f.hf_model_type)
+        raise ValueError(f"init.from_pretrained imports a Hugging Face model: set model.arch to one of {importers}")
     directory = str(Path(init.from_pretrained).resolve())
-    cfg = from_hf(hf_dir.inspect(directory), context=model.context)
+    hf = hf_dir.inspect(directory)
+    cfg = FAMILIES[_importer(hf.get("model_type"))].from_hf(hf, context=model.context)
     where = f"init.from_pretrained {init.from_pretrained!r}"
     if cfg.arch != model.arch:
         raise ValueError(f"{where} holds a {cfg.arch} model, but model.arch is {model.arch}")

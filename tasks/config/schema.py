@@ -2,7 +2,7 @@
 
     PipelineConfig
       seed, retry, checkpoint, storage, data, registry, gate, limits,
-      model  (stage 1's architecture, a union on `arch`: gpt | llama | qwen3 (tasks/config/model_section.py);
+      model  (stage 1's architecture, told apart by `arch`: a family of models/families.py (config/model_section.py);
               each stage sets n_layers, a `width` stage doubles the widths),
       tokenizer  (the byte vocabulary, a BPE trained on the training split, or a local tokenizer.json),
       train  (defaults for every stage),
@@ -20,15 +20,15 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
-from models.arch import ModelConfig
 from models.data import DataConfig
+from models.families import ModelConfig
 from models.growth import GrowthConfig, GrowthError, child_config, dry_run
 from models.optim import OptimizerConfig
 from models.policy import ScheduleConfig, UntilConfig, step_cap
 from models.tokenizer import TokenizerConfig
 from models.train import TrainConfig
 from tasks.config.limits import LimitsConfig, check_fit, check_shapes
-from tasks.config.model_section import ArchConfig, GPTArch, InitConfig, Strict, first_model
+from tasks.config.model_section import ArchConfig, InitConfig, Strict, default_section, first_model
 from tasks.store import check_uri
 
 
@@ -201,7 +201,7 @@ class PipelineConfig(Strict):
     checkpoint: CheckpointConfig = CheckpointConfig()
     storage: StorageConfig = StorageConfig()
     data: DataConfig = DataConfig()
-    model: ArchConfig = GPTArch()
+    model: ArchConfig = Field(default_factory=default_section)
     tokenizer: TokenizerConfig = TokenizerConfig()  # default: the byte vocabulary
     train: TrainConfig = TrainConfig()
     registry: RegistryConfig = RegistryConfig()

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from models import arch
+from models.families import family_of
 from models.plan import StepInfo
 from models.train import TrainResult
 from tasks.config import ParallelConfig, StageSpec
@@ -171,8 +171,9 @@ def save_outputs(job_dir: Path, run: StageRun) -> None:
 
 def load_outputs(job_dir: Path) -> StageRun:
     cfg, state = load_state(job_dir, None)
-    model = arch.build(cfg)
-    arch.load_weights(model, state)
+    family = family_of(cfg)
+    model = family.build(cfg)
+    family.load_weights(model, state)
     saved = json.loads((job_dir / RESULT).read_text())
     meta = saved["result"]
     curves = {k: [tuple(p) for p in meta[k]] for k in ("train_curve", "val_curve")}

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from models import arch
+from models.families import family_of
 from models.parallel import full_state, gather_json, is_sharded
 from models.plan import Hooks
 from models.train import resolve_device
@@ -61,8 +61,9 @@ def _gathered(run: driver.StageRun, spec) -> driver.StageRun:
     state = full_state(run.model)
     if dist.get_rank() != 0:
         return run
-    model = arch.build(spec.model)
-    arch.load_weights(model, state)
+    family = family_of(spec.model)
+    model = family.build(spec.model)
+    family.load_weights(model, state)
     return dataclasses.replace(run, model=model)
 
 

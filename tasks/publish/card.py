@@ -16,6 +16,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from models.data import DataConfig
+from models.families import family_of, parse_config
 from tasks.publish.report import plot_losses
 from tasks.registry import ModelRef, Registry
 from tasks.registry.schema import Artifacts, CardTags, StageParams, stage_alias
@@ -53,20 +54,11 @@ def lineage(client: MlflowClient, ref: ModelRef) -> list[tuple[ModelRef, StagePa
 
 
 def architecture(m: dict[str, str], tokenizer_sha256: str | None) -> str:
-    """The card's architecture line, from the stage run's logged model params."""
-    if m.get("arch") in ("llama", "qwen3"):
-        family = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM (q/k norms)"}[m["arch"]]
-        vocab = f"byte-level BPE `{tokenizer_sha256[:12]}`" if tokenizer_sha256 else "256 bytes"
-        tied = ", tied embeddings" if m.get("tie_embeddings") == "True" else ""
-        return (
-            f"transformers {family}: {m['n_layers']} layers, hidden {m['d_model']}, {m['n_heads']} heads, "
-            f"{m['n_kv_heads']} key-value heads, d_ff {m['d_ff']}, RoPE theta {m['rope_theta']}{tied},\n"
-            f"context {m['context']} tokens, vocabulary {m['vocab_size']} ({vocab}). A Hugging Face model directory."
-        )
-    return (
-        f"Byte-level decoder-only transformer (models/gpt.py): {m['n_layers']} layers, d_model {m['d_model']},\n"
-        f"{m['n_heads']} heads, d_ff {m['d_ff']}, context {m['context']} bytes, vocabulary 256 bytes."
-    )
+    """The card's architecture line, from the stage run's logged model params (MLflow keeps them as strings)."""
+    cfg = parse_config({k: None if v == "None" else v for k, v in m.items()})
+    family = family_of(cfg)
+    vocab = f"byte-level BPE `{tokenizer_sha256[:12]}`" if tokenizer_sha256 else "256 bytes"
+    return f"{family.describe(cfg)}; vocabulary {family.vocab_size(cfg)} ({vocab})."
 
 
 def card_markdown(

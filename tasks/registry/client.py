@@ -137,12 +137,12 @@ def fetch(registry: Registry, ref: ModelRef, dst: Path) -> Path:
 
 
 def download(registry: Registry, ref: ModelRef, dst: Path):
-    """Fetch and verify a version's directory, return (GPTConfig, state dict)."""
+    """Fetch and verify a version's directory, return (model config, state dict)."""
     return load_state(fetch(registry, ref, dst), ref.weights_sha256)
 
 
 def download_with_optimizer(registry: Registry, ref: ModelRef, dst: Path):
-    """(GPTConfig, state dict, AdamW moments or None), from a verified directory."""
+    """(model config, state dict, AdamW moments or None), from a verified directory."""
     local = fetch(registry, ref, dst)
     cfg, state = load_state(local, ref.weights_sha256)
     return cfg, state, load_optimizer(local, ref.optimizer_sha256)

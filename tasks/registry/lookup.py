@@ -16,7 +16,7 @@ from mlflow.exceptions import MlflowException
 from tokenizers import Tokenizer
 from torch import nn
 
-from models import arch
+from models.families import family_of
 from tasks.registry.client import ModelRef, Registry, fetch
 from tasks.registry.schema import versions_filter
 from tasks.store import IntegrityError, load_state, load_tokenizer, redact
@@ -100,14 +100,15 @@ def version_ref(mv: ModelVersion) -> ModelRef:
 
 def load_version(registry: Registry, mv: ModelVersion) -> tuple[nn.Module, Tokenizer]:
     """The project's own loader: download the version's directory, verify it against its manifest, rebuild the
-    model (either architecture, eval mode) and its tokenizer (the byte vocabulary for the byte GPT)."""
+    model (any family, eval mode) and its tokenizer (the byte vocabulary for the byte GPT)."""
     ref = version_ref(mv)
     with tempfile.TemporaryDirectory(prefix="staged-use-") as tmp:
         local = fetch(registry, ref, Path(tmp))
         cfg, state = load_state(local, ref.weights_sha256)
         tokenizer = load_tokenizer(local)
-    model = arch.build(cfg)
-    arch.load_weights(model, state)
+    family = family_of(cfg)
+    model = family.build(cfg)
+    family.load_weights(model, state)
     return model.eval(), tokenizer
 
 

@@ -1,7 +1,7 @@
 """The MLflow pyfunc flavour of a version, written with models-from-code (no pickle anywhere).
 
-``add_pyfunc(model_dir, context, vocab_size)`` turns a saved ``model.safetensors`` + ``config.json``
-directory (the byte GPT's, or a Hugging Face directory of the Llama family) into one that is also a valid
+``add_pyfunc(model_dir, cfg)`` turns a saved model directory (its family's files: the byte GPT's, or a
+Hugging Face directory of a decoder) into one that is also a valid
 MLflow model (MLmodel, the code file tasks/pyfunc_model.py, a copy of the
 ``models`` package's sources, environment files, signature and input example). The registered
 version's source stays that one directory, so tools that read the safetensors directly keep
@@ -29,21 +29,20 @@ from pathlib import Path
 import numpy as np
 
 import models
+from models.families import ModelConfig, family_of
 from tasks.registry.client import Registry, fetch
 from tasks.registry.lookup import resolve, version_ref
-from tasks.store import hf_dir
 
 CODE = Path(__file__).with_name("pyfunc_model.py")
 EXAMPLE = b"def main():\n    "
 _PINNED = ("torch", "safetensors", "pydantic", "numpy", "mlflow")
-_PINNED_HF = ("transformers", "tokenizers")  # and for a Llama-family directory
 
 
-def requirements(hf: bool = False) -> list[str]:
-    """Exact versions of what the wrapper imports (explicit: MLflow's inference would load the model in a
-    subprocess)."""
+def requirements(extra: tuple[str, ...] = ()) -> list[str]:
+    """Exact versions of what the wrapper imports, ``extra``: what the family's models need (explicit: MLflow's
+    inference would load the model in a subprocess)."""
     reqs = []
-    for name in _PINNED + (_PINNED_HF if hf else ()):
+    for name in _PINNED + extra:
         try:
             reqs.append(f"{name}=={version(name).split('+')[0]}")
         except PackageNotFoundError:
@@ -66,12 +65,13 @@ def input_example(context: int, ids: list[int] | None = None) -> np.ndarray:
     return np.array([(list(EXAMPLE) if ids is None else ids)[:context]], dtype=np.int64)
 
 
-def add_pyfunc(model_dir: Path, context: int, vocab_size: int = 256, example: list[int] | None = None) -> None:
-    """Make ``model_dir`` (model.safetensors + config.json) also an MLflow pyfunc model directory.
+def add_pyfunc(model_dir: Path, cfg: ModelConfig, example: list[int] | None = None) -> None:
+    """Make ``model_dir`` (a saved model of ``cfg``) also an MLflow pyfunc model directory.
 
     ``example``: token ids of the input example (default: EXAMPLE's bytes, the byte vocabulary's ids)."""
     import mlflow.pyfunc
 
+    family = family_of(cfg)
     with tempfile.TemporaryDirectory(prefix="staged-pyfunc-") as tmp:
         code = Path(tmp) / "code" / "models"  # sources only: no __pycache__ bytecode in the artifact
         code.mkdir(parents=True)
@@ -83,9 +83,9 @@ def add_pyfunc(model_dir: Path, context: int, vocab_size: int = 256, example: li
                 str(out),
                 python_model=str(CODE),
                 code_paths=[str(code)],
-                signature=signature(vocab_size),
-                input_example=input_example(context, example),
-                pip_requirements=requirements(hf=hf_dir.is_hf(model_dir)),
+                signature=signature(family.vocab_size(cfg)),
+                input_example=input_example(cfg.context, example),
+                pip_requirements=requirements(family.requires),
             )
         for item in out.iterdir():
             if (model_dir / item.name).exists():

@@ -2,9 +2,9 @@
 
 MLflow copies this file into the version's ``model/`` directory and executes it on
 ``mlflow.pyfunc.load_model``; it sits next to ``model.safetensors`` (or its shards and index) and
-``config.json``, which it reads from its own directory. No Python object is pickled, at logging or at
-loading: the weights are safetensors, the config JSON, and the code is this file plus the installed
-``models`` package (the byte GPT) or ``transformers`` (a Llama-family version, a Hugging Face model directory).
+its config, which it reads from its own directory. No Python object is pickled, at logging or at
+loading: the weights are safetensors, the config JSON, and the code is this file plus the version's copy of
+the ``models`` package (which asks the model's family how to build and run it; a decoder's is transformers').
 
 Input: token ids, int64 of shape (batch, T) with T <= the model's context (bytes for the byte GPT).
 Output: float32 logits of shape (batch, T, vocab): exactly what the model returns.
@@ -20,10 +20,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from models.gpt import GPT, GPTConfig
+from models.families import family_of, read_config
 
 HERE = Path(__file__).resolve().parent  # MLflow loads this file from the model directory itself
-HF_MARKER = "staged.json"  # present in a Llama-family version's directory (tasks/store/hf_dir.py)
 
 
 class StagedGPT(mlflow.pyfunc.PythonModel):
@@ -32,21 +31,15 @@ class StagedGPT(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True  # the signature is explicit (tasks/serving.py); no type-hint wrapping
 
     def load_context(self, context) -> None:
-        if (HERE / HF_MARKER).is_file():
-            from transformers import AutoModelForCausalLM
-
-            self.model = AutoModelForCausalLM.from_pretrained(HERE, local_files_only=True, dtype=torch.float32)
-            self.hf = True
-        else:
-            cfg = GPTConfig.model_validate_json((HERE / "config.json").read_text())
-            self.model = GPT(cfg)
-            index = HERE / "model.safetensors.index.json"  # sharded weights (tasks/store/model_dir.py)
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else []
-            state = {}
-            for name in files or ["model.safetensors"]:
-                state.update(load_file(HERE / name))
-            self.model.load_state_dict(state, strict=True)
-            self.hf = False
+        cfg = read_config(HERE)
+        self.family = family_of(cfg)
+        index = HERE / "model.safetensors.index.json"  # sharded weights (tasks/store/model_dir.py)
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else []
+        state = {}
+        for name in files or ["model.safetensors"]:
+            state.update(load_file(HERE / name))
+        self.model = self.family.build(cfg)
+        self.family.load_weights(self.model, state)
         self.model.eval()
 
     def predict(self, context, model_input, params=None) -> np.ndarray:
@@ -54,8 +47,7 @@ class StagedGPT(mlflow.pyfunc.PythonModel):
         if ids.dim() == 1:
             ids = ids.unsqueeze(0)
         with torch.no_grad():
-            logits = self.model(input_ids=ids, use_cache=False).logits if self.hf else self.model(ids)
-            return logits.float().numpy()
+            return self.family.logits(self.model, ids).float().numpy()
 
 
 mlflow.models.set_model(StagedGPT())

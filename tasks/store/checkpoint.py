@@ -33,7 +33,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 import tasks.store.sharded as sharded
-from models import arch
+from models.families import family_of
 from models.parallel import is_sharded, load_full_state
 from models.plan import TrainState
 from tasks.store.storage import Storage
@@ -59,7 +59,7 @@ def _prefix(key: str, step: int) -> str:
 
 
 def _encode(model: nn.Module, state: TrainState) -> dict[str, bytes]:
-    weights = {k: v.detach().to("cpu").contiguous() for k, v in arch.weights(model).items()}
+    weights = {k: v.detach().to("cpu").contiguous() for k, v in family_of(model).weights(model).items()}
     return {
         "model.safetensors": st_save(weights),
         "optimizer.safetensors": st_save({k: v.contiguous() for k, v in state.moments.items()}),

@@ -1,13 +1,14 @@
-"""Model artifacts on disk: ``model.safetensors`` + ``config.json`` + ``optimizer.safetensors``.
+"""Model artifacts on disk: the family's directory (weights + config), ``optimizer.safetensors``, and sha256s.
 
-The byte GPT's directory: its weights and its own ``config.json`` (a GPTConfig). A Llama-family model's:
-a Hugging Face model directory with its tokenizer (tasks/store/hf_dir.py). :func:`save_model` writes
-either, :func:`load_state` and :func:`load_tokenizer` read either: the one way in each direction.
+Which files a model directory holds is its family's (``Family.save``: the byte GPT's ``config.json`` +
+``model.safetensors``; a transformers decoder's Hugging Face directory with its tokenizer, models/hf_format.py).
+:func:`save_model` writes any of them, :func:`load_state` and :func:`load_tokenizer` read any of them: the one way
+in each direction.
 The optimizer file holds the AdamW moments by parameter name (models/optim.py), for stages that
 transfer optimizer state across growth. Nothing is ever pickled.
 
 Weights above ``SHARD_BYTES`` (Hugging Face's default, 5 GB) are saved as Hugging Face does
-(``huggingface_hub.save_torch_state_dict`` for the byte GPT, ``save_pretrained`` for the Llama family):
+(``huggingface_hub.save_torch_state_dict`` for the byte GPT, ``save_pretrained`` for the decoders):
 ``model-00001-of-0000N.safetensors``... and ``model.safetensors.index.json`` (which tensor is in which
 file). The index also records each shard's sha256 (``metadata.sha256``), and the version's weights sha256
 is the index's: verifying it and then each shard against it verifies every byte. transformers and
@@ -21,16 +22,13 @@ import json
 from pathlib import Path
 
 import torch
-from huggingface_hub import save_torch_state_dict
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from torch import nn
 
 import tasks.store.hf_dir as hf_dir
-from models import arch
 from models import tokenizer as tokenizers
-from models.arch import ModelConfig
-from models.gpt import GPTConfig
+from models.families import ModelConfig, family_of, read_config
 from tasks.store.manifest import IntegrityError, sha256_file
 
 WEIGHTS, CONFIG, OPTIMIZER = "model.safetensors", "config.json", "optimizer.safetensors"
@@ -52,18 +50,10 @@ def _weights_sha256(directory: Path) -> str:
 def save_model(
     model: nn.Module, directory: Path, tokenizer: Tokenizer | None = None, max_shard_bytes: int = SHARD_BYTES
 ) -> str:
-    """Write weights and config (a Llama-family model: a HF directory with ``tokenizer``, default the byte
+    """Write the model's directory (its family's files; a tokenized family's with ``tokenizer``, default the byte
     vocabulary) into ``directory``; return the sha256 of the weights file (or of the shards' index)."""
     directory.mkdir(parents=True, exist_ok=True)
-    if not arch.is_gpt(model):
-        hf_dir.save(model, directory, tokenizer, max_shard_bytes)
-        return _weights_sha256(directory)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    (directory / CONFIG).write_text(model.cfg.model_dump_json(indent=2) + "\n")
-    if sum(v.numel() * v.element_size() for v in state.values()) <= max_shard_bytes:
-        save_file(state, directory / WEIGHTS)
-    else:
-        save_torch_state_dict(state, directory, max_shard_size=max_shard_bytes)
+    family_of(model).save(model, directory, tokenizer, max_shard_bytes)
     return _weights_sha256(directory)
 
 
@@ -78,12 +68,9 @@ def _verified(path: Path, expected_sha256: str | None) -> Path:
 
 
 def load_state(directory: Path, expected_sha256: str | None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """Read a saved model (either family), refusing weights whose sha256 differs from ``expected_sha256``
+    """Read a saved model (any family), refusing weights whose sha256 differs from ``expected_sha256``
     (sharded: the index's, then every shard against the index)."""
-    if hf_dir.is_hf(directory):
-        cfg = hf_dir.config(directory)
-    else:
-        cfg = GPTConfig.model_validate_json((directory / CONFIG).read_text())
+    cfg = read_config(directory)
     if not (directory / INDEX).is_file():
         return cfg, load_file(_verified(directory / WEIGHTS, expected_sha256))
     index = json.loads(_verified(directory / INDEX, expected_sha256).read_text())
