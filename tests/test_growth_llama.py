@@ -1,4 +1,4 @@
-"""Growth of transformers' Llama and Qwen3: layer maps over ``model.layers.<i>.`` (bitwise), function preservation
+"""Growth of transformers' Llama, Qwen3 and Qwen2: layer maps over ``model.layers.<i>.`` (bitwise), function preservation
 through the transformers forward pass (float64, <= 1e-10), width with GQA and tied embeddings, gates, errors."""
 
 import pytest
@@ -13,9 +13,10 @@ from models.width_llama import widen_moments
 
 torch.set_num_threads(1)
 
-FAMILIES = [
+CONFIGS = [
     LlamaFamilyConfig(arch="llama", n_layers=3, d_model=16, n_heads=4, n_kv_heads=2, d_ff=24, context=8, vocab_size=40),
     LlamaFamilyConfig(arch="qwen3", n_layers=3, d_model=16, n_heads=4, n_kv_heads=2, d_ff=24, context=8, vocab_size=40),
+    LlamaFamilyConfig(arch="qwen2", n_layers=3, d_model=16, n_heads=4, n_kv_heads=2, d_ff=24, context=8, vocab_size=40),
     LlamaFamilyConfig(
         arch="llama",
         n_layers=3,
@@ -29,7 +30,7 @@ FAMILIES = [
         rope_theta=500.0,
     ),
 ]
-IDS = ["llama-gqa", "qwen3-qknorm", "llama-tied-mqa"]
+IDS = ["llama-gqa", "qwen3-qknorm", "qwen2-qkv-bias", "llama-tied-mqa"]
 
 
 def parent64(cfg: LlamaFamilyConfig, seed: int = 0):
@@ -53,7 +54,7 @@ def out(model, x: torch.Tensor) -> torch.Tensor:
     return family_of(model).logits(model, x)  # the transformers forward: model(input_ids=x).logits
 
 
-@pytest.mark.parametrize("cfg", FAMILIES, ids=IDS)
+@pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
 @pytest.mark.parametrize(
     "g",
     [GrowthConfig(operator=o, layout=lay) for o in ("identity", "masked") for lay in ("interleave", "stack", "middle")],
@@ -78,13 +79,14 @@ def _rmsnorm_in_float64(self, hidden_states):
 @pytest.fixture
 def float64_rmsnorm(monkeypatch):
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
     from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm
 
-    for cls in (LlamaRMSNorm, Qwen3RMSNorm):
+    for cls in (LlamaRMSNorm, Qwen3RMSNorm, Qwen2RMSNorm):
         monkeypatch.setattr(cls, "forward", _rmsnorm_in_float64)
 
 
-@pytest.mark.parametrize("cfg", FAMILIES, ids=IDS)
+@pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
 @pytest.mark.parametrize("noise", [0.0, 0.05])
 def test_width_preserves_the_function_float64(cfg, noise, float64_rmsnorm):
     """Exact up to float64 rounding, through the transformers modules, once RMSNorm's mean of squares is taken in
@@ -98,7 +100,7 @@ def test_width_preserves_the_function_float64(cfg, noise, float64_rmsnorm):
     assert (out(child, x) - out(parent, x)).abs().max().item() <= 1e-10
 
 
-@pytest.mark.parametrize("cfg", FAMILIES, ids=IDS)
+@pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
 def test_width_through_the_unmodified_transformers_forward_is_float32_exact(cfg):
     """transformers' RMSNorm casts to float32 for its statistic, so a mean over [x; x] (2C entries) and over x
     (C entries) round differently: the difference is float32 rounding, far below any training signal."""
@@ -109,7 +111,7 @@ def test_width_through_the_unmodified_transformers_forward_is_float32_exact(cfg)
     assert (out(child, x) - ref).abs().max().item() <= 1e-6 * ref.abs().max().item()
 
 
-@pytest.mark.parametrize("cfg", FAMILIES, ids=IDS)
+@pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
 def test_width_moments_are_the_grown_models_gradients(cfg, float64_rmsnorm):
     """Adam moments follow the gradients: at the widened point the child's gradient is the parent's, mapped (halved
     per copy; the final norm and q/k norms keep theirs). Off-diagonal blocks of a widened matrix start fresh (zero
@@ -134,7 +136,7 @@ def test_width_moments_are_the_grown_models_gradients(cfg, float64_rmsnorm):
         assert not mapped[name][~placed].any(), name
 
 
-@pytest.mark.parametrize("cfg", FAMILIES, ids=IDS)
+@pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
 @pytest.mark.parametrize("operator", ["stack", "interleave", "middle", "identity", "masked"])
 def test_layer_maps_are_bitwise_over_model_layers(cfg, operator):
     g = GrowthConfig(operator=operator)
@@ -159,7 +161,7 @@ def test_layer_maps_are_bitwise_over_model_layers(cfg, operator):
 
 
 def test_depth_moments_map_like_the_weights():
-    cfg = FAMILIES[0]
+    cfg = CONFIGS[0]
     params = dict(parent64(cfg).named_parameters())
     moments = {f"{m}.{k}": torch.rand_like(v) for k, v in params.items() for m in ("exp_avg", "exp_avg_sq")}
     moments["step"] = torch.tensor(7.0)
@@ -173,7 +175,7 @@ def test_depth_moments_map_like_the_weights():
 
 
 def test_masked_gates_fold_into_o_proj_and_down_proj():
-    cfg = FAMILIES[1]
+    cfg = CONFIGS[1]
     child = grown64(GrowthConfig(operator="masked"), parent64(cfg), 6)
     for j in (1, 3):
         family_of(child).set_gate(child, j, 0.3)
@@ -192,20 +194,20 @@ def test_masked_gates_fold_into_o_proj_and_down_proj():
 @pytest.mark.parametrize(
     "child, match",
     [
-        (FAMILIES[0].model_copy(update={"n_layers": 7}), "multiple of 3"),
-        (FAMILIES[0].model_copy(update={"n_layers": 6, "n_kv_heads": 4}), r"equal shapes, but n_kv_heads 2 -> 4"),
-        (FAMILIES[1].model_copy(update={"n_layers": 6}), "cannot grow a llama model into a qwen3 model"),
-        (FAMILIES[0].model_copy(update={"n_layers": 6, "vocab_size": 50}), "vocab_size 40 -> 50"),
+        (CONFIGS[0].model_copy(update={"n_layers": 7}), "multiple of 3"),
+        (CONFIGS[0].model_copy(update={"n_layers": 6, "n_kv_heads": 4}), r"equal shapes, but n_kv_heads 2 -> 4"),
+        (CONFIGS[1].model_copy(update={"n_layers": 6}), "cannot grow a llama model into a qwen3 model"),
+        (CONFIGS[0].model_copy(update={"n_layers": 6, "vocab_size": 50}), "vocab_size 40 -> 50"),
     ],
 )
 def test_impossible_llama_growth_is_one_line(child, match):
     with pytest.raises(GrowthError, match=match) as e:
-        dry_run("stack", FAMILIES[0], child)
+        dry_run("stack", CONFIGS[0], child)
     assert "\n" not in str(e.value)
 
 
 def test_width_refuses_a_child_that_is_not_the_doubled_parent():
-    bad = FAMILIES[0].model_copy(update={"d_model": 32, "n_heads": 8, "d_ff": 48})  # n_kv_heads not doubled
+    bad = CONFIGS[0].model_copy(update={"d_model": 32, "n_heads": 8, "d_ff": 48})  # n_kv_heads not doubled
     with pytest.raises(GrowthError, match=r"n_kv_heads 2 \(expected 4\)") as e:
-        dry_run("width", FAMILIES[0], bad)
+        dry_run("width", CONFIGS[0], bad)
     assert "\n" not in str(e.value)
