@@ -139,6 +139,26 @@ def test_qwen3_grows_in_depth_and_width_through_the_pipeline(prefect_harness, tm
     assert model.model.embed_tokens.padding_idx is None
 
 
+def test_the_qwen2_demo_grows_in_depth_then_width_and_loads_in_transformers(prefect_harness, tmp_path):
+    """configs/qwen2-demo.yaml at toy size: Qwen2's q/k/v biases travel with identity and width growth."""
+    from transformers import AutoModelForCausalLM, Qwen2ForCausalLM
+
+    results = _run(tmp_path / "work", "qwen2-demo.yaml", [o for o in TOY if not o.startswith("model.d_")])
+    assert [r.ref.n_layers for r in results] == [3, 6, 6]
+    for parent, child in zip(results, results[1:]):  # identity, then width: both function preserving, in float32
+        assert child.val_loss_init == pytest.approx(parent.val_loss, rel=1e-5)
+    local, tags = _download(tmp_path / "work", "staged-qwen2", "3", tmp_path / "dl")
+    model = AutoModelForCausalLM.from_pretrained(local, local_files_only=True)
+    assert isinstance(model, Qwen2ForCausalLM) and model.config.hidden_size == 128  # 64, doubled
+    assert model.config.num_key_value_heads == 4 and tags["growth"] == "width"
+    assert model.model.layers[0].self_attn.q_proj.bias.shape == (8 * 16,)  # 2H heads of head_dim 16, biased
+    pyfunc = load_pyfunc(Registry.resolve(tmp_path / "work"), "models:/staged-qwen2/3")
+    ids = np.array([[1, 2, 3, 4]], dtype=np.int64)
+    with torch.no_grad():
+        expected = model(input_ids=torch.as_tensor(ids)).logits.numpy()
+    np.testing.assert_allclose(pyfunc.predict(ids), expected, rtol=1e-5, atol=1e-5)
+
+
 def _pretrained(directory: Path) -> Path:
     """A random small Llama with a BPE, saved the way any Hugging Face model directory is."""
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
