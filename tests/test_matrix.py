@@ -98,7 +98,7 @@ def test_a_grown_stage_under_torchrun_is_the_one_process_stage(store, arch, stra
         mine, one = (client.get_model_version(r.ref.name, r.ref.version) for r in (ours, theirs))
         stage = mine.tags["stage"]
         assert client.get_run(mine.run_id).data.params["nproc"] == "2", stage  # trained by the two ranks
-        for tag in ("n_layers", "growth", "data_cursor", "global_step", "config_hash"):
+        for tag in ("n_layers", "growth", "data_cursor", "global_step", "stage"):
             assert mine.tags[tag] == one.tags[tag], (stage, tag)
         w_ours, files_ours = _download(registry, mine, tmp_path / "ranks" / stage)
         w_one, files_one = _download(registry, one, tmp_path / "one" / stage)
