@@ -85,9 +85,7 @@ def _gradient_ratio(key: str) -> float:
     return 1.0 if key == _FINAL_NORM or key.endswith(_SHARED) else 0.5
 
 
-def widen(
-    state: StateDict, parent: BaseModel, child: BaseModel, noise: float = 0.0, seed: int = 0
-) -> StateDict:
+def widen(state: StateDict, parent: BaseModel, child: BaseModel, noise: float = 0.0, seed: int = 0) -> StateDict:
     """The child state dict (every tensor as in the module docstring)."""
     check_width(parent, child)
     gen = torch.Generator().manual_seed(seed)

@@ -1,5 +1,6 @@
-"""Growth of transformers' Llama, Qwen3 and Qwen2: layer maps over ``model.layers.<i>.`` (bitwise), function preservation
-through the transformers forward pass (float64, <= 1e-10), width with GQA and tied embeddings, gates, errors."""
+"""Growth of transformers' Llama, Qwen3 and Qwen2: layer maps over ``model.layers.<i>.`` (bitwise), function
+preservation through the transformers forward pass (float64, <= 1e-10),
+width with GQA and tied embeddings, gates, errors."""
 
 import pytest
 import torch
