@@ -11,7 +11,7 @@
    steps of forward, backward, clip, AdamW, exactly as models/train.py does (DDP: bf16 autocast;
    FSDP2: fully_shard per block + root with bf16 parameters and fp32 reduction, models/parallel.py).
    tokens/s = timed tokens / wall time; MFU = 6 x parameters x tokens/s (plus attention's
-   12 x layers x d_model x context per token) / (peak x GPUs); memory = max allocated per GPU.
+   the family's flops_per_token: 6 x matmul weights + 6 x layers x context x d_model) / (peak x GPUs); memory = max allocated per GPU.
 Output: a table on stdout and the figures as JSON (``--out``). ``--tiny``: 2 layers, d_model 64 on CPU
 with 1 and 2 gloo processes and a small fp32 matmul as the "peak": it checks that the script runs,
 not a performance figure.
@@ -133,12 +133,16 @@ def main() -> None:
         sys.exit("gpu_fsdp: no CUDA device here; use --tiny for the CPU check")
     gpus = torch.cuda.device_count() if cuda else 2
     peak = matmul_peak(cuda)
-    attention = 12 * size["n_layers"] * size["d_model"] * size["context"]  # FLOPs per token, fwd + bwd
+    from models.families import family_of
+    from models.gpt import GPTConfig
+
+    cfg = GPTConfig(**{k: size[k] for k in ("n_layers", "d_model", "n_heads", "d_ff", "context")})
+    per_token = family_of(cfg).flops_per_token(cfg)  # the one convention (models/family.py), as bench/ counts
     rows = []
     for world in sorted({1, gpus}):
         for strategy in ("ddp", "fsdp"):
             r = run_one(strategy, world, size, args.tiny)
-            flops = (6 * r["params"] + attention) * r["tokens_per_s"]
+            flops = per_token * r["tokens_per_s"]
             rows.append({"strategy": strategy, **r, "mfu": flops / (peak * world)})
     device = torch.cuda.get_device_name(0) if cuda else "cpu (--tiny)"
     report = {"device": device, "peak_flops": peak, "size": size, "runs": rows}

@@ -20,6 +20,7 @@ shared by every arm and seed, so every arm reads the very same token stream.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterable
 from contextlib import contextmanager
@@ -41,12 +42,23 @@ Corpus = ByteCorpus | TokenCorpus
 
 
 def open_corpora(preset: Preset, seeds: Iterable[int], workdir: Path) -> dict[int, Corpus]:
-    """Each seed's corpus, as a pipeline stage of the preset opens it (token shards under ``workdir/cache``)."""
+    """Each seed's corpus, as a pipeline stage of the preset opens it (token shards under ``workdir/cache``).
+
+    The corpus is read, tokenized and its shards hashed once per call; each further seed is the same
+    streams with its own permutation (a copy, nothing reread)."""
     cache = workdir / "cache"
     spec = pipeline_config(preset, scratch_schedule(preset), 0, "bench-corpus", preset.defaults, 2).stage_specs()[0]
     tok = driver.resolve_tokenizer(spec, cache)  # the byte vocabulary, a file, or a BPE trained once here
-    ctx = preset.model.context
-    return {seed: driver.open_corpus(preset.data, ctx, seed, tok, cache, progress=False) for seed in seeds}
+    seeds = list(dict.fromkeys(seeds))
+    first = driver.open_corpus(preset.data, preset.model.context, seeds[0], tok, cache, progress=False)
+    return {seed: first if seed == seeds[0] else reseeded(first, seed) for seed in seeds}
+
+
+def reseeded(corpus: Corpus, seed: int) -> Corpus:
+    """The same train and validation streams, walked in ``seed``'s order."""
+    out = copy.copy(corpus)
+    out.seed, out._perm_epoch = seed, -1
+    return out
 
 
 class _Reached(Exception):
@@ -117,12 +129,15 @@ def run_arm(
     budget: Budget,
     *,
     stop_below: float | None = None,
+    eval_set: list | None = None,
 ) -> ArmResult:
     """Train every stage of ``schedule`` in turn; stop once the *final* stage's val loss <= ``stop_below``
-    (a smaller model that reaches the target on the way does not count: see bench.figures.final_stage)."""
+    (a smaller model that reaches the target on the way does not count: see bench.figures.final_stage).
+    ``eval_set``: the fixed batches every eval uses (bench/equal.py: the validation or the test split);
+    None: the corpus's validation batches."""
     specs = pipeline_config(preset, schedule, seed, f"bench-{schedule.name}", hp, budget.scratch_steps).stage_specs()
     device = resolve_device(preset.train.device)
-    val = corpus.val_batches(preset.eval_batches, preset.eval_batch_size)
+    val = eval_set if eval_set is not None else corpus.val_batches(preset.eval_batches, preset.eval_batch_size)
     arm = ArmResult(schedule.name, seed)
     seconds, step0, tokens0, flops0 = 0.0, 0, 0, 0.0
     parent: driver.Parent | None = None

@@ -33,6 +33,7 @@ class ArmStage(StageConfig):
     """A pipeline stage (tasks.config.StageConfig) whose length is a share of the scratch budget."""
 
     share: float = Field(gt=0)  # steps = round(share * scratch steps at the budget)
+    lr_scale: float = Field(1.0, gt=0)  # this stage's peak LR = the trial's x this (the μP arm's depth rule)
 
     def _one_end_rule(self) -> ArmStage:  # the length is `share`, not steps or until
         return self
@@ -45,7 +46,7 @@ class ArmStage(StageConfig):
 
     def stage(self, scratch_steps: int) -> StageConfig:
         steps = max(1, round(self.share * scratch_steps))
-        return StageConfig(**self.model_dump(exclude={"share", "steps"}), steps=steps)
+        return StageConfig(**self.model_dump(exclude={"share", "steps", "lr_scale"}), steps=steps)
 
 
 class Schedule(Strict):
@@ -180,9 +181,11 @@ def pipeline_config(
     stages = [p.stage(scratch_steps) for p in schedule.stages]
     total = sum(s.steps for s in stages)
     tree_stages = []
-    for st in stages:
+    for st, arm_stage in zip(stages, schedule.stages):
         span = st.steps if st.schedule.policy == "restart" else total
         train = {"warmup_steps": round(hp.warmup * span), **st.train.model_dump(exclude_none=True)}
+        if arm_stage.lr_scale != 1.0:
+            train["lr"] = hp.lr * arm_stage.lr_scale
         sched = {**st.schedule.model_dump(), "shape": hp.shape, "decay_fraction": hp.decay}
         tree_stages.append({**st.model_dump(), "train": train, "schedule": sched})
     base = preset.train.model_dump(exclude={"steps"}) | {"lr": hp.lr, "eval_every": 10**6, "eval_batches": 1}

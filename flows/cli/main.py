@@ -16,6 +16,7 @@ import os
 import sys
 
 from flows.cli.bench import add_bench_command
+from flows.cli.plan import add_plan_command
 from flows.cli.run import add_run_commands
 from flows.cli.servers import add_server_commands
 from flows.cli.use import add_use_commands
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     add_use_commands(sub)
     add_server_commands(sub)
     add_bench_command(sub, sys.argv[1:] if argv is None else argv)
+    add_plan_command(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -1,0 +1,159 @@
+"""docs/llama-budgets.json, its figure and markdown tables from the raw runs of bench/llama_budgets.py.
+
+    python -m bench.llama_report /tmp/bench-e/llama-budgets-raw.json --out docs/llama-budgets.json
+
+The held-out point of the law: the large size at 20 tokens/param (the users' regime at the larger size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from bench.law import compute_fit, from_scratch, headline, law, multiplier
+
+HELD_OUT = ("l", 20.0)
+GOALS = {"best staged schedule": 0.50, "late-jump-mup": 0.35}
+
+
+def summarise(raw: dict) -> dict:
+    runs = [r for r in raw["runs"] if r.get("points")]
+    head = headline(runs)
+    fit = compute_fit(runs)
+    budgets = []
+    for h in head.values():
+        for a in h["arms"].values():
+            m = multiplier(fit, h["flops_budget"], a["final_test_loss"]) if a["final_test_loss"] else None
+            a["effective_compute_multiplier"] = m
+        staged = {n: a for n, a in h["arms"].items() if not from_scratch(n)}
+        scored = {n: a["effective_compute_multiplier"] or 0 for n, a in staged.items()}
+        h["best_schedule"] = max(scored, key=scored.get)
+        budgets.append(h)
+    budgets.sort(key=lambda b: (b["size"], b["tokens_per_param"]))
+    points = {}
+    for which in ("best", "late-jump-mup"):
+        pts = []
+        for b in budgets:
+            name = b["best_schedule"] if which == "best" else which
+            m = b["arms"][name]["effective_compute_multiplier"]
+            if m:
+                pts.append(
+                    {
+                        "size": b["size"],
+                        "tokens_per_param": b["tokens_per_param"],
+                        "params": b["params"],
+                        "y": math.log(m),
+                        "schedule": name,
+                    }
+                )
+        idx = next((i for i, p in enumerate(pts) if (p["size"], p["tokens_per_param"]) == HELD_OUT), None)
+        points[which] = {"held_out_fit": law(pts, idx), "full_fit": law(pts), "points": pts}
+    return {
+        "preset": raw["preset"],
+        "command": "python -m bench.llama_budgets --workdir /tmp/bench-e && python -m bench.llama_report ...",
+        "bench_seconds": raw["bench_seconds"],
+        "estimated_seconds": raw["estimated_seconds"],
+        "sizes": raw["sizes"],
+        "tuning": raw["tuning"],
+        "test_split": raw["test_split"],
+        "compute_fit": fit,
+        "budgets": budgets,
+        "law": points,
+        "goals": goals(budgets),
+    }
+
+
+def goals(budgets: list[dict]) -> list[dict]:
+    out = []
+    for b in (b for b in budgets if b["tokens_per_param"] == 20.0):
+        for what, goal in GOALS.items():
+            name = b["best_schedule"] if what.startswith("best") else what
+            r = b["arms"][name]["flops_ratio"]
+            out.append(
+                {
+                    "size": b["size"],
+                    "figure": f"{what} ({name}) FLOPs to scratch's test loss / scratch's",
+                    "measured": r,
+                    "goal": goal,
+                    "verdict": "not reached within the budget (missed)"
+                    if r is None
+                    else ("met" if r <= goal else f"missed by {r - goal:.3f}"),
+                }
+            )
+    return out
+
+
+def markdown(s: dict) -> str:
+    f = lambda v, p=3: "not reached" if v is None else f"{v:.{p}f}"  # noqa: E731
+    lines = [
+        "| size | tokens/param | arm | FLOPs to scratch's test loss / scratch (seeds reached) "
+        "| final test loss at equal FLOPs | effective-compute multiplier |",
+        "|---|---|---|---|---|---|",
+    ]
+    for b in s["budgets"]:
+        for n, a in b["arms"].items():
+            lines.append(
+                f"| {b['size']} ({b['params']:,}) | {b['tokens_per_param']:g} | {n} "
+                f"| {f(a['flops_ratio'])} ({a['reached']}/{a['n']}) | {f(a['final_test_loss'], 4)} "
+                f"| {f(a['effective_compute_multiplier'], 2)} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot(s: dict, raw: dict, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(13, 4.8), dpi=110)
+    ax, cv = fig.subplots(1, 2)
+    names = list(s["budgets"][0]["arms"])
+    for i, n in enumerate(names):
+        for size, mk in (("s", "o-"), ("l", "s--")):
+            bs = [b for b in s["budgets"] if b["size"] == size]
+            xs = [b["tokens_per_param"] for b in bs if b["arms"][n]["effective_compute_multiplier"]]
+            ys = [
+                b["arms"][n]["effective_compute_multiplier"] for b in bs if b["arms"][n]["effective_compute_multiplier"]
+            ]
+            ax.plot(xs, ys, mk, color=f"C{i}", label=f"{n} ({size})" if size == "s" else None)
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("tokens per parameter (o-: small size, s--: large)")
+    ax.set_ylabel("effective-compute multiplier (scratch fit)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    for i, n in enumerate(names):
+        for r in (r for r in raw["runs"] if (r["size"], r["budget"], r["seed"], r["schedule"]) == ("s", 20.0, 1, n)):
+            cv.plot(
+                [p["flops"] for p in r["points"]],
+                [p["val_loss"] for p in r["points"]],
+                color="black" if n == "scratch" else f"C{i}",
+                label=n,
+            )
+    cv.set_xlabel("training FLOPs")
+    cv.set_ylabel("test loss (nats/token)")
+    cv.set_title("small size, 20 tokens/param, held-out seed 1")
+    cv.legend(fontsize=7)
+    cv.grid(alpha=0.3)
+    fig.suptitle("llama-budgets: equal FLOPs per arm, test split")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("raw")
+    parser.add_argument("--out", default="docs/llama-budgets.json")
+    args = parser.parse_args()
+    raw = json.loads(Path(args.raw).read_text())
+    s = summarise(raw)
+    out = Path(args.out)
+    out.write_text(json.dumps(s, indent=1, default=float) + "\n")
+    plot(s, raw, out.with_suffix(".png"))
+    print(markdown(s))
+    print(json.dumps({"law": s["law"], "goals": s["goals"], "compute_fit": s["compute_fit"]}, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""The equal-compute protocol's pure parts: equal FLOPs per arm, the test split, the fits and the law,
+and `staged plan`'s refusal and its config (pure functions and the CLI in-process; no training)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from bench import llama_budgets
+from bench.curves import Point
+from bench.equal import MUP_JUMP, arms, baselines, equalised, heldout_split
+from bench.law import compute_fit, headline, law, multiplier
+from bench.spec import train_flops_per_token
+from flows.cli.main import main
+
+
+def _flops(arm, preset) -> float:
+    return sum(
+        st.share * train_flops_per_token(preset.model.model_copy(update={"n_layers": st.n_layers})) for st in arm.stages
+    )
+
+
+def test_every_arm_gets_scratchs_flops():
+    p = llama_budgets.preset("s")
+    full = train_flops_per_token(p.model)
+    every = arms(p.model.n_layers, 20.0)
+    assert {"scratch", "small-1", "small-2", "small-4", "best", "gstack", "late-jump", "late-jump-mup"} == set(every)
+    for name, arm in every.items():
+        eq = equalised(arm, p)
+        assert _flops(eq, p) == pytest.approx(full, rel=1e-9), name
+        assert [s.n_layers for s in eq.stages] == [s.n_layers for s in arm.stages]
+    mup = equalised(every["late-jump-mup"], p).stages
+    assert mup[0].share / (mup[0].share + mup[1].share) == pytest.approx(MUP_JUMP)
+    assert mup[1].lr_scale == pytest.approx(1 / math.sqrt(8))
+    assert equalised(every["small-1"], p).stages[0].share > 2  # a 1-layer model gets many more tokens
+    assert baselines(12) == [1, 3, 6]
+
+
+class _Stream:
+    def __init__(self, tokens):
+        self.tokens = np.asarray(tokens, dtype=np.int64)
+
+    def __len__(self):
+        return len(self.tokens)
+
+    def rows(self, starts, width):
+        return np.stack([self.tokens[s : s + width] for s in starts])
+
+
+class _Corpus:
+    """The three things heldout_split reads of a TokenCorpus: the val stream, its eos id, the chunker."""
+
+    context = 3
+
+    def __init__(self, tokens, eos):
+        self.val, self.manifest = _Stream(tokens), type("M", (), {"eos_id": eos})()
+
+    def _chunks(self, stream, starts):
+        seq = torch.from_numpy(stream.rows(starts, self.context + 1))
+        return seq[:, :-1], seq[:, 1:]
+
+
+def test_test_split_is_the_second_half_of_the_validation_documents():
+    eos = 0
+    docs = [[d] * n + [eos] for d, n in zip(range(1, 9), (30, 50, 20, 40, 35, 25, 45, 30))]  # doc d is all d
+    corpus = _Corpus([t for doc in docs for t in doc], eos)
+    val, test = heldout_split(corpus, 2, 2, 3)
+    seen = [{int(t) for x, y in batches for t in torch.cat([x, y]).flatten()} - {eos} for batches in (val, test)]
+    assert seen[0] and seen[1] and not seen[0] & seen[1]  # no document in both
+    assert max(seen[0]) < min(seen[1])
+    again = heldout_split(corpus, 2, 2, 3)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(test, again[1]))  # fixed: no seed in it
+    with pytest.raises(ValueError, match="eos"):
+        heldout_split(_Corpus([1, 2, 3] * 20, None), 1, 1, 1)
+
+
+def _run(name, seed, losses, flops_budget=100.0, size="s", budget=20.0, params=1000):
+    pts = [Point(1, i, 0.0, i, flops_budget * i / (len(losses) - 1), v).as_dict() for i, v in enumerate(losses)]
+    return {"schedule": name, "seed": seed, "points": pts, "final_val_loss": losses[-1], "size": size,
+            "budget": budget, "params": params, "flops_budget": flops_budget, "boundaries": [{}]}  # fmt: skip
+
+
+def test_headline_reports_not_reached_and_equal_flops_loss():
+    runs = [_run("scratch", 1, [5, 4, 3, 2]), _run("fast", 1, [5, 2, 1.5, 1.4]), _run("slow", 1, [5, 4.5, 4, 3])]
+    h = headline(runs)["s/20"]["arms"]
+    assert h["scratch"]["flops_ratio"] == pytest.approx(1.0)
+    assert h["fast"]["flops_ratio"] == pytest.approx(1 / 3)
+    assert h["slow"]["flops_ratio"] is None and h["slow"]["reached"] == 0
+    assert h["slow"]["final_test_loss"] == 3
+
+
+def test_compute_fit_and_multiplier_recover_a_known_curve():
+    e, a, alpha = 1.0, 2.0, 0.5
+    runs = [
+        _run("scratch", 1, [9, e + a * (c / 1e9) ** -alpha], flops_budget=c, budget=c)
+        for c in (1e8, 4e8, 1.6e9, 6.4e9, 2.56e10)
+    ]
+    fit = compute_fit(runs)
+    assert fit["alpha"] == pytest.approx(alpha, rel=1e-3)
+    c = 1.6e9  # a schedule reaching the loss scratch reaches at 4x its compute has multiplier 4
+    assert multiplier(fit, c, e + a * (4 * c / 1e9) ** -alpha) == pytest.approx(4, rel=1e-3)
+
+
+def test_law_predicts_a_held_out_point():
+    truth = lambda t, n: 0.3 - 0.1 * math.log(t) + 0.05 * math.log(n)  # noqa: E731
+    pts = [
+        {"tokens_per_param": t, "params": n, "y": truth(t, n)}
+        for t, n in ((5, 3e4), (20, 3e4), (80, 3e4), (5, 6e4), (20, 6e4))
+    ]
+    fit = law(pts, held_out=4)
+    assert fit["held_out"]["error"] == pytest.approx(0, abs=1e-9)
+    assert fit["tpp_range"] == [5, 80] and fit["params_range"] == [3e4, 6e4]
+
+
+def _law_file(tmp_path, params):
+    fit = {"coef": [0.5, 0.0], "terms": ["1", "log tpp"], "sigma": 0.1, "tpp_range": [5, 80], "params_range": params}
+    budgets = [{"tokens_per_param": 20.0, "params": params[0], "best_schedule": "best"}]
+    tuning = {"arms": {"best": {"best_params": {"lr": 3e-3, "warmup": 0.1, "shape": "wsd", "decay": 0.2}}}}
+    path = tmp_path / "law.json"
+    path.write_text(json.dumps({"law": {"best": {"full_fit": fit}}, "budgets": budgets, "tuning": tuning}))
+    return path
+
+
+def test_plan_refuses_outside_the_fitted_range(tmp_path, capsys):
+    law_file = _law_file(tmp_path, [10, 20])  # no llama-budgets size has 10-20 parameters
+    with pytest.raises(SystemExit) as e:
+        main(["plan", "--tokens", "600000", "--law", str(law_file)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "outside the fitted range" in err and len(err.splitlines()) == 1
+
+
+def test_plan_writes_a_pipeline_config(tmp_path, capsys):
+    params = llama_budgets.preset("s").model
+    from models.families import family_of
+
+    n = family_of(params).num_params(params)
+    out = tmp_path / "plan.yaml"
+    assert main(["plan", "--tokens", str(20 * n), "--law", str(_law_file(tmp_path, [n, n])), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "schedule: best" in text and "saving 39%" in text  # exp(0.5) = 1.65 -> 1 - 1/1.65
+    from tasks.config import PipelineConfig
+
+    cfg = PipelineConfig.model_validate(yaml.safe_load(out.read_text()))
+    assert [s.n_layers for s in cfg.stages] == [2, 4, 8]
