@@ -10,8 +10,9 @@
    d_model 2048, context 1024, 8 sequences per GPU) on random bytes: 3 warm-up steps, then 10 timed
    steps of forward, backward, clip, AdamW, exactly as models/train.py does (DDP: bf16 autocast;
    FSDP2: fully_shard per block + root with bf16 parameters and fp32 reduction, models/parallel.py).
-   tokens/s = timed tokens / wall time; MFU = 6 x parameters x tokens/s (plus attention's
-   the family's flops_per_token: 6 x matmul weights + 6 x layers x context x d_model) / (peak x GPUs); memory = max allocated per GPU.
+   tokens/s = timed tokens / wall time; MFU = the family's flops_per_token (models/family.py: 6 x matmul
+   weights + 6 x layers x context x d_model, as bench/ counts) x tokens/s / (peak x GPUs); memory = max
+   allocated per GPU.
 Output: a table on stdout and the figures as JSON (``--out``). ``--tiny``: 2 layers, d_model 64 on CPU
 with 1 and 2 gloo processes and a small fp32 matmul as the "peak": it checks that the script runs,
 not a performance figure.

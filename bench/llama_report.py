@@ -38,6 +38,8 @@ def summarise(raw: dict) -> dict:
         for b in budgets:
             name = b["best_schedule"] if which == "best" else which
             m = b["arms"][name]["effective_compute_multiplier"]
+            base = b["arms"]["scratch"]["effective_compute_multiplier"]
+            m = m / base if m and base else None  # over the target's own scratch run: the saving a user gets
             if m:
                 pts.append(
                     {
