@@ -9,7 +9,7 @@ from models.families import family_of
 from models.family import token_loss
 from models.gpt import GPT, GPTConfig
 from models.growth import GrowthConfig, grow
-from models.plan import StagePlan, Start, stage_plan
+from models.plan import Hooks, StagePlan, Start, stage_plan
 from models.policy import ScheduleConfig, UntilConfig
 from models.step import checkpointed
 from models.train import TrainConfig, train
@@ -112,3 +112,27 @@ def test_compile_matches_eager():
     _, comp = _trained(steps=2, compile=True)
     for (_, a), (_, b) in zip(eager.train_curve, comp.train_curve):
         assert abs(a - b) < 1e-4, (a, b)
+
+
+def test_a_frozen_stage_resumes_bit_for_bit():
+    """The frozen set comes from the plan, not from the checkpoint: a resumed stage freezes the same blocks."""
+    torch.manual_seed(0)
+    child_cfg = CFG.model_copy(update={"n_layers": 4})
+    state = grow("stack", GPT(CFG).state_dict(), CFG, child_cfg)
+    plan = StagePlan(train_blocks=[2, 3])
+    whole, _ = _trained(child_cfg, plan, state, micro_batch_size=8)
+    saved = {}
+
+    def keep(ts):
+        saved.setdefault(ts.step, (ts, {k: v.clone() for k, v in first.state_dict().items()}))
+
+    torch.manual_seed(0)
+    first = GPT(child_cfg)
+    first.load_state_dict(state)
+    cfg = TRAIN.model_copy(update={"micro_batch_size": 8})
+    train(first, _corpus(), cfg, plan=plan, start=Start(seed=1), hooks=Hooks(on_checkpoint=keep, checkpoint_every=2))
+    ts, weights = saved[2]
+    resumed = GPT(child_cfg)
+    resumed.load_state_dict(weights)
+    train(resumed, _corpus(), cfg, plan=plan, start=Start(seed=1, resume=ts))
+    assert all(torch.equal(whole.state_dict()[k], v) for k, v in resumed.state_dict().items())
