@@ -1,10 +1,13 @@
-"""The GPU check, one command, well under 10 minutes: absolute tokens/s of train() and of the independent
-bare loop (bench/efficiency.py), MFU against the bf16 matmul peak measured on the same GPU, and their ratio,
-on the `gpu` preset's model (12 layers, d_model 512, context 512, batch 32, bf16 autocast).
+"""The GPU check, one command, under 8 minutes on one GPU: every model family (gpt, llama, qwen3, qwen2) through
+one grown stage (4 -> 8 layers, d_model 768, context 1024) in float32 and with bf16 + torch.compile + activation
+checkpointing + micro batches (bench/gpu_families.py): loss parity, tokens/s, MFU and peak memory, as one JSON.
 
     PYTHONPATH=. python -m bench.gpu_check [--out gpu.json]   # on a machine with CUDA
-    PYTHONPATH=. python -m bench.gpu_check --tiny             # anywhere: the tiny preset on CPU, to test the script
-    PYTHONPATH=. python -m bench.gpu_check --preset llama     # another preset's model (any architecture), on CUDA
+    PYTHONPATH=. python -m bench.gpu_check --tiny [--no-compile]   # anywhere: toy sizes on CPU, to test the script
+    PYTHONPATH=. python -m bench.gpu_check --ratio [--preset llama]   # instead: train() against the bare loop
+
+``--ratio``: absolute tokens/s of train() and of the independent bare loop (bench/efficiency.py), MFU against the
+bf16 matmul peak measured on the same GPU, and their ratio, on the `gpu` preset's model (or ``--preset``'s).
 
 The full protocol at GPU size (tuning, held-out seeds, budgets) is `staged bench --preset gpu`. A preset
 that reads token shards (a trained BPE) builds them in a temporary directory, deleted at the end.
@@ -22,6 +25,7 @@ from pathlib import Path
 import torch
 
 from bench.efficiency import throughput_and_mfu
+from bench.gpu_families import GPU_SIZE, TINY_SIZE, check_family
 from bench.presets import PRESETS
 from bench.runner import open_corpora
 
@@ -29,12 +33,17 @@ from bench.runner import open_corpora
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="allow CPU: a test of this script (default preset tiny)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="the model of this preset (default: gpu)")
+    parser.add_argument("--ratio", action="store_true", help="train() against the bare loop instead of the families")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="--ratio: the model of this preset (default: gpu)")
+    parser.add_argument("--families", default="gpt,llama,qwen3,qwen2", help="comma-separated (default: all four)")
+    parser.add_argument("--no-compile", action="store_true", help="the recipe without torch.compile")
     parser.add_argument("--out", help="also write the figures as JSON here")
     args = parser.parse_args(argv)
     if not args.tiny and not torch.cuda.is_available():
         print("gpu_check: no CUDA device here (use --tiny to test the script on CPU)", file=sys.stderr)
         return 2
+    if not args.ratio:
+        return _families(args)
     preset = PRESETS[args.preset or ("tiny" if args.tiny else "gpu")]
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as workdir:
@@ -51,6 +60,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         Path(args.out).write_text(json.dumps({"device": device, "preset": preset.name, **eff}, indent=1) + "\n")
     return 0
+
+
+def _families(args) -> int:
+    began, device = time.perf_counter(), "cpu" if args.tiny else "cuda"
+    size = TINY_SIZE if args.tiny else GPU_SIZE
+    out = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu", "compile": not args.no_compile}
+    out["families"] = {}
+    for name in args.families.split(","):
+        out["families"][name] = check_family(name, size, device, compile=not args.no_compile)
+        print(f"gpu_check: {name} done at {time.perf_counter() - began:.0f} s", file=sys.stderr)
+    out["seconds"] = round(time.perf_counter() - began, 1)
+    text = json.dumps(out, indent=1)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return 0 if all(f["parity"] for f in out["families"].values()) else 1
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@
 2. For each strategy (ddp, fsdp) and world size (1 GPU, and all of them when there are several), one
    torchrun (tasks/parallel/rendezvous.py) trains the byte GPT at ~1.2B parameters (24 layers,
    d_model 2048, context 1024, 8 sequences per GPU) on random bytes: 3 warm-up steps, then 10 timed
-   steps of forward, backward, clip, AdamW, exactly as models/train.py does (DDP: bf16 autocast;
+   steps of forward, backward, clip, AdamW, as models/train.py does with precision bf16 (DDP: bf16 autocast;
    FSDP2: fully_shard per block + root with bf16 parameters and fp32 reduction, models/parallel.py).
    tokens/s = timed tokens / wall time; MFU = the family's flops_per_token (models/family.py: 6 x matmul
    weights + 6 x layers x context x d_model, as bench/ counts) x tokens/s / (peak x GPUs); memory = max
@@ -71,7 +71,7 @@ def rank_main(strategy: str, size: dict, out: Path) -> None:
     model = GPT(cfg)
     n_params = model.num_params()
     if strategy == "fsdp":
-        parallel.shard(model, device)
+        parallel.shard(model, device, bf16=cuda)  # train.precision: bf16
         net = model
     else:
         model.to(device)

@@ -76,7 +76,7 @@ PRESETS: dict[str, Preset] = {
             name="gpu",
             model=GPTConfig(n_layers=12, d_model=512, n_heads=8, d_ff=2048, context=512),
             data=DataConfig(),
-            train=TrainConfig(batch_size=32),
+            train=TrainConfig(batch_size=32, precision="bf16"),
             budgets=[0.5, 2.0, 8.0],
             tuning=Tuning(trials=8, seeds=[0], startup_trials=4),
             heldout_seeds=_HELDOUT,

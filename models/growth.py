@@ -52,6 +52,7 @@ class GrowthConfig(BaseModel):
     ramp_steps: int = Field(100, ge=1)  # masked: steps over which new blocks' gates rise 0 -> 1
     noise: float = Field(0.0, ge=0)  # width: std of the (function-preserving) symmetry-breaking noise
     noise_seed: int = 0  # width: the noise is a pure function of this seed
+    freeze: Literal["none", "parent"] = "none"  # parent: only the new blocks train (LLaMA-Pro); depth operators
 
 
 # ---- layer maps --------------------------------------------------------------------------------

@@ -26,12 +26,14 @@ class OptimizerConfig(BaseModel):
     state: Literal["reset", "transfer"] = "reset"  # reset: fresh AdamW (StackingBERT); transfer: mapped moments
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float, beta2: float) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only, as in nanoGPT."""
+def make_optimizer(
+    model: nn.Module, lr: float, weight_decay: float, beta2: float, fused: bool = False
+) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only, as in nanoGPT; ``fused``: one kernel per step (CUDA only)."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, beta2))
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, beta2), fused=fused or None)
 
 
 def export_moments(model: nn.Module, optimizer: torch.optim.Optimizer) -> StateDict:

@@ -9,9 +9,9 @@
 FSDP2 turns every parameter into a DTensor sharded along dim 0 over the ranks: each rank stores 1/N
 of the parameters, gradients and AdamW moments, all-gathers a block's parameters just before its
 forward (and backward) and frees them after; gradients are reduce-scattered (averaged), so the
-update is a one-process step's on the global batch, up to float summation order. On CUDA the
-gathered parameters are bf16 (compute) while the reduction and the sharded master weights stay
-float32; on CPU (gloo) everything stays float32.
+update is a one-process step's on the global batch, up to float summation order. On CUDA with
+``train.precision: bf16`` the gathered parameters are bf16 (compute) while the reduction and the
+sharded master weights stay float32; otherwise (and on CPU, gloo) everything stays float32.
 
 Parameter names do not change under fully_shard (no wrapper modules), so growth operators, state
 dicts and the moments layout are the same as in one process; the conversions between full and
@@ -63,15 +63,16 @@ def evaluated(model: nn.Module, value: float) -> float:
     return value
 
 
-def shard(model: nn.Module, device: torch.device) -> nn.Module:
+def shard(model: nn.Module, device: torch.device, bf16: bool = False) -> nn.Module:
     """FSDP2 over the default process group: each of the family's units (its blocks) is one all-gather unit,
-    the root holds the rest (embeddings, final norm, head)."""
+    the root holds the rest (embeddings, final norm, head). ``bf16`` (train.precision) on CUDA: gathered
+    parameters in bf16, gradients reduced in float32 (on CPU/gloo everything stays float32)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     model.to(device)
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
-    cuda = device.type == "cuda"
+    cuda = device.type == "cuda" and bf16
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if cuda else None
     kwargs = {"mesh": mesh, **({"mp_policy": policy} if policy else {})}
     for block in family_of(model).fsdp_units(model):

@@ -54,6 +54,7 @@ class StagePlan:
 
     lr_mult: Callable[[int], float] | None = None
     ramp: GateRamp | None = None  # masked growth; its gates are folded into the weights at the end
+    train_blocks: list[int] | None = None  # growth.freeze parent: only these (new) blocks train; None: everything
     stop: Callable[[Curve], bool] = _never  # on the validation curve after each evaluation: True ends the stage
 
 
@@ -92,6 +93,7 @@ class StepInfo:
     train_loss: float
     lr: float
     val_loss: float | None  # set on evaluation steps
+    tokens_per_s: float = 0.0  # trained tokens per second of the stage so far (hooks excluded)
 
 
 @dataclass(frozen=True)
@@ -124,10 +126,12 @@ def stage_plan(
     lr_mult = lr_schedule(
         schedule, warmup=warmup, min_ratio=min_lr_ratio, stage_steps=steps, start=start, total=total or steps
     )
-    ramp = None
+    ramp, train_blocks = None, None
     if parent_layers is not None and growth.operator == "masked":
         ramp = GateRamp(blocks=layer_map(growth, parent_layers, child_layers).new_blocks, steps=growth.ramp_steps)
-    return StagePlan(lr_mult=lr_mult, ramp=ramp, stop=slope_stop(until.loss_slope))
+    if parent_layers is not None and growth.freeze == "parent":  # LLaMA-Pro: the parent's blocks stay as they were
+        train_blocks = layer_map(growth, parent_layers, child_layers).new_blocks
+    return StagePlan(lr_mult=lr_mult, ramp=ramp, train_blocks=train_blocks, stop=slope_stop(until.loss_slope))
 
 
 def default_lr(warmup: int, steps: int, min_lr_ratio: float) -> Callable[[int], float]:

@@ -2,9 +2,9 @@
 
     train(model, corpus, cfg, plan=StagePlan(...), start=Start(...), hooks=Hooks(...)) -> TrainResult
 
-No I/O here: progress and checkpoints reach the outside world through ``hooks`` (models/plan.py),
-so the same loop runs under Prefect, in a benchmark or in a notebook. ``Start(resume=TrainState)``
-continues a stage bit for bit: same batches (cursor), optimizer state, step-based LR and RNG.
+No I/O here: progress and checkpoints go out through ``hooks`` (models/plan.py). ``Start(resume=TrainState)``
+continues a stage bit for bit: same batches (cursor), optimizer state, step-based LR and RNG. The step's tools
+(micro batches, bf16 autocast, activation checkpointing, compile, frozen blocks) are models/step.py's.
 
 Under ``torchrun`` (an initialized torch.distributed process group of more than one process) a
 replicated model is wrapped in DistributedDataParallel, and a model sharded beforehand with FSDP2
@@ -13,13 +13,12 @@ replicated model is wrapped in DistributedDataParallel, and a model sharded befo
 train loss is the mean over ranks. Validation runs on rank 0 and is broadcast under DDP, on every
 rank under FSDP (a sharded forward needs them all): every rank takes the same stop decision. The
 progress callback runs on rank 0; the checkpoint callback on rank 0, or on every rank when sharded
-(each writes its shards). Every rank is seeded alike, so rank 0's RNG state in a checkpoint is every
-rank's (with dropout > 0 the ranks then share masks over different slices: not the masks of one process).
+(each writes its shards). Every rank is seeded alike: rank 0's RNG state in a checkpoint is every rank's.
 """
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import math
 import random
 import time
@@ -29,10 +28,11 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.distributed as dist
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from models import parallel
+from models import parallel, speed
+from models import step as steps
 from models.data import ByteCorpus
 from models.families import family_of
 from models.family import token_loss
@@ -41,6 +41,8 @@ from models.optim import make_optimizer as _adamw
 from models.parallel import export_moments, load_moments
 from models.plan import Hooks, StagePlan, Start, StepInfo, TrainState, default_lr
 from models.policy import warmup_cosine
+
+log = logging.getLogger(__name__)
 
 
 class TrainConfig(BaseModel):
@@ -57,6 +59,18 @@ class TrainConfig(BaseModel):
     eval_every: int = Field(50, ge=1)
     eval_batches: int = Field(8, ge=1)  # fixed validation batches, the same for every stage
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # gradient accumulation (models/step.py): sequences per forward/backward on each rank; batch_size stays the
+    # global batch of one optimizer step, split across ranks, then into micro batches. None: one micro batch
+    micro_batch_size: int | None = Field(None, ge=1)
+    activation_checkpointing: Literal["none", "full"] = "none"  # full: recompute each block in backward
+    compile: bool = False  # torch.compile the model (a ~30 s first step on CPU); eager when no compiler is here
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast (float32 master weights and AdamW)
+
+    @model_validator(mode="after")
+    def _micro_divides_batch(self) -> TrainConfig:
+        if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
+            raise ValueError(f"micro_batch_size {self.micro_batch_size} does not divide batch_size {self.batch_size}")
+        return self
 
 
 @dataclass
@@ -72,6 +86,9 @@ class TrainResult:
     steps: int = 0  # steps actually trained (a stop rule may end the stage before cfg.steps)
     moments: StateDict = field(default_factory=dict)  # AdamW state at the end (models.optim layout)
     world_size: int = 1  # processes that trained it (DistributedDataParallel under torchrun)
+    tokens_per_s: float = 0.0  # trained tokens over the loop's time less the hooks', all ranks together
+    mfu: float = 0.0  # model FLOPs utilisation against the device's peak (models/speed.py)
+    peak_memory_bytes: int = 0  # rank 0's: CUDA max_memory_allocated, CPU max RSS
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -119,37 +136,33 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return warmup_cosine(step, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    return _adamw(model, cfg.lr, cfg.weight_decay, cfg.beta2)
-
-
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def make_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool = False) -> torch.optim.AdamW:
+    return _adamw(model, cfg.lr, cfg.weight_decay, cfg.beta2, fused=fused)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+def evaluate(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], precision: str = "fp32") -> float:
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     family = family_of(model)
-    with _autocast(device):
+    with steps.autocast(device, precision):
         losses = [token_loss(family.logits(model, x.to(device)), y.to(device)).item() for x, y in batches]
     model.train(was_training)
     return sum(losses) / len(losses)
 
 
 def _evaluate_on_rank0(
-    model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], rank: int, world: int
+    model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], rank: int, world: int, precision: str
 ) -> float:
     """Rank 0 evaluates, every rank gets its figure: the same stop decision everywhere. A sharded model
     evaluates on every rank (its forward pass all-gathers each block from all of them)."""
     if world == 1 or parallel.is_sharded(model):
-        return parallel.evaluated(model, evaluate(model, batches))
+        return parallel.evaluated(model, evaluate(model, batches, precision))
     device = next(model.parameters()).device
-    value = torch.tensor([evaluate(model, batches) if rank == 0 else 0.0], dtype=torch.float64, device=device)
+    value = torch.tensor(
+        [evaluate(model, batches, precision) if rank == 0 else 0.0], dtype=torch.float64, device=device
+    )
     dist.broadcast(value, src=0)
     return value.item()
 
@@ -175,20 +188,33 @@ def train(
     """Train ``model`` in place for up to ``cfg.steps`` steps, reading the train stream from ``start.cursor``.
 
     ``plan``: LR multiplier, masked growth's gate ramp (folded into the weights at the end, so the
-    model is plain), stop rule. ``start``: cursor, seed, transferred Adam moments, or a TrainState
-    to resume from. ``hooks``: progress and checkpoint callbacks (rank 0 only under torchrun).
-    Raises NonFiniteLoss (before stepping the optimizer) when the loss is NaN or Inf.
+    model is plain), the blocks that train (None: all), stop rule. ``start``: cursor, seed, transferred
+    Adam moments, or a TrainState to resume from. ``hooks``: progress and checkpoint callbacks (rank 0
+    only under torchrun). Raises NonFiniteLoss (before stepping the optimizer) when the loss is NaN or Inf.
     """
     seed_everything(start.seed)
     family = family_of(model)
     device = resolve_device(cfg.device)
-    rank, world = rank_and_world()
     model.to(device).train()
-    net = parallel.data_parallel(model, device)  # runs the forward pass: DDP all-reduces gradients, FSDP2 shards
+    speed.reset_peak_memory(device)
+    with (
+        steps.frozen(model, family, plan.train_blocks),
+        steps.checkpointed(model, family, cfg.activation_checkpointing),
+    ):
+        net = parallel.data_parallel(model, device)  # runs the forward pass: DDP all-reduces gradients, FSDP2 shards
+        net = steps.compiled(net, cfg.compile, device, log.warning)
+        result = _loop(model, net, corpus, cfg, plan, start, hooks, device)
+    family.fold_gates(model)  # a no-op unless a ramp was still below 1
+    return result
+
+
+def _loop(model, net, corpus, cfg: TrainConfig, plan: StagePlan, start: Start, hooks: Hooks, device) -> TrainResult:
+    family = family_of(model)
+    rank, world = rank_and_world()
     on_step = hooks.on_step if rank == 0 else None
     on_checkpoint = hooks.on_checkpoint if rank == 0 or parallel.is_sharded(model) else None
     val_batches = corpus.val_batches(cfg.eval_batches, cfg.batch_size)
-    optimizer = make_optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg, fused=device.type == "cuda")
     mult = plan.lr_mult or default_lr(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
     ramp, resume = plan.ramp, start.resume
     if resume is not None:
@@ -209,7 +235,7 @@ def train(
             load_moments(model, optimizer, start.moments)
         if ramp is not None:
             ramp.apply(model, 0)
-        val = _evaluate_on_rank0(model, val_batches, rank, world)
+        val = _evaluate_on_rank0(model, val_batches, rank, world, cfg.precision)
         result = TrainResult(val_loss_init=val, val_loss=val, cursor=start.cursor, val_curve=[(0, val)])
         first, stopped = 1, False
     began = time.perf_counter()
@@ -218,14 +244,12 @@ def train(
             ramp.apply(model, step)
         x, y = corpus.batch(result.cursor, cfg.batch_size, rank, world)  # this rank's slice of the global batch
         result.cursor += cfg.batch_size
-        with _autocast(device):
-            loss = token_loss(family.logits(net, x.to(device)), y.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss = steps.accumulate(net, model, family, x.to(device), y.to(device), cfg.micro_batch_size, cfg.precision)
         train_loss = _mean_over_ranks(loss, world)
         if not math.isfinite(train_loss):
             raise NonFiniteLoss(step, train_loss)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], cfg.grad_clip)
         lr = cfg.lr * mult(step - 1)  # what LambdaLR computed: a function of the step, nothing to save
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -235,11 +259,13 @@ def train(
         result.steps = step
         val_now = None
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            val_now = result.val_loss = _evaluate_on_rank0(model, val_batches, rank, world)
+            val_now = result.val_loss = _evaluate_on_rank0(model, val_batches, rank, world, cfg.precision)
             result.val_curve.append((step, val_now))
         hooked = time.perf_counter()
         if on_step is not None:
-            on_step(StepInfo(step, cfg.steps, train_loss, lr, val_now))
+            elapsed = hooked - began - result.hook_seconds
+            tokens_per_s = (step - first + 1) * cfg.batch_size * corpus.context / max(elapsed, 1e-9)
+            on_step(StepInfo(step, cfg.steps, train_loss, lr, val_now, tokens_per_s))
         stopping = val_now is not None and plan.stop(result.val_curve)
         every = hooks.checkpoint_every
         if on_checkpoint is not None and every > 0 and (step % every == 0 or step == cfg.steps or stopping):
@@ -247,11 +273,14 @@ def train(
         result.hook_seconds += time.perf_counter() - hooked
         if stopping:
             break
-    family.fold_gates(model)  # a no-op unless a ramp was still below 1
     result.moments = export_moments(model, optimizer)
     result.world_size = world
     result.tokens = (result.steps - first + 1) * cfg.batch_size * corpus.context
     result.seconds = time.perf_counter() - began
+    result.tokens_per_s = result.tokens / max(result.seconds - result.hook_seconds, 1e-9)  # hooks excluded
+    flops = family.flops_per_token(model.cfg) if result.tokens else 0.0
+    result.mfu = speed.mfu(result.tokens_per_s, flops, speed.peak_flops(device) if flops else 1.0, world)
+    result.peak_memory_bytes = speed.peak_memory_bytes(device)
     return result
 
 

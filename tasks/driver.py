@@ -136,7 +136,8 @@ def prepare(
     """The model and where training starts: from the newest valid checkpoint when there is one."""
     began = time.perf_counter()
     plan, family = plan_for(spec, parent), family_of(spec.model)
-    shards = shard(family.build(spec.model), resolve_device(spec.train.device)) if sharded(spec) else None
+    device, bf16 = resolve_device(spec.train.device), spec.train.precision == "bf16"
+    shards = shard(family.build(spec.model), device, bf16) if sharded(spec) else None
     found = checkpoint.latest(checkpoints.storage, checkpoints.key, into=shards) if checkpoints else None
     if found is not None:
         model = shards if shards is not None else family.build(spec.model)

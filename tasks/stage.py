@@ -178,6 +178,7 @@ def _register(
             code_version=code_version(),
             val_loss=result.val_loss,
             tokenizer_sha256=tokenizer_sha256,
+            freeze=spec.growth.freeze if parent and spec.growth.freeze != "none" else None,
         )
         imported = None
         if spec.init:
@@ -194,7 +195,9 @@ def _register(
             Metrics.TRAIN_LOSS: result.train_curve,
             Metrics.VAL_LOSS: result.val_curve,
             Metrics.VAL_LOSS_INIT: [(0, result.val_loss_init)],
-            Metrics.TOKENS_PER_S: [(result.steps, result.tokens / max(result.seconds, 1e-9))],
+            Metrics.TOKENS_PER_S: [(result.steps, result.tokens_per_s)],
+            Metrics.MFU: [(result.steps, result.mfu)],
+            Metrics.PEAK_MEMORY: [(result.steps, result.peak_memory_bytes)],
             Metrics.STEP_TIME_S: watch.step_times,
         }
         extras = StageRunExtras(
@@ -260,7 +263,7 @@ def run_stage(
         val_curve=_shift(result.val_curve, offset),
         resumed_from=run.resumed_from,
         tokens=(result.cursor - cursor) * spec.model.context,
-        tokens_per_s=result.tokens / max(result.seconds, 1e-9),
+        tokens_per_s=result.tokens_per_s,
         train_seconds=result.seconds - result.hook_seconds,
     )
     watch.publish(done, parent)

@@ -64,11 +64,24 @@ def test_a_figure_above_one_is_explained():
 def test_the_gpu_check_prints_tokens_per_s_mfu_and_the_ratio(capsys, tmp_path):
     from bench.gpu_check import main
 
-    assert main(["--tiny", "--out", str(tmp_path / "g.json")]) == 0
+    assert main(["--tiny", "--ratio", "--out", str(tmp_path / "g.json")]) == 0
     out = capsys.readouterr().out
     for what in ("matmul peak", "train():", "tokens/s, MFU", "bare loop:", "ratio train()/bare:"):
         assert what in out
     assert json.loads((tmp_path / "g.json").read_text())["throughput_ratio_vs_bare_loop"] > 0
+
+
+def test_the_gpu_check_runs_every_family_through_a_grown_stage_on_cpu(capsys, tmp_path):
+    """--tiny without compile (the one compile test is tests/test_step.py's): the script works before a GPU sees it."""
+    from bench.gpu_check import main
+
+    assert main(["--tiny", "--no-compile", "--out", str(tmp_path / "g.json")]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures == json.loads((tmp_path / "g.json").read_text())
+    assert set(figures["families"]) == {"gpt", "llama", "qwen3", "qwen2"}
+    for f in figures["families"].values():
+        assert f["parity"] and f["recipe_tokens_per_s"] > 0 and 0 < f["recipe_mfu"] < 1
+        assert f["recipe_peak_memory_bytes"] > 0 and abs(f["fp32_val_loss_init"] - f["recipe_val_loss_init"]) < 0.05
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine runs the real check")

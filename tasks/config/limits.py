@@ -67,6 +67,32 @@ def check_shapes(stages, model, limits: LimitsConfig) -> None:
         raise ValueError(f"model.d_model {model.d_model} exceeds limits.max_d_model {limits.max_d_model}")
 
 
+def check_trainer(k: int, stage, train, world: int) -> None:
+    """Stage ``k``'s trainer settings that only make sense with its processes and its parent (one line each)."""
+    if train.micro_batch_size is not None and (train.batch_size // world) % train.micro_batch_size:
+        raise ValueError(
+            f"stages.{k - 1}: train.micro_batch_size {train.micro_batch_size} does not divide the per-rank batch "
+            f"{train.batch_size // world} (batch_size {train.batch_size} over {world} processes)"
+        )
+    if stage.growth.freeze == "parent":
+        if k == 1:
+            raise ValueError("stages.0.growth.freeze: parent needs a parent: stage 1 has none")
+        if stage.growth.operator == "width":
+            raise ValueError(
+                f"stages.{k - 1}.growth.freeze: parent needs a depth operator (width changes every weight)"
+            )
+
+
+def activations(family, spec, micro: int) -> int:
+    """Bytes kept for backward by one micro batch: all of them, or with activation checkpointing each block's
+    input plus one block recomputed at a time; bf16 autocast keeps them in half the bytes."""
+    act = family.footprint(spec.model, micro).activations
+    if spec.train.activation_checkpointing == "full":
+        n = spec.model.n_layers
+        act = act // n + n * micro * spec.model.context * spec.model.d_model * 4
+    return act // 2 if spec.train.precision == "bf16" else act
+
+
 def _gib(n: int) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
@@ -88,12 +114,13 @@ def check_fit(specs, limits: LimitsConfig) -> None:
         state = family.footprint(spec.model, 0)  # weights, gradients, AdamW: sharded across the ranks under FSDP
         shards = par.world_size if par.strategy == "fsdp" else 1
         per_rank = (state.weights + state.grads + state.optimizer) // shards
-        per_rank += family.footprint(spec.model, spec.train.batch_size // par.world_size).activations
+        micro = spec.train.micro_batch_size or spec.train.batch_size // par.world_size
+        per_rank += activations(family, spec, micro)
         need = per_rank if cuda else per_rank * par.nproc  # on CPU every rank on this node shares its memory
         have = limits.memory_bytes or machine_memory(cuda)
         if need > have:
             source = "limits.memory_bytes" if limits.memory_bytes else ("one GPU" if cuda else "this machine's RAM")
             raise ValueError(
-                f"{where}: training needs about {_gib(need)} (weights, gradients, AdamW, activations of batch "
-                f"{spec.train.batch_size} x {spec.model.context}) but {source} is {_gib(have)}"
+                f"{where}: training needs about {_gib(need)} (weights, gradients, AdamW, activations of micro batch "
+                f"{micro} x {spec.model.context}) but {source} is {_gib(have)}"
             )

@@ -27,7 +27,7 @@ from models.optim import OptimizerConfig
 from models.policy import ScheduleConfig, UntilConfig, step_cap
 from models.tokenizer import TokenizerConfig
 from models.train import TrainConfig
-from tasks.config.limits import LimitsConfig, check_fit, check_shapes
+from tasks.config.limits import LimitsConfig, check_fit, check_shapes, check_trainer
 from tasks.config.model_section import ArchConfig, InitConfig, Strict, default_section, first_model
 from tasks.store import check_uri
 
@@ -188,9 +188,7 @@ class StageSpec(Strict):
     total_steps: int | None = None  # planned steps of the whole pipeline; set only when the schedule reads it
     data: DataConfig
     checkpoint: CheckpointConfig = CheckpointConfig(every=0)  # cadence and pruning; not in the stage key
-    parallel: ParallelConfig = (
-        ParallelConfig()
-    )  # torchrun processes and strategy; one process: in the task; not in the key
+    parallel: ParallelConfig = ParallelConfig()  # torchrun processes and strategy; not in the key
 
 
 class PipelineConfig(Strict):
@@ -272,6 +270,7 @@ class PipelineConfig(Strict):
                     batch, n = train.batch_size, parallel.world_size
                     ranks = f"nproc {n}" if parallel.nnodes == 1 else f"nproc x nnodes = {n}"
                     raise ValueError(f"stages.{k - 1}: train.batch_size {batch} is not divisible by {ranks}")
+                check_trainer(k, stage, train, parallel.world_size)
                 every = self.checkpoint.every if stage.checkpoint.every is None else stage.checkpoint.every
                 spec = StageSpec(
                     index=k,

@@ -158,7 +158,9 @@ class StageProgress:
         self.bar = Progress(
             TextColumn(f"stage {spec.index} ({spec.model.n_layers}L)"),
             BarColumn(),
-            TextColumn("{task.completed}/{task.total} steps  loss {task.fields[loss]:.3f}"),
+            TextColumn(
+                "{task.completed}/{task.total} steps  loss {task.fields[loss]:.3f}  {task.fields[tps]:,.0f} tok/s"
+            ),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
         )
@@ -178,9 +180,11 @@ class StageProgress:
 
     def __call__(self, info: StepInfo) -> None:
         if self.task is None:
-            self.task = self.bar.add_task("train", total=info.steps, completed=info.step - 1, loss=float("nan"))
+            self.task = self.bar.add_task(
+                "train", total=info.steps, completed=info.step - 1, loss=float("nan"), tps=0.0
+            )
             self.bar.start()
-        self.bar.update(self.task, completed=info.step, loss=info.train_loss)
+        self.bar.update(self.task, completed=info.step, loss=info.train_loss, tps=info.tokens_per_s)
         if info.step % self.every == 0 or info.step == info.steps:
             update_progress_artifact(self.artifact, progress=100.0 * info.step / info.steps)
 

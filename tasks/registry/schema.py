@@ -68,6 +68,7 @@ class VersionTags(_Tags):
     code_version: str
     val_loss: float
     tokenizer_sha256: str | None = None  # models.tokenizer.sha256 of the version's tokenizer; None: the byte vocabulary
+    freeze: str | None = None  # growth.freeze: "parent" when only the new blocks trained (LLaMA-Pro); None: none
 
 
 IMPORTED = "imported"  # ImportTags.source of a version registered from a local Hugging Face directory
@@ -171,6 +172,7 @@ class StageParams(BaseModel):
 class Metrics:
     TRAIN_LOSS, VAL_LOSS, VAL_LOSS_INIT = "train_loss", "val_loss", "val_loss_init"
     TOKENS_PER_S, STEP_TIME_S = "tokens_per_s", "step_time_s"
+    MFU, PEAK_MEMORY = "mfu", "peak_memory_bytes"  # against the device's peak (models/speed.py); rank 0's peak
 
 
 class Artifacts:
