@@ -31,13 +31,15 @@ def _check_inputs(config: PipelineConfig, workdir: Path) -> None:
     from models.data import ByteCorpus
     from tasks.workspace import Workspace
 
-    try:
-        if config.data.format == "bytes":
-            ByteCorpus(config.data, config.model.context, config.seed)
-        else:
-            check_documents(config.data, Path(Workspace.resolve(workdir).cache_dir))
-    except (OSError, ValueError) as e:
-        fail(str(e))
+    named = [(f"data source {s.name!r}: ", s.corpus()) for s in config.data.sources or ()] or [("", config.data)]
+    for where, data in named:  # each source of a mixture, named in the message
+        try:
+            if data.format == "bytes":
+                ByteCorpus(data, config.model.context, config.seed)
+            else:
+                check_documents(data, Path(Workspace.resolve(workdir).cache_dir))
+        except (OSError, ValueError) as e:
+            fail(where + str(e))
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         probe = workdir / ".write-test"
