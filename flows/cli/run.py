@@ -31,6 +31,13 @@ def _check_inputs(config: PipelineConfig, workdir: Path) -> None:
     from models.data import ByteCorpus
     from tasks.workspace import Workspace
 
+    if config.gate.enabled and config.gate.metric.startswith("task:"):  # before anything trains
+        from tasks.downstream import TaskError, check
+
+        try:
+            check(config.gate.metric.removeprefix("task:").partition("/")[0])
+        except TaskError as e:
+            fail(f"gate.metric {config.gate.metric}: {e}")
     named = [(f"data source {s.name!r}: ", s.corpus()) for s in config.data.sources or ()] or [("", config.data)]
     for where, data in named:  # each source of a mixture, named in the message
         try:

@@ -161,7 +161,8 @@ class GateConfig(Strict):
     """
 
     enabled: bool = True
-    metric: Literal["val_loss", "bpb"] = "val_loss"  # lower is better for both; bpb = val_loss / ln 2
+    # val_loss | bpb (lower is better; bpb = val_loss / ln 2) | task:<name>[/<metric>]: a downstream score
+    metric: str = Field("val_loss", pattern=r"^(val_loss|bpb|task:[A-Za-z0-9_.-]+(/[A-Za-z0-9_]+)?)$")
     margin: float = Field(0.01, ge=0)  # the candidate must beat the champion by more than this, in the metric's unit
     every_stage: bool = False  # gate every stage's version, not only the last one
     alias: str = Field("champion", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")

@@ -179,6 +179,7 @@ class StageParams(BaseModel):
 class Metrics:
     TRAIN_LOSS, VAL_LOSS, VAL_LOSS_INIT = "train_loss", "val_loss", "val_loss_init"
     TOKENS_PER_S, STEP_TIME_S = "tokens_per_s", "step_time_s"
+    EVAL_PREFIX = "eval/"
 
     @staticmethod
     def source_val_loss(source: str) -> str:
@@ -193,7 +194,7 @@ class Metrics:
     @staticmethod
     def eval_metric(task: str, metric: str) -> str:
         """A downstream task's score (staged eval --tasks, lm-evaluation-harness)."""
-        return f"eval/{task}/{metric}"
+        return f"{Metrics.EVAL_PREFIX}{task}/{metric}"
 
 
 class Artifacts:
