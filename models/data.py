@@ -58,8 +58,8 @@ class SourceConfig(CorpusConfig):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     weight: float = Field(gt=0, allow_inf_nan=False)  # share of the train sequences, relative to the others
 
-    def corpus(self) -> DataConfig:
-        return DataConfig(**self.model_dump(exclude={"name", "weight"}))
+    def corpus(self, num_proc: int = 1) -> DataConfig:
+        return DataConfig(**self.model_dump(exclude={"name", "weight"}), num_proc=num_proc)
 
 
 class DataConfig(CorpusConfig):
@@ -67,12 +67,15 @@ class DataConfig(CorpusConfig):
 
     # a weighted mixture (models/mixture.py); each stage may reweigh it (stages.<i>.data.weights). None: one corpus
     sources: list[SourceConfig] | None = Field(None, min_length=1)
+    # processes that tokenize documents into shards (models/encode.py): the shards are the same for any number,
+    # so it is in no hash, cache key or tag (left out of the serialized config)
+    num_proc: int = Field(1, ge=1, le=256)
 
     @model_validator(mode="after")
     def _one_or_many(self) -> DataConfig:
         if self.sources is None:
             return self
-        beside = sorted(self.model_fields_set - {"sources", "val_every"})
+        beside = sorted(self.model_fields_set - {"sources", "val_every", "num_proc"})
         if beside:
             raise ValueError(f"data.sources: set {', '.join(beside)} per source, not beside data.sources")
         names = [s.name for s in self.sources]
@@ -83,6 +86,7 @@ class DataConfig(CorpusConfig):
     @model_serializer(mode="wrap")
     def _one_corpus_as_before(self, handler):
         out = handler(self)
+        out.pop("num_proc", None)
         if self.sources is None:  # a one-corpus config serializes (and hashes: stage keys, shard caches) as before
             out.pop("sources", None)
         return out

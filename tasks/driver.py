@@ -273,11 +273,13 @@ def open_corpus(
         corpora = {}
         for s in data.sources:
             try:
-                corpora[s.name] = open_corpus(s.corpus(), context, seed, tokenizer, cache_dir, progress)
+                corpora[s.name] = open_corpus(s.corpus(data.num_proc), context, seed, tokenizer, cache_dir, progress)
             except (CorpusError, FileNotFoundError) as e:
                 raise type(e)(f"data source {s.name!r}: {e}") from None
         return MixtureCorpus(corpora, {s.name: s.weight for s in data.sources}, origin or Origin())
     if data.format == "bytes":
         return corpus_for(data, context, seed)
     tok = tokenizer or tokenizers.byte_tokenizer()
-    return corpus_for(data, context, seed, tok, tokenizers.sha256(tok), cache_dir, progress=progress)
+    return corpus_for(
+        data, context, seed, tok, tokenizers.sha256(tok), cache_dir, progress=progress, num_proc=data.num_proc
+    )
