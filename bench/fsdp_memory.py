@@ -30,6 +30,7 @@ from torch.distributed.tensor import DTensor
 
 from models.gpt import GPT, GPTConfig
 from models.optim import make_optimizer
+from models.parallel import end_rank
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,7 +75,7 @@ def _rank_main(cfg: GPTConfig, batch: int, out: Path) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     (out / f"rank-{rank}.json").write_text(json.dumps(one_step(cfg, batch, rank, world)))
-    dist.destroy_process_group()
+    end_rank(0)  # leaves the group without interpreter teardown (models/parallel.py says why)
 
 
 def main() -> None:

@@ -105,7 +105,7 @@ def rank_main(strategy: str, size: dict, out: Path) -> None:
         tokens = size["steps"] * size["batch"] * cfg.context * world
         result = {"params": n_params, "world": world, "seconds": seconds, "tokens_per_s": tokens / seconds}
         (out / "result.json").write_text(json.dumps({**result, "max_memory_allocated_per_gpu": memory}))
-    dist.destroy_process_group()
+    parallel.end_rank(0)  # leaves the group without interpreter teardown (models/parallel.py says why)
 
 
 def run_one(strategy: str, world: int, size: dict, tiny: bool) -> dict:

@@ -8,7 +8,8 @@ start with an empty ``JOB_DIR``. Ranks are renumbered so the task's node holds r
 (torch's rendezvous orders nodes by address), rank 0 sends the job to every rank, and at the end
 writes the weights (gathered from the shards under FSDP), AdamW moments and TrainResult into its
 JOB_DIR. A rank that fails writes its one-line reason to ``JOB_DIR/error-<rank>.txt`` and exits 1;
-torchrun then stops the others.
+torchrun then stops the others. Every rank ends through ``models.parallel.end_rank`` (no interpreter
+teardown: the gloo group outlives ``destroy_process_group`` under FSDP2 and its teardown can abort).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from models.families import family_of
-from models.parallel import full_state, gather_json, is_sharded
+from models.parallel import end_rank, full_state, gather_json, is_sharded
 from models.plan import Hooks
 from models.train import resolve_device
 from tasks import driver
@@ -101,11 +102,8 @@ def main(job_dir: Path) -> int:
         reason = str(e) if known else f"{where}rank {rank}: {type(e).__name__}: {e}"
         (job_dir / f"error-{rank}.txt").write_text(reason.split("\n")[0])
         return 1
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1])))
+    end_rank(main(Path(sys.argv[1])))  # leaves the group; no interpreter teardown (models/parallel.py says why)
