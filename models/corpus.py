@@ -20,6 +20,7 @@ import logging
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from tqdm import tqdm
 
 from models.data import ByteCorpus, CorpusError, DataConfig
 from models.documents import Document, read_documents, source_digest, source_files, source_root, split_documents
+from models.encode import Encoder
 from models.shards import (
     LAYOUT,
     Manifest,
@@ -56,6 +58,7 @@ def open_corpus(
     *,
     progress: bool = True,
     shard_tokens: int = SHARD_TOKENS,
+    num_proc: int = 1,
 ) -> ByteCorpus | TokenCorpus:
     """The corpus ``cfg`` describes, cut into sequences of ``context + 1`` and ordered by ``seed``.
 
@@ -69,7 +72,9 @@ def open_corpus(
         return ByteCorpus(cfg, context, seed)
     if tokenizer is None or not tokenizer_sha256 or cache_dir is None:
         raise ValueError(f"data.format {cfg.format} needs a tokenizer, its sha256 and a cache directory")
-    directory, manifest = ensure_shards(cfg, tokenizer, tokenizer_sha256, Path(cache_dir), progress, shard_tokens)
+    directory, manifest = ensure_shards(
+        cfg, tokenizer, tokenizer_sha256, Path(cache_dir), progress, shard_tokens, num_proc
+    )
     return TokenCorpus(directory, manifest, context, seed)
 
 
@@ -103,6 +108,7 @@ def ensure_shards(
     cache_dir: Path,
     progress: bool = True,
     shard_tokens: int = SHARD_TOKENS,
+    num_proc: int = 1,
 ) -> tuple[Path, Manifest]:
     """The directory and manifest of the verified token shards for (cfg, tokenizer): found, or built now."""
     directory = shards_dir(cfg, tokenizer_sha256, cache_dir)
@@ -117,7 +123,9 @@ def ensure_shards(
     build = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         hf_cache = cache_dir / "hf-datasets"
-        manifest = build_shards(cfg, tokenizer, tokenizer_sha256, build, hf_cache, progress, shard_tokens, files)
+        manifest = build_shards(
+            cfg, tokenizer, tokenizer_sha256, build, hf_cache, progress, shard_tokens, files, num_proc
+        )
         shutil.rmtree(directory, ignore_errors=True)  # the stale one, if any
         try:
             build.rename(directory)
@@ -143,9 +151,11 @@ def build_shards(
     progress: bool = True,
     shard_tokens: int = SHARD_TOKENS,
     files: list[Path] | None = None,
+    num_proc: int = 1,
 ) -> Manifest:
     """Read, split and tokenize every document of ``cfg`` into shards in ``directory``; the manifest last.
-    ``files``: ``source_files(cfg)``, when the caller has listed them already."""
+    ``files``: ``source_files(cfg)``, when the caller has listed them already. ``num_proc``: encoding
+    processes (models/encode.py); the shards are the same for any."""
     files, root = files or source_files(cfg), source_root(cfg)
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     dtype = token_dtype(vocab_size)
@@ -166,25 +176,25 @@ def build_shards(
         disable=not progress,
     )
 
-    def flush(batch: list[tuple[bool, Document]]) -> None:
-        encodings = tokenizer.encode_batch_fast([doc.text for _, doc in batch], add_special_tokens=False)
-        for (is_val, doc), enc in zip(batch, encodings):
-            ids = np.asarray(enc.ids + ([eos_id] if eos_id is not None else []), dtype=dtype)
-            split = "val" if is_val else "train"
-            writers[split].add(ids)
-            counts[split].update(documents=1, tokens=len(ids), text_bytes=doc.n_bytes)
-            bar.update(doc.n_bytes if by_text else doc.source_bytes)
-
-    with bar:
+    def batches() -> Iterator[tuple[list[tuple[bool, Document]], list[str]]]:
         batch, batch_bytes = [], 0
         for item in split_documents(read_documents(cfg, hf_cache, files), cfg.val_every):
             batch.append(item)
             batch_bytes += item[1].n_bytes
             if batch_bytes >= _BATCH_BYTES:
-                flush(batch)
+                yield batch, [doc.text for _, doc in batch]
                 batch, batch_bytes = [], 0
         if batch:
-            flush(batch)
+            yield batch, [doc.text for _, doc in batch]
+
+    with bar, Encoder(tokenizer, num_proc) as encoder:
+        for batch, encoded in encoder.map(batches()):
+            for (is_val, doc), ids in zip(batch, encoded):
+                ids = np.asarray(ids + ([eos_id] if eos_id is not None else []), dtype=dtype)
+                split = "val" if is_val else "train"
+                writers[split].add(ids)
+                counts[split].update(documents=1, tokens=len(ids), text_bytes=doc.n_bytes)
+                bar.update(doc.n_bytes if by_text else doc.source_bytes)
     _check_splits(cfg, root, counts["train"]["documents"], counts["val"]["documents"])
     splits = {split: Split(shards=writers[split].close(), **counts[split]) for split in writers}
     manifest = Manifest(

@@ -18,13 +18,15 @@ from __future__ import annotations
 import hashlib
 import sysconfig
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 
-class DataConfig(BaseModel):
+class CorpusConfig(BaseModel):
+    """One corpus: where its files are, how they are read, which are validation."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     source: str | None = None  # a text file or a directory; None = this interpreter's stdlib
@@ -44,10 +46,78 @@ class DataConfig(BaseModel):
     eos_token: str | None = None  # a token appended to every document (e.g. "<|endoftext|>"); None = none
 
     @model_validator(mode="after")
-    def _source_for_documents(self) -> DataConfig:
+    def _source_for_documents(self):
         if self.format in ("jsonl", "parquet") and self.source is None:
             raise ValueError(f"data.format {self.format} needs data.source (a file or a directory)")
         return self
+
+
+class SourceConfig(CorpusConfig):
+    """One of ``data.sources``: a corpus with a name (per-stage weights and cursors use it) and a weight."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    weight: float = Field(gt=0, allow_inf_nan=False)  # share of the train sequences, relative to the others
+
+    def corpus(self, num_proc: int = 1) -> DataConfig:
+        return DataConfig(**self.model_dump(exclude={"name", "weight"}), num_proc=num_proc)
+
+
+class DataConfig(CorpusConfig):
+    """``data``: one corpus (``data.source`` and its fields), or a weighted mixture (``data.sources``)."""
+
+    # a weighted mixture (models/mixture.py); each stage may reweigh it (stages.<i>.data.weights). None: one corpus
+    sources: list[SourceConfig] | None = Field(None, min_length=1)
+    # processes that tokenize documents into shards (models/encode.py): the shards are the same for any number,
+    # so it is in no hash, cache key or tag (left out of the serialized config)
+    num_proc: int = Field(1, ge=1, le=256)
+
+    @model_validator(mode="after")
+    def _one_or_many(self) -> DataConfig:
+        if self.sources is None:
+            return self
+        beside = sorted(self.model_fields_set - {"sources", "val_every", "num_proc"})
+        if beside:
+            raise ValueError(f"data.sources: set {', '.join(beside)} per source, not beside data.sources")
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"data.sources: names must be unique, got {names}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _one_corpus_as_before(self, handler):
+        out = handler(self)
+        out.pop("num_proc", None)
+        if self.sources is None:  # a one-corpus config serializes (and hashes: stage keys, shard caches) as before
+            out.pop("sources", None)
+        return out
+
+    @property
+    def formats(self) -> set[str]:
+        return {s.format for s in self.sources} if self.sources else {self.format}
+
+    def reweighed(self, weights: dict[str, float]) -> DataConfig:
+        """The mixture with ``weights`` (by source name) replacing those sources' weights; a source weighed 0
+        leaves this mixture (its cursor waits for a later stage)."""
+        if self.sources is None:
+            raise ValueError("data.weights reweighs data.sources: this pipeline has one data.source")
+        known = {s.name for s in self.sources}
+        if unknown := sorted(set(weights) - known):
+            raise ValueError(f"data.weights: no source named {', '.join(unknown)} (data.sources: {sorted(known)})")
+        kept = [s.model_copy(update={"weight": float(weights.get(s.name, s.weight))}) for s in self.sources]
+        kept = [s for s in kept if s.weight > 0]
+        if not kept:
+            raise ValueError("data.weights: every source weighed 0; at least one needs a weight > 0")
+        return self.model_copy(update={"sources": kept})
+
+
+class StageData(BaseModel):
+    """``stages.<i>.data``: this stage's departures from ``data``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # data.sources reweighed for this stage, by source name (unnamed ones keep data.sources' weight; 0 leaves
+    # a source out of this stage, its cursor waiting); part of the stage key through the resolved mixture
+    weights: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = {}
 
 
 class CorpusError(ValueError):

@@ -74,6 +74,7 @@ class TrainState:
     val_loss: float
     train_curve: Curve
     val_curve: Curve
+    cursors: dict[str, int] | None = None  # a mixture's per-source cursors at ``cursor`` (models/mixture.py)
 
 
 @dataclass(frozen=True)

@@ -123,7 +123,8 @@ def read_manifest(directory: Path, data: DataConfig, tokenizer_sha256: str, sour
         manifest = Manifest.model_validate_json(path.read_bytes())
     except (ValidationError, ValueError) as e:
         raise StaleShards(f"{path}: unreadable ({str(e).splitlines()[0]})") from None
-    if manifest.layout != LAYOUT or manifest.data != data or manifest.tokenizer_sha256 != tokenizer_sha256:
+    same_data = manifest.data.model_dump_json() == data.model_dump_json()  # num_proc is no part of it
+    if manifest.layout != LAYOUT or not same_data or manifest.tokenizer_sha256 != tokenizer_sha256:
         raise StaleShards(f"{path}: built for another layout, data config or tokenizer")
     if manifest.sources != sources:
         raise StaleShards(f"{path}: the source files changed (names or sizes) since the shards were built")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tokenizers import Tokenizer
@@ -26,10 +26,11 @@ from torch import nn
 
 from models import tokenizer as tokenizers
 from models.corpus import open_corpus as corpus_for
-from models.data import ByteCorpus, DataConfig
+from models.data import ByteCorpus, CorpusError, DataConfig
 from models.documents import read_documents, split_documents
 from models.families import ModelConfig, family_of
 from models.growth import GrowthError, grow, grow_moments
+from models.mixture import MixtureCorpus, Origin
 from models.optim import StateDict
 from models.parallel import load_full_state, shard
 from models.plan import Hooks, StagePlan, Start, TrainState, stage_plan
@@ -57,6 +58,11 @@ class Parent:
     global_step: int  # steps trained by the parent and its ancestors
     load: Callable[[], tuple[ModelConfig, StateDict, StateDict | None]]  # (config, weights, Adam moments or None)
     version: str = ""  # for messages
+    data_cursors: dict[str, int] = field(default_factory=dict)  # data.sources: where each source's stream starts
+
+    @property
+    def origin(self) -> Origin:
+        return Origin(self.data_cursor, dict(self.data_cursors))
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,7 @@ class Prepared:
     plan: StagePlan
     start: Start
     seconds: float  # building, growing (weights and moments) or reading the checkpoint
+    origin: Origin = Origin()  # where the stage's data starts (a mixture's sources: their own cursors)
 
 
 @dataclass
@@ -153,14 +160,16 @@ def prepare(
             plan.ramp.apply(model, 0)
         cursor = parent.data_cursor if parent else 0
         start = Start(cursor=cursor, seed=spec.seed + spec.index, moments=moments)
-    return Prepared(model, plan, start, time.perf_counter() - began)
+    return Prepared(model, plan, start, time.perf_counter() - began, parent.origin if parent else Origin())
 
 
-def _with_checkpoints(hooks: Hooks, checkpoints: Checkpoints | None, model: nn.Module) -> Hooks:
+def _with_checkpoints(hooks: Hooks, checkpoints: Checkpoints | None, model: nn.Module, corpus) -> Hooks:
     if checkpoints is None or checkpoints.every == 0:
         return hooks
 
     def save(state: TrainState) -> None:  # on rank 0, or on every rank of a sharded model (its shards)
+        if isinstance(corpus, MixtureCorpus):  # every source's cursor, beside the global one
+            state = replace(state, cursors=corpus.cursors(state.cursor))
         checkpoint.save(checkpoints.storage, checkpoints.key, model, state)
         if rank_and_world()[0] == 0:
             checkpoint.prune(checkpoints.storage, checkpoints.key, checkpoints.keep, written=state.step)
@@ -176,14 +185,19 @@ def train_prepared(
     *,
     hooks: Hooks = Hooks(),
     checkpoints: Checkpoints | None = None,
-    corpus: ByteCorpus | TokenCorpus | None = None,
+    corpus: ByteCorpus | TokenCorpus | MixtureCorpus | None = None,
     tokenizer: Tokenizer | None = None,
     cache_dir: Path | None = None,
 ) -> StageRun:
     """Train the prepared model for the stage (on ``corpus``, or the one its data, tokenizer and ``cache_dir``
     name); NaN/Inf and checkpoint failures become one-line errors."""
     model, resume = prepared.model, prepared.start.resume
-    corpus = corpus or open_corpus(spec.data, spec.model.context, spec.seed, tokenizer, cache_dir, progress=False)
+    corpus = corpus or open_corpus(
+        spec.data, spec.model.context, spec.seed, tokenizer, cache_dir, progress=False, origin=prepared.origin
+    )
+    if resume is not None and resume.cursors is not None and isinstance(corpus, MixtureCorpus):
+        if (now := corpus.cursors(resume.cursor)) != resume.cursors:
+            raise CheckpointError(f"stage {spec.index}: checkpoint's source cursors {resume.cursors} are not {now}")
     try:
         result = train(
             model,
@@ -191,7 +205,7 @@ def train_prepared(
             spec.train,
             plan=prepared.plan,
             start=prepared.start,
-            hooks=_with_checkpoints(hooks, checkpoints, model),
+            hooks=_with_checkpoints(hooks, checkpoints, model, corpus),
         )
     except NonFiniteLoss as e:
         last = checkpoint.steps(checkpoints.storage, checkpoints.key) if checkpoints else []
@@ -208,7 +222,7 @@ def run(
     *,
     hooks: Hooks = Hooks(),
     checkpoints: Checkpoints | None = None,
-    corpus: ByteCorpus | TokenCorpus | None = None,
+    corpus: ByteCorpus | TokenCorpus | MixtureCorpus | None = None,
     tokenizer: Tokenizer | None = None,
     cache_dir: Path | None = None,
 ) -> StageRun:
@@ -231,21 +245,42 @@ def resolve_tokenizer(spec: StageSpec, cache_dir: Path) -> Tokenizer:
     if cfg.kind == "path":
         return tokenizers.load(cfg.path)
     limit, parts, n = cfg.train.max_bytes, [], 0
-    for is_val, doc in split_documents(read_documents(spec.data, Path(cache_dir) / "hf-datasets"), spec.data.val_every):
-        if not is_val:
-            parts.append(doc.text.encode("utf-8"))
-            n += doc.n_bytes
-        if limit is not None and n >= limit:
-            break
+    corpora = [s.corpus() for s in spec.data.sources] if spec.data.sources else [spec.data]
+    for data in corpora:  # a mixture's sources in order, bytes ones skipped (no documents)
+        if data.format == "bytes":
+            continue
+        for is_val, doc in split_documents(read_documents(data, Path(cache_dir) / "hf-datasets"), data.val_every):
+            if not is_val:
+                parts.append(doc.text.encode("utf-8"))
+                n += doc.n_bytes
+            if limit is not None and n >= limit:
+                break
     return tokenizers.train_bpe(b"".join(parts), cfg.train)
 
 
 def open_corpus(
-    data: DataConfig, context: int, seed: int, tokenizer: Tokenizer | None, cache_dir: Path | None, progress=True
-) -> ByteCorpus | TokenCorpus:
-    """A stage's training and validation stream: raw bytes (``data.format: bytes``), or the documents tokenized
-    once into token shards cached under ``cache_dir`` (models/corpus.py)."""
+    data: DataConfig,
+    context: int,
+    seed: int,
+    tokenizer: Tokenizer | None,
+    cache_dir: Path | None,
+    progress=True,
+    origin: Origin | None = None,
+) -> ByteCorpus | TokenCorpus | MixtureCorpus:
+    """A stage's training and validation stream: raw bytes (``data.format: bytes``), the documents tokenized
+    once into token shards cached under ``cache_dir`` (models/corpus.py), or ``data.sources`` mixed by weight
+    from ``origin`` (models/mixture.py)."""
+    if data.sources:
+        corpora = {}
+        for s in data.sources:
+            try:
+                corpora[s.name] = open_corpus(s.corpus(data.num_proc), context, seed, tokenizer, cache_dir, progress)
+            except (CorpusError, FileNotFoundError) as e:
+                raise type(e)(f"data source {s.name!r}: {e}") from None
+        return MixtureCorpus(corpora, {s.name: s.weight for s in data.sources}, origin or Origin())
     if data.format == "bytes":
         return corpus_for(data, context, seed)
     tok = tokenizer or tokenizers.byte_tokenizer()
-    return corpus_for(data, context, seed, tok, tokenizers.sha256(tok), cache_dir, progress=progress)
+    return corpus_for(
+        data, context, seed, tok, tokenizers.sha256(tok), cache_dir, progress=progress, num_proc=data.num_proc
+    )

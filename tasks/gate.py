@@ -28,10 +28,11 @@ from models import tokenizer as tokenizers
 from models.data import DataConfig
 from models.sample import complete
 from models.train import evaluate
+from tasks import downstream
 from tasks.config import GateConfig
 from tasks.driver import open_corpus
 from tasks.publish import ArtifactKeys
-from tasks.registry import ModelRef, Registry, lease, load_version
+from tasks.registry import ModelRef, Registry, lease, load_version, log_scores
 from tasks.registry.schema import Artifacts, GateTags
 from tasks.results import Figures, GateResult
 
@@ -50,6 +51,9 @@ def measure(
     per_token = tokenizers.token_bytes(tokenizer)  # (V,) bytes each token id stands for
     n_bytes = int(sum(int(per_token[y].sum()) for _, y in batches))
     sample = complete(model, tokenizer, gate.prompt, gate.sample_bytes, temperature=0.8, top_k=40, seed=0)
+    scores = {}
+    if gate.metric.startswith("task:"):  # a downstream score decides (lm-evaluation-harness, offline)
+        scores = downstream.evaluate(model, tokenizer, [gate.metric.removeprefix("task:").partition("/")[0]])
     bpt = loss / math.log(2)
     return Figures(
         val_loss=loss,
@@ -58,6 +62,7 @@ def measure(
         tokens=tokens,
         bytes=n_bytes,
         sample=sample,
+        scores=scores,
     )
 
 
@@ -74,7 +79,8 @@ def decide(candidate: float, champion: float | None, margin: float) -> tuple[boo
 def report(r: GateResult) -> str:
     """The decision as markdown, for Prefect and for the version's run."""
     title = f"# Gate: `models:/{r.name}/{r.version}` {r.decision.upper()}"
-    head = f"{title}\n\n{r.reason} (metric `{r.metric}`, lower is better).\n\n"
+    better = "higher is better" if r.metric.startswith("task:") else "lower is better"
+    head = f"{title}\n\n{r.reason} (metric `{r.metric}`, {better}).\n\n"
     rows = ["| | version | val loss | bits/byte | bits/token | tokens | bytes |", "|---|---|---|---|---|---|---|"]
     for who, version, f in (("candidate", r.version, r.candidate), ("champion before", r.champion_before, r.champion)):
         if f is not None:
@@ -98,6 +104,8 @@ def run_gate(
     candidate = measure(
         *load_version(registry, client.get_model_version(ref.name, ref.version)), data, gate, seed, cache
     )
+    if candidate.scores:
+        log_scores(registry, ref.run_id, candidate.scores)
     with lease(client, f"{ref.name}@{gate.alias}"):  # one gate at a time reads, decides and moves the alias
         result = _decide_and_record(client, registry, ref, gate, data, seed, cache, candidate)
     md = report(result)

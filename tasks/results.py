@@ -35,8 +35,15 @@ class Figures(BaseModel):
     bpt: float | None = None  # bits per token
     bytes: int | None = None  # bytes of text those tokens stand for
 
+    scores: dict[str, dict[str, float]] = {}  # gate.metric task:<name>: the downstream scores (lm_eval)
+
     def metric(self, name: str) -> float:
-        return getattr(self, name)
+        """The gate's figure, lower is better: a downstream score (``task:<name>[/<metric>]``) negated."""
+        if not name.startswith("task:"):
+            return getattr(self, name)
+        task, _, metric = name.removeprefix("task:").partition("/")
+        row = self.scores[task]
+        return -row[metric or next(iter(row))]
 
 
 class GateResult(BaseModel):

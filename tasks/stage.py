@@ -12,6 +12,7 @@ process it runs under torchrun (DDP or FSDP2, tasks/parallel/), and this process
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from models.data import ByteCorpus, stdlib_dir
 from models.families import ModelConfig, family_of
 from models.family import num_params
 from models.growth import GrowthError
+from models.mixture import MixtureCorpus, report
 from models.plan import Hooks
 from tasks import driver
 from tasks.config import StageSpec, code_version, spec_hash, stage_key
@@ -156,8 +158,12 @@ def _register(
     """Register the trained model with its lineage tags, parameters, loss curves and run extras."""
     model, result = run.model, run.result
     start = parent.data_cursor if parent else 0
-    source = redact(str(Path(spec.data.source).resolve()) if spec.data.source else str(stdlib_dir()))
+    paths = [s.source for s in spec.data.sources] if spec.data.sources else [spec.data.source]
+    source = ", ".join(redact(str(Path(p).resolve()) if p else str(stdlib_dir())) for p in paths)
     digest = corpus.digest()
+    mix = None
+    if isinstance(corpus, MixtureCorpus):  # per-source shares, cursors and validation loss
+        mix = report(corpus, model, result.cursor, spec.train.eval_batches, spec.train.batch_size)
     with watch.during("registering"), tempfile.TemporaryDirectory(prefix="staged-model-") as tmp:
         sha = save_model(model, Path(tmp), tokenizer)  # the Llama family's: a Hugging Face model directory
         optimizer_sha = save_optimizer(result.moments, Path(tmp))
@@ -179,6 +185,8 @@ def _register(
             val_loss=result.val_loss,
             tokenizer_sha256=tokenizer_sha256,
             freeze=spec.growth.freeze if parent and spec.growth.freeze != "none" else None,
+            data_cursors=json.dumps(mix.cursors, sort_keys=True) if mix else None,
+            data_mixture=json.dumps(mix.weights) if mix else None,
         )
         imported = None
         if spec.init:
@@ -189,7 +197,8 @@ def _register(
             nproc=result.world_size,
             model=spec.model.model_dump(),
             train=spec.train.model_dump(),
-            data={"source": source, "corpus_sha256": digest, "cursor_start": start, "cursor_end": result.cursor},
+            data={"source": source, "corpus_sha256": digest, "cursor_start": start, "cursor_end": result.cursor}
+            | ({"mixture": json.dumps(mix.weights), "cursors_end": json.dumps(mix.cursors)} if mix else {}),
         )
         metrics = {
             Metrics.TRAIN_LOSS: result.train_curve,
@@ -200,6 +209,9 @@ def _register(
             Metrics.PEAK_MEMORY: [(result.steps, result.peak_memory_bytes)],
             Metrics.STEP_TIME_S: watch.step_times,
         }
+        for name in mix.weights if mix else ():
+            metrics[Metrics.source_val_loss(name)] = [(result.steps, mix.val_loss[name])]
+            metrics[Metrics.source_share(name)] = [(result.steps, mix.shares[name])]
         extras = StageRunExtras(
             parent_run_id=watch.parent_run_id,
             tags=RunTags(prefect_flow_run_id=str(flow_run.id or ""), prefect_task_run_id=str(task_run.id or "")),
@@ -241,7 +253,9 @@ def run_stage(
     watch = StageWatch(spec, workspace.registry, parent_run_id, workspace.storage(), key)
     tokenizer = tokenizer_store.get(workspace.storage(), tokenizer_sha256) if tokenizer_sha256 else None
     # opened (and, for documents, tokenized into shards) here, before any torchrun rank would read it
-    corpus = driver.open_corpus(spec.data, spec.model.context, spec.seed, tokenizer, Path(workspace.cache_dir))
+    origin = workspace.parent(parent).origin if parent else driver.Origin()
+    cache = Path(workspace.cache_dir)
+    corpus = driver.open_corpus(spec.data, spec.model.context, spec.seed, tokenizer, cache, origin=origin)
     run = _train(spec, parent, workspace, key, watch, corpus, tokenizer_sha256, log)
     result = run.result
     init, val = result.val_loss_init, result.val_loss

@@ -55,4 +55,5 @@ class Workspace(BaseModel):
             with tempfile.TemporaryDirectory(prefix="staged-parent-") as tmp:
                 return download_with_optimizer(self.registry, ref, Path(tmp))
 
-        return Parent(ref.n_layers, ref.data_cursor, ref.global_step, load, version=ref.version)
+        cursors = ref.source_cursors()
+        return Parent(ref.n_layers, ref.data_cursor, ref.global_step, load, version=ref.version, data_cursors=cursors)

@@ -229,3 +229,16 @@ def test_the_datasets_cache_stays_in_the_cache_dir(tmp_path, docs):
     assert int(run.stdout) > 0
     assert list(home.iterdir()) == []
     assert any((tmp_path / "cache" / "hf-datasets").iterdir())
+
+
+def test_two_encoding_processes_write_the_same_shards_and_the_same_cache_key(tmp_path, docs, tok, monkeypatch):
+    import models.corpus
+
+    monkeypatch.setattr(models.corpus, "_BATCH_BYTES", 2000)  # several batches in flight, out of order if it could
+    source = write_jsonl(tmp_path / "j" / "a.jsonl", docs).parent
+    one = open_tokens(jsonl_cfg(source), tok, tmp_path / "c1")
+    two = open_tokens(jsonl_cfg(source, num_proc=2), tok, tmp_path / "c2")
+    built = (one.directory / MANIFEST).stat().st_mtime_ns
+    assert one.digest() == two.digest() and one.directory.name == two.directory.name
+    again = open_tokens(jsonl_cfg(source, num_proc=2), tok, tmp_path / "c1")  # found in the cache, not rebuilt
+    assert again.directory == one.directory and (one.directory / MANIFEST).stat().st_mtime_ns == built

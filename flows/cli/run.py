@@ -31,13 +31,22 @@ def _check_inputs(config: PipelineConfig, workdir: Path) -> None:
     from models.data import ByteCorpus
     from tasks.workspace import Workspace
 
-    try:
-        if config.data.format == "bytes":
-            ByteCorpus(config.data, config.model.context, config.seed)
-        else:
-            check_documents(config.data, Path(Workspace.resolve(workdir).cache_dir))
-    except (OSError, ValueError) as e:
-        fail(str(e))
+    if config.gate.enabled and config.gate.metric.startswith("task:"):  # before anything trains
+        from tasks.downstream import TaskError, check
+
+        try:
+            check(config.gate.metric.removeprefix("task:").partition("/")[0])
+        except TaskError as e:
+            fail(f"gate.metric {config.gate.metric}: {e}")
+    named = [(f"data source {s.name!r}: ", s.corpus()) for s in config.data.sources or ()] or [("", config.data)]
+    for where, data in named:  # each source of a mixture, named in the message
+        try:
+            if data.format == "bytes":
+                ByteCorpus(data, config.model.context, config.seed)
+            else:
+                check_documents(data, Path(Workspace.resolve(workdir).cache_dir))
+        except (OSError, ValueError) as e:
+            fail(where + str(e))
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         probe = workdir / ".write-test"

@@ -1,7 +1,7 @@
 """``staged generate|eval|models list``: use what was trained, straight from the MLflow registry.
 
     staged generate MODEL_URI --prompt TEXT [--max-bytes N] [--temperature T] [--top-k K] [--seed S]
-    staged eval MODEL_URI [--config YAML]
+    staged eval MODEL_URI [--config YAML]  |  --tasks NAMES [--include DIR] [--limit N]   (flows/cli/downstream.py)
     staged serve MODEL_URI [--host 127.0.0.1] [--port 5001]   (mlflow models serve, of a verified copy)
     staged models list NAME
 
@@ -65,6 +65,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from tasks.registry.schema import CardTags
     from tasks.workspace import Workspace
 
+    if args.tasks is not None:  # downstream tasks (lm-evaluation-harness) instead of the validation loss
+        from flows.cli.downstream import eval_tasks
+
+        return eval_tasks(args)
     config = PipelineConfig()  # the default gate settings unless --config gives others
     if args.config:
         try:
@@ -165,6 +169,9 @@ def add_use_commands(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("eval", help="a registered version's loss, bits per byte and per token on the validation set")
     ev.add_argument("model_uri", help=uri_help)
     ev.add_argument("--config", help="pipeline YAML whose data and gate settings to use (default: the version's data)")
+    ev.add_argument("--tasks", help="lm-evaluation-harness tasks, comma-separated; `default`: the shipped ones")
+    ev.add_argument("--include", help="with --tasks: a directory of lm_eval task YAML files to add")
+    ev.add_argument("--limit", type=int, help="with --tasks: at most this many documents per task")
     ev.set_defaults(func=cmd_eval)
 
     serve = sub.add_parser("serve", help="serve a registered version (mlflow models serve) after verifying its files")

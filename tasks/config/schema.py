@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
-from models.data import DataConfig
+from models.data import DataConfig, StageData
 from models.families import ModelConfig
 from models.growth import GrowthConfig, GrowthError, child_config, dry_run
 from models.optim import OptimizerConfig
@@ -122,6 +122,7 @@ class StageConfig(Strict):
     parallel: ParallelConfig | None = None
     nproc: int | None = Field(None, ge=1)  # shorthand for parallel: {strategy: ddp, nproc: N}
     init: InitConfig | None = None  # stage 1 only: import a local Hugging Face directory (registered as it is)
+    data: StageData = StageData()  # this stage's mixture weights (data.sources)
 
     @model_validator(mode="after")
     def _one_end_rule(self) -> StageConfig:
@@ -160,7 +161,8 @@ class GateConfig(Strict):
     """
 
     enabled: bool = True
-    metric: Literal["val_loss", "bpb"] = "val_loss"  # lower is better for both; bpb = val_loss / ln 2
+    # val_loss | bpb (lower is better; bpb = val_loss / ln 2) | task:<name>[/<metric>]: a downstream score
+    metric: str = Field("val_loss", pattern=r"^(val_loss|bpb|task:[A-Za-z0-9_.-]+(/[A-Za-z0-9_]+)?)$")
     margin: float = Field(0.01, ge=0)  # the candidate must beat the champion by more than this, in the metric's unit
     every_stage: bool = False  # gate every stage's version, not only the last one
     alias: str = Field("champion", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
@@ -188,7 +190,7 @@ class StageSpec(Strict):
     total_steps: int | None = None  # planned steps of the whole pipeline; set only when the schedule reads it
     data: DataConfig
     checkpoint: CheckpointConfig = CheckpointConfig(every=0)  # cadence and pruning; not in the stage key
-    parallel: ParallelConfig = ParallelConfig()  # torchrun processes and strategy; not in the key
+    parallel: ParallelConfig = ParallelConfig()  # torchrun processes, strategy (1: in the task); not in the key
 
 
 class PipelineConfig(Strict):
@@ -223,7 +225,7 @@ class PipelineConfig(Strict):
 
     @model_validator(mode="after")
     def _tokens_come_from_documents(self) -> PipelineConfig:
-        if self.tokenizer.kind != "bytes" and self.data.format == "bytes":
+        if self.tokenizer.kind != "bytes" and "bytes" in self.data.formats:
             raise ValueError(
                 "tokenizer.train/path tokenize documents: set data.format to text, jsonl or parquet "
                 "(data.format bytes feeds raw bytes)"
@@ -285,7 +287,7 @@ class PipelineConfig(Strict):
                     optimizer=stage.optimizer,
                     schedule=stage.schedule,
                     until=stage.until,
-                    data=self.data,
+                    data=self.data.reweighed(stage.data.weights) if stage.data.weights else self.data,
                     checkpoint=self.checkpoint.model_copy(update={"every": every}),
                     parallel=parallel,
                 )

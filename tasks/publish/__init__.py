@@ -12,7 +12,7 @@ from pathlib import Path
 from prefect import task
 
 from models.data import DataConfig
-from tasks.publish.card import write_card
+from tasks.publish.card import add_scores, write_card
 from tasks.publish.compare import publish_comparison
 from tasks.publish.monitor import ArtifactKeys, StageProgress, StageWatch, tag_flow_run
 from tasks.publish.report import COLUMNS, plot_losses, publish_summary, summary_rows
@@ -24,6 +24,7 @@ __all__ = [
     "ArtifactKeys",
     "StageProgress",
     "StageWatch",
+    "add_scores",
     "card",
     "comparison",
     "summary",

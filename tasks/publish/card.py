@@ -135,3 +135,30 @@ def write_card(registry: Registry, results: list[StageResult], data: DataConfig,
     description = md if len(md) <= _DESCRIPTION_MAX else md[:_DESCRIPTION_MAX] + more
     client.update_model_version(ref.name, ref.version, description=description)
     return md
+
+
+_SCORES = "## Downstream tasks"
+
+
+def scores_markdown(scores: dict[str, dict[str, float]]) -> str:
+    rows = [f"| `{t}` | {m} | {v:.4g} |" for t, row in sorted(scores.items()) for m, v in sorted(row.items())]
+    return (
+        f"{_SCORES}\n(lm-evaluation-harness: `staged eval --tasks`)\n\n| task | metric | value |\n|---|---|---|\n"
+        + ("\n".join(rows) + "\n")
+    )
+
+
+def add_scores(registry: Registry, name: str, version: str, run_id: str, scores: dict[str, dict[str, float]]) -> None:
+    """The card of a version with its downstream scores (every one on its run, this call's included)."""
+    from tasks.registry import read_scores
+
+    client = registry.client()
+    with tempfile.TemporaryDirectory(prefix="staged-card-") as tmp:
+        try:
+            md = Path(client.download_artifacts(run_id, Artifacts.CARD, tmp)).read_text()
+        except Exception:  # a version registered without a card (a test's, an import's before its card)
+            md = f"# {name} version {version}\n"
+    md = md.split(_SCORES)[0].rstrip("\n") + "\n\n" + scores_markdown({**read_scores(registry, run_id), **scores})
+    client.log_text(run_id, md, Artifacts.CARD)
+    more = f"\n\n… (full card: {Artifacts.CARD})"
+    client.update_model_version(name, version, description=md if len(md) <= _DESCRIPTION_MAX else md[:4500] + more)

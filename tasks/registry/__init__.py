@@ -16,7 +16,9 @@ from tasks.registry.client import (
     finalize,
     find_version,
     get_version,
+    log_scores,
     metric_history,
+    read_scores,
     register,
 )
 from tasks.registry.lease import LeaseTimeout, lease
@@ -56,7 +58,9 @@ __all__ = [
     "load_model",
     "load_version",
     "load_pyfunc",
+    "log_scores",
     "metric_history",
+    "read_scores",
     "mlflow_uri",
     "open_registry",
     "parse_uri",

@@ -23,6 +23,7 @@ from tasks.registry.schema import (
     PARENT_RUN_TAG,
     Artifacts,
     ImportTags,
+    Metrics,
     StageParams,
     VersionTags,
     stage_alias,
@@ -252,3 +253,20 @@ def delete_orphans(client: MlflowClient, experiment: str, stage_key: str) -> lis
 
 def metric_history(registry: Registry, run_id: str, key: str) -> list[tuple[int, float]]:
     return [(m.step, m.value) for m in registry.client().get_metric_history(run_id, key)]
+
+
+def log_scores(registry: Registry, run_id: str, scores: dict[str, dict[str, float]]) -> None:
+    """Downstream scores on a version's run, as metrics ``eval/<task>/<metric>`` (one batch call)."""
+    now = int(time.time() * 1000)
+    metrics = [Metric(Metrics.eval_metric(t, m), v, now, 0) for t, row in scores.items() for m, v in row.items()]
+    registry.client().log_batch(run_id, metrics=metrics)
+
+
+def read_scores(registry: Registry, run_id: str) -> dict[str, dict[str, float]]:
+    """The downstream scores logged on a run: {task: {metric: value}}."""
+    scores: dict[str, dict[str, float]] = {}
+    for key, value in registry.client().get_run(run_id).data.metrics.items():
+        if key.startswith(Metrics.EVAL_PREFIX) and key.count("/") == 2:
+            _, task, metric = key.split("/")
+            scores.setdefault(task, {})[metric] = value
+    return scores

@@ -11,6 +11,7 @@ Typed models turn tags and params to and from MLflow's strings, so the rest of t
 
 from __future__ import annotations
 
+import json
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -69,6 +70,13 @@ class VersionTags(_Tags):
     val_loss: float
     tokenizer_sha256: str | None = None  # models.tokenizer.sha256 of the version's tokenizer; None: the byte vocabulary
     freeze: str | None = None  # growth.freeze: "parent" when only the new blocks trained (LLaMA-Pro); None: none
+    # data.sources: every source's cursor after this stage, and the mixture it trained on (weights by name),
+    # as JSON; None for a one-corpus pipeline
+    data_cursors: str | None = None
+    data_mixture: str | None = None
+
+    def source_cursors(self) -> dict[str, int]:
+        return json.loads(self.data_cursors) if self.data_cursors else {}
 
 
 IMPORTED = "imported"  # ImportTags.source of a version registered from a local Hugging Face directory
@@ -173,6 +181,22 @@ class Metrics:
     TRAIN_LOSS, VAL_LOSS, VAL_LOSS_INIT = "train_loss", "val_loss", "val_loss_init"
     TOKENS_PER_S, STEP_TIME_S = "tokens_per_s", "step_time_s"
     MFU, PEAK_MEMORY = "mfu", "peak_memory_bytes"  # against the device's peak (models/speed.py); rank 0's peak
+    EVAL_PREFIX = "eval/"
+
+    @staticmethod
+    def source_val_loss(source: str) -> str:
+        """A mixture source's own validation loss (data.sources), at the stage's end."""
+        return f"val_loss/{source}"
+
+    @staticmethod
+    def source_share(source: str) -> str:
+        """The share of the stage's train sequences a mixture source gave (measured, not the weight)."""
+        return f"data_share/{source}"
+
+    @staticmethod
+    def eval_metric(task: str, metric: str) -> str:
+        """A downstream task's score (staged eval --tasks, lm-evaluation-harness)."""
+        return f"{Metrics.EVAL_PREFIX}{task}/{metric}"
 
 
 class Artifacts:

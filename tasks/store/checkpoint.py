@@ -80,6 +80,7 @@ def encode_progress(state: TrainState) -> dict[str, bytes]:
         "val_loss": state.val_loss,
         "train_curve": state.train_curve,
         "val_curve": state.val_curve,
+        **({"cursors": state.cursors} if state.cursors is not None else {}),  # a mixture's, per source
         "rng": {
             "numpy": [np_name, int(np_pos), int(np_gauss), float(np_cached)],
             "python": [py_version, list(py_internal), py_gauss],
@@ -124,6 +125,7 @@ def decode_progress(files: dict[str, bytes], moments: dict[str, torch.Tensor]) -
         val_loss=meta["val_loss"],
         train_curve=[tuple(p) for p in meta["train_curve"]],
         val_curve=[tuple(p) for p in meta["val_curve"]],
+        cursors=meta.get("cursors"),
     )
     return state
 
