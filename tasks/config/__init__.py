@@ -6,10 +6,10 @@ The door of this room: import these names from ``tasks.config``.
 from tasks.config.identity import code_version, pipeline_hash, spec_hash, stage_key
 from tasks.config.load import ConfigError, apply_override, load_config, read_yaml, resolve_config
 from tasks.config.model_section import ArchConfig, InitConfig
+from tasks.config.parallel import ParallelConfig
 from tasks.config.schema import (
     CheckpointConfig,
     GateConfig,
-    ParallelConfig,
     PipelineConfig,
     RegistryConfig,
     RetryConfig,
