@@ -25,9 +25,10 @@ from prefect.runtime import flow_run
 from tasks import publish
 from tasks.config import ConfigError, PipelineConfig, resolve_config
 from tasks.gate import run_gate
-from tasks.registry import Pipeline, PipelineRun, find_version, get_version
+from tasks.record import skipped_result
+from tasks.registry import Pipeline, PipelineRun, get_version
 from tasks.results import GateResult, StageResult
-from tasks.stage import key_of, pipeline_tokenizer, run_stage, skipped_result
+from tasks.stage import look_up, pipeline_tokenizer, run_stage
 from tasks.store import IntegrityError
 from tasks.workspace import Workspace
 
@@ -87,11 +88,10 @@ def staged_training(
     tokenizer = pipeline_tokenizer(specs[0], ws)  # trained once (or read) and stored; None: the byte vocabulary
     try:
         for spec in specs:
-            key = key_of(spec, parent, tokenizer)
-            trains = find_version(registry.client(), spec.model_name, key) is None
-            run_id = parent_run.open() if trains else parent_run.find()
+            lookup = look_up(spec, parent, tokenizer, registry)  # the key and any version: once, passed down
+            run_id = parent_run.open() if lookup.registered is None else parent_run.find()
             # configs and references, no tensors
-            result = run_stage.with_options(**retry)(spec, parent, ws, run_id, tokenizer)
+            result = run_stage.with_options(**retry)(spec, parent, ws, run_id, tokenizer, lookup)
             results.append(result)
             parent = result.ref
             if spec is specs[-1]:  # the summary needs no gate decision: it is written beside the last gate

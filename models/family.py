@@ -64,6 +64,12 @@ class Family:
         """idx (B, T) token ids -> logits (B, T, V); ``net`` is the model or a wrapper of it (DDP, FSDP2)."""
         raise NotImplementedError
 
+    def next_logits(self, model: nn.Module, idx: torch.Tensor, cache=None) -> tuple[torch.Tensor, object]:
+        """Logits (V,) of the token after ``idx`` (1, T), and what the next call passes as ``cache`` (None at
+        first). This default recomputes the model's last ``context`` tokens every time; a family with a
+        key-value cache feeds only the newest token."""
+        return self.logits(model, idx[:, -model.cfg.context :])[0, -1], None
+
     def vocab_size(self, cfg) -> int:
         return self.fixed_vocab if self.fixed_vocab is not None else cfg.vocab_size
 

@@ -148,6 +148,14 @@ class DecoderFamily(Family):
     def logits(self, net: nn.Module, idx: torch.Tensor) -> torch.Tensor:
         return net(input_ids=idx, use_cache=False).logits  # (B, T, V)
 
+    def next_logits(self, model: nn.Module, idx: torch.Tensor, cache=None) -> tuple[torch.Tensor, object]:
+        """transformers' key-value cache: only the newest token runs, while the sequence fits the context (past
+        it, the window slides and every position moves: recomputed)."""
+        if idx.size(1) > model.cfg.context:
+            return super().next_logits(model, idx)
+        out = model(input_ids=idx if cache is None else idx[:, -1:], cache=cache, use_cache=True)
+        return out.logits[0, -1], out.cache
+
     def weights(self, model: nn.Module) -> StateDict:
         """A tied head is not a second tensor."""
         state = model.state_dict()

@@ -66,8 +66,10 @@ def generate_ids(
     gen = torch.Generator(device=device).manual_seed(seed)
     idx = torch.tensor([prompt], dtype=torch.long, device=device)  # (1, T)
     out: list[int] = []
+    family, cache = family_of(model), None
     for _ in range(max_new):
-        logits = family_of(model).logits(model, idx[:, -model.cfg.context :])[0, -1].float()  # (V,)
+        logits, cache = family.next_logits(model, idx, cache)
+        logits = logits.float()  # (V,)
         if temperature <= 0:
             nxt = int(logits.argmax())
         else:

@@ -29,24 +29,31 @@ from models.data import DataConfig
 from models.sample import complete
 from models.train import evaluate
 from tasks import downstream
-from tasks.config import GateConfig
+from tasks.config import GateConfig, eval_set_id
 from tasks.driver import open_corpus
 from tasks.publish import ArtifactKeys
-from tasks.registry import ModelRef, Registry, lease, load_version, log_scores
+from tasks.registry import ModelRef, Registry, lease, load_version, log_scores, version_ref
 from tasks.registry.schema import Artifacts, GateTags
 from tasks.results import Figures, GateResult
 
 
 def measure(
-    model: nn.Module, tokenizer: Tokenizer, data: DataConfig, gate: GateConfig, seed: int, cache_dir: Path
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    data: DataConfig,
+    gate: GateConfig,
+    seed: int,
+    cache_dir: Path,
+    val_loss: float | None = None,
 ) -> Figures:
-    """Held-out loss (nats per token), bits per token and per byte, and the fixed sample.
+    """Held-out loss (nats per token), bits per token and per byte, and the fixed sample. ``val_loss``: the loss
+    on exactly these batches, already measured (the stage's own, by ``eval_set``): not computed again.
 
     bits per byte = total bits over the held-out tokens / the bytes of text they stand for; for the byte
     vocabulary every token is one byte, so bpb = bpt = loss / ln 2."""
     corpus = open_corpus(data, model.cfg.context, seed, tokenizer, cache_dir, progress=False)
     batches = corpus.val_batches(gate.eval_batches, gate.batch_size)
-    loss = evaluate(model, batches)
+    loss = evaluate(model, batches) if val_loss is None else val_loss
     tokens = gate.eval_batches * gate.batch_size * model.cfg.context
     per_token = tokenizers.token_bytes(tokenizer)  # (V,) bytes each token id stands for
     n_bytes = int(sum(int(per_token[y].sum()) for _, y in batches))
@@ -63,6 +70,16 @@ def measure(
         bytes=n_bytes,
         sample=sample,
         scores=scores,
+    )
+
+
+def recorded(tags: GateTags | None, eval_set: str, gate: GateConfig) -> Figures | None:
+    """A version's figures as an earlier gate on the same held-out set wrote them to its tags; None when there
+    are none (never gated, another set, a downstream metric: re-measured)."""
+    if tags is None or tags.eval_set != eval_set or tags.tokens is None or gate.metric.startswith("task:"):
+        return None
+    return Figures(
+        val_loss=tags.val_loss, bpb=tags.bpb, bpt=tags.bpt, tokens=tags.tokens, bytes=tags.bytes, sample=tags.sample
     )
 
 
@@ -101,13 +118,15 @@ def run_gate(
     log = get_run_logger()
     client = registry.client()
     cache = Path(cache_dir)
-    candidate = measure(
-        *load_version(registry, client.get_model_version(ref.name, ref.version)), data, gate, seed, cache
-    )
+    model, tokenizer = load_version(registry, ref)
+    held_out = eval_set_id(data, seed, model.cfg.context, ref.tokenizer_sha256, gate.eval_batches, gate.batch_size)
+    measured = ref.val_loss if ref.eval_set == held_out else None  # the stage's own final loss on these batches
+    candidate = measure(model, tokenizer, data, gate, seed, cache, val_loss=measured)
+    del model
     if candidate.scores:
         log_scores(registry, ref.run_id, candidate.scores)
     with lease(client, f"{ref.name}@{gate.alias}"):  # one gate at a time reads, decides and moves the alias
-        result = _decide_and_record(client, registry, ref, gate, data, seed, cache, candidate)
+        result = _decide_and_record(client, registry, ref, gate, (data, seed, cache, held_out), candidate)
     md = report(result)
     client.log_text(ref.run_id, md, Artifacts.GATE)
     key, description = ArtifactKeys(ref.name).gate, f"Gate decision for version {ref.version}"
@@ -122,12 +141,12 @@ def _decide_and_record(
     registry: Registry,
     ref: ModelRef,
     gate: GateConfig,
-    data: DataConfig,
-    seed: int,
-    cache: Path,
+    held_out: tuple[DataConfig, int, Path, str],
     candidate: Figures,
 ) -> GateResult:
-    """Under the lease: the champion now, the decision, the tags, and on promotion the alias."""
+    """Under the lease: the champion now (as an earlier gate on the same held-out set recorded it, else
+    measured), the decision, the tags, and on promotion the alias. ``held_out``: data, seed, cache, its id."""
+    data, seed, cache, held_out_id = held_out
     aliases = client.get_registered_model(ref.name).aliases
     before = str(aliases[gate.alias]) if gate.alias in aliases else None
     champion = None
@@ -135,8 +154,9 @@ def _decide_and_record(
         decision, reason = "kept", f"already the {gate.alias}"
     else:
         if before is not None:
-            champion = measure(
-                *load_version(registry, client.get_model_version(ref.name, before)), data, gate, seed, cache
+            mv = client.get_model_version(ref.name, before)
+            champion = recorded(GateTags.from_tags(mv.tags), held_out_id, gate) or measure(
+                *load_version(registry, version_ref(mv)), data, gate, seed, cache
             )
         promote, reason = decide(
             candidate.metric(gate.metric), champion.metric(gate.metric) if champion else None, gate.margin
@@ -169,6 +189,9 @@ def _decide_and_record(
         sample=candidate.sample[:500],
         promoted_at=now if promoted else None,  # champion history: kept through later refusals
         replaced=before if promoted else None,
+        eval_set=held_out_id,
+        tokens=candidate.tokens,
+        bytes=candidate.bytes,
     )
     for key, value in tags.to_tags().items():
         client.set_model_version_tag(ref.name, ref.version, key, value)

@@ -23,6 +23,7 @@ class StageResult(BaseModel):
     tokens: int = 0  # trained on in this stage
     tokens_per_s: float | None = None  # training throughput of the attempt that finished the stage
     train_seconds: float = 0.0  # of ``seconds``, inside the training loop and outside its hooks (this attempt)
+    phase_seconds: dict[str, float] = {}  # of ``seconds``: loading the parent, training, registering (this attempt)
 
 
 class Figures(BaseModel):

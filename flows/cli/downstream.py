@@ -26,7 +26,7 @@ def eval_tasks(args: argparse.Namespace) -> int:
     from tasks.downstream import TaskError, evaluate
     from tasks.downstream.adapter import GenerationUnsupported
     from tasks.publish import add_scores
-    from tasks.registry import load_version, log_scores, open_registry, resolve
+    from tasks.registry import load_version, log_scores, open_registry, resolve, version_ref
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not tasks:
@@ -35,7 +35,7 @@ def eval_tasks(args: argparse.Namespace) -> int:
         fail(f"--include {args.include!r} is not a directory")
     registry = open_registry(args.workdir)
     mv = resolve(registry, args.model_uri)
-    model, tokenizer = load_version(registry, mv)
+    model, tokenizer = load_version(registry, version_ref(mv))
     try:
         scores = evaluate(model, tokenizer, tasks, Path(args.include) if args.include else None, args.limit)
     except (TaskError, GenerationUnsupported) as e:

@@ -42,12 +42,12 @@ def _guard(func):
 @_guard
 def cmd_generate(args: argparse.Namespace) -> int:
     from models.sample import complete
-    from tasks.registry import load_version, open_registry, resolve
+    from tasks.registry import load_version, open_registry, resolve, version_ref
 
     if not 0 <= args.max_bytes <= MAX_GENERATE_BYTES:
         fail(f"--max-bytes {args.max_bytes} is outside 0..{MAX_GENERATE_BYTES}")
     registry = open_registry(args.workdir)
-    model, tokenizer = load_version(registry, resolve(registry, args.model_uri))
+    model, tokenizer = load_version(registry, version_ref(resolve(registry, args.model_uri)))
     kwargs = {"temperature": args.temperature, "top_k": args.top_k, "seed": args.seed}
     print(complete(model, tokenizer, args.prompt, args.max_bytes, **kwargs))
     return 0
@@ -61,7 +61,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from models.data import DataConfig
     from tasks.config import ConfigError, PipelineConfig, load_config
     from tasks.gate import measure
-    from tasks.registry import load_version, open_registry, resolve
+    from tasks.registry import load_version, open_registry, resolve, version_ref
     from tasks.registry.schema import CardTags
     from tasks.workspace import Workspace
 
@@ -81,7 +81,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data = config.data if args.config or not card else DataConfig.model_validate_json(card.data_config)
     try:
         cache = Path(Workspace.resolve(args.workdir).cache_dir)  # the token shards `staged run` built (or builds now)
-        figures = measure(*load_version(registry, mv), data, config.gate, config.seed, cache)
+        figures = measure(*load_version(registry, version_ref(mv)), data, config.gate, config.seed, cache)
     except (OSError, ValueError) as e:
         fail(str(e))
     table = Table(title=f"{mv.name} version {mv.version}: held-out validation set")

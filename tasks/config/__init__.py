@@ -3,7 +3,7 @@
 The door of this room: import these names from ``tasks.config``.
 """
 
-from tasks.config.identity import code_version, pipeline_hash, spec_hash, stage_key
+from tasks.config.identity import code_version, eval_set_id, pipeline_hash, spec_hash, stage_key
 from tasks.config.load import ConfigError, apply_override, load_config, read_yaml, resolve_config
 from tasks.config.model_section import ArchConfig, InitConfig
 from tasks.config.parallel import ParallelConfig
@@ -34,6 +34,7 @@ __all__ = [
     "StorageConfig",
     "apply_override",
     "code_version",
+    "eval_set_id",
     "format_validation_error",
     "load_config",
     "pipeline_hash",

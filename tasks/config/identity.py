@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import json
 from functools import cache
 from pathlib import Path
 
 import models
+from models.data import DataConfig
 from tasks.config.schema import PipelineConfig, StageSpec
 
 # What a stage computes does not depend on these: checkpoint cadence changes nothing in the weights,
@@ -60,3 +62,13 @@ def code_version() -> str:
 def stage_key(spec: StageSpec, parent_sha256: str | None, tokenizer_sha256: str | None = None) -> str:
     parts = [spec_hash(spec), parent_sha256 or "", code_version()] + ([tokenizer_sha256] if tokenizer_sha256 else [])
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+def eval_set_id(
+    data: DataConfig, seed: int, context: int, tokenizer_sha256: str | None, batches: int, batch_size: int
+) -> str:
+    """Names a held-out evaluation in fp32: the same id means the same validation batches and the same code,
+    so the same loss. A stage records the id of its final evaluation (a ``VersionTags`` tag) and the gate of
+    its own (a ``GateTags`` tag): a gate whose set a version was already measured on reads the figure."""
+    what = [data.model_dump_json(), seed, context, tokenizer_sha256, batches, batch_size, code_version()]
+    return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]

@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from prefect.artifacts import (
@@ -199,7 +200,9 @@ class StageWatch:
         self.storage, self.key = storage, key  # the stage's checkpoints
         self.step, self.phase = 0, "starting"
         self.step_times: list[tuple[int, float]] = []  # (stage step, seconds), evaluation steps included
+        self.phase_seconds: dict[str, float] = {}  # wall time of each ``during`` phase and ``timed`` part
         self._last: float | None = None
+        self._began = 0.0
 
     def observe(self, forward: Callable[[StepInfo], None]) -> Callable[[StepInfo], None]:
         """An ``on_step`` callback that times each step, then calls ``forward`` (the progress bar)."""
@@ -213,14 +216,28 @@ class StageWatch:
 
         return on_step
 
+    def _add(self, part: str, seconds: float) -> None:
+        self.phase_seconds[part] = self.phase_seconds.get(part, 0.0) + seconds
+
+    @contextmanager
+    def timed(self, part: str) -> Iterator[None]:
+        """Time a part of a phase (e.g. the parent's load inside "loading and growing the parent"); no report."""
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._add(part, time.perf_counter() - began)
+
     def during(self, phase: str) -> StageWatch:
         self.phase = phase
         return self
 
     def __enter__(self) -> StageWatch:
+        self._began = time.perf_counter()
         return self
 
     def __exit__(self, kind, error, tb) -> bool:
+        self._add(self.phase, time.perf_counter() - self._began)
         if isinstance(error, Exception):
             try:
                 self._report_failure(error)

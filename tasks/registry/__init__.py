@@ -1,4 +1,5 @@
-"""MLflow only: what a version records (schema.py), finding, registering and fetching versions (client.py),
+"""MLflow only: what a version records (schema.py), finding and registering versions (client.py),
+reading them, verified (fetch.py),
 ``models:/`` URIs (lookup.py), the pipeline's parent run (runs.py), the pyfunc flavour (pyfunc.py), and
 the gate's lease (lease.py).
 
@@ -10,9 +11,6 @@ from tasks.registry.client import (
     ModelRef,
     Registry,
     delete_orphans,
-    download,
-    download_with_optimizer,
-    fetch,
     finalize,
     find_version,
     get_version,
@@ -21,6 +19,7 @@ from tasks.registry.client import (
     read_scores,
     register,
 )
+from tasks.registry.fetch import Fetched, download, download_with_optimizer, fetch
 from tasks.registry.lease import LeaseTimeout, lease
 from tasks.registry.lookup import (
     UseError,
@@ -37,6 +36,7 @@ from tasks.registry.pyfunc import add_pyfunc, load_pyfunc, mlflow_uri, verified_
 from tasks.registry.runs import Pipeline, PipelineRun, StageRunExtras, corpus_input, experiment_id
 
 __all__ = [
+    "Fetched",
     "LeaseTimeout",
     "ModelRef",
     "Pipeline",

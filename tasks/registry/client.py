@@ -7,11 +7,13 @@ active run and a process-global tracking URI; neither is touched here).
 from __future__ import annotations
 
 import os
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.entities.model_registry import ModelVersion
@@ -31,7 +33,7 @@ from tasks.registry.schema import (
     stage_runs_filter,
     versions_filter,
 )
-from tasks.store import MLFLOW_META, load_optimizer, load_state, redact, verify_manifest, write_manifest
+from tasks.store import local_dir, redact, write_manifest
 
 _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 
@@ -56,6 +58,20 @@ class Registry(BaseModel):
     @property
     def embedded(self) -> bool:
         return self.artifact_location is not None
+
+    @contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A fresh directory to write a version into: beside the embedded store's artifacts, so that
+        ``register`` moves it into place rather than copying it; elsewhere a temporary one."""
+        if (root := self.staging_root()) is not None:
+            root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="staged-model-", dir=root) as tmp:
+            yield Path(tmp) / "model"
+
+    def staging_root(self) -> Path | None:
+        """Where :meth:`staging` writes when the artifacts are on this disk (the embedded store's), else None."""
+        artifacts = local_dir(self.artifact_location) if self.artifact_location else None
+        return artifacts / ".staging" if artifacts is not None else None
 
     def client(self) -> MlflowClient:
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
@@ -127,28 +143,6 @@ def finalize(registry: Registry, ref: ModelRef) -> None:
         client.set_terminated(ref.run_id, "FINISHED")
 
 
-def fetch(registry: Registry, ref: ModelRef, dst: Path) -> Path:
-    """Download a version's directory and verify it against its manifest tag, before anything reads it;
-    IntegrityError (one line) when a file differs, is missing or extra, or the version has no manifest tag."""
-    uri = registry.tracking_uri
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.source, dst_path=str(dst), tracking_uri=uri))
-    verify_manifest(local, ref.manifest_sha256, f"model {ref.name!r} version {ref.version}")
-    (local / MLFLOW_META).unlink(missing_ok=True)  # MLflow's note, not the version's: nothing reads it from here
-    return local
-
-
-def download(registry: Registry, ref: ModelRef, dst: Path):
-    """Fetch and verify a version's directory, return (model config, state dict)."""
-    return load_state(fetch(registry, ref, dst), ref.weights_sha256)
-
-
-def download_with_optimizer(registry: Registry, ref: ModelRef, dst: Path):
-    """(model config, state dict, AdamW moments or None), from a verified directory."""
-    local = fetch(registry, ref, dst)
-    cfg, state = load_state(local, ref.weights_sha256)
-    return cfg, state, load_optimizer(local, ref.optimizer_sha256)
-
-
 def register(
     registry: Registry,
     model_name: str,
@@ -160,18 +154,22 @@ def register(
     metrics: dict[str, list[tuple[int, float]]],
     extras: StageRunExtras | None = None,
     imported: ImportTags | None = None,
+    hashes: dict[str, str] | None = None,
 ) -> ModelRef:
     """Log one MLflow run for the stage and register ``model_dir`` as a new model version, exactly once.
 
     The directory gets its sha256 manifest (tasks/store/manifest.py), recorded in the version's
-    ``manifest_sha256`` tag. The version is created last, with every tag at once: a version that exists is
-    complete. Racing registrations of one stage key (two ``staged run`` of the same config) are settled
-    after the fact: each creates its version, then the lowest-numbered version with the key wins (MLflow
-    numbers versions in commit order, so every racer sees the same winner); a loser deletes its own version
-    and run and returns the winner. Runs of attempts that died before creating a version are deleted when
-    they are over for sure (``delete_orphans``); a live attempt's run never is.
-    With ``extras.parent_run_id`` the run is nested under the pipeline's parent run; ``imported`` marks a
-    stage 1 registered from a local Hugging Face directory.
+    ``manifest_sha256`` tag; ``hashes`` are the sha256s (by relative path) of files the caller hashed while
+    writing them, not hashed again. Where the run's artifacts live on the same disk as ``model_dir``
+    (the embedded store, with ``model_dir`` from :meth:`Registry.staging`), the directory is *moved* there,
+    flushed to disk: its bytes are written once, never copied; elsewhere it is uploaded. The version is
+    created last, with every tag at once: a version that exists is complete. Racing registrations of one stage
+    key (two ``staged run`` of the same config) are settled after the fact: each creates its version, then the
+    lowest-numbered version with the key wins (MLflow numbers versions in commit order, so every racer sees the
+    same winner); a loser deletes its own version and run and returns the winner. Runs of attempts that died
+    before creating a version are deleted when they are over for sure (``delete_orphans``); a live attempt's
+    run never is. With ``extras.parent_run_id`` the run is nested under the pipeline's parent run;
+    ``imported`` marks a stage 1 registered from a local Hugging Face directory.
     """
     extras = extras or StageRunExtras()
     client = registry.client()
@@ -180,7 +178,8 @@ def register(
         return existing
     exp = experiment_id(client, registry.artifact_location, experiment)
     delete_orphans(client, exp, tags.stage_key)
-    tags = tags.model_copy(update={"manifest_sha256": write_manifest(model_dir)})
+    staged = (root := registry.staging_root()) is not None and model_dir.resolve().is_relative_to(root.resolve())
+    tags = tags.model_copy(update={"manifest_sha256": write_manifest(model_dir, hashes, durable=staged)})
     version_tags = tags.to_tags() | (imported.to_tags() if imported else {})
     run_tags = {**version_tags, **extras.tags.to_tags()}
     if extras.parent_run_id:
@@ -196,9 +195,10 @@ def register(
         points = [Metric(name, value, 0, step) for name, curve in metrics.items() for step, value in curve]
         for i in range(0, len(points), _BATCH):
             client.log_batch(run_id, metrics=points[i : i + _BATCH])
-        client.log_artifacts(run_id, str(model_dir), Artifacts.MODEL)
-        _ensure_registered_model(client, model_name)
         source = f"{run.info.artifact_uri}/{Artifacts.MODEL}"
+        if not (staged and _moved(model_dir, local_dir(source))):
+            client.log_artifacts(run_id, str(model_dir), Artifacts.MODEL)
+        _ensure_registered_model(client, model_name)
         mv = client.create_model_version(model_name, source=source, run_id=run_id, tags=version_tags)
         winner = find_version(client, model_name, tags.stage_key)
         if winner.version != str(mv.version):  # another attempt registered this stage first: its version stands
@@ -214,6 +214,23 @@ def register(
         raise
     client.set_terminated(run_id, "FINISHED")
     return ModelRef.of(client.get_model_version(model_name, str(mv.version)))
+
+
+def _moved(model_dir: Path, target: Path | None) -> bool:
+    """Move ``model_dir`` to ``target`` where a rename can (same disk, target free); False: upload it instead."""
+    if target is None or target.exists():
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(model_dir, target)
+    except OSError:  # another file system (EXDEV), or the like: the caller copies it
+        return False
+    fd = os.open(target.parent, os.O_RDONLY)  # the rename itself, durable
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return True
 
 
 def _ensure_registered_model(client: MlflowClient, name: str) -> None:

@@ -17,7 +17,8 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from models.families import family_of
-from tasks.registry.client import ModelRef, Registry, fetch
+from tasks.registry.client import ModelRef, Registry
+from tasks.registry.fetch import fetch
 from tasks.registry.schema import versions_filter
 from tasks.store import IntegrityError, load_state, load_tokenizer, redact
 
@@ -98,13 +99,12 @@ def version_ref(mv: ModelVersion) -> ModelRef:
         raise IntegrityError(f"{e}; refusing to load it") from None
 
 
-def load_version(registry: Registry, mv: ModelVersion) -> tuple[nn.Module, Tokenizer]:
+def load_version(registry: Registry, ref: ModelRef) -> tuple[nn.Module, Tokenizer]:
     """The project's own loader: download the version's directory, verify it against its manifest, rebuild the
     model (any family, eval mode) and its tokenizer (the byte vocabulary for the byte GPT)."""
-    ref = version_ref(mv)
     with tempfile.TemporaryDirectory(prefix="staged-use-") as tmp:
-        local = fetch(registry, ref, Path(tmp))
-        cfg, state = load_state(local, ref.weights_sha256)
+        local, verified = fetch(registry, ref, Path(tmp))
+        cfg, state = load_state(local, ref.weights_sha256, verified)
         tokenizer = load_tokenizer(local)
     family = family_of(cfg)
     model = family.build(cfg)
@@ -114,7 +114,7 @@ def load_version(registry: Registry, mv: ModelVersion) -> tuple[nn.Module, Token
 
 def load_model(registry: Registry, mv: ModelVersion) -> nn.Module:
     """:func:`load_version`'s model alone."""
-    return load_version(registry, mv)[0]
+    return load_version(registry, version_ref(mv))[0]
 
 
 def versions(registry: Registry, name: str) -> tuple[list[ModelVersion], dict[str, list[str]]]:

@@ -30,7 +30,8 @@ import numpy as np
 
 import models
 from models.families import ModelConfig, family_of
-from tasks.registry.client import Registry, fetch
+from tasks.registry.client import Registry
+from tasks.registry.fetch import fetch
 from tasks.registry.lookup import resolve, version_ref
 
 CODE = Path(__file__).with_name("pyfunc_model.py")
@@ -135,7 +136,7 @@ def mlflow_uri(uri: str) -> Iterator[None]:
 def verified_copy(registry: Registry, model_uri: str, dst: Path) -> Path:
     """The version a ``models:/`` URI names, downloaded into ``dst`` and verified against its manifest tag:
     a directory whose ``pyfunc_model.py`` and ``code/`` may be executed. IntegrityError (one line) otherwise."""
-    return fetch(registry, version_ref(resolve(registry, model_uri)), dst)
+    return fetch(registry, version_ref(resolve(registry, model_uri)), dst, copy=True).path  # MLflow's loader writes
 
 
 def load_pyfunc(registry: Registry, model_uri: str):

@@ -74,6 +74,9 @@ class VersionTags(_Tags):
     # as JSON; None for a one-corpus pipeline
     data_cursors: str | None = None
     data_mixture: str | None = None
+    # tasks.config.eval_set_id of the held-out set ``val_loss`` was measured on in fp32; None (bf16 evaluation,
+    # or a version from before this tag): the gate measures the version itself
+    eval_set: str | None = None
 
     def source_cursors(self) -> dict[str, int]:
         return json.loads(self.data_cursors) if self.data_cursors else {}
@@ -107,6 +110,9 @@ class GateTags(_Tags):
     sample: str
     promoted_at: str | None = None  # set on promotion only: the champion history (tasks/publish/compare.py)
     replaced: str | None = None  # with promoted_at: the version it replaced ("" for none)
+    eval_set: str | None = None  # tasks.config.eval_set_id of the figures above; a later gate on it reads them
+    tokens: int | None = None  # held-out tokens predicted...
+    bytes: int | None = None  # ...and the bytes of text they stand for
 
     def to_tags(self) -> dict[str, str]:
         """A refusal leaves an earlier promotion's ``promoted_at``/``replaced`` as they were."""

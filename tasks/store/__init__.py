@@ -29,7 +29,16 @@ from tasks.store.model_dir import (
     save_optimizer,
 )
 from tasks.store.redact import redact
-from tasks.store.storage import LocalStorage, S3Storage, Storage, StorageError, check_uri, open_storage, s3_client
+from tasks.store.storage import (
+    LocalStorage,
+    S3Storage,
+    Storage,
+    StorageError,
+    check_uri,
+    local_dir,
+    open_storage,
+    s3_client,
+)
 
 __all__ = [
     "CONFIG",
@@ -48,6 +57,7 @@ __all__ = [
     "check_uri",
     "checkpoint",
     "hf_dir",
+    "local_dir",
     "imported_sha256",
     "load_optimizer",
     "load_state",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 MANIFEST_FILE = "staged-manifest.json"
@@ -48,24 +49,47 @@ def _files(directory: Path) -> dict[str, Path]:
     return found
 
 
-def manifest_of(directory: Path) -> bytes:
-    """The canonical manifest of what ``directory`` holds now."""
-    files = {rel: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for rel, p in _files(directory).items()}
+def manifest_of(directory: Path, known: dict[str, str] | None = None) -> bytes:
+    """The canonical manifest of what ``directory`` holds now. ``known``: sha256s (by relative path) of files
+    the caller has just written and hashed itself, so the bytes are hashed once, not twice."""
+    known = known or {}
+    files = {
+        rel: {"sha256": known.get(rel) or sha256_file(p), "bytes": p.stat().st_size}
+        for rel, p in _files(directory).items()
+    }
     return json.dumps({"format": 1, "files": files}, sort_keys=True, indent=1).encode() + b"\n"
 
 
-def write_manifest(directory: Path) -> str:
-    """Write ``staged-manifest.json`` over everything in ``directory``; return the manifest's sha256."""
-    data = manifest_of(directory)
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_manifest(directory: Path, known: dict[str, str] | None = None, durable: bool = False) -> str:
+    """Write ``staged-manifest.json`` over everything in ``directory``; return the manifest's sha256.
+    ``durable``: every file and folder is flushed to the disk first, the manifest last (a version written in
+    place where the registry keeps it)."""
+    data = manifest_of(directory, known)
+    if durable:
+        for rel in json.loads(data)["files"]:
+            _fsync(directory / rel)
     (directory / MANIFEST_FILE).write_bytes(data)
+    if durable:
+        _fsync(directory / MANIFEST_FILE)
+        for folder in {directory, *(p for p in directory.rglob("*") if p.is_dir())}:
+            _fsync(folder)
     return hashlib.sha256(data).hexdigest()
 
 
-def verify_manifest(directory: Path, expected: str | None, what: str = "") -> None:
+def verify_manifest(directory: Path, expected: str | None, what: str = "") -> dict[str, str]:
     """Refuse ``directory`` unless it is exactly what the manifest with sha256 ``expected`` lists.
 
     ``what`` names the directory in messages (e.g. ``model 'm' version 3``). A missing ``expected`` is a
-    refusal too: an unverifiable version is never loaded."""
+    refusal too: an unverifiable version is never loaded. Returns each file's verified sha256 (by relative
+    path), so a reader need not hash a file again to check it against a tag."""
     what = what or str(directory)
     if not expected:
         raise IntegrityError(f"{what}: no manifest sha256 is registered for it; refusing to load an unverified model")
@@ -89,3 +113,4 @@ def verify_manifest(directory: Path, expected: str | None, what: str = "") -> No
             raise IntegrityError(f"{what}: {rel} is missing; refusing to load it")
         if present[rel].stat().st_size != want.get("bytes") or sha256_file(present[rel]) != want.get("sha256"):
             raise IntegrityError(f"{what}: {rel} does not match its sha256 in the manifest; refusing to load it")
+    return {rel: want["sha256"] for rel, want in listed.items()}

@@ -36,47 +36,64 @@ INDEX = "model.safetensors.index.json"  # sharded weights (above SHARD_BYTES)
 SHARD_BYTES = 5 * 10**9  # huggingface_hub's and transformers' default max_shard_size ("5GB")
 
 
-def _weights_sha256(directory: Path) -> str:
+def _hashed(path: Path, hashes: dict[str, str]) -> str:
+    """sha256 of a file just written (one pass over its bytes), noted in ``hashes`` under its name."""
+    hashes[path.name] = sha256_file(path)
+    return hashes[path.name]
+
+
+def _weights_sha256(directory: Path, hashes: dict[str, str]) -> str:
     """The single weights file's sha256, or (sharded) the index's once it records every shard's sha256."""
     if not (directory / INDEX).is_file():
-        return sha256_file(directory / WEIGHTS)
+        return _hashed(directory / WEIGHTS, hashes)
     index = json.loads((directory / INDEX).read_text())
     shards = sorted(set(index["weight_map"].values()))
-    index.setdefault("metadata", {})["sha256"] = {name: sha256_file(directory / name) for name in shards}
+    index.setdefault("metadata", {})["sha256"] = {name: _hashed(directory / name, hashes) for name in shards}
     (directory / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    return sha256_file(directory / INDEX)
+    return _hashed(directory / INDEX, hashes)
 
 
 def save_model(
-    model: nn.Module, directory: Path, tokenizer: Tokenizer | None = None, max_shard_bytes: int = SHARD_BYTES
+    model: nn.Module,
+    directory: Path,
+    tokenizer: Tokenizer | None = None,
+    max_shard_bytes: int = SHARD_BYTES,
+    hashes: dict[str, str] | None = None,
 ) -> str:
     """Write the model's directory (its family's files; a tokenized family's with ``tokenizer``, default the byte
-    vocabulary) into ``directory``; return the sha256 of the weights file (or of the shards' index)."""
+    vocabulary) into ``directory``; return the sha256 of the weights file (or of the shards' index).
+    ``hashes`` collects the sha256 of each weights file written (for the manifest: tasks/store/manifest.py)."""
     directory.mkdir(parents=True, exist_ok=True)
     family_of(model).save(model, directory, tokenizer, max_shard_bytes)
-    return _weights_sha256(directory)
+    return _weights_sha256(directory, {} if hashes is None else hashes)
 
 
 class WeightsMismatch(IntegrityError):
     """A weights or optimizer file whose sha256 is not the registered one."""
 
 
-def _verified(path: Path, expected_sha256: str | None) -> Path:
-    if expected_sha256 is not None and (actual := sha256_file(path)) != expected_sha256:
+def _verified(path: Path, expected_sha256: str | None, verified: dict[str, str] | None = None) -> Path:
+    """``path`` once its sha256 is ``expected_sha256``; ``verified``: sha256s already checked against the
+    version's manifest by ``verify_manifest`` (by relative path), so the bytes are not hashed twice."""
+    if expected_sha256 is None or (verified or {}).get(path.name) == expected_sha256:
+        return path
+    if (actual := sha256_file(path)) != expected_sha256:
         raise WeightsMismatch(f"{path}: sha256 {actual[:12]}… does not match the registered {expected_sha256[:12]}…")
     return path
 
 
-def load_state(directory: Path, expected_sha256: str | None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+def load_state(
+    directory: Path, expected_sha256: str | None, verified: dict[str, str] | None = None
+) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """Read a saved model (any family), refusing weights whose sha256 differs from ``expected_sha256``
-    (sharded: the index's, then every shard against the index)."""
+    (sharded: the index's, then every shard against the index). ``verified``: as ``verify_manifest`` returned it."""
     cfg = read_config(directory)
     if not (directory / INDEX).is_file():
-        return cfg, load_file(_verified(directory / WEIGHTS, expected_sha256))
-    index = json.loads(_verified(directory / INDEX, expected_sha256).read_text())
+        return cfg, load_file(_verified(directory / WEIGHTS, expected_sha256, verified))
+    index = json.loads(_verified(directory / INDEX, expected_sha256, verified).read_text())
     state: dict[str, torch.Tensor] = {}
     for name, sha in index["metadata"]["sha256"].items():
-        state.update(load_file(_verified(directory / name, sha if expected_sha256 is not None else None)))
+        state.update(load_file(_verified(directory / name, sha if expected_sha256 is not None else None, verified)))
     if state.keys() != index["weight_map"].keys():
         raise WeightsMismatch(f"{directory / INDEX}: its shards do not hold exactly the tensors it lists")
     return cfg, state
@@ -95,18 +112,19 @@ def imported_sha256(directory: str | Path) -> str:
     return shas[0] if len(shas) == 1 else hashlib.sha256("".join(shas).encode()).hexdigest()
 
 
-def save_optimizer(moments: dict[str, torch.Tensor], directory: Path) -> str:
-    """Write the AdamW moments (models.optim layout) into ``directory``; return the file's sha256."""
+def save_optimizer(moments: dict[str, torch.Tensor], directory: Path, hashes: dict[str, str] | None = None) -> str:
+    """Write the AdamW moments (models.optim layout) into ``directory``; return the file's sha256 (also noted
+    in ``hashes``)."""
     directory.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().to("cpu").contiguous() for k, v in moments.items()}, directory / OPTIMIZER)
-    return sha256_file(directory / OPTIMIZER)
+    return _hashed(directory / OPTIMIZER, {} if hashes is None else hashes)
 
 
-def load_optimizer(directory: Path, expected_sha256: str | None) -> dict[str, torch.Tensor] | None:
+def load_optimizer(
+    directory: Path, expected_sha256: str | None, verified: dict[str, str] | None = None
+) -> dict[str, torch.Tensor] | None:
     """The saved moments, or None for an artifact without them (registered before they were saved)."""
     path = directory / OPTIMIZER
     if not path.is_file():
         return None
-    if expected_sha256 is not None and (actual := sha256_file(path)) != expected_sha256:
-        raise WeightsMismatch(f"{path}: sha256 {actual[:12]}… does not match the registered {expected_sha256[:12]}…")
-    return load_file(path)
+    return load_file(_verified(path, expected_sha256, verified))

@@ -22,7 +22,7 @@ import re
 import secrets
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse, urlsplit
 
 BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
@@ -202,3 +202,11 @@ def open_storage(uri: str, max_attempts: int = 5) -> Storage:
     if uri.startswith("s3://"):
         return S3Storage(uri, max_attempts)
     return LocalStorage(urlparse(uri).path if uri.startswith("file://") else uri)
+
+
+def local_dir(uri: str) -> Path | None:
+    """The directory an artifact URI names on this machine (``file://`` or a plain path), else None."""
+    parts = urlsplit(uri)
+    if parts.scheme == "file":
+        return Path(unquote(parts.path))
+    return Path(uri) if not parts.scheme and Path(uri).is_absolute() else None

@@ -1,0 +1,177 @@
+"""What a stage leaves in the registry: its version (directory, tags, params, metrics, run extras), and a
+registered stage's result read back from it.
+
+    ref = register_trained(Trained(spec, parent, workspace, key, run, watch, corpus, tokenizer, tokenizer_sha256))
+    result = skipped_result(ref, registry, model_config)   # a stage found registered: nothing to train
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from prefect.runtime import flow_run, task_run
+from tokenizers import Tokenizer
+
+from models import tokenizer as tokenizers
+from models.data import ByteCorpus, stdlib_dir
+from models.families import ModelConfig, family_of
+from models.family import num_params
+from models.mixture import MixtureCorpus, report
+from tasks import driver
+from tasks.config import StageSpec, code_version, eval_set_id, spec_hash
+from tasks.publish import StageWatch
+from tasks.registry import (
+    ModelRef,
+    Registry,
+    StageRunExtras,
+    add_pyfunc,
+    corpus_input,
+    metric_history,
+    register,
+)
+from tasks.registry.schema import IMPORTED, Artifacts, ImportTags, Metrics, RunTags, StageParams, VersionTags
+from tasks.results import StageResult
+from tasks.store import imported_sha256, redact, save_model, save_optimizer
+from tasks.workspace import Workspace
+
+
+def shift(curve: list[tuple[int, float]], offset: int) -> list[tuple[int, float]]:
+    """Stage-local steps -> steps counted across all stages."""
+    return [(offset + step, value) for step, value in curve]
+
+
+def skipped_result(ref: ModelRef, registry: Registry, model: ModelConfig) -> StageResult:
+    """Rebuild a registered stage's result from the registry."""
+    params = family_of(model).num_params(model)
+    run = registry.client().get_run(ref.run_id)
+    logged = StageParams.read(run.data.params)
+    offset = ref.global_step - logged.steps
+    val = metric_history(registry, ref.run_id, Metrics.VAL_LOSS)
+    init = metric_history(registry, ref.run_id, Metrics.VAL_LOSS_INIT)
+    return StageResult(
+        ref=ref,
+        params=params,
+        steps=logged.steps,
+        val_loss_init=init[0][1],
+        val_loss=val[-1][1],
+        seconds=0.0,
+        skipped=True,
+        tokens=logged.steps * int(logged.train["batch_size"]) * model.context,
+        tokens_per_s=run.data.metrics.get(Metrics.TOKENS_PER_S),
+        train_curve=shift(metric_history(registry, ref.run_id, Metrics.TRAIN_LOSS), offset),
+        val_curve=shift(val, offset),
+    )
+
+
+def _eval_set(spec: StageSpec, tokenizer_sha256: str | None) -> str | None:
+    """The held-out set of the stage's final validation loss (in fp32 only: the gate's arithmetic)."""
+    if spec.train.precision != "fp32":
+        return None
+    t = spec.train
+    return eval_set_id(spec.data, spec.seed, spec.model.context, tokenizer_sha256, t.eval_batches, t.batch_size)
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A stage just trained, with everything its registration reads."""
+
+    spec: StageSpec
+    parent: ModelRef | None
+    workspace: Workspace
+    key: str
+    run: driver.StageRun
+    watch: StageWatch
+    corpus: ByteCorpus | MixtureCorpus
+    tokenizer: Tokenizer
+    tokenizer_sha256: str | None
+
+
+def register_trained(trained: Trained) -> ModelRef:
+    """Register the trained model with its lineage tags, parameters, loss curves and run extras."""
+    spec, parent, run, watch, corpus, tokenizer = (
+        trained.spec,
+        trained.parent,
+        trained.run,
+        trained.watch,
+        trained.corpus,
+        trained.tokenizer,
+    )
+    model, result, registry = run.model, run.result, trained.workspace.registry
+    start = parent.data_cursor if parent else 0
+    paths = [s.source for s in spec.data.sources] if spec.data.sources else [spec.data.source]
+    source = ", ".join(redact(str(Path(p).resolve()) if p else str(stdlib_dir())) for p in paths)
+    digest = corpus.digest()
+    mix = None
+    if isinstance(corpus, MixtureCorpus):  # per-source shares, cursors and validation loss
+        mix = report(corpus, model, result.cursor, spec.train.eval_batches, spec.train.batch_size)
+    with watch.during("registering"), registry.staging() as directory:
+        hashes: dict[str, str] = {}  # each large file hashed once, as it is written
+        sha = save_model(model, directory, tokenizer, hashes=hashes)  # a decoder's: a Hugging Face model directory
+        optimizer_sha = save_optimizer(result.moments, directory, hashes)
+        example = tokenizers.encode(tokenizer, b"def main():\n    ").tolist()
+        # the same directory is also an MLflow pyfunc model
+        add_pyfunc(directory, spec.model, example)
+        tags = VersionTags(
+            stage=spec.index,
+            n_layers=spec.model.n_layers,
+            parent_version=parent.version if parent else None,
+            weights_sha256=sha,
+            optimizer_sha256=optimizer_sha,
+            stage_key=trained.key,
+            growth=spec.growth.operator if parent else "none",
+            data_cursor=result.cursor,
+            global_step=(parent.global_step if parent else 0) + result.steps,  # a stop rule may end it early
+            config_hash=spec_hash(spec)[:16],
+            code_version=code_version(),
+            val_loss=result.val_loss,
+            tokenizer_sha256=trained.tokenizer_sha256,
+            freeze=spec.growth.freeze if parent and spec.growth.freeze != "none" else None,
+            data_cursors=json.dumps(mix.cursors, sort_keys=True) if mix else None,
+            data_mixture=json.dumps(mix.weights) if mix else None,
+            eval_set=_eval_set(spec, trained.tokenizer_sha256),
+        )
+        imported = None
+        if spec.init:
+            imported = ImportTags(source=IMPORTED, imported_from=spec.init, imported_sha256=imported_sha256(spec.init))
+        params = StageParams(
+            steps=result.steps,
+            params=num_params(model),
+            nproc=result.world_size,
+            model=spec.model.model_dump(),
+            train=spec.train.model_dump(),
+            data={"source": source, "corpus_sha256": digest, "cursor_start": start, "cursor_end": result.cursor}
+            | ({"mixture": json.dumps(mix.weights), "cursors_end": json.dumps(mix.cursors)} if mix else {}),
+        )
+        metrics = {
+            Metrics.TRAIN_LOSS: result.train_curve,
+            Metrics.VAL_LOSS: result.val_curve,
+            Metrics.VAL_LOSS_INIT: [(0, result.val_loss_init)],
+            Metrics.TOKENS_PER_S: [(result.steps, result.tokens_per_s)],
+            Metrics.MFU: [(result.steps, result.mfu)],
+            Metrics.PEAK_MEMORY: [(result.steps, result.peak_memory_bytes)],
+            Metrics.STEP_TIME_S: watch.step_times,
+        }
+        for name in mix.weights if mix else ():
+            metrics[Metrics.source_val_loss(name)] = [(result.steps, mix.val_loss[name])]
+            metrics[Metrics.source_share(name)] = [(result.steps, mix.shares[name])]
+        extras = StageRunExtras(
+            parent_run_id=watch.parent_run_id,
+            tags=RunTags(prefect_flow_run_id=str(flow_run.id or ""), prefect_task_run_id=str(task_run.id or "")),
+            texts={Artifacts.STAGE_CONFIG: yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)},
+            datasets=[corpus_input(source, digest[:16], start, result.cursor)],
+        )
+        return register(
+            registry,
+            spec.model_name,
+            spec.experiment,
+            model_dir=directory,
+            tags=tags,
+            params=params,
+            metrics=metrics,
+            extras=extras,
+            imported=imported,
+            hashes=hashes,
+        )
