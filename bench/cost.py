@@ -1,7 +1,7 @@
 """What a stage costs beyond its training, against the floor of writing its bytes once.
 
-    python -m bench.cost [--sizes s,m,l] [--out docs/bench-cost.json] [--workdir DIR]
-    (or: staged bench --preset cost)
+    staged bench --preset cost --out docs/bench-cost.json [--workdir DIR] [--set sizes=s,m,l] [--set repeats=3]
+    (or: python -m bench.cost --sizes s,m,l --out docs/bench-cost.json)
 
 For each size, a two-stage Llama pipeline (transformers' LlamaForCausalLM, a BPE of 2048 tokens) runs
 through the real Prefect flow with the embedded MLflow store: stage 1 registers a freshly built model
@@ -25,13 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 # (hidden, layers after growth): ~13M, ~52M and ~210M parameters at a 2048-token vocabulary: 16x in bytes
-SIZES = {"s": (256, 16), "m": (512, 16), "l": (1024, 16)}
+SIZES = {"s": (256, 16), "m": (512, 16), "l": (1024, 16), "xs": (64, 4)}  # xs: the test's (seconds)
 
 
 def pipeline(size: str, name: str):
@@ -44,7 +45,13 @@ def pipeline(size: str, name: str):
         "checkpoint": {"every": 0},
         "data": {"format": "text", "encoding_errors": "replace", "max_bytes": 400_000},
         "tokenizer": {"train": {"vocab_size": 2048}},
-        "model": {"arch": "llama", "d_model": d, "n_heads": d // 64, "n_kv_heads": d // 128, "d_ff": d * 11 // 4},
+        "model": {
+            "arch": "llama",
+            "d_model": d,
+            "n_heads": max(2, d // 64),
+            "n_kv_heads": max(1, d // 128),
+            "d_ff": d * 11 // 4,
+        },
         "train": {"batch_size": 2, "eval_batches": 1, "eval_every": 10**6},
         "gate": {"eval_batches": 1, "batch_size": 2},
         "limits": {"max_d_model": 16384},
@@ -87,7 +94,6 @@ def measure(size: str, workdir: Path) -> dict:
     from prefect import flow
 
     from flows.staged import staged_training
-    from models.family import num_params
     from tasks.registry import Registry, fetch
 
     @flow(name="staged-bench-warmup", persist_result=False)
@@ -110,7 +116,6 @@ def measure(size: str, workdir: Path) -> dict:
     phases = child.phase_seconds
     register_s = phases["registering"]
     gate_s = sum(s for n, s in tasks.items() if n.startswith("gate-"))
-    del num_params
     return {
         "size": size,
         "params": child.params,
@@ -127,19 +132,31 @@ def measure(size: str, workdir: Path) -> dict:
     }
 
 
-def run(sizes: list[str], workdir: Path, out: Path | None, log=print) -> dict:
+def _median_of(runs: list[dict]) -> dict:
+    """Each figure's median over repeated runs (the disk's write-back makes single runs noisy), all values kept."""
+    keys = ("floor_seconds", "registration_seconds", "parent_load_seconds", "gate_seconds", "flow_seconds")
+    row = dict(runs[len(runs) // 2])
+    for k in keys:
+        row[k] = statistics.median(r[k] for r in runs)
+        row[k.replace("_seconds", "_runs")] = [r[k] for r in runs]
+    row["registration_over_floor"] = statistics.median(r["registration_over_floor"] for r in runs)
+    row["registration_over_floor_runs"] = [r["registration_over_floor"] for r in runs]
+    return row
+
+
+def run(sizes: list[str], workdir: Path, out: Path | None, repeats: int = 3, log=print) -> dict:
     rows = []
     for size in sizes:
-        log(f"[cost] size {size}: hidden {SIZES[size][0]}, {SIZES[size][1]} layers after growth")
-        row = measure(size, workdir)
+        log(f"[cost] size {size}: hidden {SIZES[size][0]}, {SIZES[size][1]} layers after growth, {repeats} runs")
+        row = _median_of([measure(size, workdir) for _ in range(repeats)])
         log(
-            f"[cost] {size}: {row['params'] / 1e6:.0f}M params, {row['safetensors_bytes'] / 1e9:.2f} GB: "
+            f"[cost] {size} (medians): {row['params'] / 1e6:.0f}M params, {row['safetensors_bytes'] / 1e9:.2f} GB: "
             f"floor {row['floor_seconds']:.2f} s, registration {row['registration_seconds']:.2f} s "
             f"({row['registration_over_floor']:.2f}x), parent load {row['parent_load_seconds']:.2f} s, "
             f"gate {row['gate_seconds']:.2f} s, flow {row['flow_seconds']:.1f} s"
         )
         rows.append(row)
-    report = {"command": " ".join(["python -m bench.cost", *sys.argv[1:]]), "goal_registration_over_floor": 1.5}
+    report = {"command": " ".join(["staged", *sys.argv[1:]]), "goal_registration_over_floor": 1.5}
     report["sizes"] = rows
     if out is not None:
         out.write_text(json.dumps(report, indent=1) + "\n")
@@ -152,12 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="s,m,l", help="comma-separated, of " + ", ".join(SIZES))
     parser.add_argument("--workdir", type=Path, default=Path(".staged-bench-cost"))
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--repeats", type=int, default=3, help="flows per size; the medians are reported")
     args = parser.parse_args(argv)
     sizes = args.sizes.split(",")
     if bad := [s for s in sizes if s not in SIZES]:
         print(f"error: unknown size {bad[0]!r} (choose from {', '.join(SIZES)})", file=sys.stderr)
         return 2
-    run(sizes, args.workdir, args.out)
+    run(sizes, args.workdir, args.out, args.repeats)
     return 0
 
 

@@ -106,3 +106,37 @@ def test_only_orchestration_runs_a_schedule_through_the_prefect_flow(tmp_path):
     runs = orch["task_run_seconds"]
     assert {"stage-1-3L", "stage-2-6L", "stage-3-12L", "card-v1", "gate-v3", "summary", "comparison"} <= set(runs)
     assert orch["prefect_server_start_seconds_excluded"] > 0 and orch["mlflow_store_creation_seconds_excluded"] > 0
+
+
+COST_CASES = {
+    "unknown size": (["--set", "sizes=s,xl"], "unknown size 'xl'"),
+    "unknown key": (["--set", "sizez=s"], "unknown key 'sizez'"),
+    "repeats not a number": (["--set", "repeats=two"], "repeats 'two' is not a positive whole number"),
+}
+
+
+@pytest.mark.parametrize("case", COST_CASES)
+def test_cost_preset_mistakes_exit_2_with_one_line(case, tmp_path, capsys, monkeypatch):
+    from flows.cli.main import main
+
+    args, message = COST_CASES[case]
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--preset", "cost", "--out", str(tmp_path / "c.json"), "--workdir", str(tmp_path), *args])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.strip().count("\n") == 0 and message in err, err
+    assert not (tmp_path / "c.json").exists()
+
+
+@pytest.mark.integration
+def test_the_cost_preset_puts_registration_beside_writing_the_same_bytes_once(prefect_harness, tmp_path):
+    from bench.cost import run
+
+    run(["xs"], tmp_path / "w", tmp_path / "c.json", repeats=1, log=lambda *_: None)
+    (row,) = json.loads((tmp_path / "c.json").read_text())["sizes"]
+    assert row["size"] == "xs" and row["params"] > 0
+    weights_and_moments = row["params"] * 4 * 3  # fp32 weights + AdamW's two moments, in safetensors
+    assert weights_and_moments <= row["safetensors_bytes"] < weights_and_moments + 100_000
+    for key in ("floor_seconds", "registration_seconds", "parent_load_seconds", "gate_seconds"):
+        assert 0 < row[key] < row["flow_seconds"], key
+    assert row["registration_over_floor"] == pytest.approx(row["registration_seconds"] / row["floor_seconds"])

@@ -20,7 +20,13 @@ def add_bench_command(sub: argparse._SubParsersAction, argv: list[str]) -> None:
     from bench.presets import PRESETS
     from bench.schedules import SCHEDULES
 
-    bench.add_argument("--preset", choices=sorted(PRESETS), default="quick")
+    bench.add_argument(
+        "--preset",
+        choices=sorted([*PRESETS, "cost"]),
+        default="quick",
+        help="cost: what a stage costs beside training, against writing its bytes once (bench/cost.py; "
+        "--set sizes=s,m,l --set repeats=3)",
+    )
     bench.add_argument("--out", required=True, help="JSON summary to write (and its plot beside it, as .png)")
     bench.add_argument(
         "--workdir", default=".staged", help="where plots, stores and artifacts go (default: %(default)s)"
@@ -56,8 +62,28 @@ def _passive_openmp() -> None:
         os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
+def cmd_cost(args: argparse.Namespace) -> int:
+    from bench.cost import SIZES, run
+
+    given = dict(o.partition("=")[::2] for o in args.overrides)
+    if unknown := sorted(set(given) - {"sizes", "repeats"}):
+        fail(f"preset cost: unknown key {unknown[0]!r} (sizes, repeats)")
+    sizes = given.get("sizes", "s,m,l").split(",")
+    if bad := [s for s in sizes if s not in SIZES]:
+        fail(f"preset cost: unknown size {bad[0]!r} (choose from {', '.join(SIZES)})")
+    if not given.get("repeats", "3").isdigit() or int(given.get("repeats", "3")) < 1:
+        fail(f"preset cost: repeats {given['repeats']!r} is not a positive whole number")
+    out = Path(args.out)
+    if out.is_dir() or not out.parent.is_dir():
+        fail(f"--out {str(out)!r}: not a file in an existing directory")
+    run(sizes, Path(args.workdir), out, int(given.get("repeats", "3")))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     _passive_openmp()
+    if args.preset == "cost":
+        return cmd_cost(args)
     from pydantic import ValidationError
 
     from bench.main import build_preset, run_bench
