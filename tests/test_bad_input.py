@@ -89,6 +89,15 @@ CASES = {
     "missing config": (lambda t: "nope.yaml", [], "fresh", {}, 2, "config file 'nope.yaml' not found"),
     "malformed yaml": (lambda t: _file(t, "seed: [1\n"), [], "fresh", {}, 2, "is not valid YAML (line 2)"),
     "not a mapping": (lambda t: _file(t, "- 1\n"), [], "fresh", {}, 2, "must hold a mapping"),
+    "empty config": (lambda t: _file(t, ""), [], "fresh", {}, 2, "config file is empty"),
+    "comments-only config": (
+        lambda t: _file(t, "# seed: 1\n\n"),
+        SET("seed=1"),
+        "fresh",
+        {},
+        2,
+        "config file is empty",
+    ),
     "unknown top-level key": (
         lambda t: _file(t, "sead: 1\n"),
         [],
@@ -108,6 +117,22 @@ CASES = {
         "checkpoint.every: Input should be a valid integer",
     ),
     "negative steps": (None, SET("stages.0.steps=-1"), "fresh", {}, 2, "greater than or equal to 0"),
+    "steps for ever": (
+        None,
+        SET("stages.0.steps=1000000000000000000000"),
+        "fresh",
+        {},
+        2,
+        "stages.0.steps: Input should be less than or equal to 1000000000",
+    ),
+    "tokens for ever": (
+        None,
+        SET("stages.2.steps=null", "stages.2.until.tokens=10000000000000"),
+        "fresh",
+        {},
+        2,
+        "stages.2.until.tokens: Input should be less than or equal to 1000000000000",
+    ),
     "zero layers": (
         None,
         SET("stages.0.n_layers=0"),

@@ -22,7 +22,7 @@ from models.data import DataConfig, StageData
 from models.families import ModelConfig
 from models.growth import GrowthConfig, GrowthError, child_config, dry_run
 from models.optim import OptimizerConfig
-from models.policy import ScheduleConfig, UntilConfig, step_cap
+from models.policy import MAX_STEPS, ScheduleConfig, UntilConfig, step_cap
 from models.tokenizer import TokenizerConfig
 from models.train import TrainConfig
 from tasks.config.limits import LimitsConfig, check_fit, check_shapes, check_trainer
@@ -66,7 +66,7 @@ class StageCheckpoint(Strict):
 
 class StageConfig(Strict):
     n_layers: int = Field(ge=1)
-    steps: int | None = Field(None, ge=0)  # 0 trains no step: the grown model is registered as it is
+    steps: int | None = Field(None, ge=0, le=MAX_STEPS)  # 0 trains no step: the grown model is registered as it is
     until: UntilConfig = UntilConfig()  # a tokens budget or a loss-slope trigger, instead of `steps`
     growth: GrowthConfig = GrowthConfig()  # how this stage is made from the previous one (ignored for stage 1)
     optimizer: OptimizerConfig = OptimizerConfig()  # AdamW after growth: reset or transfer (ignored for stage 1)
