@@ -22,13 +22,13 @@ from prefect import flow
 from prefect.futures import PrefectFuture, wait
 from prefect.runtime import flow_run
 
+from models.errors import UserError
 from tasks import publish
 from tasks.config import ConfigError, PipelineConfig, resolve_config
 from tasks.gate import run_gate
 from tasks.registry import Pipeline, PipelineRun, find_version, get_version
 from tasks.results import GateResult, StageResult
 from tasks.stage import key_of, pipeline_tokenizer, run_stage, skipped_result
-from tasks.store import IntegrityError
 from tasks.workspace import Workspace
 
 
@@ -42,10 +42,11 @@ def flow_run_name() -> str:
 
 
 def retryable(task, task_run, state) -> bool:
-    """Retry what may pass next time; never a version whose files fail their manifest (it stays tampered)."""
+    """Retry what may pass next time; never a user's mistake (a bad input, a version whose files fail their
+    manifest): it fails the same way again."""
     try:
         state.result()
-    except IntegrityError:
+    except UserError:
         return False
     except BaseException:
         return True

@@ -23,6 +23,8 @@ from typing import Annotated, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
+from models.errors import UserError
+
 
 class CorpusConfig(BaseModel):
     """One corpus: where its files are, how they are read, which are validation."""
@@ -120,11 +122,11 @@ class StageData(BaseModel):
     weights: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = {}
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError, ValueError):
     """A corpus that cannot be used as given (malformed record, empty, too small): one line, for the CLI."""
 
 
-class UnreadableFile(FileNotFoundError):
+class UnreadableFile(UserError, FileNotFoundError):
     """A source file that exists but cannot be opened or read: one line naming it."""
 
 

@@ -15,6 +15,8 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from models.errors import UserError
+
 StateDict = dict[str, torch.Tensor]
 
 
@@ -51,7 +53,7 @@ def export_moments(model: nn.Module, optimizer: torch.optim.Optimizer) -> StateD
     return out
 
 
-class MomentsMismatch(ValueError):
+class MomentsMismatch(UserError, ValueError):
     """Moments that do not fit the model; the message says which keys or shapes differ. One line."""
 
 

@@ -11,10 +11,11 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from models.errors import UserError
 from tasks.config.schema import PipelineConfig, format_validation_error
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A user mistake in a config file or override; the message is one line."""
 
 
