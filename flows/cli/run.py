@@ -80,7 +80,10 @@ def _check_endpoints(config: PipelineConfig, workdir: Path, from_version: str | 
 
 
 def _check_parent(config: PipelineConfig, registry, workdir: Path, version: str) -> None:
+    from mlflow.exceptions import MlflowException
+
     from tasks.registry import download, get_version
+    from tasks.store import IntegrityError
 
     name = config.registry.model_name
     if registry.embedded and not (workdir / "mlflow.db").is_file():
@@ -89,15 +92,21 @@ def _check_parent(config: PipelineConfig, registry, workdir: Path, version: str)
         fail(f"--from-version {version!r} is not a version number")
     try:
         ref = get_version(registry.client(), name, version)
-    except Exception:
-        fail(f"--from-version {version}: model {name!r} has no version {version}")
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            fail(f"--from-version {version}: model {name!r} has no version {version}")
+        fail(f"--from-version {version}: the registry refused it: {one_line(e)}", code=1)
+    except ValueError as e:  # a version without the stage tags a parent needs
+        fail(f"--from-version {version}: not a stage version: {one_line(e)}")
     if ref.stage >= len(config.stages):
         fail(f"--from-version {version} is stage {ref.stage}; the config has no later stage to run")
     try:
         with tempfile.TemporaryDirectory(prefix="staged-check-") as tmp:
             cfg, _ = download(registry, ref, Path(tmp))
-    except Exception as e:
+    except IntegrityError as e:
         fail(f"--from-version {version}: refusing a parent whose files do not verify: {one_line(e)}")
+    except (MlflowException, OSError) as e:  # the files could not be read: nothing is known about them yet
+        fail(f"--from-version {version}: cannot download it: {one_line(e)}", code=1)
     spec = config.stage_specs()[ref.stage - 1]
     _check_parent_tokenizer(spec, ref, version, workdir)
     want = spec.model
