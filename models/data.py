@@ -86,10 +86,11 @@ class DataConfig(CorpusConfig):
         return self
 
     @model_serializer(mode="wrap")
-    def _one_corpus_as_before(self, handler):
+    def _one_corpus_without_sources(self, handler):
         out = handler(self)
         out.pop("num_proc", None)
-        if self.sources is None:  # a one-corpus config serializes (and hashes: stage keys, shard caches) as before
+        # a one-corpus config serializes without a `sources` key: its stage keys and shard caches do not depend on it
+        if self.sources is None:
             out.pop("sources", None)
         return out
 

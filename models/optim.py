@@ -4,7 +4,7 @@
     exp_avg_sq.<param name>  second moment
     step                     scalar: Adam steps taken (bias correction continues from here)
 
-Saved next to the weights as ``optimizer.safetensors`` (tasks/weights.py); never pickled.
+Saved next to the weights as ``optimizer.safetensors`` (tasks/store/model_dir.py); never pickled.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 ``add_pyfunc(model_dir, cfg)`` turns a saved model directory (its family's files: the byte GPT's, or a
 Hugging Face directory of a decoder) into one that is also a valid
-MLflow model (MLmodel, the code file tasks/pyfunc_model.py, a copy of the
+MLflow model (MLmodel, the code file tasks/registry/pyfunc_model.py, a copy of the
 ``models`` package's sources, environment files, signature and input example). The registered
 version's source stays that one directory, so tools that read the safetensors directly keep
 working, and ``mlflow.pyfunc.load_model("models:/name@alias")`` / ``mlflow models serve`` work too.
