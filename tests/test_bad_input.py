@@ -297,6 +297,14 @@ CASES = {
         1,
         "MLflow tracking URI http://127.0.0.1:{port} unreachable",
     ),
+    "MLflow setting that does not parse": (
+        None,
+        [],
+        "fresh",
+        {"MLFLOW_TRACKING_URI": "http://127.0.0.1:{port}", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0.1"},
+        2,
+        "MLflow settings: Failed to convert '0.1' for MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+    ),
     "unreachable S3 endpoint": (
         None,
         SET("storage.uri=s3://bucket/x", "storage.max_attempts=2"),
@@ -359,7 +367,7 @@ def test_bad_input(case, tmp_path, registries, monkeypatch, capsys, request):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     for k, v in {
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0.1",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",  # an int: MLflow refuses 0.1
         "AWS_ACCESS_KEY_ID": "x",
         "AWS_SECRET_ACCESS_KEY": "y",
         "AWS_DEFAULT_REGION": "us-east-1",
@@ -398,7 +406,7 @@ def test_the_cli_contract_holds_in_real_processes_too(registries, tmp_path):
         **env,
         "PYTHONPATH": str(ROOT),
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0.1",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",  # an int: MLflow refuses 0.1
     }
     port = free_port()
     runs = [  # started together: most of each is interpreter start-up

@@ -58,6 +58,9 @@ def _check_inputs(config: PipelineConfig, workdir: Path) -> None:
 
 def _check_endpoints(config: PipelineConfig, workdir: Path, from_version: str | None) -> None:
     """Reach the storage and the registry before anything runs; verify a --from-version parent."""
+    from botocore.exceptions import BotoCoreError
+    from mlflow.exceptions import MlflowException
+
     from tasks.store import S3Storage, StorageError
     from tasks.workspace import Workspace
 
@@ -68,12 +71,14 @@ def _check_endpoints(config: PipelineConfig, workdir: Path, from_version: str | 
             storage.check()
     except StorageError as e:
         fail(str(e), code=2 if "does not exist" in str(e) else 1)
-    except Exception as e:  # botocore configuration errors (bad profile, region): still one line
+    except (BotoCoreError, ValueError, OSError) as e:  # a bad profile or region, an endpoint URL that does not parse
         fail(f"storage {config.storage.uri}: {one_line(e)}")
     if not ws.registry.embedded:
         try:
             ws.registry.client().search_experiments(max_results=1)
-        except Exception as e:
+        except ValueError as e:  # an MLFLOW_* setting that does not parse (MLflow reads them per request)
+            fail(f"MLflow settings: {one_line(e)}")
+        except MlflowException as e:  # MLflow wraps connection errors (after its retries) and HTTP errors alike
             fail(f"MLflow tracking URI {ws.registry.tracking_uri} unreachable: {one_line(e)}", code=1)
     if from_version is not None:
         _check_parent(config, ws.registry, workdir, from_version)
