@@ -2,11 +2,14 @@
 and the flow's retry condition (flows.staged.retryable) refuses it, while a failure that may pass next
 time (a disk, a network) is still retried."""
 
+from pathlib import Path
+
 import pytest
 from prefect import flow, task
 from prefect.states import Failed
 
 from bench.plan import OutOfRange
+from flows.cli.main import main
 from flows.staged import retryable
 from models.data import CorpusError, UnreadableFile
 from models.errors import UserError
@@ -25,6 +28,7 @@ from tasks.store.checkpoint import CheckpointError
 from tasks.store.hf_dir import ImportRefused
 from tasks.store.tokenizer_store import TokenizerMismatch
 
+SMOKE = str(Path(__file__).parent.parent / "configs" / "smoke.yaml")
 USER_ERRORS = [
     ConfigError,
     GrowthError,
@@ -80,3 +84,21 @@ def test_prefect_runs_a_tokenizer_mismatch_once_and_a_disk_error_again(prefect_h
 
     both()
     assert attempts == {"mismatch": 1, "disk": 3}
+
+
+@pytest.mark.parametrize(
+    "error, code", [(GrowthError("stages.1: no optimizer moments"), 2), (OSError("disk full"), 1)], ids=["user", "disk"]
+)
+def test_a_run_that_failed_on_a_user_error_exits_2(error, code, workdir, monkeypatch, capsys):
+    """What ``staged run`` says when the flow fails: a user's mistake is bad input (2), anything else a failure (1)."""
+    import flows.cli.run
+    import flows.staged
+
+    monkeypatch.setattr(flows.staged, "staged_training", lambda *args, **kwargs: Failed(data=error))
+    monkeypatch.setattr(flows.cli.run, "_embedded_defaults", lambda workdir: None)  # no Prefect server is started
+    for key, value in flows.cli.run.MLFLOW_RETRY_DEFAULTS.items():  # restored after the test, as set here
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", SMOKE, "--workdir", str(workdir)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == code and err == [f"staged: error: run failed: {error}"]

@@ -185,10 +185,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     state = staged_training(config, str(workdir), args.from_version, return_state=True)
     if not state.is_completed():
-        from tasks.store import IntegrityError
+        from models.errors import UserError
 
-        error = state.result(raise_on_failure=False)
-        fail(f"run {state.name.lower()}: {error}", code=2 if isinstance(error, IntegrityError) else 1)
+        error = state.result(raise_on_failure=False)  # a user's mistake (a tampered version's files too): exit 2
+        fail(f"run {state.name.lower()}: {error}", code=2 if isinstance(error, UserError) else 1)
     results = state.result()
     _print_summary(results, workdir / f"{config.registry.model_name}-loss.png")
     print_gate(workdir, config.registry.model_name, results[-1].ref.version)
