@@ -60,6 +60,11 @@ BAD = [
     ("", ["stages.0.steps=1000000000000000000000"], "stages.0.steps: Input should be less than or equal to 1000000000"),
     ("", ["stages.1.steps=null", "stages.1.until.tokens=1000000000001"], "stages.1.until.tokens: Input should be less"),
     ("", ["stages.1.steps=null", "stages.1.until.loss_slope={threshold: 0.1, max_steps: 2000000000}"], "max_steps"),
+    (
+        "",
+        ["stages.1.steps=null", "stages.1.until.tokens=1000000000000", "train.batch_size=2", "model.context=64"],
+        "stages.1: until.tokens 1000000000000 is 7812500000 steps of 128 tokens (batch x context), over 1000000000",
+    ),
     ("", ["registry.model_name=bad name!"], "registry.model_name: String should match pattern"),
     ("", ["seed=1", "seed.x=1"], "seed is not a mapping or a list"),
     ("", ["seed.x=1"], "seed: Input should be a valid integer"),

@@ -222,7 +222,10 @@ class PipelineConfig(Strict):
                     model = child_config(stage.growth, model, stage.n_layers)
                 overrides = stage.train.model_dump(exclude_none=True)
                 train = TrainConfig(**{**self.train.model_dump(), **overrides, "steps": 0})
-                cap = step_cap(stage.steps, stage.until, train.batch_size * model.context)
+                cap = step_cap(stage.steps, stage.until, per_step := train.batch_size * model.context)
+                if cap > MAX_STEPS:  # a tokens budget over small batches: the bound on steps holds for every rule
+                    tokens = f"until.tokens {stage.until.tokens} is {cap} steps of {per_step} tokens (batch x context)"
+                    raise ValueError(f"{tokens}, over {MAX_STEPS}")
                 parallel = stage.resolved_parallel()
                 if train.batch_size % parallel.world_size:
                     batch, n = train.batch_size, parallel.world_size
