@@ -18,6 +18,7 @@ from flows.cli.main import main
 from models.gpt import GPT
 from tasks.config import load_config
 from tasks.registry import Registry, register
+from tasks.registry.schema import VersionTags
 from tasks.store import save_model, save_optimizer
 from tests.versions import stage1_tags, stage_params
 
@@ -56,6 +57,7 @@ def registries(tmp_path_factory):
     return {
         "good": _registry(tmp_path_factory.mktemp("good")),
         "tampered": _registry(tmp_path_factory.mktemp("tampered"), tamper=True),
+        "untagged": _untagged(tmp_path_factory.mktemp("untagged")),
     }
 
 
@@ -72,6 +74,17 @@ def _snapshot(workdir: Path) -> dict[str, str]:
 def _file(tmp: Path, text: str) -> str:
     (tmp / "c.yaml").write_text(text)
     return str(tmp / "c.yaml")
+
+
+def _untagged(workdir: Path) -> Path:
+    """A registry whose version 1 carries none of the stage tags (a version registered by other means)."""
+    _registry(workdir)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        client = Registry.resolve(workdir).client()
+        for key in VersionTags.model_fields:
+            client.delete_model_version_tag("staged-smoke", "1", key)
+    return workdir
 
 
 def _not_dir(tmp: Path) -> str:
@@ -280,6 +293,14 @@ CASES = {
         {},
         2,
         "no later stage to run",
+    ),
+    "parent without stage tags": (
+        None,
+        ["--from-version", "1"],
+        "untagged",
+        {},
+        2,
+        "--from-version 1: not a stage version: model 'staged-smoke' version 1 carries no stage tags",
     ),
     "tampered parent weights": (
         None,

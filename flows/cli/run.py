@@ -87,6 +87,7 @@ def _check_endpoints(config: PipelineConfig, workdir: Path, from_version: str | 
 def _check_parent(config: PipelineConfig, registry, workdir: Path, version: str) -> None:
     from mlflow.exceptions import MlflowException
 
+    from models.errors import UserError
     from tasks.registry import download, get_version
     from tasks.store import IntegrityError
 
@@ -110,6 +111,8 @@ def _check_parent(config: PipelineConfig, registry, workdir: Path, version: str)
             cfg, _ = download(registry, ref, Path(tmp))
     except IntegrityError as e:
         fail(f"--from-version {version}: refusing a parent whose files do not verify: {one_line(e)}")
+    except UserError as e:  # verified, but not a model this code reads (a family it does not know, say)
+        fail(f"--from-version {version}: cannot use it: {one_line(e)}")
     except (MlflowException, OSError) as e:  # the files could not be read: nothing is known about them yet
         fail(f"--from-version {version}: cannot download it: {one_line(e)}", code=1)
     spec = config.stage_specs()[ref.stage - 1]
