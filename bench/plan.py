@@ -18,13 +18,14 @@ from bench.equal import arms, equalised
 from bench.law import predict
 from bench.schedules import gstack_growth_tokens
 from bench.spec import HParams, Preset, pipeline_config, train_flops_per_token
+from models.errors import UserError
 from models.families import family_of
 
 LAW = Path(__file__).resolve().parents[1] / "docs" / "llama-budgets.json"
 GSTACK_FITTED = (4.1e8, 1e20)  # parameters, FLOPs: where G_stack's formula was fitted
 
 
-class OutOfRange(ValueError):
+class OutOfRange(UserError, ValueError):
     """A plan the law cannot make: outside what it was fitted on. One line."""
 
 

@@ -22,6 +22,7 @@ from prefect import flow
 from prefect.futures import PrefectFuture, wait
 from prefect.runtime import flow_run
 
+from models.errors import UserError
 from tasks import publish
 from tasks.config import ConfigError, PipelineConfig, resolve_config
 from tasks.gate import run_gate
@@ -29,7 +30,6 @@ from tasks.record import skipped_result
 from tasks.registry import Pipeline, PipelineRun, get_version
 from tasks.results import GateResult, StageResult
 from tasks.stage import look_up, pipeline_tokenizer, run_stage
-from tasks.store import IntegrityError
 from tasks.workspace import Workspace
 
 
@@ -43,10 +43,11 @@ def flow_run_name() -> str:
 
 
 def retryable(task, task_run, state) -> bool:
-    """Retry what may pass next time; never a version whose files fail their manifest (it stays tampered)."""
+    """Retry what may pass next time; never a user's mistake (a bad input, a version whose files fail their
+    manifest): it fails the same way again."""
     try:
         state.result()
-    except IntegrityError:
+    except UserError:
         return False
     except BaseException:
         return True

@@ -23,6 +23,8 @@ from typing import Annotated, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
+from models.errors import UserError
+
 
 class CorpusConfig(BaseModel):
     """One corpus: where its files are, how they are read, which are validation."""
@@ -84,10 +86,11 @@ class DataConfig(CorpusConfig):
         return self
 
     @model_serializer(mode="wrap")
-    def _one_corpus_as_before(self, handler):
+    def _one_corpus_without_sources(self, handler):
         out = handler(self)
         out.pop("num_proc", None)
-        if self.sources is None:  # a one-corpus config serializes (and hashes: stage keys, shard caches) as before
+        # a one-corpus config serializes without a `sources` key: its stage keys and shard caches do not depend on it
+        if self.sources is None:
             out.pop("sources", None)
         return out
 
@@ -120,11 +123,11 @@ class StageData(BaseModel):
     weights: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = {}
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError, ValueError):
     """A corpus that cannot be used as given (malformed record, empty, too small): one line, for the CLI."""
 
 
-class UnreadableFile(FileNotFoundError):
+class UnreadableFile(UserError, FileNotFoundError):
     """A source file that exists but cannot be opened or read: one line naming it."""
 
 

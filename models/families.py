@@ -16,6 +16,7 @@ from typing import Annotated, Any, Union
 from pydantic import Discriminator, Tag, TypeAdapter
 from torch import nn
 
+from models.errors import UserError
 from models.family import Family, unwrap
 from models.gpt import BYTE_GPT
 from models.llama import LLAMA
@@ -48,7 +49,7 @@ _MODEL_CONFIG = TypeAdapter(ModelConfig)
 CONFIG_FILES = ("staged.json", "config.json")  # a decoder's (beside transformers' config.json), the byte GPT's
 
 
-class UnknownFamily(ValueError):
+class UnknownFamily(UserError, ValueError):
     """An ``arch`` that names no family; one line."""
 
 

@@ -12,7 +12,7 @@ torchtitan's ModelSpec does. Every other module asks the family of a config or m
     fam.save(model, directory, tokenizer), fam.load(directory)                 # a version's directory
 
 The families (models/families.py): the byte GPT (models/gpt.py, ours) and the transformers decoders
-(models/decoder.py: Llama in models/llama.py, Qwen3 in models/qwen3.py, Qwen2 in models/qwen2.py).
+(``DecoderFamily`` in models/llama.py: Llama there, Qwen3 in models/qwen3.py, Qwen2 in models/qwen2.py).
 A model's family is named by its config's ``arch``; a config class may serve several families.
 """
 

@@ -30,6 +30,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.errors import UserError
 from models.families import ModelConfig, family_of
 from models.gpt import BYTE_GPT
 from models.width import WidthError
@@ -38,7 +39,7 @@ StateDict = dict[str, torch.Tensor]
 Operator = Literal["stack", "interleave", "middle", "identity", "masked", "width"]
 
 
-class GrowthError(ValueError):
+class GrowthError(UserError, ValueError):
     """A growth request that cannot be carried out (wrong depth ratio, mismatched shapes, ...). One line."""
 
 

@@ -20,12 +20,13 @@ from pydantic import BaseModel
 from tokenizers import Tokenizer
 
 from models import tokenizer as tokenizers
+from models.errors import UserError
 from models.family import Family
 
 STAGED_CONFIG = "staged.json"  # the project's config beside transformers' config.json
 
 
-class UnsupportedHFConfig(ValueError):
+class UnsupportedHFConfig(UserError, ValueError):
     """A Hugging Face config.json this project cannot train or grow; one line."""
 
 

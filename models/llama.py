@@ -36,7 +36,8 @@ TIED_HEAD = "lm_head.weight"  # dropped from state dicts when the embeddings are
 
 
 class LlamaFamilyConfig(BaseModel):
-    """A transformers decoder, in the GPT config's vocabulary (n_layers, d_model, n_heads, d_ff, context)."""
+    """A transformers decoder's config, in the field names every family's config shares (n_layers, d_model, n_heads,
+    d_ff, context)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -4,7 +4,7 @@
     exp_avg_sq.<param name>  second moment
     step                     scalar: Adam steps taken (bias correction continues from here)
 
-Saved next to the weights as ``optimizer.safetensors`` (tasks/weights.py); never pickled.
+Saved next to the weights as ``optimizer.safetensors`` (tasks/store/model_dir.py); never pickled.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
+
+from models.errors import UserError
 
 StateDict = dict[str, torch.Tensor]
 
@@ -51,7 +53,7 @@ def export_moments(model: nn.Module, optimizer: torch.optim.Optimizer) -> StateD
     return out
 
 
-class MomentsMismatch(ValueError):
+class MomentsMismatch(UserError, ValueError):
     """Moments that do not fit the model; the message says which keys or shapes differ. One line."""
 
 

@@ -23,6 +23,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# The most one stage may ask for: a budget beyond these is a typo that would train for ever.
+MAX_STEPS = 10**9
+MAX_TOKENS = 10**12
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -44,11 +48,12 @@ class LossSlope(_Strict):
 
     threshold: float = Field(gt=0)  # nats per step
     window: int = Field(3, ge=2)  # evaluations (eval_every apart) the improvement is measured over
-    max_steps: int = Field(ge=1)  # the stage ends here at the latest
+    max_steps: int = Field(ge=1, le=MAX_STEPS)  # the stage ends here at the latest
 
 
 class UntilConfig(_Strict):
-    tokens: int | None = Field(None, ge=1)  # train bytes; rounded up to whole steps of batch_size x context
+    # train bytes; rounded up to whole steps of batch_size x context
+    tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     loss_slope: LossSlope | None = None
 
     @model_validator(mode="after")

@@ -1,5 +1,5 @@
-"""Sampling tokens from a model of any family (models/families.py): pure PyTorch, so the CLI, the evaluation
-gate and the MLflow pyfunc wrapper all produce text the same way, for every family alike."""
+"""Sampling tokens from a model of any family (models/families.py): pure PyTorch, so the CLI (``staged
+generate``) and the evaluation gate's sample produce text the same way, for every family alike."""
 
 from __future__ import annotations
 
@@ -9,21 +9,6 @@ from torch import nn
 
 from models import tokenizer as tokenizers
 from models.families import family_of
-
-
-def generate(
-    model: nn.Module,
-    prompt: bytes,
-    max_new_bytes: int = 200,
-    *,
-    temperature: float = 0.8,
-    top_k: int | None = 40,
-    seed: int = 0,
-) -> bytes:
-    """A byte-vocabulary model's continuation of ``prompt`` (new bytes only): token ids are bytes."""
-    return bytes(
-        generate_ids(model, list(prompt or b"\n"), max_new_bytes, temperature=temperature, top_k=top_k, seed=seed)
-    )
 
 
 def complete(
@@ -82,8 +67,3 @@ def generate_ids(
         idx = torch.cat([idx, torch.tensor([[nxt]], device=device)], dim=1)
     model.train(was_training)
     return out
-
-
-def decode(data: bytes) -> str:
-    """Bytes as text; a model can emit invalid UTF-8, which is shown, not raised."""
-    return data.decode("utf-8", errors="replace")

@@ -86,8 +86,8 @@ def decoder_params(cfg: BaseModel, qk_norm: bool, qkv_bias: bool) -> int:
 
 
 def decoder_footprint(cfg: BaseModel, batch: int, params: int) -> Footprint:
-    """A transformers decoder (models/decoder.py) of ``params`` parameters trained with AdamW on ``batch``
-    sequences of ``cfg.context`` tokens."""
+    """A transformers decoder (``DecoderFamily``, models/llama.py) of ``params`` parameters trained with AdamW
+    on ``batch`` sequences of ``cfg.context`` tokens."""
     B, T, C, F, H = batch, cfg.context, cfg.d_model, cfg.d_ff, cfg.n_heads
     hd = cfg.head_dim or C // H
     per_block = (

@@ -23,13 +23,15 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from models.errors import UserError
+
 BYTE_ALPHABET = 256
 EOT = "<|endoftext|>"  # the BPE's one special token: end of text (HF eos/pad)
 TOKENIZER_FILE = "tokenizer.json"
 _LINES_PER_BATCH = 1000
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError, ValueError):
     """A tokenizer that cannot be loaded or does not fit; one line."""
 
 

@@ -40,7 +40,7 @@ from models.optim import StateDict
 from models.optim import make_optimizer as _adamw
 from models.parallel import export_moments, load_moments
 from models.plan import Hooks, StagePlan, Start, StepInfo, TrainState, default_lr
-from models.policy import warmup_cosine
+from models.policy import MAX_STEPS
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    steps: int = Field(200, ge=0)  # 0 = evaluate only (grow and register without training)
+    steps: int = Field(200, ge=0, le=MAX_STEPS)  # 0 = evaluate only (grow and register without training)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(2e-3, gt=0)  # peak LR; small byte models tolerate a high one
     min_lr_ratio: float = Field(0.1, ge=0, le=1)  # cosine decays to lr * min_lr_ratio
@@ -129,11 +129,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Multiplier on the peak LR: linear warmup, then cosine decay to ``min_lr_ratio`` (this stage only)."""
-    return warmup_cosine(step, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool = False) -> torch.optim.AdamW:

@@ -29,12 +29,14 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel
 
+from models.errors import UserError
+
 StateDict = dict[str, torch.Tensor]
 
 _DUP_COLUMNS = ("tok_emb.weight", "pos_emb.weight", "head.weight")  # (N, C) -> (N, 2C)
 
 
-class WidthError(ValueError):
+class WidthError(UserError, ValueError):
     """Raised for an impossible width request; models.growth turns it into a GrowthError."""
 
 

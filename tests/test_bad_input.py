@@ -18,6 +18,7 @@ from flows.cli.main import main
 from models.gpt import GPT
 from tasks.config import load_config
 from tasks.registry import Registry, register
+from tasks.registry.schema import VersionTags
 from tasks.store import save_model, save_optimizer
 from tests.versions import stage1_tags, stage_params
 
@@ -56,6 +57,7 @@ def registries(tmp_path_factory):
     return {
         "good": _registry(tmp_path_factory.mktemp("good")),
         "tampered": _registry(tmp_path_factory.mktemp("tampered"), tamper=True),
+        "untagged": _untagged(tmp_path_factory.mktemp("untagged")),
     }
 
 
@@ -74,6 +76,17 @@ def _file(tmp: Path, text: str) -> str:
     return str(tmp / "c.yaml")
 
 
+def _untagged(workdir: Path) -> Path:
+    """A registry whose version 1 carries none of the stage tags (a version registered by other means)."""
+    _registry(workdir)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        client = Registry.resolve(workdir).client()
+        for key in VersionTags.model_fields:
+            client.delete_model_version_tag("staged-smoke", "1", key)
+    return workdir
+
+
 def _not_dir(tmp: Path) -> str:
     (tmp / "file").write_text("")
     return str(tmp / "file" / "sub")
@@ -89,6 +102,15 @@ CASES = {
     "missing config": (lambda t: "nope.yaml", [], "fresh", {}, 2, "config file 'nope.yaml' not found"),
     "malformed yaml": (lambda t: _file(t, "seed: [1\n"), [], "fresh", {}, 2, "is not valid YAML (line 2)"),
     "not a mapping": (lambda t: _file(t, "- 1\n"), [], "fresh", {}, 2, "must hold a mapping"),
+    "empty config": (lambda t: _file(t, ""), [], "fresh", {}, 2, "config file is empty"),
+    "comments-only config": (
+        lambda t: _file(t, "# seed: 1\n\n"),
+        SET("seed=1"),
+        "fresh",
+        {},
+        2,
+        "config file is empty",
+    ),
     "unknown top-level key": (
         lambda t: _file(t, "sead: 1\n"),
         [],
@@ -108,6 +130,22 @@ CASES = {
         "checkpoint.every: Input should be a valid integer",
     ),
     "negative steps": (None, SET("stages.0.steps=-1"), "fresh", {}, 2, "greater than or equal to 0"),
+    "steps for ever": (
+        None,
+        SET("stages.0.steps=1000000000000000000000"),
+        "fresh",
+        {},
+        2,
+        "stages.0.steps: Input should be less than or equal to 1000000000",
+    ),
+    "tokens for ever": (
+        None,
+        SET("stages.2.steps=null", "stages.2.until.tokens=10000000000000"),
+        "fresh",
+        {},
+        2,
+        "stages.2.until.tokens: Input should be less than or equal to 1000000000000",
+    ),
     "zero layers": (
         None,
         SET("stages.0.n_layers=0"),
@@ -256,6 +294,14 @@ CASES = {
         2,
         "no later stage to run",
     ),
+    "parent without stage tags": (
+        None,
+        ["--from-version", "1"],
+        "untagged",
+        {},
+        2,
+        "--from-version 1: not a stage version: model 'staged-smoke' version 1 carries no stage tags",
+    ),
     "tampered parent weights": (
         None,
         ["--from-version", "1"],
@@ -271,6 +317,14 @@ CASES = {
         {"MLFLOW_TRACKING_URI": "http://127.0.0.1:{port}"},
         1,
         "MLflow tracking URI http://127.0.0.1:{port} unreachable",
+    ),
+    "MLflow setting that does not parse": (
+        None,
+        [],
+        "fresh",
+        {"MLFLOW_TRACKING_URI": "http://127.0.0.1:{port}", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0.1"},
+        2,
+        "MLflow settings: Failed to convert '0.1' for MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
     ),
     "unreachable S3 endpoint": (
         None,
@@ -334,7 +388,7 @@ def test_bad_input(case, tmp_path, registries, monkeypatch, capsys, request):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     for k, v in {
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0.1",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",  # an int: MLflow refuses 0.1
         "AWS_ACCESS_KEY_ID": "x",
         "AWS_SECRET_ACCESS_KEY": "y",
         "AWS_DEFAULT_REGION": "us-east-1",
@@ -373,7 +427,7 @@ def test_the_cli_contract_holds_in_real_processes_too(registries, tmp_path):
         **env,
         "PYTHONPATH": str(ROOT),
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0.1",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",  # an int: MLflow refuses 0.1
     }
     port = free_port()
     runs = [  # started together: most of each is interpreter start-up

@@ -57,6 +57,14 @@ BAD = [
     ("", ["train.steps=5"], "set steps per stage"),
     ("", ["stages.9.steps=1"], "stages has no item '9' (it has 3)"),
     ("", ["steps"], "is not of the form dotted.key=value"),
+    ("", ["stages.0.steps=1000000000000000000000"], "stages.0.steps: Input should be less than or equal to 1000000000"),
+    ("", ["stages.1.steps=null", "stages.1.until.tokens=1000000000001"], "stages.1.until.tokens: Input should be less"),
+    ("", ["stages.1.steps=null", "stages.1.until.loss_slope={threshold: 0.1, max_steps: 2000000000}"], "max_steps"),
+    (
+        "",
+        ["stages.1.steps=null", "stages.1.until.tokens=1000000000000", "train.batch_size=2", "model.context=64"],
+        "stages.1: until.tokens 1000000000000 is 7812500000 steps of 128 tokens (batch x context), over 1000000000",
+    ),
     ("", ["registry.model_name=bad name!"], "registry.model_name: String should match pattern"),
     ("", ["seed=1", "seed.x=1"], "seed is not a mapping or a list"),
     ("", ["seed.x=1"], "seed: Input should be a valid integer"),
@@ -68,7 +76,7 @@ def test_user_mistakes_are_one_line_config_errors(tmp_path, text, overrides, mes
     path = tmp_path / "c.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError) as err:
-        load_config(path, overrides)
+        load_config(path if text else None, overrides)  # no text: the defaults, no file
     assert message in str(err.value)
     assert "\n" not in str(err.value)
 
@@ -76,3 +84,18 @@ def test_user_mistakes_are_one_line_config_errors(tmp_path, text, overrides, mes
 def test_missing_file():
     with pytest.raises(ConfigError, match="config file 'nope.yaml' not found"):
         load_config("nope.yaml")
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# a pipeline, some day\n  # indented too\n", "---\n", "~\n"])
+def test_an_empty_file_is_refused_not_run_as_the_defaults(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="config file is empty: '.*c.yaml'"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="config file is empty"):
+        load_config(path, ["stages.0.steps=7"])  # an override does not make it a pipeline
+
+
+def test_the_largest_budgets_are_accepted():
+    cfg = load_config(None, ["stages.0.steps=1000000000", "stages.1.steps=null", "stages.1.until.tokens=1000000000000"])
+    assert cfg.stages[0].steps == 10**9 and cfg.stages[1].until.tokens == 10**12

@@ -3,6 +3,8 @@ loader's logits, and nothing in the logged model is a pickle."""
 
 import os
 import pickletools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -10,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.registry import Registry, load_model, load_pyfunc, mlflow_uri, resolve
+from tasks.registry import Registry, load_model, load_pyfunc, resolve
 
 pytestmark = pytest.mark.integration
 _PICKLE_HEADERS = [bytes([0x80, p]) for p in range(2, 6)]  # PROTO opcode + protocol 2..5
@@ -29,6 +31,32 @@ def _is_pickle(path: Path) -> bool:
         except Exception:
             return False
     return False
+
+
+@contextmanager
+def mlflow_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's process-global tracking and registry URIs at ``uri`` for a block, then restore them.
+
+    Only for APIs that read the globals (``mlflow.pyfunc.load_model("models:/…")``); set_tracking_uri
+    also writes the MLFLOW_*_URI environment variables, so those are restored too. Not thread-safe.
+    """
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    saved = tracking_utils._tracking_uri, registry_utils._registry_uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved[0])
+        registry_utils._registry_uri = saved[1]
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def test_pyfunc_from_registry_alias_equals_the_project_loader(gated_runs):

@@ -58,6 +58,9 @@ def _check_inputs(config: PipelineConfig, workdir: Path) -> None:
 
 def _check_endpoints(config: PipelineConfig, workdir: Path, from_version: str | None) -> None:
     """Reach the storage and the registry before anything runs; verify a --from-version parent."""
+    from botocore.exceptions import BotoCoreError
+    from mlflow.exceptions import MlflowException
+
     from tasks.store import S3Storage, StorageError
     from tasks.workspace import Workspace
 
@@ -68,19 +71,25 @@ def _check_endpoints(config: PipelineConfig, workdir: Path, from_version: str | 
             storage.check()
     except StorageError as e:
         fail(str(e), code=2 if "does not exist" in str(e) else 1)
-    except Exception as e:  # botocore configuration errors (bad profile, region): still one line
+    except (BotoCoreError, ValueError, OSError) as e:  # a bad profile or region, an endpoint URL that does not parse
         fail(f"storage {config.storage.uri}: {one_line(e)}")
     if not ws.registry.embedded:
         try:
             ws.registry.client().search_experiments(max_results=1)
-        except Exception as e:
+        except ValueError as e:  # an MLFLOW_* setting that does not parse (MLflow reads them per request)
+            fail(f"MLflow settings: {one_line(e)}")
+        except MlflowException as e:  # MLflow wraps connection errors (after its retries) and HTTP errors alike
             fail(f"MLflow tracking URI {ws.registry.tracking_uri} unreachable: {one_line(e)}", code=1)
     if from_version is not None:
         _check_parent(config, ws.registry, workdir, from_version)
 
 
 def _check_parent(config: PipelineConfig, registry, workdir: Path, version: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    from models.errors import UserError
     from tasks.registry import download, get_version
+    from tasks.store import IntegrityError
 
     name = config.registry.model_name
     if registry.embedded and not (workdir / "mlflow.db").is_file():
@@ -89,15 +98,23 @@ def _check_parent(config: PipelineConfig, registry, workdir: Path, version: str)
         fail(f"--from-version {version!r} is not a version number")
     try:
         ref = get_version(registry.client(), name, version)
-    except Exception:
-        fail(f"--from-version {version}: model {name!r} has no version {version}")
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            fail(f"--from-version {version}: model {name!r} has no version {version}")
+        fail(f"--from-version {version}: the registry refused it: {one_line(e)}", code=1)
+    except ValueError as e:  # a version without the stage tags a parent needs
+        fail(f"--from-version {version}: not a stage version: {one_line(e)}")
     if ref.stage >= len(config.stages):
         fail(f"--from-version {version} is stage {ref.stage}; the config has no later stage to run")
     try:
         with tempfile.TemporaryDirectory(prefix="staged-check-") as tmp:
             cfg, _ = download(registry, ref, Path(tmp))
-    except Exception as e:
+    except IntegrityError as e:
         fail(f"--from-version {version}: refusing a parent whose files do not verify: {one_line(e)}")
+    except UserError as e:  # verified, but not a model this code reads (a family it does not know, say)
+        fail(f"--from-version {version}: cannot use it: {one_line(e)}")
+    except (MlflowException, OSError) as e:  # the files could not be read: nothing is known about them yet
+        fail(f"--from-version {version}: cannot download it: {one_line(e)}", code=1)
     spec = config.stage_specs()[ref.stage - 1]
     _check_parent_tokenizer(spec, ref, version, workdir)
     want = spec.model
@@ -171,10 +188,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     state = staged_training(config, str(workdir), args.from_version, return_state=True)
     if not state.is_completed():
-        from tasks.store import IntegrityError
+        from models.errors import UserError
 
-        error = state.result(raise_on_failure=False)
-        fail(f"run {state.name.lower()}: {error}", code=2 if isinstance(error, IntegrityError) else 1)
+        error = state.result(raise_on_failure=False)  # a user's mistake (a tampered version's files too): exit 2
+        fail(f"run {state.name.lower()}: {error}", code=2 if isinstance(error, UserError) else 1)
     results = state.result()
     _print_summary(results, workdir / f"{config.registry.model_name}-loss.png")
     print_gate(workdir, config.registry.model_name, results[-1].ref.version)

@@ -11,10 +11,11 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from models.errors import UserError
 from tasks.config.schema import PipelineConfig, format_validation_error
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A user mistake in a config file or override; the message is one line."""
 
 
@@ -51,16 +52,19 @@ def apply_override(tree: dict, item: str) -> None:
 
 
 def read_yaml(path: str | Path) -> dict:
-    """A YAML file's top-level mapping; ConfigError for a missing file, bad YAML or another top-level type."""
+    """A YAML file's top-level mapping; ConfigError for a missing or empty file (comments only, too: running the
+    defaults by accident is worse than a word), bad YAML or another top-level type."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} not found")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
         raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}") from None
+    if tree is None:
+        raise ConfigError(f"config file is empty: {str(path)!r} (configs/demo.yaml spells out the defaults)")
     if not isinstance(tree, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
     return tree

@@ -22,7 +22,7 @@ from models.data import DataConfig, StageData
 from models.families import ModelConfig
 from models.growth import GrowthConfig, GrowthError, child_config, dry_run
 from models.optim import OptimizerConfig
-from models.policy import ScheduleConfig, UntilConfig, step_cap
+from models.policy import MAX_STEPS, ScheduleConfig, UntilConfig, step_cap
 from models.tokenizer import TokenizerConfig
 from models.train import TrainConfig
 from tasks.config.limits import LimitsConfig, check_fit, check_shapes, check_trainer
@@ -66,7 +66,7 @@ class StageCheckpoint(Strict):
 
 class StageConfig(Strict):
     n_layers: int = Field(ge=1)
-    steps: int | None = Field(None, ge=0)  # 0 trains no step: the grown model is registered as it is
+    steps: int | None = Field(None, ge=0, le=MAX_STEPS)  # 0 trains no step: the grown model is registered as it is
     until: UntilConfig = UntilConfig()  # a tokens budget or a loss-slope trigger, instead of `steps`
     growth: GrowthConfig = GrowthConfig()  # how this stage is made from the previous one (ignored for stage 1)
     optimizer: OptimizerConfig = OptimizerConfig()  # AdamW after growth: reset or transfer (ignored for stage 1)
@@ -222,7 +222,10 @@ class PipelineConfig(Strict):
                     model = child_config(stage.growth, model, stage.n_layers)
                 overrides = stage.train.model_dump(exclude_none=True)
                 train = TrainConfig(**{**self.train.model_dump(), **overrides, "steps": 0})
-                cap = step_cap(stage.steps, stage.until, train.batch_size * model.context)
+                cap = step_cap(stage.steps, stage.until, per_step := train.batch_size * model.context)
+                if cap > MAX_STEPS:  # a tokens budget over small batches: the bound on steps holds for every rule
+                    tokens = f"until.tokens {stage.until.tokens} is {cap} steps of {per_step} tokens (batch x context)"
+                    raise ValueError(f"{tokens}, over {MAX_STEPS}")
                 parallel = stage.resolved_parallel()
                 if train.batch_size % parallel.world_size:
                     batch, n = train.batch_size, parallel.world_size

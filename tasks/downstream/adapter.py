@@ -18,10 +18,11 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from models import tokenizer as tokenizers
+from models.errors import UserError
 from models.families import family_of
 
 
-class GenerationUnsupported(ValueError):
+class GenerationUnsupported(UserError, ValueError):
     """A task that generates text: not scored by this adapter (one line, for the CLI)."""
 
 

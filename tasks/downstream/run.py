@@ -16,11 +16,13 @@ from pathlib import Path
 
 import yaml
 
+from models.errors import UserError
+
 DATA = Path(__file__).parent / "data"
 DEFAULT = ("staged_arith", "staged_words")  # --tasks default
 
 
-class TaskError(ValueError):
+class TaskError(UserError, ValueError):
     """An unknown task or a task file that does not parse: one line naming it."""
 
 

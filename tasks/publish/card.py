@@ -154,9 +154,11 @@ def add_scores(registry: Registry, name: str, version: str, run_id: str, scores:
 
     client = registry.client()
     with tempfile.TemporaryDirectory(prefix="staged-card-") as tmp:
-        try:
+        # a version registered without a card (a test's, an import's before its card) starts one; any other
+        # failure to read the card is raised, never hidden behind a card that lost its content
+        if any(f.path == Artifacts.CARD for f in client.list_artifacts(run_id, Artifacts.CARD_DIR)):
             md = Path(client.download_artifacts(run_id, Artifacts.CARD, tmp)).read_text()
-        except Exception:  # a version registered without a card (a test's, an import's before its card)
+        else:
             md = f"# {name} version {version}\n"
     md = md.split(_SCORES)[0].rstrip("\n") + "\n\n" + scores_markdown({**read_scores(registry, run_id), **scores})
     client.log_text(run_id, md, Artifacts.CARD)

@@ -32,7 +32,7 @@ from tasks.registry.lookup import (
     version_ref,
     versions,
 )
-from tasks.registry.pyfunc import add_pyfunc, load_pyfunc, mlflow_uri, verified_copy
+from tasks.registry.pyfunc import add_pyfunc, load_pyfunc, verified_copy
 from tasks.registry.runs import Pipeline, PipelineRun, StageRunExtras, corpus_input, experiment_id
 
 __all__ = [
@@ -61,7 +61,6 @@ __all__ = [
     "log_scores",
     "metric_history",
     "read_scores",
-    "mlflow_uri",
     "open_registry",
     "parse_uri",
     "register",

@@ -16,6 +16,7 @@ from mlflow.exceptions import MlflowException
 from tokenizers import Tokenizer
 from torch import nn
 
+from models.errors import UserError
 from models.families import family_of
 from tasks.registry.client import ModelRef, Registry
 from tasks.registry.fetch import fetch
@@ -27,7 +28,7 @@ _URI = re.compile(
 )
 
 
-class UseError(ValueError):
+class UseError(UserError, ValueError):
     """A bad URI or a missing model, version or alias; the message is one line."""
 
 

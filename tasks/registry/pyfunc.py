@@ -2,7 +2,7 @@
 
 ``add_pyfunc(model_dir, cfg)`` turns a saved model directory (its family's files: the byte GPT's, or a
 Hugging Face directory of a decoder) into one that is also a valid
-MLflow model (MLmodel, the code file tasks/pyfunc_model.py, a copy of the
+MLflow model (MLmodel, the code file tasks/registry/pyfunc_model.py, a copy of the
 ``models`` package's sources, environment files, signature and input example). The registered
 version's source stays that one directory, so tools that read the safetensors directly keep
 working, and ``mlflow.pyfunc.load_model("models:/name@alias")`` / ``mlflow models serve`` work too.
@@ -11,13 +11,12 @@ doors verify the whole directory first: ``load_pyfunc`` here and ``staged serve`
 
 ``mlflow.pyfunc.save_model`` is used rather than ``log_model``: it writes files only, so no
 LoggedModel, no fluent run and no process-global tracking URI are involved; the stage's run then
-uploads the directory through its explicit client as before.
+uploads the directory through its explicit client.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 import weakref
@@ -104,33 +103,6 @@ def _quiet(*loggers: str) -> Iterator[None]:
     finally:
         for logger, level in saved:
             logger.setLevel(level)
-
-
-@contextmanager
-def mlflow_uri(uri: str) -> Iterator[None]:
-    """Point MLflow's process-global tracking and registry URIs at ``uri`` for a block, then restore them.
-
-    Only for APIs that read the globals (``mlflow.pyfunc.load_model("models:/…")``); set_tracking_uri
-    also writes the MLFLOW_*_URI environment variables, so those are restored too. Not thread-safe.
-    """
-    import mlflow
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    saved = tracking_utils._tracking_uri, registry_utils._registry_uri
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(saved[0])
-        registry_utils._registry_uri = saved[1]
-        for key, value in env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def verified_copy(registry: Registry, model_uri: str, dst: Path) -> Path:

@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent  # MLflow loads this file from the model 
 class StagedGPT(mlflow.pyfunc.PythonModel):
     """Logits for token ids, from the weights and config beside this file."""
 
-    _skip_type_hint_validation = True  # the signature is explicit (tasks/serving.py); no type-hint wrapping
+    _skip_type_hint_validation = True  # the signature is explicit (tasks/registry/pyfunc.py); no type-hint wrapping
 
     def load_context(self, context) -> None:
         cfg = read_config(HERE)

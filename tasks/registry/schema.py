@@ -158,7 +158,7 @@ class StageParams(BaseModel):
     steps: int
     params: int
     nproc: int
-    model: dict[str, Any]  # GPTConfig fields, logged flat: n_layers, d_model, ...
+    model: dict[str, Any]  # the family's model config fields (ModelConfig), logged flat: arch, n_layers, d_model, ...
     train: dict[str, Any]  # TrainConfig fields, logged as train.<name>
     data: dict[str, Any] = {}  # source, corpus_sha256, cursor_start, cursor_end, logged as data.<name>
 

@@ -14,12 +14,14 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from models.errors import UserError
+
 WEIGHTS, HF_CONFIG = "model.safetensors", "config.json"
 SHARD_INDEX = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
-class ImportRefused(ValueError):
+class ImportRefused(UserError, ValueError):
     """A directory that cannot be imported (no safetensors, pickle only, no config); one line."""
 
 

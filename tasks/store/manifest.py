@@ -19,13 +19,15 @@ import json
 import os
 from pathlib import Path
 
+from models.errors import UserError
+
 MANIFEST_FILE = "staged-manifest.json"
 # MLflow's own loader, given ``models:/…`` on a local store, writes this file (the version's name and number)
 # into the stored directory itself. It is not part of the version: never listed, never read (``fetch`` drops it).
 MLFLOW_META = "registered_model_meta"
 
 
-class IntegrityError(ValueError):
+class IntegrityError(UserError, ValueError):
     """A directory that does not match its registered manifest (or has none); the message is one line."""
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 from tokenizers import Tokenizer
 
 from models import tokenizer as tokenizers
+from tasks.store.manifest import IntegrityError
 from tasks.store.storage import Storage
 
 
-class TokenizerMismatch(RuntimeError):
-    """A stored tokenizer whose content does not match its sha256; one line."""
+class TokenizerMismatch(IntegrityError):
+    """A stored tokenizer whose content does not match its sha256 (it stays so: never retried); one line."""
 
 
 def _key(sha: str) -> str:
