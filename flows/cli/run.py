@@ -88,7 +88,8 @@ def _check_parent(config: PipelineConfig, registry, workdir: Path, version: str)
     from mlflow.exceptions import MlflowException
 
     from models.errors import UserError
-    from tasks.registry import download, get_version
+    from models.families import read_config
+    from tasks.registry import fetch, get_version
     from tasks.store import IntegrityError
 
     name = config.registry.model_name
@@ -108,7 +109,7 @@ def _check_parent(config: PipelineConfig, registry, workdir: Path, version: str)
         fail(f"--from-version {version} is stage {ref.stage}; the config has no later stage to run")
     try:
         with tempfile.TemporaryDirectory(prefix="staged-check-") as tmp:
-            cfg, _ = download(registry, ref, Path(tmp))
+            cfg = read_config(fetch(registry, ref, Path(tmp)).path)  # verified; its weights are read by the stage
     except IntegrityError as e:
         fail(f"--from-version {version}: refusing a parent whose files do not verify: {one_line(e)}")
     except UserError as e:  # verified, but not a model this code reads (a family it does not know, say)
