@@ -28,6 +28,7 @@ from models import tokenizer as tokenizers
 from models.corpus import open_corpus as corpus_for
 from models.data import ByteCorpus, CorpusError, DataConfig
 from models.documents import read_documents, split_documents
+from models.errors import UserError
 from models.families import ModelConfig, family_of
 from models.growth import GrowthError, grow, grow_moments
 from models.mixture import MixtureCorpus, Origin
@@ -47,6 +48,10 @@ class StageFailed(RuntimeError):
     def __init__(self, message: str, cause: BaseException | None = None):
         super().__init__(message)
         self.cause = cause
+
+
+class StageRefused(StageFailed, UserError):
+    """A stage that failed on a user's mistake in one of its torchrun ranks: one line, never retried."""
 
 
 @dataclass(frozen=True)

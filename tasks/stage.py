@@ -126,7 +126,7 @@ def _train(
                 )
                 run = launch(job, on_step, log)
         except TorchrunFailed as e:
-            raise driver.StageFailed(str(e)) from None
+            raise (driver.StageRefused if e.user else driver.StageFailed)(str(e)) from None
         resumed = f", resumed from checkpoint step {run.resumed_from}" if run.resumed_from is not None else ""
         p = spec.parallel
         log.info(

@@ -129,3 +129,31 @@ def test_a_failing_rank_fails_the_stage_with_one_line(prefect_harness, workdir):
     assert message.endswith(" at step 2; stopped, last good checkpoint: step 1")
     assert "\n" not in message
     assert _versions(workdir)[2] == []
+
+
+@pytest.mark.integration
+def test_a_users_mistake_in_a_rank_fails_the_stage_once_without_a_retry(prefect_harness, workdir):
+    """A parent whose weights were changed after registration is refused by the ranks that load it: the stage
+    fails as a user error (exit 2 on the command line) and Prefect does not launch torchrun again."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from models.errors import UserError
+    from tasks.registry import get_version
+    from tasks.store import local_dir
+
+    first = ["stages.0.steps=2", "gate.enabled=false"]
+    staged_training(load_config(SMOKE, [*first, "stages.1.steps=0", "stages.2.steps=0"]), str(workdir))
+    client = Registry.resolve(workdir).client()
+    parent = local_dir(get_version(client, "staged-smoke", "2").source)
+    weights = parent / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")  # same size, other bytes
+    overrides = [*first, "stages.1.steps=0", "stages.2.steps=2", "stages.2.nproc=2", "retry.retries=1"]
+    state = staged_training(load_config(SMOKE, [*overrides, "retry.delay_s=0"]), str(workdir), return_state=True)
+    error = state.result(raise_on_failure=False)
+    assert state.is_failed() and isinstance(error, UserError), error
+    assert str(error).startswith("stage 3: rank 0: IntegrityError:") and "model.safetensors" in str(error)
+    with get_client(sync_client=True) as prefect:
+        runs = prefect.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
+    assert [r.run_count for r in runs if r.name.startswith("stage-3")] == [1]

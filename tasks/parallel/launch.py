@@ -91,7 +91,12 @@ class TorchrunJob(BaseModel):
 
 
 class TorchrunFailed(RuntimeError):
-    """A rank failed; the message is one line (the rank's own error when it could write one)."""
+    """A rank failed; the message is one line (the rank's own error when it could write one). ``user``: the
+    first rank's error was a user's mistake (models/errors.py), which a retry would repeat."""
+
+    def __init__(self, message: str, user: bool = False):
+        super().__init__(message)
+        self.user = user
 
 
 def launch(job: TorchrunJob, on_step: Callable[[StepInfo], None], log) -> StageRun:
@@ -116,7 +121,8 @@ def launch(job: TorchrunJob, on_step: Callable[[StepInfo], None], log) -> StageR
         if proc.returncode != 0:
             output = (job_dir / LOG).read_text(errors="replace")
             log.error("torchrun output (last lines):\n%s", "\n".join(output.splitlines()[-60:]))
-            raise TorchrunFailed(_reason(job, job_dir, output, proc.returncode))
+            reason = _reason(job, job_dir, output, proc.returncode)
+            raise TorchrunFailed(reason, user=any(job_dir.glob("user-error-*")))
         return load_outputs(job_dir)
 
 

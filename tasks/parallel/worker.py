@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from models.errors import UserError
 from models.families import family_of
 from models.parallel import end_rank, full_state, gather_json, is_sharded
 from models.plan import Hooks
@@ -101,6 +102,8 @@ def main(job_dir: Path) -> int:
         known = isinstance(e, (driver.StageFailed, CheckpointError))  # their messages are one line and name the stage
         reason = str(e) if known else f"{where}rank {rank}: {type(e).__name__}: {e}"
         (job_dir / f"error-{rank}.txt").write_text(reason.split("\n")[0])
+        if isinstance(e, UserError):  # the task raises it as one: not retried (flows/staged.py retryable)
+            (job_dir / f"user-error-{rank}").touch()
         return 1
     return 0
 
