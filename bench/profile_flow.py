@@ -29,9 +29,15 @@ ROOT = Path(__file__).resolve().parent.parent
 OURS = tuple(str(ROOT / d) for d in ("tasks", "models", "flows", "bench"))
 
 
-TIMED = [  # module:qualified name; where the stage, the gate and the publications spend their time
+TIMED = [  # module:qualified name; where the flow, the stage, the gate and the publications spend their time
+    "tasks.publish.monitor:tag_flow_run",
+    "tasks.stage:pipeline_tokenizer",
+    "tasks.stage:key_of",
+    "tasks.registry.runs:PipelineRun.finish",
+    "prefect.futures:PrefectConcurrentFuture.result",  # the flow waiting for its publications
     "tasks.driver:open_corpus",
     "tasks.driver:prepare",
+    "models.train:train",
     "tasks.workspace:download_with_optimizer",
     "tasks.store.checkpoint:save",
     "models.train:_evaluate_on_rank0",
