@@ -15,8 +15,11 @@ picks one from ``DataConfig.format``).
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
+import os
 import sysconfig
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -135,13 +138,29 @@ def stdlib_dir() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
+def _matching(root: Path, pattern: str) -> Iterator[Path]:
+    """``root.glob(pattern)`` outside any ``site-packages`` directory. The default ``**/NAME`` (NAME without a
+    slash) walks the tree without descending into ``site-packages`` at all: pathlib's glob would list every
+    installed package's files first (the stdlib's ``site-packages``: 10k+ files, ~0.3 s per corpus opened).
+    Same semantics as pathlib's: symlinked directories are not followed, ``*`` matches a leading dot."""
+    name = pattern.removeprefix("**/")
+    if name == pattern or "/" in name or "**" in name or os.sep != "/":
+        yield from (p for p in root.glob(pattern) if "site-packages" not in p.parts)
+        return
+    if "site-packages" in root.parts:
+        return
+    for top, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d != "site-packages"]
+        yield from (Path(top, f) for f in files if f != "site-packages" and fnmatch.fnmatchcase(f, name))
+
+
 def list_files(cfg: DataConfig) -> list[Path]:
     root = Path(cfg.source) if cfg.source else stdlib_dir()
     if root.is_file():
         return [root]
     if not root.is_dir():
         raise FileNotFoundError(f"data source {str(root)!r} is neither a file nor a directory")
-    files = sorted(p for p in root.glob(cfg.glob) if p.is_file() and "site-packages" not in p.parts)
+    files = sorted(p for p in _matching(root, cfg.glob) if p.is_file())
     if not files:
         raise FileNotFoundError(f"data source {str(root)!r} has no files matching {cfg.glob!r}")
     return files

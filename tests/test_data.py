@@ -18,6 +18,21 @@ def test_default_source_is_the_sorted_stdlib():
     assert len(files) > 100
 
 
+def test_listing_skips_site_packages_like_pathlib_glob(tmp_path):
+    """The walk that never enters site-packages finds exactly what pathlib's glob and the filter found."""
+    for rel in ["a.py", ".hidden.py", "b.txt", "d/c.py", "d/e/f.py", "site-packages/x.py", "d/site-packages/y.py"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x = 1\n")
+    (tmp_path / "linked").symlink_to(tmp_path / "d", target_is_directory=True)  # not followed by either
+    (tmp_path / "link.py").symlink_to(tmp_path / "a.py")
+    (tmp_path / "broken.py").symlink_to(tmp_path / "missing.py")
+    for root, pattern in [(tmp_path, "**/*.py"), (tmp_path / "d", "**/*.py"), (stdlib_dir(), "**/*.py")]:
+        expected = sorted(p for p in root.glob(pattern) if p.is_file() and "site-packages" not in p.parts)
+        assert list_files(DataConfig(source=str(root), glob=pattern)) == expected
+    assert len(list_files(DataConfig(source=str(tmp_path)))) == 5  # a, .hidden, d/c, d/e/f, link.py
+    assert list_files(DataConfig(source=str(tmp_path), glob="d/*.py")) == [tmp_path / "d" / "c.py"]
+
+
 def test_batches_are_a_pure_function_of_seed_and_cursor(corpus):
     again = ByteCorpus(DataConfig(max_bytes=300_000), context=32, seed=0)
     for cursor in (0, 7, corpus.n_train - 3):  # the last one crosses into the second epoch

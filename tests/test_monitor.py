@@ -65,7 +65,8 @@ def test_the_flow_run_is_named_and_tagged_after_the_pipeline(watched):
 def test_each_stage_publishes_a_summary_and_the_flow_a_table_with_throughput(watched):
     _, first, _, _ = watched
     results = first.result()
-    _, artifacts, _ = _flow_run(first)
+    _, artifacts, task_runs = _flow_run(first)
+    stage_runs = {t.name: t.id for t in task_runs if t.name.startswith("stage-")}
     for r, before in zip(results, [None, results[0].val_loss, results[1].val_loss]):
         summary = artifacts[f"staged-smoke-stage-{r.ref.stage}-summary"]
         assert summary.type == "markdown"
@@ -81,7 +82,9 @@ def test_each_stage_publishes_a_summary_and_the_flow_a_table_with_throughput(wat
             and f"models:/staged-smoke/{r.ref.version}" in md
         )
         assert "](http" not in md  # an embedded store has no pages to link to
-        assert artifacts[f"staged-smoke-stage-{r.ref.stage}"].type == "progress"
+        progress = artifacts[f"staged-smoke-stage-{r.ref.stage}"]  # sent beside the training, complete at the end
+        assert progress.type == "progress" and float(progress.data) == 100.0
+        assert progress.task_run_id == stage_runs[f"stage-{r.ref.stage}-{r.ref.n_layers}L"]
     assert not any(k.endswith(("-run", "-version", "-failure")) for k in artifacts)
     assert r.tokens == 4 * 8 * 32  # the last stage: steps x batch x context
     table = artifacts["staged-smoke-summary"]

@@ -14,10 +14,12 @@ Artifact keys depend on the model name only, so the UI shows each key's history 
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import re
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -153,7 +155,8 @@ def failure_markdown(spec: StageSpec, error: BaseException, phase: str, step: in
 
 class StageProgress:
     """A terminal progress bar and a Prefect progress artifact for one stage. The bar appears at the
-    first step reported: a resumed stage's bar starts at its checkpoint."""
+    first step reported: a resumed stage's bar starts at its checkpoint. The artifact's API calls run beside
+    the training, in order; leaving the ``with`` block waits for them (and raises the first that failed)."""
 
     def __init__(self, spec: StageSpec):
         self.bar = Progress(
@@ -167,17 +170,34 @@ class StageProgress:
         )
         self.task = None
         self.every = max(1, spec.train.steps // 20)  # artifact updates: ~5% apart
-        self.artifact = create_progress_artifact(
+        # the artifact's calls to the Prefect API (~15 ms each, ~20 a stage) run in order on a thread of their
+        # own, in this task run's context, so the training loop never waits for them; __exit__ waits for the last
+        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stage-{spec.index}-progress")
+        self._context = contextvars.copy_context()
+        self._sent: list[Future] = []
+        self._artifact = self._send(
+            create_progress_artifact,
             progress=0.0,
             key=ArtifactKeys(spec.model_name).stage(spec.index),
             description=f"Training stage {spec.index} ({spec.model.n_layers} layers)",
         )
 
+    def _send(self, call: Callable, *args, **kwargs) -> Future:
+        self._sent.append(self._sender.submit(self._context.run, call, *args, **kwargs))
+        return self._sent[-1]
+
+    def _update(self, progress: float) -> None:
+        update_progress_artifact(self._artifact.result(), progress=progress)
+
     def __enter__(self) -> StageProgress:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, error, tb) -> None:
         self.bar.stop()
+        self._sender.shutdown(wait=True)  # every update sent before the stage goes on (its summary, registration)
+        failed = next((e for f in self._sent if (e := f.exception()) is not None), None)
+        if failed is not None and error is None:  # the stage's own error first; else the API's, as before
+            raise failed
 
     def __call__(self, info: StepInfo) -> None:
         if self.task is None:
@@ -187,7 +207,7 @@ class StageProgress:
             self.bar.start()
         self.bar.update(self.task, completed=info.step, loss=info.train_loss, tps=info.tokens_per_s)
         if info.step % self.every == 0 or info.step == info.steps:
-            update_progress_artifact(self.artifact, progress=100.0 * info.step / info.steps)
+            self._send(self._update, 100.0 * info.step / info.steps)
 
 
 class StageWatch:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
@@ -41,11 +46,33 @@ def summary_rows(results: list[StageResult]) -> list[dict[str, object]]:
     ]
 
 
-def plot_losses(results: list[StageResult], path: Path) -> Path:
-    """Train and validation loss against the global step, each stage shaded and labelled.
+_PLOTS: OrderedDict[str, bytes] = OrderedDict()  # the last few PNGs drawn in this process, by their curves
+_PLOTS_LOCK = threading.Lock()
 
-    A ``Figure`` without pyplot: no global state, so cards and the summary can plot in parallel threads
-    (flows/staged.py runs them beside the next stage)."""
+
+def plot_losses(results: list[StageResult], path: Path) -> Path:
+    """Train and validation loss against the global step, each stage shaded and labelled, as a PNG at ``path``.
+
+    The same curves are drawn once per process: the summary's plot and the last stage's card's are one PNG
+    (the card is written after the gate, on the flow's critical path; the summary beside the gate)."""
+    key = hashlib.sha256(
+        json.dumps(
+            [(r.ref.name, r.ref.stage, r.ref.n_layers, r.ref.version, r.train_curve, r.val_curve) for r in results]
+        ).encode()
+    ).hexdigest()
+    with _PLOTS_LOCK:
+        if (png := _PLOTS.get(key)) is None:
+            png = _PLOTS[key] = _draw(results)
+            while len(_PLOTS) > 4:
+                _PLOTS.popitem(last=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png)
+    return path
+
+
+def _draw(results: list[StageResult]) -> bytes:
+    """The plot's PNG. A ``Figure`` without pyplot: no global state, so cards and the summary can plot in
+    parallel threads (flows/staged.py runs them beside the next stage)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(9, 4.5), dpi=110)
@@ -73,9 +100,9 @@ def plot_losses(results: list[StageResult], path: Path) -> Path:
     ax.set_title(f"{results[0].ref.name}: staged training")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    out = io.BytesIO()
+    fig.savefig(out, format="png")
+    return out.getvalue()
 
 
 def markdown_summary(results: list[StageResult], registry: Registry, pipeline_url: str | None = None) -> str:
