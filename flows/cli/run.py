@@ -152,6 +152,8 @@ def _embedded_defaults(workdir: Path) -> None:
         db = workdir.resolve() / "prefect.db"
         os.environ.setdefault("PREFECT_SERVER_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{db}")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")  # mlflow probes for git; none is needed
+    # a fresh database migrates for ~20 s on 2 busy cores: Prefect's default 20 s start-up timeout is too tight
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 def _print_summary(results, png: Path) -> None:
