@@ -13,6 +13,18 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True)
+def _environment_as_it_was():
+    """Each test ends with the environment it began with. ``staged run`` sets defaults for its own process
+    (the embedded Prefect database in its workdir, MLflow's retries): a run in the test process would leak
+    them into every later test's subprocesses (one then found its Prefect database in another's workdir)."""
+    saved = dict(os.environ)
+    yield
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """One temporary Prefect API for the whole session (~10 s to start)."""

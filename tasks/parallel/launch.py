@@ -126,14 +126,30 @@ def launch(job: TorchrunJob, on_step: Callable[[StepInfo], None], log) -> StageR
         return load_outputs(job_dir)
 
 
+_FAILURE = re.compile(r"\brank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", re.S)
+
+
+def _killed(job_dir: Path, output: str) -> tuple[str, int] | None:
+    """The rank a signal killed with no reason of its own: torchrun's root cause if so, else any failed rank
+    killed by another signal than the SIGTERM torchrun stops the others with. A killed rank's peers may fail
+    first (a gloo read on a reset connection), and torchrun then names one of them as the root cause."""
+    report = output[max(output.rfind("ChildFailedError"), 0) :]
+    root = report.find("Root Cause")
+    failures = [(m[1], int(m[2]), m.start() > root >= 0) for m in _FAILURE.finditer(report)]
+    silent = [(r, c, is_root) for r, c, is_root in failures if c < 0 and not (job_dir / f"error-{r}.txt").is_file()]
+    roots = [(r, c) for r, c, is_root in silent if is_root]
+    others = [(r, c) for r, c, is_root in silent if -c != signal.SIGTERM]
+    return (roots or others or [None])[0]
+
+
 def _reason(job: TorchrunJob, job_dir: Path, output: str, code: int) -> str:
-    """One line: a rank killed by a signal (torchrun's root cause, with no reason of its own), else the
-    lowest rank's own reason, else torchrun's exit code."""
+    """One line: a rank killed by a signal (with no reason of its own), else the lowest rank's own reason,
+    else torchrun's exit code."""
     where = f"stage {job.spec.index}: "
-    root = re.search(r"Root Cause.*?\brank\s*:\s*(\d+).*?exitcode\s*:\s*(-\d+)", output, re.S)
-    if root and not (job_dir / f"error-{root[1]}.txt").is_file():
-        name = signal.Signals(-int(root[2])).name if -int(root[2]) in signal.valid_signals() else root[2]
-        return f"{where}rank {root[1]} was killed by {name}; torchrun stopped the others"
+    if (killed := _killed(job_dir, output)) is not None:
+        rank, sig = killed
+        name = signal.Signals(-sig).name if -sig in signal.valid_signals() else str(sig)
+        return f"{where}rank {rank} was killed by {name}; torchrun stopped the others"
     errors = sorted(job_dir.glob("error-*.txt"), key=lambda p: int(p.stem.split("-")[1]))
     if errors:
         return errors[0].read_text().strip()
