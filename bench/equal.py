@@ -5,6 +5,8 @@ validation split, the headline only the test split.
     equalised(arm, model)       the arm with its stage lengths set so that it spends exactly scratch's FLOPs
     heldout_split(corpus, ...)  (validation batches, test batches): documents disjoint, the same for every seed
     tune_arm / heldout_arm      one arm tuned on the tuning seeds (final validation loss), one held-out run
+    Setup                       one benchmark's model per size, data, tokenizer, budgets and seeds (the driver:
+                                bench/llama_budgets.py; the setups: its LLAMA, bench/byte_budgets.py's BYTE)
 
 FLOPs are the family's one count (models/family.py ``flops_per_token``: 6 x matmul weights + attention),
 the same the curves are drawn in. An arm is stopped by its FLOPs budget only, never at a target: the
@@ -17,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +28,36 @@ from bench.runner import Corpus, run_arm
 from bench.schedules import GSTACK_TOKENS_PER_PARAM, SCHEDULES
 from bench.spec import ArmStage, Budget, HParams, Preset, Schedule, Tuning, train_flops_per_token
 from bench.tune import FAILED, Tuned, study_name, tune
+from models.data import DataConfig
+from models.families import ModelConfig
+from models.tokenizer import TokenizerConfig
 from tasks.driver import StageFailed
 
 STAGED = ["best", "gstack", "late-jump", "late-jump-mup"]  # plain and midas: see docs/benchmarks.md (CPU time)
 MUP_JUMP = 0.8  # the μP arm jumps after this share of its own steps (Bu 2025)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One equal-compute benchmark: the model per size, the data and tokenizer, the budgets and seeds."""
+
+    name: str
+    sizes: dict[str, ModelConfig]
+    budgets: dict[str, list[float]]
+    data: DataConfig
+    tokenizer: TokenizerConfig
+    batch_size: int
+    tuning: Tuning
+    tune_at: tuple[str, float]  # (size, tokens/param) of the one tuning round, reused everywhere
+    order: list[tuple[str, float]]  # the held-out points, in the order they run
+    heldout: dict[tuple[str, float], list[int]] = field(default_factory=dict)  # else [1, 2]
+    eval_batches: int = 16  # of 8 sequences, per validation (tuning) and test (headline) evaluation
+    # for bench/llama_report.py: the law's held-out point, the goals [(tokens/param, what, at most)], the curves
+    report: dict = field(default_factory=dict)
+
+    @property
+    def mup_tuning(self) -> Tuning:  # the μP arm: WSD only, as Bu 2025
+        return self.tuning.model_copy(update={"space": self.tuning.space.model_copy(update={"shapes": ("wsd",)})})
 
 
 def _depth(n: int, depth: int) -> int:
@@ -103,16 +131,25 @@ def equalised(arm: Schedule, preset: Preset) -> Schedule:
     return arm.model_copy(update={"stages": stages})
 
 
-def heldout_split(corpus: Corpus, n_val: int, n_test: int, batch_size: int) -> tuple[list, list]:
-    """(validation, test): the validation documents cut in two at the end-of-text token nearest the middle,
-    the first half for tuning, the second for the headline; fixed batches spread over each, the same for every
-    seed (no permutation). Needs ``data.eos_token`` (a document boundary in the token stream)."""
+def _document_ends(corpus: Corpus) -> tuple[np.ndarray, int]:
+    """(where each validation document ends, the val stream's length): the byte corpus's validation files, or a
+    token stream's end-of-text tokens."""
+    if (ends := getattr(corpus, "val_ends", None)) is not None:
+        return np.asarray(ends), len(corpus.val)
     eos = corpus.manifest.eos_id
     if eos is None:
         raise ValueError("the test split needs data.eos_token: documents must be delimited in the token stream")
     stream = corpus.val.rows([0], len(corpus.val))[0]
-    ends = np.flatnonzero(stream == eos) + 1
-    cut = int(ends[np.argmin(np.abs(ends - len(stream) / 2))])
+    return np.flatnonzero(stream == eos) + 1, len(stream)
+
+
+def heldout_split(corpus: Corpus, n_val: int, n_test: int, batch_size: int) -> tuple[list, list]:
+    """(validation, test): the validation documents cut in two at the document boundary nearest the middle,
+    the first half for tuning, the second for the headline; fixed batches spread over each, the same for every
+    seed (no permutation). A token stream needs ``data.eos_token`` (a document boundary in it); the byte
+    corpus's documents are its validation files."""
+    ends, length = _document_ends(corpus)
+    cut = int(ends[np.argmin(np.abs(ends - length / 2))])
     width = corpus.context + 1
 
     def batches(lo: int, hi: int, n: int) -> list:
@@ -123,7 +160,7 @@ def heldout_split(corpus: Corpus, n_val: int, n_test: int, batch_size: int) -> t
         starts = [lo + i * stride * width for i in range(n * batch_size)]
         return [corpus._chunks(corpus.val, starts[b * batch_size : (b + 1) * batch_size]) for b in range(n)]
 
-    return batches(0, cut, n_val), batches(cut, len(stream), n_test)
+    return batches(0, cut, n_val), batches(cut, length, n_test)
 
 
 def _cached(path: Path, run) -> dict:

@@ -1,8 +1,11 @@
-"""docs/llama-budgets.json, its figure and markdown tables from the raw runs of bench/llama_budgets.py.
+"""docs/llama-budgets.json (or docs/byte-budgets.json), its figure and markdown tables from the raw runs of
+bench/llama_budgets.py.
 
     python -m bench.llama_report /tmp/bench-e/llama-budgets-raw.json --out docs/llama-budgets.json
+    python -m bench.llama_report /tmp/bench-byte/byte-budgets-raw.json --out docs/byte-budgets.json
 
-The held-out point of the law: the large size at 20 tokens/param (the users' regime at the larger size).
+The law's held-out point, the goals and the curves drawn come with the raw runs (``Setup.report``); without
+them (older raw files), the llama setup's: the large size at 20 tokens/param, the goals there, ``s``/20's curves.
 """
 
 from __future__ import annotations
@@ -14,12 +17,17 @@ from pathlib import Path
 
 from bench.law import compute_fit, from_scratch, headline, law, multiplier
 
-HELD_OUT = ("l", 20.0)
-GOALS = {"best staged schedule": 0.50, "late-jump-mup": 0.35}
+LLAMA_REPORT = {
+    "held_out": ["l", 20.0],
+    "goals": [[20.0, "best staged schedule", 0.50], [20.0, "late-jump-mup", 0.35]],
+    "curves": ["s", 20.0],
+}
 
 
 def summarise(raw: dict) -> dict:
     runs = [r for r in raw["runs"] if r.get("points")]
+    report = raw.get("report") or LLAMA_REPORT
+    held = tuple(report["held_out"])
     head = headline(runs)
     fit = compute_fit(runs)
     budgets = []
@@ -50,11 +58,11 @@ def summarise(raw: dict) -> dict:
                         "schedule": name,
                     }
                 )
-        idx = next((i for i, p in enumerate(pts) if (p["size"], p["tokens_per_param"]) == HELD_OUT), None)
-        points[which] = {"held_out_fit": law(pts, idx), "full_fit": law(pts), "points": pts}
+        idx = next((i for i, p in enumerate(pts) if (p["size"], p["tokens_per_param"]) == held), None)
+        points[which] = {"held_out_fit": _law(pts, idx), "full_fit": _law(pts), "points": pts}
     return {
         "preset": raw["preset"],
-        "command": "python -m bench.llama_budgets --workdir /tmp/bench-e && python -m bench.llama_report ...",
+        "command": COMMANDS.get(raw["preset"], "python -m bench.llama_budgets && python -m bench.llama_report ..."),
         "bench_seconds": raw["bench_seconds"],
         "estimated_seconds": raw["estimated_seconds"],
         "sizes": raw["sizes"],
@@ -63,19 +71,33 @@ def summarise(raw: dict) -> dict:
         "compute_fit": fit,
         "budgets": budgets,
         "law": points,
-        "goals": goals(budgets),
+        "report": report,
+        "goals": goals(budgets, report["goals"]),
     }
 
 
-def goals(budgets: list[dict]) -> list[dict]:
+COMMANDS = {
+    "llama-budgets": "python -m bench.llama_budgets --workdir /tmp/bench-e && python -m bench.llama_report ...",
+    "byte-budgets": "python -m bench.llama_budgets --model gpt --workdir /tmp/bench-byte && "
+    "python -m bench.llama_report /tmp/bench-byte/byte-budgets-raw.json --out docs/byte-budgets.json",
+}
+
+
+def _law(pts: list[dict], held_out: int | None = None) -> dict | None:
+    """The law, or None where fewer than two points are left to fit its intercept and slope on."""
+    return law(pts, held_out) if len(pts) - (held_out is not None) >= 2 else None
+
+
+def goals(budgets: list[dict], wanted: list) -> list[dict]:
     out = []
-    for b in (b for b in budgets if b["tokens_per_param"] == 20.0):
-        for what, goal in GOALS.items():
+    for tpp, what, goal in wanted:
+        for b in (b for b in budgets if b["tokens_per_param"] == tpp):
             name = b["best_schedule"] if what.startswith("best") else what
             r = b["arms"][name]["flops_ratio"]
             out.append(
                 {
                     "size": b["size"],
+                    "tokens_per_param": tpp,
                     "figure": f"{what} ({name}) FLOPs to scratch's test loss / scratch's",
                     "measured": r,
                     "goal": goal,
@@ -110,23 +132,25 @@ def plot(s: dict, raw: dict, path: Path) -> None:
     fig = Figure(figsize=(13, 4.8), dpi=110)
     ax, cv = fig.subplots(1, 2)
     names = list(s["budgets"][0]["arms"])
+    curve = tuple(s["report"]["curves"])
+    sizes = list(dict.fromkeys(b["size"] for b in s["budgets"]))
     for i, n in enumerate(names):
-        for size, mk in (("s", "o-"), ("l", "s--")):
+        for size, mk in zip(sizes, ("o-", "s--", "^:")):
             bs = [b for b in s["budgets"] if b["size"] == size]
             xs = [b["tokens_per_param"] for b in bs if b["arms"][n]["effective_compute_multiplier"]]
             ys = [
                 b["arms"][n]["effective_compute_multiplier"] for b in bs if b["arms"][n]["effective_compute_multiplier"]
             ]
-            ax.plot(xs, ys, mk, color=f"C{i}", label=f"{n} ({size})" if size == "s" else None)
+            ax.plot(xs, ys, mk, color=f"C{i}", label=f"{n} ({size})" if size == sizes[0] else None)
     ax.axhline(1.0, color="black", lw=0.8)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("tokens per parameter (o-: small size, s--: large)")
+    ax.set_xlabel("tokens per parameter (" + ", ".join(f"{m}: {z}" for z, m in zip(sizes, ("o-", "s--", "^:"))) + ")")
     ax.set_ylabel("effective-compute multiplier (scratch fit)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     for i, n in enumerate(names):
-        for r in (r for r in raw["runs"] if (r["size"], r["budget"], r["seed"], r["schedule"]) == ("s", 20.0, 1, n)):
+        for r in (r for r in raw["runs"] if (r["size"], r["budget"], r["seed"], r["schedule"]) == (*curve, 1, n)):
             cv.plot(
                 [p["flops"] for p in r["points"]],
                 [p["val_loss"] for p in r["points"]],
@@ -135,10 +159,10 @@ def plot(s: dict, raw: dict, path: Path) -> None:
             )
     cv.set_xlabel("training FLOPs")
     cv.set_ylabel("test loss (nats/token)")
-    cv.set_title("small size, 20 tokens/param, held-out seed 1")
+    cv.set_title(f"size {curve[0]}, {curve[1]:g} tokens/param, held-out seed 1")
     cv.legend(fontsize=7)
     cv.grid(alpha=0.3)
-    fig.suptitle("llama-budgets: equal FLOPs per arm, test split")
+    fig.suptitle(f"{s['preset']}: equal FLOPs per arm, test split")
     fig.tight_layout()
     fig.savefig(path)
 

@@ -20,6 +20,7 @@ import hashlib
 import os
 import sysconfig
 from collections.abc import Iterator
+from itertools import accumulate
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -252,6 +253,8 @@ class ByteCorpus(ChunkStream):
             raise CorpusError(f"corpus too small for context {context}: {len(train)} train and {len(val)} val bytes")
         train_bytes, val_bytes = (torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in (train, val))
         super().__init__(context, seed, train_bytes, val_bytes)
+        # where each validation file ends in the val stream: the document boundaries of a test split (bench/equal.py)
+        self.val_ends = list(accumulate(len(p) for p, v in zip(parts, is_val) if v))
 
     def digest(self) -> str:
         """sha256 of the exact train and validation bytes: what the registry records as the data's identity."""
