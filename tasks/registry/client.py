@@ -33,7 +33,7 @@ from tasks.registry.schema import (
     stage_runs_filter,
     versions_filter,
 )
-from tasks.store import local_dir, redact, write_manifest
+from tasks.store import fsync, local_dir, redact, write_manifest
 
 _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 
@@ -225,11 +225,7 @@ def _moved(model_dir: Path, target: Path | None) -> bool:
         os.rename(model_dir, target)
     except OSError:  # another file system (EXDEV), or the like: the caller copies it
         return False
-    fd = os.open(target.parent, os.O_RDONLY)  # the rename itself, durable
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync(target.parent)  # the rename itself, durable
     return True
 
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from models.errors import UserError
+from tasks.store.storage import fsync
 
 MANIFEST_FILE = "staged-manifest.json"
 # MLflow's own loader, given ``models:/…`` on a local store, writes this file (the version's name and number)
@@ -62,14 +62,6 @@ def manifest_of(directory: Path, known: dict[str, str] | None = None) -> bytes:
     return json.dumps({"format": 1, "files": files}, sort_keys=True, indent=1).encode() + b"\n"
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_manifest(directory: Path, known: dict[str, str] | None = None, durable: bool = False) -> str:
     """Write ``staged-manifest.json`` over everything in ``directory``; return the manifest's sha256.
     ``durable``: every file and folder is flushed to the disk first, the manifest last (a version written in
@@ -77,12 +69,12 @@ def write_manifest(directory: Path, known: dict[str, str] | None = None, durable
     data = manifest_of(directory, known)
     if durable:
         for rel in json.loads(data)["files"]:
-            _fsync(directory / rel)
+            fsync(directory / rel)
     (directory / MANIFEST_FILE).write_bytes(data)
     if durable:
-        _fsync(directory / MANIFEST_FILE)
+        fsync(directory / MANIFEST_FILE)
         for folder in {directory, *(p for p in directory.rglob("*") if p.is_dir())}:
-            _fsync(folder)
+            fsync(folder)
     return hashlib.sha256(data).hexdigest()
 
 

@@ -64,8 +64,9 @@ def _make_dirs(directory: Path) -> list[Path]:
     return [d.parent for d in missing]
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+def fsync(path: Path) -> None:
+    """Flush a file, or a folder's entries (a rename into it, say), to the disk."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -89,7 +90,7 @@ class LocalStorage:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
             for directory in [path.parent, *created]:  # the rename, and each new directory entry, reach the disk
-                _fsync_dir(directory)
+                fsync(directory)
         except OSError:
             tmp.unlink(missing_ok=True)  # a full disk must not keep the half-written file
             raise
