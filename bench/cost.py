@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -68,7 +67,7 @@ def floor_seconds(version_dir: Path, scratch: Path) -> tuple[float, int]:
     """Write + fsync + one sha256 pass of the version's safetensors tensors, file by file; (seconds, bytes)."""
     from safetensors.torch import load_file, save_file
 
-    from tasks.store.manifest import sha256_file
+    from tasks.store import fsync, sha256_file
 
     total_s, total_bytes = 0.0, 0
     for path in sorted(version_dir.glob("*.safetensors")):
@@ -76,9 +75,7 @@ def floor_seconds(version_dir: Path, scratch: Path) -> tuple[float, int]:
         out = scratch / path.name
         t = time.perf_counter()
         save_file(tensors, out, metadata={"format": "pt"})
-        fd = os.open(out, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
+        fsync(out)
         sha256_file(out)
         total_s += time.perf_counter() - t
         total_bytes += out.stat().st_size

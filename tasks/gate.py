@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
@@ -83,6 +84,15 @@ def recorded(tags: GateTags | None, eval_set: str, gate: GateConfig) -> Figures 
     )
 
 
+class HeldOut(NamedTuple):
+    """The gate's held-out set: the data and seed its batches come from, where the shards are, and its id."""
+
+    data: DataConfig
+    seed: int
+    cache: Path
+    id: str  # tasks.config.eval_set_id
+
+
 def decide(candidate: float, champion: float | None, margin: float) -> tuple[bool, str]:
     """Lower is better. Promote when there is no champion or the candidate is better by more than ``margin``."""
     if champion is None:
@@ -119,14 +129,15 @@ def run_gate(
     client = registry.client()
     cache = Path(cache_dir)
     model, tokenizer = load_version(registry, ref)
-    held_out = eval_set_id(data, seed, model.cfg.context, ref.tokenizer_sha256, gate.eval_batches, gate.batch_size)
-    measured = ref.val_loss if ref.eval_set == held_out else None  # the stage's own final loss on these batches
+    set_id = eval_set_id(data, seed, model.cfg.context, ref.tokenizer_sha256, gate.eval_batches, gate.batch_size)
+    held_out = HeldOut(data, seed, cache, set_id)
+    measured = ref.val_loss if ref.eval_set == set_id else None  # the stage's own final loss on these batches
     candidate = measure(model, tokenizer, data, gate, seed, cache, val_loss=measured)
     del model
     if candidate.scores:
         log_scores(registry, ref.run_id, candidate.scores)
     with lease(client, f"{ref.name}@{gate.alias}"):  # one gate at a time reads, decides and moves the alias
-        result = _decide_and_record(client, registry, ref, gate, (data, seed, cache, held_out), candidate)
+        result = _decide_and_record(client, registry, ref, gate, held_out, candidate)
     md = report(result)
     client.log_text(ref.run_id, md, Artifacts.GATE)
     key, description = ArtifactKeys(ref.name).gate, f"Gate decision for version {ref.version}"
@@ -141,12 +152,11 @@ def _decide_and_record(
     registry: Registry,
     ref: ModelRef,
     gate: GateConfig,
-    held_out: tuple[DataConfig, int, Path, str],
+    held_out: HeldOut,
     candidate: Figures,
 ) -> GateResult:
     """Under the lease: the champion now (as an earlier gate on the same held-out set recorded it, else
-    measured), the decision, the tags, and on promotion the alias. ``held_out``: data, seed, cache, its id."""
-    data, seed, cache, held_out_id = held_out
+    measured), the decision, the tags, and on promotion the alias."""
     aliases = client.get_registered_model(ref.name).aliases
     before = str(aliases[gate.alias]) if gate.alias in aliases else None
     champion = None
@@ -155,8 +165,8 @@ def _decide_and_record(
     else:
         if before is not None:
             mv = client.get_model_version(ref.name, before)
-            champion = recorded(GateTags.from_tags(mv.tags), held_out_id, gate) or measure(
-                *load_version(registry, version_ref(mv)), data, gate, seed, cache
+            champion = recorded(GateTags.from_tags(mv.tags), held_out.id, gate) or measure(
+                *load_version(registry, version_ref(mv)), held_out.data, gate, held_out.seed, held_out.cache
             )
         promote, reason = decide(
             candidate.metric(gate.metric), champion.metric(gate.metric) if champion else None, gate.margin
@@ -189,7 +199,7 @@ def _decide_and_record(
         sample=candidate.sample[:500],
         promoted_at=now if promoted else None,  # champion history: kept through later refusals
         replaced=before if promoted else None,
-        eval_set=held_out_id,
+        eval_set=held_out.id,
         tokens=candidate.tokens,
         bytes=candidate.bytes,
     )

@@ -91,15 +91,14 @@ class Trained:
 
 def register_trained(trained: Trained) -> ModelRef:
     """Register the trained model with its lineage tags, parameters, loss curves and run extras."""
-    spec, parent, run, watch, corpus, tokenizer = (
+    spec, parent, watch, corpus, tokenizer = (
         trained.spec,
         trained.parent,
-        trained.run,
         trained.watch,
         trained.corpus,
         trained.tokenizer,
     )
-    model, result, registry = run.model, run.result, trained.workspace.registry
+    model, result, registry = trained.run.model, trained.run.result, trained.workspace.registry
     start = parent.data_cursor if parent else 0
     paths = [s.source for s in spec.data.sources] if spec.data.sources else [spec.data.source]
     source = ", ".join(redact(str(Path(p).resolve()) if p else str(stdlib_dir())) for p in paths)

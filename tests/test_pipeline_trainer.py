@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tasks.config import PipelineConfig
-from tasks.registry import Registry, download, metric_history
+from tasks.registry import Registry, download_with_optimizer, metric_history
 from tasks.registry.schema import Metrics, StageParams
 
 PIPELINE = {
@@ -53,8 +53,8 @@ def test_trainer_keys_through_the_flow_under_fsdp(prefect_harness, tmp_path, mon
     for metric in (Metrics.TOKENS_PER_S, Metrics.MFU, Metrics.PEAK_MEMORY):
         assert metric_history(registry, grown.run_id, metric)[-1][1] > 0, metric
 
-    _, parent = download(registry, first, tmp_path / "v1")
-    _, child = download(registry, grown, tmp_path / "v2")
+    _, parent, _ = download_with_optimizer(registry, first, tmp_path / "v1")
+    _, child, _ = download_with_optimizer(registry, grown, tmp_path / "v2")
     for key, value in child.items():  # stack: child blocks 0, 1 are the parent's; 2, 3 its copies
         if key.startswith(("blocks.2.", "blocks.3.")):
             continue

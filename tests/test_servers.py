@@ -155,12 +155,13 @@ def _register_one(servers: Servers, tmp_path: Path, monkeypatch) -> str:
 
 
 def _versions_verify(tmp_path: Path) -> list[str]:
-    from tasks.registry import Registry, download, get_version
+    from tasks.registry import Registry, download_with_optimizer, get_version
 
     registry = Registry.resolve(tmp_path)
     found = registry.client().search_model_versions("name = 'kept'")
     for v in found:
-        download(registry, get_version(registry.client(), "kept", v.version), tmp_path / f"dl-{v.version}")
+        ref = get_version(registry.client(), "kept", v.version)
+        download_with_optimizer(registry, ref, tmp_path / f"dl-{v.version}")
     return [str(v.version) for v in found]
 
 

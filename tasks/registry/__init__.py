@@ -19,7 +19,7 @@ from tasks.registry.client import (
     read_scores,
     register,
 )
-from tasks.registry.fetch import Fetched, download, download_with_optimizer, fetch
+from tasks.registry.fetch import Fetched, download_with_optimizer, fetch
 from tasks.registry.lease import LeaseTimeout, lease
 from tasks.registry.lookup import (
     UseError,
@@ -47,7 +47,6 @@ __all__ = [
     "add_pyfunc",
     "corpus_input",
     "delete_orphans",
-    "download",
     "download_with_optimizer",
     "experiment_id",
     "fetch",

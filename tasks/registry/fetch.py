@@ -1,7 +1,7 @@
 """Reading a registered version: its directory, verified against its manifest before anything reads it.
 
 local, sha256 = fetch(registry, ref, dst)        # in place on this disk, else downloaded into dst
-cfg, state = download(registry, ref, dst)        # ... and its weights, checked against the weights tag
+cfg, state, moments = download_with_optimizer(registry, ref, dst)   # ... read, checked against their tags
 """
 
 from __future__ import annotations
@@ -33,12 +33,6 @@ def fetch(registry: Registry, ref: ModelRef, dst: Path, copy: bool = False) -> F
     hashes = verify_manifest(local, ref.manifest_sha256, what)
     (local / MLFLOW_META).unlink(missing_ok=True)  # MLflow's note, not the version's: nothing reads it from here
     return Fetched(local, hashes)
-
-
-def download(registry: Registry, ref: ModelRef, dst: Path):
-    """Fetch and verify a version's directory, return (model config, state dict)."""
-    local, hashes = fetch(registry, ref, dst)
-    return load_state(local, ref.weights_sha256, hashes)
 
 
 def download_with_optimizer(registry: Registry, ref: ModelRef, dst: Path):
