@@ -61,8 +61,9 @@ def lease(client: MlflowClient, name: str, ttl: float = 900, wait: float = 1800,
         while True:
             live = []
             for ticket in client.search_model_versions(lease_filter(name)):
-                expires = LeaseTags.from_tags(ticket.tags).expires
-                if str(ticket.version) != mine and expires < time.time():
+                # None: its tags are being written right now (created or renewed by a live waiter): live
+                seen = LeaseTags.from_tags(ticket.tags)
+                if str(ticket.version) != mine and seen is not None and seen.expires < time.time():
                     _delete(client, str(ticket.version))  # its holder died
                 else:
                     live.append(int(ticket.version))
