@@ -51,11 +51,18 @@ def _code_only(source: str) -> str:
 
 @cache
 def code_version() -> str:
-    """Hash of the model code (every ``models/*.py``, as syntax trees): a change to how weights are computed
-    changes every stage key; an edited comment or docstring, or reformatting, does not."""
+    """Hash of the model code (every ``.py`` under ``models/``, in every subfolder, as syntax trees): a change to
+    how weights are computed changes every stage key; an edited comment or docstring, or reformatting, does not.
+    A module is named by its path under ``models/``, so moving it to another room changes the keys once."""
+    return tree_version(Path(models.__file__).parent)
+
+
+def tree_version(root: Path) -> str:
+    """The hash ``code_version`` takes of one package folder, recursively."""
     h = hashlib.sha256()
-    for path in sorted(Path(models.__file__).parent.glob("*.py")):
-        h.update(path.name.encode() + b"\0" + _code_only(path.read_text()).encode() + b"\0")
+    for path in sorted(root.rglob("*.py")):
+        name = path.relative_to(root).as_posix()
+        h.update(name.encode() + b"\0" + _code_only(path.read_text()).encode() + b"\0")
     return h.hexdigest()[:16]
 
 
