@@ -4,10 +4,10 @@ held-out seeds.
     staged bench --preset quick --out FILE.json [--workdir DIR] [--schedules a,b] [--set key=value]
                  [--only efficiency|orchestration]
 
-Per budget (bench/protocol.py): every arm tuned with the same Optuna trials on the tuning seeds, then
+Per budget (bench/suite/protocol.py): every arm tuned with the same Optuna trials on the tuning seeds, then
 scratch and every schedule on the held-out seeds. Then the throughput of train() against an independent
-bare loop (bench/efficiency.py), and the best schedule once through the Prefect flow for the
-orchestration overhead (bench/orchestration.py). Arms of one seed run back to back, so a shared
+bare loop (bench/overhead/efficiency.py), and the best schedule once through the Prefect flow for the
+orchestration overhead (bench/overhead/orchestration.py). Arms of one seed run back to back, so a shared
 machine's load drifts over both; every speed figure is a ratio of two things measured in this run.
 """
 
@@ -22,13 +22,13 @@ from pathlib import Path
 
 import torch
 
-from bench.efficiency import throughput_and_mfu
-from bench.presets import PRESETS
-from bench.protocol import run_budget
-from bench.report import markdown, plot, publish, write_json
-from bench.runner import open_corpora
-from bench.schedules import SCHEDULES, resolve
-from bench.spec import Preset, budget
+from bench.overhead.efficiency import throughput_and_mfu
+from bench.suite.presets import PRESETS
+from bench.suite.protocol import run_budget
+from bench.suite.report import markdown, plot, publish, write_json
+from bench.suite.runner import open_corpora
+from bench.suite.schedules import SCHEDULES, resolve
+from bench.suite.spec import Preset, budget
 
 
 def machine() -> dict:
@@ -57,8 +57,8 @@ def _flow_choice(preset: Preset, budgets: list[dict]) -> tuple[str, dict]:
 
 
 def orchestration(preset: Preset, workdir: Path, schedule: str, params: dict, log) -> dict:
-    from bench.orchestration import orchestration_overhead
-    from bench.spec import HParams
+    from bench.overhead.orchestration import orchestration_overhead
+    from bench.suite.spec import HParams
 
     log(f"[bench] orchestration: {schedule} through the Prefect flow at {preset.flow_tokens_per_param:g} tokens/param")
     hp, b = HParams(**params), budget(preset, preset.flow_tokens_per_param)
@@ -79,7 +79,7 @@ def run_bench(
     torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
     workdir.mkdir(parents=True, exist_ok=True)
     if flow or publish_artifacts:  # before anything imports prefect or matplotlib: keep their files in the workdir
-        from bench.orchestration import embedded_env
+        from bench.overhead.orchestration import embedded_env
 
         embedded_env(workdir)
     started = time.perf_counter()

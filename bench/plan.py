@@ -1,7 +1,7 @@
 """`staged plan`'s logic: from a target model and a token budget, the schedule to run, when to grow, the
 predicted saving with its uncertainty, and the pipeline config that runs it.
 
-The prediction is the savings law fitted by bench/llama_report.py (docs/llama-budgets.json): log of the
+The prediction is the savings law fitted by bench/equal/report.py (docs/llama-budgets.json): log of the
 effective-compute multiplier against log tokens/param and log parameters, inside the range it was fitted
 on only. G_stack's own growth-point formula (Du et al. 2024) is used where it was fitted (>= 410M
 parameters, >= 1e20 FLOPs); below that, the growth points are the schedule's measured shares.
@@ -13,13 +13,13 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import llama_budgets
-from bench.equal import arms, equalised
-from bench.law import predict
-from bench.schedules import gstack_growth_tokens
-from bench.spec import HParams, Preset, pipeline_config, train_flops_per_token
+from bench.equal import budgets as llama_budgets
+from bench.equal.law import predict
+from bench.equal.study import arms, equalised
+from bench.suite.schedules import gstack_growth_tokens
+from bench.suite.spec import HParams, Preset, pipeline_config, train_flops_per_token
 from models.errors import UserError
-from models.families import family_of
+from models.families.lookup import family_of
 
 LAW = Path(__file__).resolve().parents[1] / "docs" / "llama-budgets.json"
 GSTACK_FITTED = (4.1e8, 1e20)  # parameters, FLOPs: where G_stack's formula was fitted

@@ -13,7 +13,7 @@ rewrites block keys is :func:`remap_blocks`, over the family's key layout (``Fam
     identity    (layout: interleave|stack|middle)   as above; new blocks' out-projections zeroed
     masked      (Yao et al. 2023, MSG)       as above; new blocks gated 0 -> 1 while training
     width       (Shen et al. 2022)           [0, 1, 2], d_model/n_heads/d_ff doubled (the family's widen:
-                                             models/width.py, models/width_llama.py with n_kv_heads doubled too)
+                                             models/families/width.py, width_llama.py with n_kv_heads doubled too)
 
 Every operator also maps Adam moments (``grow_moments``): the moments are keyed by parameter
 name, so a depth operator maps them with the very same function as the weights (identity's zeroed
@@ -31,9 +31,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.errors import UserError
-from models.families import ModelConfig, family_of
-from models.gpt import BYTE_GPT
-from models.width import WidthError
+from models.families.gpt import BYTE_GPT
+from models.families.lookup import ModelConfig, family_of
+from models.families.width import WidthError
 
 StateDict = dict[str, torch.Tensor]
 Operator = Literal["stack", "interleave", "middle", "identity", "masked", "width"]
@@ -269,7 +269,7 @@ def grow(operator: str | GrowthConfig, state: StateDict, parent: ModelConfig, ch
 def grow_moments(
     operator: str | GrowthConfig, moments: StateDict, parent: ModelConfig, child: ModelConfig
 ) -> StateDict:
-    """Map AdamW moments (models.optim layout: ``exp_avg.<param>``, ``exp_avg_sq.<param>``, ``step``)."""
+    """Map AdamW moments (models.train.optim layout: ``exp_avg.<param>``, ``exp_avg_sq.<param>``, ``step``)."""
     cfg = _config(operator)
     out: StateDict = {"step": moments["step"].clone()}
     for power, prefix in ((1, "exp_avg."), (2, "exp_avg_sq.")):

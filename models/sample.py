@@ -1,4 +1,4 @@
-"""Sampling tokens from a model of any family (models/families.py): pure PyTorch, so the CLI (``staged
+"""Sampling tokens from a model of any family (models/families/lookup.py): pure PyTorch, so the CLI (``staged
 generate``) and the evaluation gate's sample produce text the same way, for every family alike."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
-from models import tokenizer as tokenizers
-from models.families import family_of
+from models.data import tokenizer as tokenizers
+from models.families.lookup import family_of
 
 
 def complete(

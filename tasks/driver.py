@@ -5,13 +5,13 @@
     (run(spec, parent, ...) does both)
 
 Used by the Prefect stage task (tasks/stage.py), by every torchrun rank (tasks/parallel/worker.py)
-and by the benchmark (bench/runner.py): what is benchmarked is what the pipeline runs, seeded alike.
+and by the benchmark (bench/suite/runner.py): what is benchmarked is what the pipeline runs, seeded alike.
 The parent's weights come in through ``Parent.load`` (the task reads them from the registry, the
 benchmark from memory), called only when no checkpoint of the stage exists; an imported stage 1's
-through ``initial`` (the task reads a local Hugging Face directory). Any family (models/families.py).
+through ``initial`` (the task reads a local Hugging Face directory). Any family (models/families/lookup.py).
 
 ``parallel.strategy: fsdp`` under torchrun: every rank builds (or grows) the whole model as in one
-process, then shards it (models/parallel.py); a checkpoint, sharded or whole, loads into the shards.
+process, then shards it (models/train/parallel.py); a checkpoint, sharded or whole, loads into the shards.
 """
 
 from __future__ import annotations
@@ -24,19 +24,19 @@ from pathlib import Path
 from tokenizers import Tokenizer
 from torch import nn
 
-from models import tokenizer as tokenizers
-from models.corpus import open_corpus as corpus_for
-from models.data import ByteCorpus, CorpusError, DataConfig
-from models.documents import read_documents, split_documents
+from models.data import tokenizer as tokenizers
+from models.data.bytes import ByteCorpus, CorpusError, DataConfig
+from models.data.corpus import open_corpus as corpus_for
+from models.data.documents import read_documents, split_documents
+from models.data.mixture import MixtureCorpus, Origin
+from models.data.shards import TokenCorpus
 from models.errors import UserError
-from models.families import ModelConfig, family_of
+from models.families.lookup import ModelConfig, family_of
 from models.growth import GrowthError, grow, grow_moments
-from models.mixture import MixtureCorpus, Origin
-from models.optim import StateDict
-from models.parallel import load_full_state, shard
-from models.plan import Hooks, StagePlan, Start, TrainState, stage_plan
-from models.shards import TokenCorpus
-from models.train import NonFiniteLoss, TrainResult, rank_and_world, resolve_device, seed_everything, train
+from models.train.loop import NonFiniteLoss, TrainResult, rank_and_world, resolve_device, seed_everything, train
+from models.train.optim import StateDict
+from models.train.parallel import load_full_state, shard
+from models.train.plan import Hooks, StagePlan, Start, TrainState, stage_plan
 from tasks.config import StageSpec
 from tasks.store import CheckpointError, Storage, checkpoint
 
@@ -273,8 +273,8 @@ def open_corpus(
     origin: Origin | None = None,
 ) -> ByteCorpus | TokenCorpus | MixtureCorpus:
     """A stage's training and validation stream: raw bytes (``data.format: bytes``), the documents tokenized
-    once into token shards cached under ``cache_dir`` (models/corpus.py), or ``data.sources`` mixed by weight
-    from ``origin`` (models/mixture.py)."""
+    once into token shards cached under ``cache_dir`` (models/data/corpus.py), or ``data.sources`` mixed by weight
+    from ``origin`` (models/data/mixture.py)."""
     if data.sources:
         corpora = {}
         for s in data.sources:

@@ -25,10 +25,10 @@ from prefect.logging import get_run_logger
 from tokenizers import Tokenizer
 from torch import nn
 
-from models import tokenizer as tokenizers
-from models.data import DataConfig
+from models.data import tokenizer as tokenizers
+from models.data.bytes import DataConfig
 from models.sample import complete
-from models.train import evaluate
+from models.train.loop import evaluate
 from tasks import downstream
 from tasks.config import GateConfig, eval_set_id
 from tasks.driver import open_corpus

@@ -15,11 +15,12 @@ import yaml
 from prefect.runtime import flow_run, task_run
 from tokenizers import Tokenizer
 
-from models import tokenizer as tokenizers
-from models.data import ByteCorpus, stdlib_dir
-from models.families import ModelConfig, family_of
-from models.family import num_params
-from models.mixture import MixtureCorpus, report
+from models.data import tokenizer as tokenizers
+from models.data.bytes import ByteCorpus, stdlib_dir
+from models.data.mixture import MixtureCorpus, report
+from models.families.family import num_params
+from models.families.lookup import ModelConfig, family_of
+from models.train.loop import evaluate
 from tasks import driver
 from tasks.config import StageSpec, code_version, eval_set_id, spec_hash
 from tasks.publish import StageWatch
@@ -105,7 +106,7 @@ def register_trained(trained: Trained) -> ModelRef:
     digest = corpus.digest()
     mix = None
     if isinstance(corpus, MixtureCorpus):  # per-source shares, cursors and validation loss
-        mix = report(corpus, model, result.cursor, spec.train.eval_batches, spec.train.batch_size)
+        mix = report(corpus, model, result.cursor, spec.train.eval_batches, spec.train.batch_size, evaluate)
     with watch.during("registering"), registry.staging() as directory:
         hashes: dict[str, str] = {}  # each large file hashed once, as it is written
         sha = save_model(model, directory, tokenizer, hashes=hashes)  # a decoder's: a Hugging Face model directory

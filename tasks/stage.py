@@ -21,11 +21,11 @@ from prefect.logging import get_run_logger
 from prefect.runtime import task_run
 from pydantic import BaseModel
 
-from models import tokenizer as tokenizers
-from models.data import ByteCorpus
-from models.family import num_params
+from models.data import tokenizer as tokenizers
+from models.data.bytes import ByteCorpus
+from models.families.family import num_params
 from models.growth import GrowthError
-from models.plan import Hooks
+from models.train.plan import Hooks
 from tasks import driver
 from tasks.config import StageSpec, stage_key
 from tasks.parallel import TorchrunFailed, TorchrunJob, launch

@@ -6,7 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from models.data import stdlib_dir
+from models.data.bytes import stdlib_dir
 
 
 def stdlib_documents(n: int, max_size: int = 12_000) -> list[str]:

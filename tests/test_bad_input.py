@@ -15,7 +15,7 @@ import pytest
 from conftest import free_port
 
 from flows.cli.main import main
-from models.gpt import GPT
+from models.families.gpt import GPT
 from tasks.config import load_config
 from tasks.registry import Registry, register
 from tasks.registry.schema import VersionTags

@@ -13,8 +13,8 @@ import torch
 from test_bad_input import SET, _snapshot
 
 from flows.cli.main import main
-from models import tokenizer as tokenizers
-from models.families import family_of
+from models.data import tokenizer as tokenizers
+from models.families.lookup import family_of
 from tasks.config import load_config
 from tasks.registry import Registry, register
 from tasks.store import save_model

@@ -8,12 +8,12 @@ import math
 
 import pytest
 
-from bench.curves import Point, interval, ratio, time_to_target
-from bench.figures import best_schedule, summarise
-from bench.presets import PRESETS
-from bench.schedules import FIELD, SCHEDULES, gstack, gstack_growth_tokens, resolve
-from bench.spec import HParams, Preset, budget, pipeline_config, scratch_schedule, train_flops_per_token
-from models.gpt import GPTConfig
+from bench.suite.curves import Point, interval, ratio, time_to_target
+from bench.suite.figures import best_schedule, summarise
+from bench.suite.presets import PRESETS
+from bench.suite.schedules import FIELD, SCHEDULES, gstack, gstack_growth_tokens, resolve
+from bench.suite.spec import HParams, Preset, budget, pipeline_config, scratch_schedule, train_flops_per_token
+from models.families.gpt import GPTConfig
 
 HP = HParams(lr=3e-3, warmup=0.1, shape="wsd", decay=0.25)
 

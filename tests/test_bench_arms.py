@@ -1,5 +1,5 @@
 """One arm through the stage driver on the tiny preset: growth operators, Adam-moment transfer and LR
-policies behave across the boundaries as the pipeline's stages do (bench/runner.py)."""
+policies behave across the boundaries as the pipeline's stages do (bench/suite/runner.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import math
 
 import pytest
 
-from bench.presets import PRESETS
-from bench.runner import run_arm
-from bench.spec import ArmStage, HParams, Schedule, budget, pipeline_config
-from models.data import ByteCorpus
+from bench.suite.presets import PRESETS
+from bench.suite.runner import run_arm
+from bench.suite.spec import ArmStage, HParams, Schedule, budget, pipeline_config
+from models.data.bytes import ByteCorpus
 
 HP = HParams(lr=3e-3, warmup=0.1, shape="cosine", decay=0.2)
 MASKED = {"growth": {"operator": "masked", "ramp_steps": 3}, "optimizer": "transfer", "schedule": "continue"}

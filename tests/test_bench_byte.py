@@ -1,4 +1,4 @@
-"""The equal-compute driver on the byte GPT (bench/byte_budgets.py through bench/llama_budgets.py): every arm
+"""The equal-compute driver on the byte GPT (bench/equal/byte.py through bench/equal/budgets.py): every arm
 at scratch's FLOPs, the test split from the byte corpus's validation files, and the whole driver and report
 end to end at a tiny size (seconds)."""
 
@@ -9,12 +9,13 @@ from dataclasses import replace
 
 import pytest
 
-from bench import llama_budgets, llama_report
-from bench.byte_budgets import BYTE, SIZE
-from bench.equal import arms, equalised, heldout_split
-from bench.presets import PRESETS
-from bench.spec import Tuning, train_flops_per_token
-from models.data import ByteCorpus, DataConfig
+from bench.equal import budgets as llama_budgets
+from bench.equal import report as llama_report
+from bench.equal.byte import BYTE, SIZE
+from bench.equal.study import arms, equalised, heldout_split
+from bench.suite.presets import PRESETS
+from bench.suite.spec import Tuning, train_flops_per_token
+from models.data.bytes import ByteCorpus, DataConfig
 
 
 def test_the_byte_setup_is_the_budgets_presets_model_at_equal_flops():

@@ -130,7 +130,7 @@ def test_cost_preset_mistakes_exit_2_with_one_line(case, tmp_path, capsys, monke
 
 @pytest.mark.integration
 def test_the_cost_preset_puts_registration_beside_writing_the_same_bytes_once(prefect_harness, tmp_path):
-    from bench.cost import run
+    from bench.overhead.cost import run
 
     run(["xs"], tmp_path / "w", tmp_path / "c.json", repeats=1, log=lambda *_: None)
     (row,) = json.loads((tmp_path / "c.json").read_text())["sizes"]

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from bench.presets import PRESETS
-from bench.runner import open_corpora, run_arm
-from bench.schedules import resolve
-from bench.spec import HParams, budget, pipeline_config
+from bench.suite.presets import PRESETS
+from bench.suite.runner import open_corpora, run_arm
+from bench.suite.schedules import resolve
+from bench.suite.spec import HParams, budget, pipeline_config
 from tasks.store import save_model
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
-"""The throughput reference (bench/efficiency.py) is an independent bare loop: it shares nothing with
+"""The throughput reference (bench/overhead/efficiency.py) is an independent bare loop: it shares nothing with
 train() but torch and the model class, and its ratio comes with the spread over rounds."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import types
 import pytest
 import torch
 
-from bench import efficiency
-from bench.efficiency import _note, bare_model, bare_step_seconds, throughput_and_mfu
-from bench.presets import PRESETS
-from models.data import ByteCorpus
-from models.families import family_of
+from bench.overhead import efficiency
+from bench.overhead.efficiency import _note, bare_model, bare_step_seconds, throughput_and_mfu
+from bench.suite.presets import PRESETS
+from models.data.bytes import ByteCorpus
+from models.families.lookup import family_of
 
 
 def _globals_used(fn) -> set[str]:
@@ -62,7 +62,7 @@ def test_a_figure_above_one_is_explained():
 
 
 def test_the_gpu_check_prints_tokens_per_s_mfu_and_the_ratio(capsys, tmp_path):
-    from bench.gpu_check import main
+    from bench.gpu.check import main
 
     assert main(["--tiny", "--ratio", "--out", str(tmp_path / "g.json")]) == 0
     out = capsys.readouterr().out
@@ -73,7 +73,7 @@ def test_the_gpu_check_prints_tokens_per_s_mfu_and_the_ratio(capsys, tmp_path):
 
 def test_the_gpu_check_runs_every_family_through_a_grown_stage_on_cpu(capsys, tmp_path):
     """--tiny without compile (the one compile test is tests/test_step.py's): the script works before a GPU sees it."""
-    from bench.gpu_check import main
+    from bench.gpu.check import main
 
     assert main(["--tiny", "--no-compile", "--out", str(tmp_path / "g.json")]) == 0
     figures = json.loads(capsys.readouterr().out)
@@ -86,7 +86,7 @@ def test_the_gpu_check_runs_every_family_through_a_grown_stage_on_cpu(capsys, tm
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine runs the real check")
 def test_the_gpu_check_without_a_gpu_is_one_line_and_exit_2(capsys):
-    from bench.gpu_check import main
+    from bench.gpu.check import main
 
     assert main([]) == 2
     err = capsys.readouterr().err

@@ -11,11 +11,11 @@ import pytest
 import torch
 import yaml
 
-from bench import llama_budgets
-from bench.curves import Point
-from bench.equal import MUP_JUMP, arms, baselines, equalised, heldout_split
-from bench.law import compute_fit, headline, law, multiplier
-from bench.spec import train_flops_per_token
+from bench.equal import budgets as llama_budgets
+from bench.equal.law import compute_fit, headline, law, multiplier
+from bench.equal.study import MUP_JUMP, arms, baselines, equalised, heldout_split
+from bench.suite.curves import Point
+from bench.suite.spec import train_flops_per_token
 from flows.cli.main import main
 
 
@@ -137,7 +137,7 @@ def test_plan_refuses_outside_the_fitted_range(tmp_path, capsys):
 
 def test_plan_writes_a_pipeline_config(tmp_path, capsys):
     params = llama_budgets.preset("s").model
-    from models.families import family_of
+    from models.families.lookup import family_of
 
     n = family_of(params).num_params(params)
     out = tmp_path / "plan.yaml"

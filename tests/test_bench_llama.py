@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from bench.presets import PRESETS
-from bench.schedules import FIELD
-from bench.spec import Preset, budget, n_params, train_flops_per_token
-from models.families import family_of
-from models.family import num_params
-from models.llama import LlamaFamilyConfig
+from bench.suite.presets import PRESETS
+from bench.suite.schedules import FIELD
+from bench.suite.spec import Preset, budget, n_params, train_flops_per_token
+from models.families.family import num_params
+from models.families.llama import LlamaFamilyConfig
+from models.families.lookup import family_of
 
 CONFIGS = {
     "gqa": LlamaFamilyConfig(arch="llama", n_layers=3, d_model=16, n_heads=4, n_kv_heads=2, d_ff=40, vocab_size=300),

@@ -1,4 +1,4 @@
-"""Equal tuning with Optuna (bench/tune.py): seeded, stored in the workdir, resumable to the same trials.
+"""Equal tuning with Optuna (bench/suite/tune.py): seeded, stored in the workdir, resumable to the same trials.
 A cheap, deterministic objective stands in for training: what is tested is the study's bookkeeping."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from bench.spec import HParams, Tuning
-from bench.tune import Tuned, study_name, tune
+from bench.suite.spec import HParams, Tuning
+from bench.suite.tune import Tuned, study_name, tune
 
 TUNING = Tuning(trials=6, seeds=[0], startup_trials=3)
 

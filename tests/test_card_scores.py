@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from models.gpt import GPT
+from models.families.gpt import GPT
 from tasks.config import load_config
 from tasks.publish import add_scores
 from tasks.registry import Registry, register

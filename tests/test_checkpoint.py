@@ -8,9 +8,9 @@ import threading
 import pytest
 import torch
 
-from models.gpt import GPT, GPTConfig
-from models.plan import TrainState
-from models.train import rng_state
+from models.families.gpt import GPT, GPTConfig
+from models.train.loop import rng_state
+from models.train.plan import TrainState
 from tasks.store import LocalStorage, S3Storage, StorageError, check_uri, checkpoint, open_storage
 
 CFG = GPTConfig(n_layers=1, d_model=16, n_heads=2, d_ff=32, context=8)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.corpus import open_corpus, shards_dir
-from models.data import ByteCorpus, DataConfig
-from models.shards import MANIFEST, token_dtype
+from models.data.bytes import ByteCorpus, DataConfig
+from models.data.corpus import open_corpus, shards_dir
+from models.data.shards import MANIFEST, token_dtype
 from tests.corpus_helpers import (
     byte_bpe,
     stdlib_documents,
@@ -205,8 +205,8 @@ def test_the_datasets_cache_stays_in_the_cache_dir(tmp_path, docs):
     """In a fresh process with HOME elsewhere: nothing lands under ~/.cache, datasets' files under cache_dir."""
     write_jsonl(tmp_path / "src" / "a.jsonl", docs)
     script = (
-        "import sys; from pathlib import Path; from models.corpus import open_corpus;"
-        "from models.data import DataConfig;"
+        "import sys; from pathlib import Path; from models.data.corpus import open_corpus;"
+        "from models.data.bytes import DataConfig;"
         "from tests.corpus_helpers import byte_bpe, stdlib_documents, tokenizer_sha256;"
         "tok = byte_bpe(stdlib_documents(12)); src, cache = map(Path, sys.argv[1:]);"
         "c = open_corpus(DataConfig(format='jsonl', source=str(src), glob='*.jsonl'), 16, 0, tok,"
@@ -232,9 +232,9 @@ def test_the_datasets_cache_stays_in_the_cache_dir(tmp_path, docs):
 
 
 def test_two_encoding_processes_write_the_same_shards_and_the_same_cache_key(tmp_path, docs, tok, monkeypatch):
-    import models.corpus
+    import models.data.corpus
 
-    monkeypatch.setattr(models.corpus, "_BATCH_BYTES", 2000)  # several batches in flight, out of order if it could
+    monkeypatch.setattr(models.data.corpus, "_BATCH_BYTES", 2000)  # several batches in flight, out of order if it could
     source = write_jsonl(tmp_path / "j" / "a.jsonl", docs).parent
     one = open_tokens(jsonl_cfg(source), tok, tmp_path / "c1")
     two = open_tokens(jsonl_cfg(source, num_proc=2), tok, tmp_path / "c2")

@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from models.corpus import open_corpus
-from models.data import CorpusError, DataConfig, UnreadableFile
+from models.data.bytes import CorpusError, DataConfig, UnreadableFile
+from models.data.corpus import open_corpus
 from tests.corpus_helpers import byte_bpe, stdlib_documents, tokenizer_sha256, write_jsonl, write_parquet
 
 DOCS = stdlib_documents(4)

@@ -12,9 +12,9 @@ import torch
 
 import tasks.store.manifest as manifest
 import tasks.store.model_dir as model_dir
-from models.families import family_of
-from models.family import Family
-from models.llama import LlamaFamilyConfig
+from models.families.family import Family
+from models.families.llama import LlamaFamilyConfig
+from models.families.lookup import family_of
 from models.sample import generate_ids
 from tests.versions import stage1_tags, stage_params
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.data import ByteCorpus, DataConfig, list_files, stdlib_dir
+from models.data.bytes import ByteCorpus, DataConfig, list_files, stdlib_dir
 
 
 @pytest.fixture(scope="module")

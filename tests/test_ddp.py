@@ -14,7 +14,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from safetensors.torch import load_file
 
 from flows.staged import staged_training
-from models.data import ByteCorpus, DataConfig
+from models.data.bytes import ByteCorpus, DataConfig
 from tasks.config import ConfigError, load_config, spec_hash
 from tasks.registry import Registry
 

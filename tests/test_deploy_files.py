@@ -245,7 +245,7 @@ def test_deploy_then_a_flow_run_imports_from_the_clone(cli, pools, repo, tmp_pat
         "    async with get_client() as c:\n"
         "        run = await c.read_flow_run(sys.argv[1])\n"
         "    flow = await load_flow_from_flow_run(run)\n"
-        "    mods = {m: sys.modules[m].__file__ for m in ('tasks', 'tasks.stage', 'models', 'models.gpt')}\n"
+        "    mods = {m: sys.modules[m].__file__ for m in ('tasks', 'tasks.stage', 'models', 'models.families.gpt')}\n"
         "    print(json.dumps({'flow': flow.name, 'flows': flow.fn.__code__.co_filename, **mods}))\n"
         "asyncio.run(main())\n"
     )

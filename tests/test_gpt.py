@@ -2,7 +2,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from models.gpt import GPT, VOCAB_SIZE, GPTConfig
+from models.families.gpt import GPT, VOCAB_SIZE, GPTConfig
 
 TINY = GPTConfig(n_layers=3, d_model=16, n_heads=2, d_ff=32, context=12)
 

@@ -1,4 +1,4 @@
-"""bench/gpu_fsdp.py, the GPU check, in its CPU --tiny mode: it runs and reports every figure (not a timing)."""
+"""bench/gpu/fsdp.py, the GPU check, in its CPU --tiny mode: it runs and reports every figure (not a timing)."""
 
 import json
 import os
@@ -16,7 +16,7 @@ def test_the_gpu_script_runs_in_tiny_mode_and_reports_every_figure(tmp_path):
     out = tmp_path / "gpu.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(
-        [sys.executable, "bench/gpu_fsdp.py", "--tiny", "--out", str(out)],
+        [sys.executable, "bench/gpu/fsdp.py", "--tiny", "--out", str(out)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -35,5 +35,5 @@ def test_the_gpu_script_runs_in_tiny_mode_and_reports_every_figure(tmp_path):
 
 def test_without_a_gpu_the_full_mode_refuses_in_one_line():
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, "bench/gpu_fsdp.py"], cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "bench/gpu/fsdp.py"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stderr.strip() == "gpu_fsdp: no CUDA device here; use --tiny for the CPU check"

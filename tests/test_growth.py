@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from models.gpt import BYTE_GPT, GPT, GPTConfig
+from models.families.gpt import BYTE_GPT, GPT, GPTConfig
 from models.growth import (
     GrowthConfig,
     GrowthError,
@@ -15,7 +15,7 @@ from models.growth import (
     middle_plan,
     stack_plan,
 )
-from models.plan import GateRamp
+from models.train.plan import GateRamp
 from tasks.config import ConfigError, load_config
 
 torch.set_num_threads(1)  # tiny models: OpenMP threads only spin against each other on shared cores

@@ -5,12 +5,12 @@ width with GQA and tied embeddings, gates, errors."""
 import pytest
 import torch
 
-from models.families import family_of
-from models.family import token_loss
+from models.families.family import token_loss
+from models.families.llama import LLAMA, LlamaFamilyConfig
+from models.families.lookup import family_of
+from models.families.width_llama import widen_moments
 from models.growth import GrowthConfig, GrowthError, child_config, dry_run, grow, grow_moments, layer_map
-from models.llama import LLAMA, LlamaFamilyConfig
-from models.plan import GateRamp
-from models.width_llama import widen_moments
+from models.train.plan import GateRamp
 
 torch.set_num_threads(1)
 

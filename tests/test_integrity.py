@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from flows.cli.main import main
-from models import tokenizer as tokenizers
-from models.gpt import GPT
+from models.data import tokenizer as tokenizers
+from models.families.gpt import GPT
 from tasks.config import GateConfig, load_config
 from tasks.registry import (
     Registry,

@@ -12,8 +12,8 @@ import torch
 
 from flows.cli.main import main
 from flows.staged import staged_training
-from models import tokenizer as tokenizers
-from models.data import ByteCorpus, DataConfig
+from models.data import tokenizer as tokenizers
+from models.data.bytes import ByteCorpus, DataConfig
 from tasks.config import load_config
 from tasks.registry import Registry, load_pyfunc
 from tasks.registry.schema import IMPORTED, ImportTags, VersionTags

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.families import family_of
-from models.plan import Hooks
-from models.shards import TokenCorpus
+from models.data.shards import TokenCorpus
+from models.families.lookup import family_of
+from models.train.plan import Hooks
 from tasks import driver
 from tasks.config import load_config
 from tasks.store import LocalStorage, checkpoint

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from flows.cli.main import main
-from models.data import ByteCorpus, DataConfig
-from models.mixture import MixtureCorpus, Origin, allocate
+from models.data.bytes import ByteCorpus, DataConfig
+from models.data.mixture import MixtureCorpus, Origin, allocate
 from tasks.config import load_config, spec_hash
 
 ROOT = Path(__file__).parent.parent

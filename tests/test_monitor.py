@@ -10,7 +10,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
 
 from flows.staged import staged_training
-from models.data import ByteCorpus
+from models.data.bytes import ByteCorpus
 from tasks.config import load_config, pipeline_hash, resolve_config
 from tasks.publish.monitor import stage_markdown
 from tasks.publish.report import markdown_summary

@@ -4,11 +4,11 @@ step on the parent's inputs is the parent's step (float64)."""
 import pytest
 import torch
 
-from models.gpt import GPT, GPTConfig
+from models.families.gpt import GPT, GPTConfig
+from models.families.width import widen_moments
 from models.growth import GrowthConfig, child_config, grow, grow_moments, layer_map
-from models.optim import MomentsMismatch, export_moments, load_moments, make_optimizer
-from models.plan import GateRamp
-from models.width import widen_moments
+from models.train.optim import MomentsMismatch, export_moments, load_moments, make_optimizer
+from models.train.plan import GateRamp
 
 torch.set_num_threads(1)  # tiny models: OpenMP threads only spin against each other on shared cores
 

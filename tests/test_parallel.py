@@ -1,15 +1,15 @@
-"""models/parallel.py in this process: a one-rank gloo group is enough to shard, gather and move moments."""
+"""models/train/parallel.py in this process: a one-rank gloo group is enough to shard, gather and move moments."""
 
 import pytest
 import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import FSDPModule
 
-from models import parallel
-from models.families import family_of
-from models.gpt import GPT, GPTConfig
-from models.llama import LlamaFamilyConfig
-from models.optim import MomentsMismatch, make_optimizer
+from models.families.gpt import GPT, GPTConfig
+from models.families.llama import LlamaFamilyConfig
+from models.families.lookup import family_of
+from models.train import parallel
+from models.train.optim import MomentsMismatch, make_optimizer
 
 CFG = GPTConfig(n_layers=2, d_model=16, n_heads=2, d_ff=32, context=8)
 

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from models.data import ByteCorpus, DataConfig
-from models.gpt import GPT, GPTConfig
-from models.plan import GateRamp, Hooks, StagePlan, default_lr
-from models.policy import LossSlope, ScheduleConfig, lr_schedule, slope_stop, warmup_cosine, warmup_stable_decay
-from models.train import TrainConfig, train
+from models.data.bytes import ByteCorpus, DataConfig
+from models.families.gpt import GPT, GPTConfig
+from models.train.loop import TrainConfig, train
+from models.train.plan import GateRamp, Hooks, StagePlan, default_lr
+from models.train.policy import LossSlope, ScheduleConfig, lr_schedule, slope_stop, warmup_cosine, warmup_stable_decay
 
 torch.set_num_threads(1)  # tiny models: OpenMP threads only spin against each other on shared cores
 
@@ -106,7 +106,7 @@ def test_masked_ramp_in_train_starts_at_the_parent_and_ends_plain(corpus):
     ramp = GateRamp(blocks=[1], steps=10)  # the stage ends mid-ramp: gate 0.2 is folded into the weights
     result = train(model, corpus, cfg, plan=StagePlan(ramp=ramp))
     assert model.blocks[1].gate.item() == 1.0
-    from models.train import evaluate
+    from models.train.loop import evaluate
 
     after = evaluate(model, corpus.val_batches(1, 4))
     assert after == pytest.approx(result.val_loss, rel=1e-6)

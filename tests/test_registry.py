@@ -6,7 +6,7 @@ from pathlib import Path
 
 from mlflow.entities import ViewType
 
-from models.gpt import GPT
+from models.families.gpt import GPT
 from tasks.config import load_config
 from tasks.registry import Registry, register
 from tasks.store import save_model, save_optimizer

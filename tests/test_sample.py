@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from models.gpt import GPT, GPTConfig
+from models.data.tokenizer import byte_tokenizer
+from models.families.gpt import GPT, GPTConfig
 from models.sample import complete, generate_ids
-from models.tokenizer import byte_tokenizer
 
 
 def _model() -> GPT:

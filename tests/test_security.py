@@ -17,10 +17,10 @@ import torch
 import yaml
 
 from deploy.check_secrets import problems
-from models.families import family_of
-from models.family import num_params
-from models.gpt import BYTE_GPT, GPTConfig
-from models.llama import LlamaFamilyConfig
+from models.families.family import num_params
+from models.families.gpt import BYTE_GPT, GPTConfig
+from models.families.llama import LlamaFamilyConfig
+from models.families.lookup import family_of
 from tasks.config import ConfigError, load_config
 from tasks.store import IntegrityError, redact, verify_manifest, write_manifest
 

@@ -138,7 +138,7 @@ def test_status_without_servers_says_how_to_start_them(tmp_path):
 
 def _register_one(servers: Servers, tmp_path: Path, monkeypatch) -> str:
     """A real registration (stage 1 of smoke.yaml, untrained) on the servers; returns its manifest sha256."""
-    from models.gpt import GPT
+    from models.families.gpt import GPT
     from tasks.config import load_config
     from tasks.registry import Registry, register
     from tasks.store import save_model

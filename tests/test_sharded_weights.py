@@ -6,7 +6,7 @@ import pytest
 import torch
 from huggingface_hub import load_torch_model
 
-from models.gpt import GPT, GPTConfig
+from models.families.gpt import GPT, GPTConfig
 from tasks.store import WeightsMismatch, load_state, save_model, save_optimizer
 from tasks.store.model_dir import INDEX, WEIGHTS
 

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.data import DataConfig
-from models.documents import Document, split_documents
-from models.shards import LAYOUT, Manifest, ShardWriter, Split, TokenCorpus, write_manifest
+from models.data.bytes import DataConfig
+from models.data.documents import Document, split_documents
+from models.data.shards import LAYOUT, Manifest, ShardWriter, Split, TokenCorpus, write_manifest
 
 
 def rss_anon_bytes() -> int:

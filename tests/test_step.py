@@ -1,18 +1,18 @@
-"""The trainer's tools (models/step.py) on a tiny byte GPT: each keeps the loss, and does what it is for."""
+"""The trainer's tools (models/train/step.py) on a tiny byte GPT: each keeps the loss, and does what it is for."""
 
 import torch
 from torch.autograd.graph import saved_tensors_hooks
 
-from models import speed
-from models.data import ByteCorpus, DataConfig
-from models.families import family_of
-from models.family import token_loss
-from models.gpt import GPT, GPTConfig
+from models.data.bytes import ByteCorpus, DataConfig
+from models.families.family import token_loss
+from models.families.gpt import GPT, GPTConfig
+from models.families.lookup import family_of
 from models.growth import GrowthConfig, grow
-from models.plan import Hooks, StagePlan, Start, stage_plan
-from models.policy import ScheduleConfig, UntilConfig
-from models.step import checkpointed
-from models.train import TrainConfig, train
+from models.train import speed
+from models.train.loop import TrainConfig, train
+from models.train.plan import Hooks, StagePlan, Start, stage_plan
+from models.train.policy import ScheduleConfig, UntilConfig
+from models.train.step import checkpointed
 
 CFG = GPTConfig(n_layers=2, d_model=32, n_heads=2, d_ff=64, context=32)
 TRAIN = TrainConfig(steps=4, batch_size=16, lr=3e-3, warmup_steps=1, eval_every=4, eval_batches=1, device="cpu")

@@ -4,7 +4,7 @@ may be required."""
 
 from pathlib import Path
 
-from models.gpt import GPT
+from models.families.gpt import GPT
 from tasks.config import load_config
 from tasks.registry import Registry, register
 from tasks.registry.client import find_version

@@ -6,9 +6,9 @@ import time
 import pytest
 from pydantic import ValidationError
 
-from models import tokenizer as tokenizers
-from models.data import ByteCorpus, DataConfig
-from models.tokenizer import TokenizerConfig, TokenizerError, TrainTokenizer
+from models.data import tokenizer as tokenizers
+from models.data.bytes import ByteCorpus, DataConfig
+from models.data.tokenizer import TokenizerConfig, TokenizerError, TrainTokenizer
 from tasks.config import load_config
 from tasks.driver import resolve_tokenizer
 
@@ -65,7 +65,7 @@ def test_a_local_file_or_directory_loads_and_save_pretrained_gives_an_autotokeni
     assert tokenizers.sha256(tokenizers.load(tmp_path)) == sha
     assert tokenizers.sha256(tokenizers.load(tmp_path / "tokenizer.json")) == sha
     # a version directory: PreTrainedTokenizerFast.save_pretrained, tokenizer.json kept canonical
-    from models.llama import LLAMA, LlamaFamilyConfig
+    from models.families.llama import LLAMA, LlamaFamilyConfig
 
     model = LLAMA.build(
         LlamaFamilyConfig(

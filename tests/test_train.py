@@ -2,10 +2,10 @@ import math
 
 import torch
 
-from models.data import ByteCorpus, DataConfig
-from models.gpt import GPT, GPTConfig
-from models.plan import Hooks, Start, default_lr
-from models.train import TrainConfig, train
+from models.data.bytes import ByteCorpus, DataConfig
+from models.families.gpt import GPT, GPTConfig
+from models.train.loop import TrainConfig, train
+from models.train.plan import Hooks, Start, default_lr
 
 CFG = GPTConfig(n_layers=2, d_model=32, n_heads=2, d_ff=64, context=32)
 TRAIN = TrainConfig(steps=30, batch_size=8, lr=3e-3, warmup_steps=3, eval_every=10, eval_batches=2, device="cpu")
@@ -83,7 +83,7 @@ def test_resuming_from_a_checkpoint_is_bitwise_identical_even_with_dropout():
 def test_a_nan_loss_stops_before_the_optimizer_step_and_names_the_step():
     import pytest
 
-    from models.train import NonFiniteLoss
+    from models.train.loop import NonFiniteLoss
 
     torch.manual_seed(0)
     model = GPT(CFG)

@@ -11,14 +11,14 @@ from prefect.states import Failed
 from bench.plan import OutOfRange
 from flows.cli.main import main
 from flows.staged import retryable
-from models.data import CorpusError, UnreadableFile
+from models.data.bytes import CorpusError, UnreadableFile
+from models.data.tokenizer import TokenizerError
 from models.errors import UserError
-from models.families import UnknownFamily
+from models.families.hf_format import UnsupportedHFConfig
+from models.families.lookup import UnknownFamily
+from models.families.width import WidthError
 from models.growth import GrowthError
-from models.hf_format import UnsupportedHFConfig
-from models.optim import MomentsMismatch
-from models.tokenizer import TokenizerError
-from models.width import WidthError
+from models.train.optim import MomentsMismatch
 from tasks.config import ConfigError
 from tasks.downstream import TaskError
 from tasks.downstream.adapter import GenerationUnsupported

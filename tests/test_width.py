@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from models.gpt import GPT, GPTConfig
+from models.families.gpt import GPT, GPTConfig
+from models.families.width import widen_config, widen_moments
 from models.growth import GrowthConfig, child_config, grow
-from models.width import widen_config, widen_moments
 
 torch.set_num_threads(1)  # tiny models: OpenMP threads only spin against each other on shared cores
 

@@ -17,14 +17,14 @@ def add_bench_command(sub: argparse._SubParsersAction, argv: list[str]) -> None:
     )
     if argv[:1] != ["bench"]:  # torch and the presets are imported only for `staged bench`
         return
-    from bench.presets import PRESETS
-    from bench.schedules import SCHEDULES
+    from bench.suite.presets import PRESETS
+    from bench.suite.schedules import SCHEDULES
 
     bench.add_argument(
         "--preset",
         choices=sorted([*PRESETS, "cost"]),
         default="quick",
-        help="cost: what a stage costs beside training, against writing its bytes once (bench/cost.py; "
+        help="cost: what a stage costs beside training, against writing its bytes once (bench/overhead/cost.py; "
         "--set sizes=s,m,l --set repeats=3)",
     )
     bench.add_argument("--out", required=True, help="JSON summary to write (and its plot beside it, as .png)")
@@ -63,7 +63,7 @@ def _passive_openmp() -> None:
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
-    from bench.cost import SIZES, run
+    from bench.overhead.cost import SIZES, run
 
     given = dict(o.partition("=")[::2] for o in args.overrides)
     if unknown := sorted(set(given) - {"sizes", "repeats"}):
@@ -87,7 +87,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from bench.main import build_preset, run_bench
-    from bench.report import markdown, write_json
+    from bench.suite.report import markdown, write_json
     from tasks.config import format_validation_error
 
     try:

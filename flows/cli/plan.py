@@ -29,7 +29,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     law_path = Path(args.law) if args.law else LAW
     if not law_path.is_file():
-        fail(f"--law {str(law_path)!r}: no such file (bench/llama_report.py writes it)")
+        fail(f"--law {str(law_path)!r}: no such file (bench/equal/report.py writes it)")
     if args.tokens <= 0:
         fail(f"--tokens {args.tokens}: must be positive")
     model = None

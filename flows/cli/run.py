@@ -27,8 +27,8 @@ MLFLOW_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_RE
 def _check_inputs(config: PipelineConfig, workdir: Path) -> None:
     """Checks that need the file system; the config tree validated everything else. A document corpus is read
     once, whole (every file parses, both splits have documents); it is tokenized later, by the flow."""
-    from models.corpus import check_documents
-    from models.data import ByteCorpus
+    from models.data.bytes import ByteCorpus
+    from models.data.corpus import check_documents
     from tasks.workspace import Workspace
 
     if config.gate.enabled and config.gate.metric.startswith("task:"):  # before anything trains
@@ -88,7 +88,7 @@ def _check_parent(config: PipelineConfig, registry, workdir: Path, version: str)
     from mlflow.exceptions import MlflowException
 
     from models.errors import UserError
-    from models.families import read_config
+    from models.families.lookup import read_config
     from tasks.registry import fetch, get_version
     from tasks.store import IntegrityError
 
@@ -128,7 +128,7 @@ def _check_parent(config: PipelineConfig, registry, workdir: Path, version: str)
 
 def _check_parent_tokenizer(spec, ref, version: str, workdir: Path) -> None:
     """Growth keeps token ids: the config's tokenizer (trained here if it must be) must be the parent's."""
-    from models import tokenizer as tokenizers
+    from models.data import tokenizer as tokenizers
     from tasks.driver import resolve_tokenizer
     from tasks.workspace import Workspace
 

@@ -58,7 +58,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from models.data import DataConfig
+    from models.data.bytes import DataConfig
     from tasks.config import ConfigError, PipelineConfig, load_config
     from tasks.gate import measure
     from tasks.registry import load_version, open_registry, resolve, version_ref

@@ -18,7 +18,7 @@ from functools import cache
 from pathlib import Path
 
 import models
-from models.data import DataConfig
+from models.data.bytes import DataConfig
 from tasks.config.schema import PipelineConfig, StageSpec
 
 # What a stage computes does not depend on these: checkpoint cadence changes nothing in the weights,

@@ -18,10 +18,10 @@ from typing import Annotated, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, create_model
 
-from models import tokenizer as tokenizers
-from models.families import CONFIGS, FAMILIES, ModelConfig, config_tag, family_of
-from models.hf_format import UnsupportedHFConfig
-from models.tokenizer import TokenizerConfig, TokenizerError
+from models.data import tokenizer as tokenizers
+from models.data.tokenizer import TokenizerConfig, TokenizerError
+from models.families.hf_format import UnsupportedHFConfig
+from models.families.lookup import CONFIGS, FAMILIES, ModelConfig, config_tag, family_of
 from tasks.store import hf_dir
 
 PER_STAGE = ("n_layers", "vocab_size")  # each stage sets its depth; the tokenizer sets the vocabulary

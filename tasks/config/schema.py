@@ -2,7 +2,7 @@
 
     PipelineConfig
       seed, retry, checkpoint, storage, data, registry, gate, limits,
-      model  (stage 1's architecture, told apart by `arch`: a family of models/families.py (config/model_section.py);
+      model  (stage 1's architecture, told apart by `arch`: a family of models/families/ (config/model_section.py);
               each stage sets n_layers, a `width` stage doubles the widths),
       tokenizer  (the byte vocabulary, a BPE trained on the training split, or a local tokenizer.json),
       train  (defaults for every stage),
@@ -18,13 +18,13 @@ from pathlib import Path
 
 from pydantic import ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
-from models.data import DataConfig, StageData
-from models.families import ModelConfig
+from models.data.bytes import DataConfig, StageData
+from models.data.tokenizer import TokenizerConfig
+from models.families.lookup import ModelConfig
 from models.growth import GrowthConfig, GrowthError, child_config, dry_run
-from models.optim import OptimizerConfig
-from models.policy import MAX_STEPS, ScheduleConfig, UntilConfig, step_cap
-from models.tokenizer import TokenizerConfig
-from models.train import TrainConfig
+from models.train.loop import TrainConfig
+from models.train.optim import OptimizerConfig
+from models.train.policy import MAX_STEPS, ScheduleConfig, UntilConfig, step_cap
 from tasks.config.limits import LimitsConfig, check_fit, check_shapes, check_trainer
 from tasks.config.model_section import ArchConfig, InitConfig, Strict, default_section, first_model
 from tasks.config.parallel import ParallelConfig

@@ -1,4 +1,4 @@
-"""A registered version as an lm-evaluation-harness model: any family, through models/family.py.
+"""A registered version as an lm-evaluation-harness model: any family, through models/families/family.py.
 
     lm = StagedLM(model, tokenizer)           # what tasks.registry.load_version returns
     lm_eval.simple_evaluate(model=lm, tasks=[...])
@@ -17,9 +17,9 @@ from lm_eval.api.registry import register_model
 from tokenizers import Tokenizer
 from torch import nn
 
-from models import tokenizer as tokenizers
+from models.data import tokenizer as tokenizers
 from models.errors import UserError
-from models.families import family_of
+from models.families.lookup import family_of
 
 
 class GenerationUnsupported(UserError, ValueError):

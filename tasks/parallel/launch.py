@@ -31,9 +31,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from models.families import family_of
-from models.plan import StepInfo
-from models.train import TrainResult
+from models.families.lookup import family_of
+from models.train.loop import TrainResult
+from models.train.plan import StepInfo
 from tasks.config import ParallelConfig, StageSpec
 from tasks.driver import StageRun
 from tasks.registry import ModelRef

@@ -8,7 +8,7 @@ start with an empty ``JOB_DIR``. Ranks are renumbered so the task's node holds r
 (torch's rendezvous orders nodes by address), rank 0 sends the job to every rank, and at the end
 writes the weights (gathered from the shards under FSDP), AdamW moments and TrainResult into its
 JOB_DIR. A rank that fails writes its one-line reason to ``JOB_DIR/error-<rank>.txt`` and exits 1;
-torchrun then stops the others. Every rank ends through ``models.parallel.end_rank`` (no interpreter
+torchrun then stops the others. Every rank ends through ``models.train.parallel.end_rank`` (no interpreter
 teardown: the gloo group outlives ``destroy_process_group`` under FSDP2 and its teardown can abort).
 """
 
@@ -26,10 +26,10 @@ import torch
 import torch.distributed as dist
 
 from models.errors import UserError
-from models.families import family_of
-from models.parallel import end_rank, full_state, gather_json, is_sharded
-from models.plan import Hooks
-from models.train import resolve_device
+from models.families.lookup import family_of
+from models.train.loop import resolve_device
+from models.train.parallel import end_rank, full_state, gather_json, is_sharded
+from models.train.plan import Hooks
 from tasks import driver
 from tasks.parallel.launch import JOB, TorchrunJob, progress_writer, save_outputs
 from tasks.parallel.rendezvous import bound_store
@@ -109,4 +109,4 @@ def main(job_dir: Path) -> int:
 
 
 if __name__ == "__main__":
-    end_rank(main(Path(sys.argv[1])))  # leaves the group; no interpreter teardown (models/parallel.py says why)
+    end_rank(main(Path(sys.argv[1])))  # leaves the group; no interpreter teardown (models/train/parallel.py says why)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from prefect import task
 
-from models.data import DataConfig
+from models.data.bytes import DataConfig
 from tasks.publish.card import add_scores, write_card
 from tasks.publish.compare import publish_comparison
 from tasks.publish.monitor import ArtifactKeys, StageProgress, StageWatch, tag_flow_run

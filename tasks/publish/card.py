@@ -15,8 +15,8 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from models.data import DataConfig
-from models.families import family_of, parse_config
+from models.data.bytes import DataConfig
+from models.families.lookup import family_of, parse_config
 from tasks.publish.report import plot_losses
 from tasks.registry import ModelRef, Registry
 from tasks.registry.schema import Artifacts, CardTags, StageParams, stage_alias

@@ -32,8 +32,8 @@ from prefect.artifacts import (
 from prefect.runtime import flow_run, task_run
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from models.plan import StepInfo
-from models.train import NonFiniteLoss
+from models.train.loop import NonFiniteLoss
+from models.train.plan import StepInfo
 from tasks.config import StageSpec
 from tasks.registry import ModelRef, Registry, schema
 from tasks.results import StageResult

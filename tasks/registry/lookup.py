@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from models.errors import UserError
-from models.families import family_of
+from models.families.lookup import family_of
 from tasks.registry.client import ModelRef, Registry
 from tasks.registry.fetch import fetch
 from tasks.registry.schema import versions_filter

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 import models
-from models.families import ModelConfig, family_of
+from models.families.lookup import ModelConfig, family_of
 from tasks.registry.client import Registry
 from tasks.registry.fetch import fetch
 from tasks.registry.lookup import resolve, version_ref
@@ -75,8 +75,10 @@ def add_pyfunc(model_dir: Path, cfg: ModelConfig, example: list[int] | None = No
     with tempfile.TemporaryDirectory(prefix="staged-pyfunc-") as tmp:
         code = Path(tmp) / "code" / "models"  # sources only: no __pycache__ bytecode in the artifact
         code.mkdir(parents=True)
-        for src in Path(models.__file__).parent.glob("*.py"):
-            shutil.copy2(src, code / src.name)
+        root = Path(models.__file__).parent
+        for src in root.rglob("*.py"):  # every room of the package, each module at its own path
+            (code / src.relative_to(root)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, code / src.relative_to(root))
         out = Path(tmp) / "pyfunc"
         with _quiet("mlflow.pyfunc", "mlflow.models"):
             mlflow.pyfunc.save_model(

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from models.families import family_of, read_config
+from models.families.lookup import family_of, read_config
 
 HERE = Path(__file__).resolve().parent  # MLflow loads this file from the model directory itself
 

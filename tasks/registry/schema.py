@@ -68,7 +68,7 @@ class VersionTags(_Tags):
     config_hash: str
     code_version: str
     val_loss: float
-    tokenizer_sha256: str | None = None  # models.tokenizer.sha256 of the version's tokenizer; None: the byte vocabulary
+    tokenizer_sha256: str | None = None  # models.data.tokenizer.sha256 of its tokenizer; None: the byte vocabulary
     freeze: str | None = None  # growth.freeze: "parent" when only the new blocks trained (LLaMA-Pro); None: none
     # data.sources: every source's cursor after this stage, and the mixture it trained on (weights by name),
     # as JSON; None for a one-corpus pipeline
@@ -186,7 +186,7 @@ class StageParams(BaseModel):
 class Metrics:
     TRAIN_LOSS, VAL_LOSS, VAL_LOSS_INIT = "train_loss", "val_loss", "val_loss_init"
     TOKENS_PER_S, STEP_TIME_S = "tokens_per_s", "step_time_s"
-    MFU, PEAK_MEMORY = "mfu", "peak_memory_bytes"  # against the device's peak (models/speed.py); rank 0's peak
+    MFU, PEAK_MEMORY = "mfu", "peak_memory_bytes"  # against the device's peak (models/train/speed.py); rank 0's peak
     EVAL_PREFIX = "eval/"
 
     @staticmethod

@@ -2,7 +2,7 @@
 
     <storage>/<stage_key>/step-<00000012>/
         model.safetensors      weights (gates of a masked ramp are recomputed from the step)
-        optimizer.safetensors  AdamW moments + step (models.optim layout)
+        optimizer.safetensors  AdamW moments + step (models.train.optim layout)
         rng.safetensors        torch RNG state, numpy MT19937 keys
         state.json             step, data cursor, curves, the rest of the RNG states
         manifest.json          sha256 + size of each file above; written LAST
@@ -33,9 +33,9 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 import tasks.store.sharded as sharded
-from models.families import family_of
-from models.parallel import is_sharded, load_full_state
-from models.plan import TrainState
+from models.families.lookup import family_of
+from models.train.parallel import is_sharded, load_full_state
+from models.train.plan import TrainState
 from tasks.store.storage import Storage
 
 MANIFEST = "manifest.json"

@@ -1,6 +1,6 @@
 """Importing a local Hugging Face model directory (``stages.0.init.from_pretrained``): safetensors only.
 
-What a decoder version's directory holds is its family's (models/hf_format.py). Importing reads
+What a decoder version's directory holds is its family's (models/families/hf_format.py). Importing reads
 safetensors only: a directory whose weights are pickle files (``*.bin``, ``*.pt``, ...) is refused, never
 unpickled.
 """

@@ -1,10 +1,11 @@
 """Model artifacts on disk: the family's directory (weights + config), ``optimizer.safetensors``, and sha256s.
 
 Which files a model directory holds is its family's (``Family.save``: the byte GPT's ``config.json`` +
-``model.safetensors``; a transformers decoder's Hugging Face directory with its tokenizer, models/hf_format.py).
+``model.safetensors``; a transformers decoder's Hugging Face directory with its tokenizer,
+models/families/hf_format.py).
 :func:`save_model` writes any of them, :func:`load_state` and :func:`load_tokenizer` read any of them: the one way
 in each direction.
-The optimizer file holds the AdamW moments by parameter name (models/optim.py), for stages that
+The optimizer file holds the AdamW moments by parameter name (models/train/optim.py), for stages that
 transfer optimizer state across growth. Nothing is ever pickled.
 
 Weights above ``SHARD_BYTES`` (Hugging Face's default, 5 GB) are saved as Hugging Face does
@@ -27,8 +28,8 @@ from tokenizers import Tokenizer
 from torch import nn
 
 import tasks.store.hf_dir as hf_dir
-from models import tokenizer as tokenizers
-from models.families import ModelConfig, family_of, read_config
+from models.data import tokenizer as tokenizers
+from models.families.lookup import ModelConfig, family_of, read_config
 from tasks.store.manifest import IntegrityError, sha256_file
 
 WEIGHTS, CONFIG, OPTIMIZER = "model.safetensors", "config.json", "optimizer.safetensors"
@@ -113,7 +114,7 @@ def imported_sha256(directory: str | Path) -> str:
 
 
 def save_optimizer(moments: dict[str, torch.Tensor], directory: Path, hashes: dict[str, str] | None = None) -> str:
-    """Write the AdamW moments (models.optim layout) into ``directory``; return the file's sha256 (also noted
+    """Write the AdamW moments (models.train.optim layout) into ``directory``; return the file's sha256 (also noted
     in ``hashes``)."""
     directory.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().to("cpu").contiguous() for k, v in moments.items()}, directory / OPTIMIZER)

@@ -32,13 +32,13 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from models.parallel import gather_json, load_sharded_state, sharded_state
-from models.plan import TrainState
+from models.train.parallel import gather_json, load_sharded_state, sharded_state
+from models.train.plan import TrainState
 from tasks.store.storage import Storage
 
 FORMAT = 2
 SUFFIX = ".safetensors"
-WEIGHT = "model."  # prefix of the weights in the shard files; the moments keep models.optim's names
+WEIGHT = "model."  # prefix of the weights in the shard files; the moments keep models.train.optim's names
 
 
 def is_shard(name: str) -> bool:

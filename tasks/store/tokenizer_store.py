@@ -1,14 +1,14 @@
 """A pipeline's tokenizer in storage, so that every stage (and every torchrun rank) reads the one the flow
 resolved, trained once: ``<storage>/tokenizers/<sha256>/tokenizer.json``, verified when read back.
 
-The byte vocabulary is never stored: it is a constant of the code (models/tokenizer.py).
+The byte vocabulary is never stored: it is a constant of the code (models/data/tokenizer.py).
 """
 
 from __future__ import annotations
 
 from tokenizers import Tokenizer
 
-from models import tokenizer as tokenizers
+from models.data import tokenizer as tokenizers
 from tasks.store.manifest import IntegrityError
 from tasks.store.storage import Storage
 

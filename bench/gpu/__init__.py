@@ -1,0 +1,1 @@
+"""GPU checks: every family with the GPU recipe, FSDP2 against DDP, memory per rank."""

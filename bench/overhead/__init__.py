@@ -1,0 +1,1 @@
+"""What the pipeline itself costs: efficiency ratios, orchestration overhead, registration against its floor."""

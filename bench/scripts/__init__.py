@@ -1,0 +1,1 @@
+"""One-off measurements, each run as ``python -m bench.scripts.<name>`` (its docstring says how)."""

@@ -1,0 +1,1 @@
+"""The ``staged bench`` library: presets, schedules, the runner, equal tuning, the protocol, figures and reports."""

@@ -1,0 +1,1 @@
+"""The model families: the interface (family.py), the lookup by ``arch`` (lookup.py), one module per family."""

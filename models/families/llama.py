@@ -1,0 +1,253 @@
+"""The transformers decoders (Llama, Qwen3, Qwen2, ...): one family class, one small config. No copy of the
+model code lives here: the field's own library is the dependency.
+
+    LlamaFamilyConfig(arch="llama", n_layers=6, d_model=128, n_heads=4, n_kv_heads=2, d_ff=384, ...)
+    LLAMA = DecoderFamily("llama", "LlamaConfig", "LlamaForCausalLM", ...)      # here
+    QWEN3, QWEN2                                                                # qwen3.py, qwen2.py
+
+Every parameter of decoder layer i lives under ``model.layers.<i>.``, the embeddings under
+``model.embed_tokens.``, the final RMSNorm under ``model.norm.`` and the head under ``lm_head.`` (absent
+from the state dict when the embeddings are tied): growth (models/growth.py) treats the model as "a list of
+layers plus the rest", exactly as for the byte GPT's ``blocks.<i>.``. The members differ only inside a
+layer (Qwen3: RMSNorms on queries and keys, ``self_attn.{q,k}_norm``; Qwen2: biases on q, k and v), extra
+per-layer keys that the generic mapping carries.
+
+Masked growth gates a layer's two residual writes (x + g * attn(...), x + g * mlp(...)) with forward
+hooks that scale ``self_attn``'s and ``mlp``'s outputs; ``fold_gates`` moves a gate into
+``o_proj``/``down_proj`` (bias-free linear maps in every member, so the fold is exact) and removes the
+hooks: a saved model is always a plain transformers model. ``transformers`` is imported only when a model
+is built, so the byte GPT's path never pays for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from models.families import hf_format, size, width_llama
+from models.families.family import Family, Layout, StateDict
+
+TIED_HEAD = "lm_head.weight"  # dropped from state dicts when the embeddings are tied (as save_pretrained does)
+
+
+class LlamaFamilyConfig(BaseModel):
+    """A transformers decoder's config, in the field names every family's config shares (n_layers, d_model, n_heads,
+    d_ff, context)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    arch: str  # which decoder: a family in models/families/lookup.py whose config this is (llama, qwen3, qwen2)
+    n_layers: int = Field(6, ge=1)  # num_hidden_layers
+    d_model: int = Field(128, ge=1)  # hidden_size
+    n_heads: int = Field(4, ge=1)  # num_attention_heads
+    n_kv_heads: int = Field(2, ge=1)  # num_key_value_heads: grouped-query attention, n_heads / n_kv_heads per group
+    d_ff: int = Field(384, ge=1)  # intermediate_size of the SwiGLU MLP (~ 8/3 x d_model in Llama; 3x here)
+    head_dim: int | None = Field(None, ge=1)  # None: d_model / n_heads
+    context: int = Field(128, ge=1)  # tokens per training sequence
+    max_position_embeddings: int | None = Field(None, ge=1)  # what RoPE is set up for; None: the context
+    rope_theta: float = Field(10000.0, gt=0)
+    rms_norm_eps: float = Field(1e-5, gt=0)
+    tie_embeddings: bool = False  # untied by default: growth stays a pure key map; tied works too
+    vocab_size: int = Field(256, ge=1)  # set from the tokenizer (tasks/config/schema.py), never by hand
+
+    @model_validator(mode="after")
+    def _shapes_agree(self) -> LlamaFamilyConfig:
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}")
+        if self.head_dim is None and self.d_model % self.n_heads:
+            raise ValueError(f"n_heads={self.n_heads} does not divide d_model={self.d_model} (or set head_dim)")
+        if self.max_position_embeddings is not None and self.context > self.max_position_embeddings:
+            raise ValueError(
+                f"context {self.context} is longer than max_position_embeddings {self.max_position_embeddings}"
+            )
+        return self
+
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim or self.d_model // self.n_heads
+
+
+LAYOUT = Layout(
+    "model.layers.",
+    ("self_attn.o_proj.weight", "mlp.down_proj.weight"),
+    tuple(f for f in LlamaFamilyConfig.model_fields if f not in ("arch", "n_layers")),
+)
+
+
+@dataclass(frozen=True)
+class DecoderFamily(Family):
+    """A ``transformers`` causal LM built from a LlamaFamilyConfig: its classes by name and what its layers add."""
+
+    name: str
+    hf_config: str  # the transformers config class, e.g. "LlamaConfig"
+    hf_model: str  # the transformers model class, e.g. "LlamaForCausalLM"
+    hf_extra: dict[str, Any] = field(default_factory=dict)  # config fields this member fixes (no sliding window...)
+    qk_norm: bool = False  # RMSNorm on queries and keys per head (Qwen3)
+    qkv_bias: bool = False  # biases on the q, k and v projections (Qwen2)
+    config = LlamaFamilyConfig
+    layout = LAYOUT
+    requires = ("transformers", "tokenizers")
+
+    @property
+    def hf_model_type(self) -> str:
+        return self.name
+
+    def to_hf(self, cfg: LlamaFamilyConfig, eos_token_id: int | None = None):
+        """The transformers config of ``cfg``."""
+        import transformers
+
+        return getattr(transformers, self.hf_config)(
+            vocab_size=cfg.vocab_size,
+            hidden_size=cfg.d_model,
+            intermediate_size=cfg.d_ff,
+            num_hidden_layers=cfg.n_layers,
+            num_attention_heads=cfg.n_heads,
+            num_key_value_heads=cfg.n_kv_heads,
+            head_dim=cfg.resolved_head_dim,
+            max_position_embeddings=cfg.max_position_embeddings or cfg.context,
+            rms_norm_eps=cfg.rms_norm_eps,
+            rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+            tie_word_embeddings=cfg.tie_embeddings,
+            bos_token_id=None,
+            eos_token_id=eos_token_id,
+            pad_token_id=eos_token_id,
+            **self.hf_extra,
+        )
+
+    def from_hf(self, hf: dict[str, Any], context: int) -> LlamaFamilyConfig:
+        """A ``config.json`` (as a dict) of this family -> its config, trained at ``context``."""
+        return hf_format.config_from_hf(self, hf, context)
+
+    # ---- the model ------------------------------------------------------------------------------------
+
+    def build(self, cfg: LlamaFamilyConfig) -> nn.Module:
+        """A freshly initialised transformers model (its own init, seeded by the caller's torch RNG)."""
+        import transformers
+
+        model = getattr(transformers, self.hf_model)(self.to_hf(cfg))
+        model.cfg = cfg  # the project's config beside transformers' own, as on the byte GPT
+        return model
+
+    def blocks(self, model: nn.Module) -> nn.ModuleList:
+        return model.model.layers
+
+    def describe(self, cfg: LlamaFamilyConfig) -> str:
+        extras = [what for what, has in (("q/k norms", self.qk_norm), ("q/k/v biases", self.qkv_bias)) if has]
+        note = f" ({', '.join(extras)})" if extras else ""
+        tied = ", tied embeddings" if cfg.tie_embeddings else ""
+        return (
+            f"transformers {self.hf_model}{note}: {cfg.n_layers} layers, "
+            f"hidden {cfg.d_model}, {cfg.n_heads} heads, {cfg.n_kv_heads} key-value heads, d_ff {cfg.d_ff}, "
+            f"RoPE theta {cfg.rope_theta}{tied},\ncontext {cfg.context} tokens. A Hugging Face model directory"
+        )
+
+    def logits(self, net: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+        return net(input_ids=idx, use_cache=False).logits  # (B, T, V)
+
+    def next_logits(self, model: nn.Module, idx: torch.Tensor, cache=None) -> tuple[torch.Tensor, object]:
+        """transformers' key-value cache: only the newest token runs, while the sequence fits the context (past
+        it, the window slides and every position moves: recomputed)."""
+        if idx.size(1) > model.cfg.context:
+            return super().next_logits(model, idx)
+        out = model(input_ids=idx if cache is None else idx[:, -1:], cache=cache, use_cache=True)
+        return out.logits[0, -1], out.cache
+
+    def weights(self, model: nn.Module) -> StateDict:
+        """A tied head is not a second tensor."""
+        state = model.state_dict()
+        if model.cfg.tie_embeddings:
+            state.pop(TIED_HEAD, None)
+        return state
+
+    def load_weights(self, model: nn.Module, state: StateDict) -> None:
+        """Strictly (every key, nothing extra); a tied head follows the embeddings."""
+        if not model.cfg.tie_embeddings:
+            model.load_state_dict(state, strict=True)
+            return
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or set(missing) - {TIED_HEAD}:
+            raise RuntimeError(
+                f"state does not fit the model: missing {sorted(missing)}, unexpected {sorted(unexpected)}"
+            )
+        model.tie_weights()
+
+    # ---- masked growth -------------------------------------------------------------------------------
+
+    def set_gate(self, model: nn.Module, j: int, value: float) -> None:
+        """Gate layer j's attention and MLP outputs by ``value``; hooks are installed on first use."""
+        layer = self.blocks(model)[j]
+        if not hasattr(layer, "gate_hooks"):
+            device = next(layer.parameters()).device
+            layer.register_buffer("gate", torch.ones((), device=device), persistent=False)
+            layer.gate_hooks = (
+                layer.self_attn.register_forward_hook(_scale_attention(layer)),
+                layer.mlp.register_forward_hook(_scale_mlp(layer)),
+            )
+        layer.gate.fill_(value)
+
+    @torch.no_grad()
+    def fold_gates(self, model: nn.Module) -> None:
+        """Scale o_proj and down_proj by each layer's gate, then remove the gate: same function, a plain model."""
+        for layer in self.blocks(model):
+            if not hasattr(layer, "gate_hooks"):
+                continue
+            g = layer.gate.item()
+            if g != 1.0:
+                layer.self_attn.o_proj.weight.mul_(g)
+                layer.mlp.down_proj.weight.mul_(g)
+            for handle in layer.gate_hooks:
+                handle.remove()
+            del layer.gate_hooks
+            del layer._buffers["gate"]
+
+    # ---- width growth (models/families/width_llama.py) ------------------------------------------------------------
+
+    def widen_config(self, cfg: LlamaFamilyConfig) -> LlamaFamilyConfig:
+        return width_llama.widen_config(cfg)
+
+    def widen(self, state: StateDict, parent, child, noise: float = 0.0, seed: int = 0) -> StateDict:
+        return width_llama.widen(state, parent, child, noise=noise, seed=seed)
+
+    def widen_moments(self, moments: StateDict, parent, child, power: int) -> StateDict:
+        return width_llama.widen_moments(moments, parent, child, power)
+
+    # ---- sizes (models/families/size.py) ----------------------------------------------------------------------------
+
+    def num_params(self, cfg: LlamaFamilyConfig) -> int:
+        return size.decoder_params(cfg, qk_norm=self.qk_norm, qkv_bias=self.qkv_bias)
+
+    def matmul_params(self, cfg: LlamaFamilyConfig) -> int:
+        return size.decoder_matmul_params(cfg)
+
+    def attention_width(self, cfg: LlamaFamilyConfig) -> int:
+        return cfg.n_heads * cfg.resolved_head_dim  # every query head attends, whatever the key-value heads
+
+    def footprint(self, cfg: LlamaFamilyConfig, batch: int) -> size.Footprint:
+        return size.decoder_footprint(cfg, batch, self.num_params(cfg))
+
+    # ---- a version's directory: a Hugging Face model directory (models/families/hf_format.py) ------------------------
+
+    def save(self, model: nn.Module, directory: Path, tokenizer, max_shard_bytes: int) -> None:
+        hf_format.save(model, directory, tokenizer, max_shard_bytes)
+
+
+def _scale_attention(layer: nn.Module):
+    def hook(module, args, out):
+        return (out[0] * layer.gate, *out[1:])  # self_attn returns (attn_output, attn_weights)
+
+    return hook
+
+
+def _scale_mlp(layer: nn.Module):
+    def hook(module, args, out):
+        return out * layer.gate
+
+    return hook
+
+
+LLAMA = DecoderFamily("llama", "LlamaConfig", "LlamaForCausalLM", {"attention_bias": False, "mlp_bias": False})
