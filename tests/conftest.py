@@ -1,6 +1,7 @@
 import os
 
 import pytest
+from repo import REPO_ROOT
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
@@ -98,13 +99,12 @@ def gated_runs(prefect_harness, tmp_path_factory):
     4. the worse run again (gate only): refused, the champion stays 6.
     Returns the workdir and the four final-version GateResults' tags, read after each step.
     """
-    from pathlib import Path
 
     from flows.staged import staged_training
     from tasks.config import load_config
     from tasks.registry import Registry
 
-    smoke = Path(__file__).parent.parent / "configs" / "smoke.yaml"
+    smoke = REPO_ROOT / "configs" / "smoke.yaml"
     worse = ["seed=1", "stages.0.steps=2", "stages.1.steps=1", "stages.2.steps=1"]
     workdir = tmp_path_factory.mktemp("gated")
     steps = [worse, ["gate.margin=100"], [], worse]

@@ -1,5 +1,5 @@
 """Deploying from deploy/prefect.yaml onto `staged servers` and running the smoke config through the
-worker, as a person would with the CLI; shared by tests/test_topology.py and tests/test_browser.py."""
+worker, as a person would with the CLI; shared by tests/tasks/test_topology.py and tests/deploy/test_browser.py."""
 
 import json
 import os
@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from repo import REPO_ROOT
+
 from deploy.local.servers import BUCKET
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO_ROOT
 # the smoke config, shortened; checkpoints on the S3 endpoint rather than in the run's clone
 OVERRIDES = ["stages.0.steps=6", "stages.1.steps=4", "stages.2.steps=2", f"storage.uri=s3://{BUCKET}/smoke"]
 

@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from repo import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO_ROOT
 PACKAGES = ("models", "tasks", "flows", "bench", "deploy")
 
 

@@ -5,7 +5,7 @@ wall time, tokens and FLOPs.
 An arm is a PipelineConfig (bench.suite.spec.pipeline_config); each of its StageSpecs is prepared (built
 or grown) and trained by the driver with the very seeding of a pipeline stage. The parent of each
 stage is the previous stage's model, handed over in memory instead of through the registry: a test
-(tests/test_bench_driver.py) shows an arm ends with the weights the Prefect flow registers, bit for bit.
+(tests/bench/test_bench_driver.py) shows an arm ends with the weights the Prefect flow registers, bit for bit.
 
 Clock: runs while the driver prepares a stage (build, growth of weights and Adam moments) and
 inside train(), minus the step hook's own time (the benchmark's evaluations, on the same fixed

@@ -1,0 +1,112 @@
+"""Every family under every strategy, through the flow: each grown stage trained by 2 gloo ranks under torchrun
+(DDP, or FSDP2) registers the same kind of version as the same stage trained in one process, with weights within
+ATOL, for every growth operator (stack, identity, width).
+
+One pipeline per family and strategy: stage 1 in the task process, then stack (2 -> 4 layers), identity (4 -> 8)
+and width (8 layers, twice as wide) under torchrun. The one-process reference is the same pipeline with no
+``parallel``, registered under another model name in the same store (the name is part of every stage key, so
+nothing is skipped; ``parallel`` is not). Tiny models, a few steps, the byte vocabulary (no BPE to train).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from flows.staged import staged_training
+from tasks.config import PipelineConfig
+from tasks.registry import Registry
+
+# As in tests/flows/test_ddp.py and tests/flows/test_fsdp.py: 2 ranks add two half-batch gradients where one process
+# takes one mean (the same sum in another float32 order), which AdamW's 1/sqrt(v) amplifies where a gradient
+# is near zero; over three grown stages of three steps that stays below 1e-4 here. A real mistake (a wrong
+# slice, an un-averaged gradient, a parameter left out of the sharding) moves weights by ~lr = 3e-3 per step.
+ATOL = 1e-3
+WIDTHS = {"d_model": 16, "n_heads": 2, "d_ff": 32, "context": 16}
+MODELS = {
+    "gpt": {"arch": "gpt", **WIDTHS},
+    "llama": {"arch": "llama", "n_kv_heads": 1, **WIDTHS},
+    "qwen3": {"arch": "qwen3", "n_kv_heads": 1, **WIDTHS},
+    "qwen2": {"arch": "qwen2", "n_kv_heads": 1, **WIDTHS},
+}
+GROWN = [(4, "stack"), (8, "identity"), (8, "width")]
+
+
+def pipeline(arch: str, name: str, strategy: str | None) -> PipelineConfig:
+    parallel = {"parallel": {"strategy": strategy, "nproc": 2}} if strategy else {}
+    stages = [{"n_layers": 2, "steps": 4}] + [
+        {"n_layers": n, "steps": 3, "growth": {"operator": op}, "optimizer": {"state": "transfer"}, **parallel}
+        for n, op in GROWN
+    ]
+    return PipelineConfig.model_validate(
+        {
+            "retry": {"retries": 0},
+            "checkpoint": {"every": 0},
+            "gate": {"enabled": False},
+            "registry": {"model_name": name},
+            "data": {"max_bytes": 200_000},
+            "model": MODELS[arch],
+            "train": {"batch_size": 4, "lr": 3e-3, "warmup_steps": 1, "eval_every": 3, "eval_batches": 1},
+            "stages": stages,
+        }
+    )
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_per_rank(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # torchrun's ranks inherit it
+
+
+@pytest.fixture(scope="module")
+def store(prefect_harness, tmp_path_factory):
+    """One embedded store for the whole matrix; yields (workdir, run(arch, strategy) -> the pipeline's results)."""
+    workdir = tmp_path_factory.mktemp("matrix")
+    done: dict[tuple[str, str | None], list] = {}
+
+    def run(arch: str, strategy: str | None):
+        if (arch, strategy) not in done:
+            name = f"m-{arch}-{strategy or 'one'}"
+            done[arch, strategy] = staged_training(pipeline(arch, name, strategy), str(workdir))
+        return done[arch, strategy]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        yield workdir, run
+
+
+def _download(registry: Registry, version, dst: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """A version's weights and the names of the files in its directory."""
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=version.source, dst_path=str(dst), tracking_uri=registry.tracking_uri
+    )
+    return load_file(Path(local) / "model.safetensors"), sorted(p.name for p in Path(local).iterdir())
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+@pytest.mark.parametrize("arch", list(MODELS))
+def test_a_grown_stage_under_torchrun_is_the_one_process_stage(store, arch, strategy, tmp_path):
+    workdir, run = store
+    reference, ranked = run(arch, None), run(arch, strategy)
+    registry = Registry.resolve(workdir)
+    client = registry.client()
+    for ours, theirs in zip(ranked[1:], reference[1:]):
+        mine, one = (client.get_model_version(r.ref.name, r.ref.version) for r in (ours, theirs))
+        stage = mine.tags["stage"]
+        assert client.get_run(mine.run_id).data.params["nproc"] == "2", stage  # trained by the two ranks
+        for tag in ("n_layers", "growth", "data_cursor", "global_step", "stage"):
+            assert mine.tags[tag] == one.tags[tag], (stage, tag)
+        w_ours, files_ours = _download(registry, mine, tmp_path / "ranks" / stage)
+        w_one, files_one = _download(registry, one, tmp_path / "one" / stage)
+        assert files_ours == files_one, stage  # the same kind of version: the family's directory, pyfunc files
+        assert w_ours.keys() == w_one.keys(), stage
+        for key in w_ours:
+            torch.testing.assert_close(w_ours[key], w_one[key], rtol=0, atol=ATOL, msg=f"stage {stage}: {key}")
+        assert ours.val_loss == pytest.approx(theirs.val_loss, abs=ATOL)
+        assert [loss for _, loss in ours.train_curve] == pytest.approx([v for _, v in theirs.train_curve], abs=ATOL)
+    assert [client.get_model_version(r.ref.name, r.ref.version).tags["n_layers"] for r in ranked] == list("2488")
+    assert ranked[-1].params > ranked[-2].params  # the width stage doubled the widths

@@ -1,0 +1,100 @@
+import pytest
+from repo import REPO_ROOT
+
+from tasks.config import ConfigError, PipelineConfig, apply_override, load_config, spec_hash
+
+CONFIGS = REPO_ROOT / "configs"
+
+
+def test_demo_yaml_spells_out_the_defaults():
+    assert load_config(CONFIGS / "demo.yaml") == PipelineConfig()
+
+
+def test_demo_is_three_six_twelve_by_stacking():
+    specs = load_config(CONFIGS / "smoke.yaml").stage_specs()
+    assert [s.model.n_layers for s in specs] == [3, 6, 12]
+    assert [s.index for s in specs] == [1, 2, 3]
+    assert all(s.growth.operator == "stack" for s in specs[1:])
+    assert len({spec_hash(s) for s in specs}) == 3
+
+
+def test_overrides_reach_lists_by_index_and_parse_yaml_values():
+    cfg = load_config(
+        CONFIGS / "smoke.yaml",
+        ["stages.1.steps=0", "train.lr=1e-3", "registry.model_name=other", "stages.2.train.lr=5e-4"],
+    )
+    assert cfg.stages[1].steps == 0
+    assert cfg.registry.model_name == "other"
+    specs = cfg.stage_specs()
+    assert [s.train.lr for s in specs] == [1e-3, 1e-3, 5e-4]
+    assert [s.train.steps for s in specs] == [20, 0, 5]
+
+
+def test_overrides_without_a_file_start_from_the_defaults():
+    cfg = load_config(None, ["stages.0.steps=7"])
+    assert cfg.stages[0].steps == 7 and len(cfg.stages) == 3
+
+
+def test_apply_override_creates_missing_mappings():
+    tree = {}
+    apply_override(tree, "data.source=/x")
+    assert tree == {"data": {"source": "/x"}}
+
+
+BAD = [
+    ("seed: [1\n", [], "is not valid YAML (line 2)"),
+    ("- 1\n- 2\n", [], "must hold a mapping at the top level"),
+    ("sead: 1\n", [], "sead: Extra inputs are not permitted"),
+    ("seed: abc\n", [], "seed: Input should be a valid integer"),
+    ("stages: []\n", [], "stages: List should have at least 1 item"),
+    ("", ["stages.0.steps=-1"], "stages.0.steps: Input should be greater than or equal to 0"),
+    ("", ["stages.0.n_layers=0"], "stages.0.n_layers: Input should be greater than or equal to 1"),
+    ("", ["model.n_heads=3"], "n_heads=3 does not divide d_model=128"),
+    ("", ["stages.1.n_layers=5"], "stages.1: cannot stack 3 layers into 5"),
+    ("", ["stages.1.growth.operator=grow"], "stages.1.growth.operator: Input should be 'stack'"),
+    ("", ["stages.0.train.lrr=1"], "stages.0.train.lrr: Extra inputs are not permitted"),
+    ("", ["train.steps=5"], "set steps per stage"),
+    ("", ["stages.9.steps=1"], "stages has no item '9' (it has 3)"),
+    ("", ["steps"], "is not of the form dotted.key=value"),
+    ("", ["stages.0.steps=1000000000000000000000"], "stages.0.steps: Input should be less than or equal to 1000000000"),
+    ("", ["stages.1.steps=null", "stages.1.until.tokens=1000000000001"], "stages.1.until.tokens: Input should be less"),
+    ("", ["stages.1.steps=null", "stages.1.until.loss_slope={threshold: 0.1, max_steps: 2000000000}"], "max_steps"),
+    (
+        "",
+        ["stages.1.steps=null", "stages.1.until.tokens=1000000000000", "train.batch_size=2", "model.context=64"],
+        "stages.1: until.tokens 1000000000000 is 7812500000 steps of 128 tokens (batch x context), over 1000000000",
+    ),
+    ("", ["registry.model_name=bad name!"], "registry.model_name: String should match pattern"),
+    ("", ["seed=1", "seed.x=1"], "seed is not a mapping or a list"),
+    ("", ["seed.x=1"], "seed: Input should be a valid integer"),
+]
+
+
+@pytest.mark.parametrize("text, overrides, message", BAD)
+def test_user_mistakes_are_one_line_config_errors(tmp_path, text, overrides, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path if text else None, overrides)  # no text: the defaults, no file
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="config file 'nope.yaml' not found"):
+        load_config("nope.yaml")
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# a pipeline, some day\n  # indented too\n", "---\n", "~\n"])
+def test_an_empty_file_is_refused_not_run_as_the_defaults(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="config file is empty: '.*c.yaml'"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="config file is empty"):
+        load_config(path, ["stages.0.steps=7"])  # an override does not make it a pipeline
+
+
+def test_the_largest_budgets_are_accepted():
+    cfg = load_config(None, ["stages.0.steps=1000000000", "stages.1.steps=null", "stages.1.until.tokens=1000000000000"])
+    assert cfg.stages[0].steps == 10**9 and cfg.stages[1].until.tokens == 10**12
