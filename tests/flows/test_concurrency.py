@@ -101,13 +101,21 @@ def test_four_runs_of_one_config_at_once_register_each_stage_once(local_servers,
     assert sorted(r.info.run_id for r in stage_runs) == sorted(v.run_id for v in versions)  # no run left behind
 
 
-def test_four_different_configs_at_once_keep_every_version_and_no_credential(local_servers, tmp_path):
+@pytest.fixture(scope="module")
+def race_diff(local_servers, tmp_path_factory) -> list[subprocess.CompletedProcess]:
+    """4 different configs raced at once into model ``race-diff``, the password only in the tracking URI: the
+    registry both tests below read (each test asks for it, so either runs alone)."""
+    seeds = [["seed=1"], ["seed=2"], ["seed=3"], ["seed=4"]]
+    overrides = [s + ["gate.margin=100"] for s in seeds]
+    return _race(local_servers, tmp_path_factory.mktemp("race"), "race-diff", overrides, password_in_uri=True)
+
+
+def test_four_different_configs_at_once_keep_every_version_and_no_credential(local_servers, race_diff):
     import psycopg
     from mlflow import MlflowClient
 
     password = local_servers.client_env()["MLFLOW_TRACKING_PASSWORD"]
-    seeds = [["seed=1"], ["seed=2"], ["seed=3"], ["seed=4"]]
-    runs = _race(local_servers, tmp_path, "race-diff", [s + ["gate.margin=100"] for s in seeds], password_in_uri=True)
+    runs = race_diff
     for run in runs:
         assert run.returncode == 0, run.stdout[-3000:]
     client = MlflowClient(tracking_uri=local_servers.urls["mlflow"])
@@ -132,7 +140,7 @@ def test_four_different_configs_at_once_keep_every_version_and_no_credential(loc
     assert [p for p in files if password.encode() in p.read_bytes()] == []
 
 
-def test_two_gates_waiting_at_the_same_moment_promote_once(local_servers, tmp_path):
+def test_two_gates_waiting_at_the_same_moment_promote_once(local_servers, race_diff, tmp_path):
     """Two reruns of registered pipelines (stages skipped, gates only) on a fresh alias with margin 100. The test
     holds the alias's lease until both gates wait on it, so both decide "at once"; the second sees the first."""
     from mlflow import MlflowClient
@@ -141,8 +149,7 @@ def test_two_gates_waiting_at_the_same_moment_promote_once(local_servers, tmp_pa
     from tasks.registry.schema import lease_filter
 
     client = MlflowClient(tracking_uri=local_servers.urls["mlflow"])
-    if not client.search_model_versions("name = 'race-diff'"):
-        pytest.skip("needs the race-diff registry of the test before")
+    assert all(run.returncode == 0 for run in race_diff)  # the registered pipelines the gates rerun
     overrides = [[s, "gate.margin=100", "gate.alias=duel"] for s in ("seed=1", "seed=2")]
     with lease(client, "race-diff@duel"):
         import threading
