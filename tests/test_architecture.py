@@ -91,6 +91,20 @@ def test_the_tag_check_sees_literal_tag_names():
     assert len(_tag_names_used(ast.parse(code))) == 4
 
 
+MAX_LINES = 500  # one concept per file, readable in one sitting (nanoGPT's model.py: 330; torchtitan's trainer: ~1,100)
+MAX_MODULES = 12  # per folder of models/ and bench/: more and a folder is two concerns
+
+
 def test_files_stay_short_enough_to_read_in_one_sitting():
-    long = {str(p.relative_to(ROOT)): n for p in _sources() if (n := len(p.read_text().splitlines())) >= 300}
+    long = {str(p.relative_to(ROOT)): n for p in _sources() if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert long == {}
+
+
+def test_no_room_of_models_or_bench_is_crowded():
+    rooms = [d for pkg in ("models", "bench") for d in [ROOT / pkg, *(ROOT / pkg).rglob("*")] if d.is_dir()]
+    crowded = {}
+    for room in rooms:
+        modules = [p for p in room.glob("*.py") if p.name != "__init__.py"]
+        if len(modules) > MAX_MODULES:
+            crowded[str(room.relative_to(ROOT))] = len(modules)
+    assert crowded == {}
