@@ -28,10 +28,12 @@ def _environment_as_it_was():
 
 @pytest.fixture(scope="session")
 def prefect_harness():
-    """One temporary Prefect API for the whole session (~10 s to start)."""
+    """One temporary Prefect API for the whole session (~10 s to start on an idle machine). Given as long to start
+    as `staged run` gives its own (flows/cli/run.py): a fresh database's migrations on 2 busy cores outlast
+    Prefect's 30 s default."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=120):
         yield
 
 
