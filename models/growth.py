@@ -1,19 +1,21 @@
 """Growth operators: pure functions from a parent state dict to a child state dict.
 
-A depth operator is described by a *layer map*: child block j is a copy of parent block
-``sources[j]``, and ``new[j]`` says whether it is an added copy (not the first copy of its source).
-Maps are plain data, so they can be printed, logged, tested and composed. The only place that
-rewrites block keys is :func:`remap_blocks`, over the family's key layout (``Family.layout``):
-``blocks.<i>.`` for the byte GPT, ``model.layers.<i>.`` for the transformers decoders.
+A depth operator is described by a *layer map* (models/layermap.py): child block j is a copy of parent
+block ``sources[j]``, and ``new[j]`` says whether it is an added copy. Maps are plain data, so they can be
+printed, logged, tested and composed. The only place that rewrites block keys is :func:`remap_blocks`,
+over the family's key layout (``Family.layout``): ``blocks.<i>.`` for the byte GPT, ``model.layers.<i>.``
+for the transformers decoders. What happens to the new copies is the operator:
 
-    parent 3 blocks -> child 6 blocks        sources              new (*)
-    stack       (Gong et al. 2019)           [0, 1, 2, 0, 1, 2]   [- - - * * *]
-    interleave  (each block twice in place)  [0, 0, 1, 1, 2, 2]   [- * - * - *]
-    middle      (Saunshi et al. 2024, MIDAS) 6 -> 9: [0, 1, 2, 3, 1, 2, 3, 4, 5]   the middle block, copied in place
-    identity    (layout: interleave|stack|middle)   as above; new blocks' out-projections zeroed
-    masked      (Yao et al. 2023, MSG)       as above; new blocks gated 0 -> 1 while training
-    width       (Shen et al. 2022)           [0, 1, 2], d_model/n_heads/d_ff doubled (the family's widen:
+    stack       (Gong et al. 2019)           plain copies along the map (also of growth.layers and the recipes)
+    interleave  (each block twice in place)  plain copies, the interleave map
+    middle      (Saunshi et al. 2024, MIDAS) plain copies, the middle map
+    identity    (layout: interleave|stack|middle, or a map)   new blocks' out-projections zeroed
+    masked      (Yao et al. 2023, MSG)       new blocks gated 0 -> 1 while training
+    width       (Shen et al. 2022)           d_model/n_heads/d_ff doubled (the family's widen:
                                              models/families/width.py, width_llama.py with n_kv_heads doubled too)
+
+The map comes from the operator's layout, or from one of ``layers: [...]`` (explicit), ``solar: {drop}``,
+``every: P`` or ``interpose: {skip_first, skip_last}`` (recipes); ``new: [...]`` overrides which copies are new.
 
 Every operator also maps Adam moments (``grow_moments``): the moments are keyed by parameter
 name, so a depth operator maps them with the very same function as the weights (identity's zeroed
@@ -23,24 +25,34 @@ projections get zero moments, i.e. a fresh start); width scales them as the grad
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import cache
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from models.errors import UserError
 from models.families.gpt import BYTE_GPT
 from models.families.lookup import ModelConfig, family_of
 from models.families.width import WidthError
+from models.layermap import (  # noqa: F401  (the layer maps' names, also importable from here)
+    GrowthError,
+    Interpose,
+    LayerMap,
+    Solar,
+    check_sources,
+    every_plan,
+    interleave_plan,
+    interpose_plan,
+    make_map,
+    middle_plan,
+    solar_plan,
+    stack_plan,
+)
 
 StateDict = dict[str, torch.Tensor]
 Operator = Literal["stack", "interleave", "middle", "identity", "masked", "width"]
-
-
-class GrowthError(UserError, ValueError):
-    """A growth request that cannot be carried out (wrong depth ratio, mismatched shapes, ...). One line."""
+_PLANS = {"stack": stack_plan, "interleave": interleave_plan, "middle": middle_plan}
+_MAPPED = ("stack", "identity", "masked")  # the operators that take an explicit map or a recipe
 
 
 class GrowthConfig(BaseModel):
@@ -54,74 +66,50 @@ class GrowthConfig(BaseModel):
     noise: float = Field(0.0, ge=0)  # width: std of the (function-preserving) symmetry-breaking noise
     noise_seed: int = 0  # width: the noise is a pure function of this seed
     freeze: Literal["none", "parent"] = "none"  # parent: only the new blocks train (LLaMA-Pro); depth operators
+    # an explicit layer map, child block j <- parent block layers[j] (mergekit slices, prts stacking_list): any
+    # depth, order and repeats, where the layouts only multiply the depth
+    layers: tuple[int, ...] | None = Field(None, min_length=1)
+    new: tuple[int, ...] | None = None  # child blocks that are new copies; default: every copy after a block's first
+    solar: Solar | None = None  # SOLAR depth up-scaling: two copies, ``drop`` blocks left out at the seam
+    every: int | None = Field(None, ge=1)  # LLaMA-Pro: one new block after every ``every`` blocks
+    interpose: Interpose | None = None  # each block duplicated in place except the first and last few
 
-
-# ---- layer maps --------------------------------------------------------------------------------
-
-
-def _depth_ratio(parent_layers: int, child_layers: int, what: str) -> int:
-    if child_layers % parent_layers:
-        raise GrowthError(
-            f"cannot {what} {parent_layers} layers into {child_layers}: "
-            f"the target depth must be a multiple of {parent_layers}"
-        )
-    return child_layers // parent_layers
-
-
-def stack_plan(parent_layers: int, child_layers: int) -> list[int]:
-    """Child block j <- parent block j mod L: the parent's stack repeated child/parent times."""
-    _depth_ratio(parent_layers, child_layers, "stack")
-    return [j % parent_layers for j in range(child_layers)]
-
-
-def interleave_plan(parent_layers: int, child_layers: int) -> list[int]:
-    """Child block j <- parent block j // k (k = child/parent): each block repeated in place."""
-    k = _depth_ratio(parent_layers, child_layers, "interleave")
-    return [j // k for j in range(child_layers)]
-
-
-def middle_plan(parent_layers: int, child_layers: int) -> list[int]:
-    """MIDAS: the ``child - parent`` middle blocks of the parent, copied right after themselves.
-
-    Any depth from ``parent + 1`` to ``2 * parent`` (a doubling copies every block: the stack layout)."""
-    added = child_layers - parent_layers
-    if not 1 <= added <= parent_layers:
-        raise GrowthError(
-            f"cannot grow {parent_layers} layers into {child_layers} from the middle: "
-            f"middle growth adds 1 to {parent_layers} layers"
-        )
-    start = (parent_layers - added) // 2
-    middle = list(range(start, start + added))
-    return list(range(start + added)) + middle + list(range(start + added, parent_layers))
-
-
-_PLANS = {"stack": stack_plan, "interleave": interleave_plan, "middle": middle_plan}
-
-
-@dataclass(frozen=True)
-class LayerMap:
-    sources: tuple[int, ...]  # child block j <- parent block sources[j]
-    new: tuple[bool, ...]  # child block j is an added copy (identity zeroes it, masked gates it)
-
-    @property
-    def new_blocks(self) -> list[int]:
-        return [j for j, is_new in enumerate(self.new) if is_new]
+    @model_validator(mode="after")
+    def _one_map(self) -> GrowthConfig:
+        given = [k for k in ("layers", "solar", "every", "interpose") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one layer map, not {' and '.join(given)}")
+        if given and self.operator not in _MAPPED:
+            raise ValueError(
+                f"{given[0]} is a layer map: it goes with operator stack, identity or masked, not {self.operator}"
+            )
+        if self.new is not None and self.operator == "width":
+            raise ValueError("new names new blocks of a layer map: width growth adds none")
+        return self
 
 
 def layer_map(cfg: GrowthConfig, parent_layers: int, child_layers: int) -> LayerMap:
-    """The layer map of a growth config; width keeps the depth."""
+    """The layer map of a growth config: its recipe or explicit map, else its operator's layout; width keeps
+    the depth."""
     if cfg.operator == "width":
         if child_layers != parent_layers:
             raise GrowthError(f"width growth keeps the depth: n_layers must stay {parent_layers}, not {child_layers}")
-        sources = list(range(parent_layers))
+        sources, what = list(range(parent_layers)), "width"
+    elif cfg.layers is not None:
+        sources, what = list(cfg.layers), "growth.layers"
+    elif cfg.solar is not None:
+        sources, what = solar_plan(parent_layers, cfg.solar.drop), f"growth.solar {{drop: {cfg.solar.drop}}}"
+    elif cfg.every is not None:
+        sources, what = every_plan(parent_layers, cfg.every), f"growth.every {cfg.every}"
+    elif cfg.interpose is not None:
+        i = cfg.interpose
+        sources = interpose_plan(parent_layers, i.skip_first, i.skip_last)
+        what = f"growth.interpose {{skip_first: {i.skip_first}, skip_last: {i.skip_last}}}"
     else:
         layout = cfg.operator if cfg.operator in _PLANS else cfg.layout
-        sources = _PLANS[layout](parent_layers, child_layers)
-    new, seen = [], set()
-    for s in sources:  # the first copy of a parent block is the original, later copies are new
-        new.append(s in seen)
-        seen.add(s)
-    return LayerMap(tuple(sources), tuple(new))
+        sources, what = _PLANS[layout](parent_layers, child_layers), layout
+    check_sources(sources, parent_layers, child_layers, what)
+    return make_map(sources, cfg.new, child_layers)
 
 
 # ---- state dict plumbing -----------------------------------------------------------------------
