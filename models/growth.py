@@ -35,6 +35,7 @@ from models.families.gpt import BYTE_GPT
 from models.families.lookup import ModelConfig, family_of
 from models.families.width import WidthError
 from models.layermap import (  # noqa: F401  (the layer maps' names, also importable from here)
+    Freeze,
     GrowthError,
     Interpose,
     LayerMap,
@@ -47,6 +48,7 @@ from models.layermap import (  # noqa: F401  (the layer maps' names, also import
     middle_plan,
     solar_plan,
     stack_plan,
+    trainable,
 )
 
 StateDict = dict[str, torch.Tensor]
@@ -65,7 +67,8 @@ class GrowthConfig(BaseModel):
     ramp_steps: int = Field(100, ge=1)  # masked: steps over which new blocks' gates rise 0 -> 1
     noise: float = Field(0.0, ge=0)  # width: std of the (function-preserving) symmetry-breaking noise
     noise_seed: int = 0  # width: the noise is a pure function of this seed
-    freeze: Literal["none", "parent"] = "none"  # parent: only the new blocks train (LLaMA-Pro); depth operators
+    # parent: only the new blocks train (LLaMA-Pro); or a mapping {blocks, embeddings, head} saying what stays frozen
+    freeze: Literal["none", "parent"] | Freeze = "none"
     # an explicit layer map, child block j <- parent block layers[j] (mergekit slices, prts stacking_list): any
     # depth, order and repeats, where the layouts only multiply the depth
     layers: tuple[int, ...] | None = Field(None, min_length=1)
@@ -282,3 +285,6 @@ def dry_run(operator: str | GrowthConfig, parent: ModelConfig, child: ModelConfi
     with torch.device("meta"):
         parent_state = family.weights(family.build(parent))
     grow(operator, parent_state, parent, child)  # checks the grown state's keys and shapes against the child
+    cfg = _config(operator)
+    if cfg.operator != "width":  # what trains: freeze.blocks inside the child, something left to train
+        trainable(cfg.freeze, layer_map(cfg, parent.n_layers, child.n_layers))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -152,3 +153,62 @@ def make_map(sources: Sequence[int], new: Sequence[int] | None, child_layers: in
         flags.append(s in seen)
         seen.add(s)
     return LayerMap(tuple(sources), tuple(flags))
+
+
+# ---- what trains after growth (growth.freeze) ---------------------------------------------------
+
+
+class Freeze(BaseModel):
+    """``growth.freeze`` as a mapping: which parts stay as the parent left them (LLaMA-Pro #21, LlamaFactory
+    #7558: train the new blocks and the head, or only some blocks). ``freeze: parent`` is
+    ``{blocks: parent, embeddings: true, head: true}``; ``freeze: none`` freezes nothing."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # parent: every block that is not a new copy; none: no block; or the child blocks to freeze, by index
+    blocks: Literal["parent", "none"] | tuple[int, ...] = "parent"
+    embeddings: bool = False  # true: the token (and position) embeddings stay; with tied embeddings, the shared matrix
+    head: bool = False  # true: the final norm and the output head stay
+
+
+@dataclass(frozen=True)
+class Trainable:
+    """What trains in a grown stage; everything else gets no gradient and no optimizer state."""
+
+    blocks: tuple[int, ...]  # child block indices
+    embeddings: bool
+    head: bool
+
+    def describe(self) -> str:
+        """For the version's ``trained`` tag and card: ``blocks 4 9; embeddings``."""
+        parts = [f"blocks {' '.join(map(str, self.blocks))}" if self.blocks else "no blocks"]
+        return "; ".join(parts + [p for p, on in (("embeddings", self.embeddings), ("head", self.head)) if on])
+
+
+def describe_freeze(freeze: str | Freeze) -> str:
+    """``growth.freeze`` as one short string (the version's ``freeze`` tag): ``parent``, or the mapping's fields."""
+    if isinstance(freeze, str):
+        return freeze
+    blocks = freeze.blocks if isinstance(freeze.blocks, str) else " ".join(map(str, freeze.blocks))
+    return f"blocks {blocks}; embeddings {str(freeze.embeddings).lower()}; head {str(freeze.head).lower()}"
+
+
+def trainable(freeze: str | Freeze, lmap: LayerMap) -> Trainable | None:
+    """The parts that train under ``freeze`` after growth along ``lmap``; None: everything (``freeze: none``)."""
+    if freeze == "none":
+        return None
+    f = Freeze(embeddings=True, head=True) if freeze == "parent" else freeze
+    n = len(lmap.sources)
+    if f.blocks == "parent":
+        frozen = {j for j in range(n) if not lmap.new[j]}
+    elif f.blocks == "none":
+        frozen = set()
+    else:
+        outside = sorted({j for j in f.blocks if not 0 <= j < n})
+        if outside:
+            raise GrowthError(f"growth.freeze.blocks names child blocks {outside}, but the child has blocks 0..{n - 1}")
+        frozen = set(f.blocks)
+    out = Trainable(tuple(j for j in range(n) if j not in frozen), not f.embeddings, not f.head)
+    if not (out.blocks or out.embeddings or out.head):
+        raise GrowthError(f"growth.freeze {describe_freeze(freeze)} freezes everything: nothing would train")
+    return out

@@ -20,6 +20,8 @@ from models.data.bytes import ByteCorpus, stdlib_dir
 from models.data.mixture import MixtureCorpus, report
 from models.families.family import num_params
 from models.families.lookup import ModelConfig, family_of
+from models.growth import layer_map
+from models.layermap import describe_freeze, trainable
 from models.train.loop import evaluate
 from tasks import driver
 from tasks.config import StageSpec, code_version, eval_set_id, spec_hash
@@ -65,6 +67,20 @@ def skipped_result(ref: ModelRef, registry: Registry, model: ModelConfig) -> Sta
         train_curve=shift(metric_history(registry, ref.run_id, Metrics.TRAIN_LOSS), offset),
         val_curve=shift(val, offset),
     )
+
+
+def _layer_map(spec: StageSpec, parent: ModelRef | None) -> str | None:
+    """The depth map of a grown stage, as its ``layer_map`` tag reads; None for stage 1 and width growth."""
+    if parent is None or spec.growth.operator == "width":
+        return None
+    return layer_map(spec.growth, parent.n_layers, spec.model.n_layers).describe()
+
+
+def _trained(spec: StageSpec, parent: ModelRef | None) -> str | None:
+    """What a frozen stage trained (its ``trained`` tag); None when everything trained."""
+    if parent is None or spec.growth.freeze == "none":
+        return None
+    return trainable(spec.growth.freeze, layer_map(spec.growth, parent.n_layers, spec.model.n_layers)).describe()
 
 
 def _eval_set(spec: StageSpec, tokenizer_sha256: str | None) -> str | None:
@@ -128,7 +144,9 @@ def register_trained(trained: Trained) -> ModelRef:
             code_version=code_version(),
             val_loss=result.val_loss,
             tokenizer_sha256=trained.tokenizer_sha256,
-            freeze=spec.growth.freeze if parent and spec.growth.freeze != "none" else None,
+            freeze=describe_freeze(spec.growth.freeze) if parent and spec.growth.freeze != "none" else None,
+            trained=_trained(spec, parent),
+            layer_map=_layer_map(spec, parent),
             data_cursors=json.dumps(mix.cursors, sort_keys=True) if mix else None,
             data_mixture=json.dumps(mix.weights) if mix else None,
             eval_set=_eval_set(spec, trained.tokenizer_sha256),

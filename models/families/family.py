@@ -38,6 +38,8 @@ class Layout:
     block_prefix: str  # block i's parameters are "<prefix><i>.<suffix>"
     residual_writers: tuple[str, ...]  # suffixes that write a block's output to the residual stream
     shape_fields: tuple[str, ...]  # config fields depth growth copies unchanged
+    embeddings: tuple[str, ...] = ()  # name prefixes of the input embeddings (growth.freeze.embeddings); the rest
+    # outside the blocks is the head (final norm, output projection: growth.freeze.head)
 
 
 class Family:

@@ -156,6 +156,7 @@ class ByteGPT(Family):
         "blocks.",
         ("attn.proj.weight", "attn.proj.bias", "mlp.proj.weight", "mlp.proj.bias"),
         ("d_model", "n_heads", "d_ff", "context"),
+        ("tok_emb.", "pos_emb."),
     )
     fixed_vocab = VOCAB_SIZE
     config_file = "config.json"

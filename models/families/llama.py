@@ -76,6 +76,7 @@ LAYOUT = Layout(
     "model.layers.",
     ("self_attn.o_proj.weight", "mlp.down_proj.weight"),
     tuple(f for f in LlamaFamilyConfig.model_fields if f not in ("arch", "n_layers")),
+    ("model.embed_tokens.",),
 )
 
 

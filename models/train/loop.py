@@ -193,7 +193,7 @@ def train(
     model.to(device).train()
     speed.reset_peak_memory(device)
     with (
-        steps.frozen(model, family, plan.train_blocks),
+        steps.frozen(model, family, plan.trainable),
         steps.checkpointed(model, family, cfg.activation_checkpointing),
     ):
         net = parallel.data_parallel(model, device)  # runs the forward pass: DDP all-reduces gradients, FSDP2 shards

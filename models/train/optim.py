@@ -31,9 +31,11 @@ class OptimizerConfig(BaseModel):
 def make_optimizer(
     model: nn.Module, lr: float, weight_decay: float, beta2: float, fused: bool = False
 ) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only, as in nanoGPT; ``fused``: one kernel per step (CUDA only)."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    """AdamW with weight decay on matrices only, as in nanoGPT; ``fused``: one kernel per step (CUDA only).
+    Frozen parameters (``requires_grad`` False, growth.freeze) are left out: no state is ever kept for them."""
+    trained = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trained if p.dim() >= 2]
+    no_decay = [p for p in trained if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, beta2), fused=fused or None)
 
@@ -74,10 +76,13 @@ def check_moments(model: nn.Module, moments: StateDict) -> None:
 
 
 def load_moments(model: nn.Module, optimizer: torch.optim.Optimizer, moments: StateDict) -> None:
-    """Install ``moments`` as the optimizer's state, strictly: every parameter, right shapes, nothing extra."""
+    """Install ``moments`` as the optimizer's state, strictly: every parameter, right shapes, nothing extra.
+    A frozen parameter's moments are checked, not installed (it is not in the optimizer)."""
     check_moments(model, moments)
     step = torch.tensor(float(moments["step"]), dtype=torch.float32)
     for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
         optimizer.state[p] = {
             "step": step.clone(),
             "exp_avg": moments[f"exp_avg.{name}"].to(device=p.device, dtype=p.dtype).clone(),

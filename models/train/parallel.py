@@ -156,7 +156,8 @@ def load_moments(model: nn.Module, optimizer: torch.optim.Optimizer, moments: St
     osd = api.get_optimizer_state_dict(model, optimizer)  # its param_groups name the parameters
     osd["state"] = {
         name: {"step": step.clone(), "exp_avg": moments[f"exp_avg.{name}"], "exp_avg_sq": moments[f"exp_avg_sq.{name}"]}
-        for name, _ in model.named_parameters()
+        for name, p in model.named_parameters()
+        if p.requires_grad  # a frozen parameter is not in the optimizer
     }
     api.set_optimizer_state_dict(model, optimizer, osd, options=api.StateDictOptions(full_state_dict=True))
 

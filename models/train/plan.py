@@ -17,6 +17,7 @@ import torch
 
 from models.families.lookup import family_of
 from models.growth import GrowthConfig, layer_map
+from models.layermap import Trainable, trainable
 from models.train.policy import ScheduleConfig, UntilConfig, lr_schedule, slope_stop, warmup_cosine
 
 StateDict = dict[str, torch.Tensor]
@@ -54,7 +55,7 @@ class StagePlan:
 
     lr_mult: Callable[[int], float] | None = None
     ramp: GateRamp | None = None  # masked growth; its gates are folded into the weights at the end
-    train_blocks: list[int] | None = None  # growth.freeze parent: only these (new) blocks train; None: everything
+    trainable: Trainable | None = None  # growth.freeze: only these blocks (and embeddings, head) train; None: all
     stop: Callable[[Curve], bool] = _never  # on the validation curve after each evaluation: True ends the stage
 
 
@@ -127,12 +128,12 @@ def stage_plan(
     lr_mult = lr_schedule(
         schedule, warmup=warmup, min_ratio=min_lr_ratio, stage_steps=steps, start=start, total=total or steps
     )
-    ramp, train_blocks = None, None
+    ramp, trains = None, None
     if parent_layers is not None and growth.operator == "masked":
         ramp = GateRamp(blocks=layer_map(growth, parent_layers, child_layers).new_blocks, steps=growth.ramp_steps)
-    if parent_layers is not None and growth.freeze == "parent":  # LLaMA-Pro: the parent's blocks stay as they were
-        train_blocks = layer_map(growth, parent_layers, child_layers).new_blocks
-    return StagePlan(lr_mult=lr_mult, ramp=ramp, train_blocks=train_blocks, stop=slope_stop(until.loss_slope))
+    if parent_layers is not None and growth.freeze != "none":  # e.g. LLaMA-Pro: the parent's blocks stay as they were
+        trains = trainable(growth.freeze, layer_map(growth, parent_layers, child_layers))
+    return StagePlan(lr_mult=lr_mult, ramp=ramp, trainable=trains, stop=slope_stop(until.loss_slope))
 
 
 def default_lr(warmup: int, steps: int, min_lr_ratio: float) -> Callable[[int], float]:

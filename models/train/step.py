@@ -3,7 +3,7 @@
     with autocast(device, "bf16"): ...           # torch.autocast: bf16 compute, float32 master weights
     with checkpointed(model, family, "full"):    # torch.utils.checkpoint around each of the family's blocks
     net = compiled(net, True, log)               # torch.compile, or the eager module when no compiler is here
-    with frozen(model, family, train_blocks):    # only these blocks train (LLaMA-Pro): the rest gets no gradient
+    with frozen(model, family, trainable):       # only these blocks (embeddings, head) train: the rest gets no gradient
     loss = accumulate(net, model, family, x, y, micro)   # forward + backward over micro batches, grads summed
 
 Gradient accumulation keeps ``batch_size`` the global batch of one optimizer step (litgpt, torchtitan): each
@@ -24,6 +24,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from models.families.family import Family, token_loss
+from models.layermap import Trainable
 from models.train import parallel
 
 
@@ -77,18 +78,22 @@ def compiled(net: nn.Module, enabled: bool, device: torch.device, log: Callable[
 
 
 @contextlib.contextmanager
-def frozen(model: nn.Module, family: Family, train_blocks: list[int] | None) -> Iterator[None]:
-    """With ``train_blocks``, every parameter outside those blocks (the other blocks, embeddings, norms, head)
-    gets ``requires_grad=False`` for the duration: no gradient, so AdamW neither steps nor decays it. Set
-    before DDP or FSDP2 first run the model, so both leave those parameters out of the reduction."""
-    if train_blocks is None:
+def frozen(model: nn.Module, family: Family, trainable: Trainable | None) -> Iterator[None]:
+    """With ``trainable``, every parameter outside it (the other blocks; the embeddings and the final norm and
+    head unless it names them) gets ``requires_grad=False`` for the duration: no gradient, and the loop's AdamW
+    holds no state for it. Set before DDP or FSDP2 first run the model, so both leave those parameters out of
+    the reduction (FSDP2 keeps a unit with frozen and trained parameters, the root's, as one group)."""
+    if trainable is None:
         yield
         return
-    prefix = family.layout.block_prefix
-    trained = tuple(f"{prefix}{j}." for j in train_blocks)
+    layout = family.layout
+    blocks = tuple(f"{layout.block_prefix}{j}." for j in trainable.blocks)
     params = list(model.named_parameters())
     for name, p in params:
-        p.requires_grad_(name.startswith(trained))
+        if name.startswith(layout.block_prefix):
+            p.requires_grad_(name.startswith(blocks))
+        else:
+            p.requires_grad_(trainable.embeddings if name.startswith(layout.embeddings) else trainable.head)
     try:
         yield
     finally:

@@ -74,12 +74,13 @@ def check_trainer(k: int, stage, train, world: int) -> None:
             f"stages.{k - 1}: train.micro_batch_size {train.micro_batch_size} does not divide the per-rank batch "
             f"{train.batch_size // world} (batch_size {train.batch_size} over {world} processes)"
         )
-    if stage.growth.freeze == "parent":
+    if stage.growth.freeze != "none":
+        what = stage.growth.freeze if stage.growth.freeze == "parent" else "a freeze mapping"
         if k == 1:
-            raise ValueError("stages.0.growth.freeze: parent needs a parent: stage 1 has none")
+            raise ValueError(f"stages.0.growth.freeze: {what} needs a parent: stage 1 has none")
         if stage.growth.operator == "width":
             raise ValueError(
-                f"stages.{k - 1}.growth.freeze: parent needs a depth operator (width changes every weight)"
+                f"stages.{k - 1}.growth.freeze: {what} needs a depth operator (width changes every weight)"
             )
 
 

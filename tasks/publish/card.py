@@ -69,9 +69,10 @@ def card_markdown(
     parent_cursor = chain[-2][0].data_cursor if len(chain) > 1 else 0
     context, batch = int(params.model["context"]), int(params.train["batch_size"])
     cursor = ref.data_cursor
-    rows = ["| version | stage | layers | operator | steps | val loss |", "|---|---|---|---|---|---|"]
+    rows = ["| version | stage | layers | operator | steps | val loss | layer map |", "|---|---|---|---|---|---|---|"]
     rows += [
-        f"| {v.version} | {v.stage} | {v.n_layers} | {v.growth} | {p.steps} | {v.val_loss:.6f} |" for v, p in chain
+        f"| {v.version} | {v.stage} | {v.n_layers} | {v.growth} | {p.steps} | {v.val_loss:.6f} | {v.layer_map or ''} |"
+        for v, p in chain
     ]
     gate_lines = "Not gated."
     if gate is not None:
@@ -93,6 +94,8 @@ def card_markdown(
 | | |
 |---|---|
 | growth from parent | {ref.growth} (parent version {ref.parent_version or "none"}) |
+| layer map (parent block of each block, new copies starred) | {ref.layer_map or "none"} |
+| trained (growth.freeze) | {ref.trained or "everything"} |
 | steps this stage / all stages | {result.steps} / {ref.global_step} |
 | data cursor (sequences) | {parent_cursor} → {cursor} |
 | tokens this stage / all stages | {tokens_stage:,} / {tokens_all:,} (batch {batch}) |

@@ -69,7 +69,13 @@ class VersionTags(_Tags):
     code_version: str
     val_loss: float
     tokenizer_sha256: str | None = None  # models.data.tokenizer.sha256 of its tokenizer; None: the byte vocabulary
-    freeze: str | None = None  # growth.freeze: "parent" when only the new blocks trained (LLaMA-Pro); None: none
+    # growth.freeze: "parent" when only the new blocks trained (LLaMA-Pro), or the mapping ("blocks parent;
+    # embeddings false; head true": models.layermap.describe_freeze); None: none
+    freeze: str | None = None
+    trained: str | None = None  # with freeze: what trained ("blocks 4 9; embeddings"); None: everything
+    # the depth map that made it: child block j's parent block, new copies starred ("0 1 2 3 3* 4 5 6 7 7*",
+    # models.layermap.LayerMap.describe); None: the first stage, width growth, or a version from before this tag
+    layer_map: str | None = None
     # data.sources: every source's cursor after this stage, and the mixture it trained on (weights by name),
     # as JSON; None for a one-corpus pipeline
     data_cursors: str | None = None

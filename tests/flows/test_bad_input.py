@@ -197,6 +197,33 @@ CASES = {
         2,
         "stages.1.growth.freeze: parent needs a depth operator",
     ),
+    # bad layer maps and freezes (issue 30): smoke.yaml grows 3 -> 6 -> 12
+    "layer map index outside the parent": (
+        None,
+        SET("stages.1.growth.layers=[0,1,2,3,1,2]"),
+        "fresh",
+        {},
+        2,
+        "stages.1: growth.layers names parent blocks [3], but the parent has blocks 0..2",
+    ),
+    "empty layer map": (None, SET("stages.1.growth.layers=[]"), "fresh", {}, 2, "growth.layers: Tuple should have"),
+    "solar drop at the depth": (
+        None,
+        SET("stages.1.growth.solar={drop: 3}"),
+        "fresh",
+        {},
+        2,
+        "stages.1: growth.solar.drop 3 must be below the parent's depth 3",
+    ),
+    "every 0": (None, SET("stages.1.growth.every=0"), "fresh", {}, 2, "stages.1.growth.every: Input should be"),
+    "freeze a block the child lacks": (
+        None,
+        SET("stages.1.growth.freeze={blocks: [7]}"),
+        "fresh",
+        {},
+        2,
+        "growth.freeze.blocks names child blocks [7], but the child has blocks 0..5",
+    ),
     "unknown precision": (None, SET("train.precision=fp16"), "fresh", {}, 2, "train.precision: Input should be"),
     "unknown operator": (
         None,

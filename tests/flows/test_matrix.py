@@ -1,9 +1,10 @@
 """Every family under every strategy, through the flow: each grown stage trained by 2 gloo ranks under torchrun
 (DDP, or FSDP2) registers the same kind of version as the same stage trained in one process, with weights within
-ATOL, for every growth operator (stack, identity, width).
+ATOL, for every growth operator (stack, identity, width) and a layer map that is no multiple of the depth.
 
-One pipeline per family and strategy: stage 1 in the task process, then stack (2 -> 4 layers), identity (4 -> 8)
-and width (8 layers, twice as wide) under torchrun. The one-process reference is the same pipeline with no
+One pipeline per family and strategy: stage 1 in the task process, then stack (2 -> 4 layers), identity along a
+non-multiple map (4 -> 6, interpose: blocks 1 and 2 duplicated in place, Adam moments mapped with them) and width
+(6 layers, twice as wide) under torchrun. The one-process reference is the same pipeline with no
 ``parallel``, registered under another model name in the same store (the name is part of every stage key, so
 nothing is skipped; ``parallel`` is not). Tiny models, a few steps, the byte vocabulary (no BPE to train).
 """
@@ -33,14 +34,15 @@ MODELS = {
     "qwen3": {"arch": "qwen3", "n_kv_heads": 1, **WIDTHS},
     "qwen2": {"arch": "qwen2", "n_kv_heads": 1, **WIDTHS},
 }
-GROWN = [(4, "stack"), (8, "identity"), (8, "width")]
+GROWN = [(4, {"operator": "stack"}), (6, {"operator": "identity", "interpose": {"skip_first": 1, "skip_last": 1}})]
+GROWN += [(6, {"operator": "width"})]
 
 
 def pipeline(arch: str, name: str, strategy: str | None) -> PipelineConfig:
     parallel = {"parallel": {"strategy": strategy, "nproc": 2}} if strategy else {}
     stages = [{"n_layers": 2, "steps": 4}] + [
-        {"n_layers": n, "steps": 3, "growth": {"operator": op}, "optimizer": {"state": "transfer"}, **parallel}
-        for n, op in GROWN
+        {"n_layers": n, "steps": 3, "growth": growth, "optimizer": {"state": "transfer"}, **parallel}
+        for n, growth in GROWN
     ]
     return PipelineConfig.model_validate(
         {
@@ -98,7 +100,7 @@ def test_a_grown_stage_under_torchrun_is_the_one_process_stage(store, arch, stra
         mine, one = (client.get_model_version(r.ref.name, r.ref.version) for r in (ours, theirs))
         stage = mine.tags["stage"]
         assert client.get_run(mine.run_id).data.params["nproc"] == "2", stage  # trained by the two ranks
-        for tag in ("n_layers", "growth", "data_cursor", "global_step", "stage"):
+        for tag in ("n_layers", "growth", "layer_map", "data_cursor", "global_step", "stage"):
             assert mine.tags[tag] == one.tags[tag], (stage, tag)
         w_ours, files_ours = _download(registry, mine, tmp_path / "ranks" / stage)
         w_one, files_one = _download(registry, one, tmp_path / "one" / stage)
@@ -108,5 +110,6 @@ def test_a_grown_stage_under_torchrun_is_the_one_process_stage(store, arch, stra
             torch.testing.assert_close(w_ours[key], w_one[key], rtol=0, atol=ATOL, msg=f"stage {stage}: {key}")
         assert ours.val_loss == pytest.approx(theirs.val_loss, abs=ATOL)
         assert [loss for _, loss in ours.train_curve] == pytest.approx([v for _, v in theirs.train_curve], abs=ATOL)
-    assert [client.get_model_version(r.ref.name, r.ref.version).tags["n_layers"] for r in ranked] == list("2488")
+    assert [client.get_model_version(r.ref.name, r.ref.version).tags["n_layers"] for r in ranked] == list("2466")
+    assert client.get_model_version(ranked[2].ref.name, ranked[2].ref.version).tags["layer_map"] == "0 1 1* 2 2* 3"
     assert ranked[-1].params > ranked[-2].params  # the width stage doubled the widths

@@ -8,6 +8,7 @@ from models.families.family import token_loss
 from models.families.gpt import GPT, GPTConfig
 from models.families.lookup import family_of
 from models.growth import GrowthConfig, grow
+from models.layermap import Trainable
 from models.train import speed
 from models.train.loop import TrainConfig, train
 from models.train.plan import Hooks, StagePlan, Start, stage_plan
@@ -84,7 +85,7 @@ def test_freeze_parent_trains_only_the_new_blocks():
         warmup=1, min_lr_ratio=0.1, steps=4, schedule=ScheduleConfig(), growth=growth, until=UntilConfig(),
         parent_layers=2, child_layers=4,
     )  # fmt: skip
-    assert plan.train_blocks == [2, 3]
+    assert plan.trainable == Trainable(blocks=(2, 3), embeddings=False, head=False)
     model, result = _trained(child_cfg, plan, state)
     after = model.state_dict()
     changed = {k for k in state if not torch.equal(state[k], after[k])}
@@ -119,7 +120,7 @@ def test_a_frozen_stage_resumes_bit_for_bit():
     torch.manual_seed(0)
     child_cfg = CFG.model_copy(update={"n_layers": 4})
     state = grow("stack", GPT(CFG).state_dict(), CFG, child_cfg)
-    plan = StagePlan(train_blocks=[2, 3])
+    plan = StagePlan(trainable=Trainable(blocks=(2, 3), embeddings=False, head=False))
     whole, _ = _trained(child_cfg, plan, state, micro_batch_size=8)
     saved = {}
 
