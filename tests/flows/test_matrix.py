@@ -3,10 +3,11 @@
 ATOL, for every growth operator (stack, identity, width) and a layer map that is no multiple of the depth.
 
 One pipeline per family and strategy: stage 1 in the task process, then stack (2 -> 4 layers), identity along a
-non-multiple map (4 -> 6, interpose: blocks 1 and 2 duplicated in place, Adam moments mapped with them) and width
-(6 layers, twice as wide) under torchrun. The one-process reference is the same pipeline with no
-``parallel``, registered under another model name in the same store (the name is part of every stage key, so
-nothing is skipped; ``parallel`` is not). Tiny models, a few steps, the byte vocabulary (no BPE to train).
+non-multiple map (4 -> 6, interpose: blocks 1 and 2 duplicated in place, Adam moments mapped with them; only the
+new blocks and the embeddings train) and width (6 layers, twice as wide) under torchrun. The one-process reference
+is the same pipeline with no ``parallel``, registered under another model name in the same store (the name is part
+of every stage key, so nothing is skipped; ``parallel`` is not). Tiny models, a few steps, the byte vocabulary (no
+BPE to train).
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ MODELS = {
     "qwen3": {"arch": "qwen3", "n_kv_heads": 1, **WIDTHS},
     "qwen2": {"arch": "qwen2", "n_kv_heads": 1, **WIDTHS},
 }
-GROWN = [(4, {"operator": "stack"}), (6, {"operator": "identity", "interpose": {"skip_first": 1, "skip_last": 1}})]
+# the interpose stage also freezes the parent's blocks and the final norm and head but trains the embeddings: under
+# FSDP2 the root unit (embeddings, final norm, head) holds trained and frozen parameters at once
+INTERPOSE = {"skip_first": 1, "skip_last": 1}
+GROWN = [(4, {"operator": "stack"}), (6, {"operator": "identity", "interpose": INTERPOSE, "freeze": {"head": True}})]
 GROWN += [(6, {"operator": "width"})]
 
 
@@ -100,8 +104,8 @@ def test_a_grown_stage_under_torchrun_is_the_one_process_stage(store, arch, stra
         mine, one = (client.get_model_version(r.ref.name, r.ref.version) for r in (ours, theirs))
         stage = mine.tags["stage"]
         assert client.get_run(mine.run_id).data.params["nproc"] == "2", stage  # trained by the two ranks
-        for tag in ("n_layers", "growth", "layer_map", "data_cursor", "global_step", "stage"):
-            assert mine.tags[tag] == one.tags[tag], (stage, tag)
+        for tag in ("n_layers", "growth", "layer_map", "freeze", "trained", "data_cursor", "global_step", "stage"):
+            assert mine.tags.get(tag) == one.tags.get(tag), (stage, tag)
         w_ours, files_ours = _download(registry, mine, tmp_path / "ranks" / stage)
         w_one, files_one = _download(registry, one, tmp_path / "one" / stage)
         assert files_ours == files_one, stage  # the same kind of version: the family's directory, pyfunc files
@@ -111,5 +115,14 @@ def test_a_grown_stage_under_torchrun_is_the_one_process_stage(store, arch, stra
         assert ours.val_loss == pytest.approx(theirs.val_loss, abs=ATOL)
         assert [loss for _, loss in ours.train_curve] == pytest.approx([v for _, v in theirs.train_curve], abs=ATOL)
     assert [client.get_model_version(r.ref.name, r.ref.version).tags["n_layers"] for r in ranked] == list("2466")
-    assert client.get_model_version(ranked[2].ref.name, ranked[2].ref.version).tags["layer_map"] == "0 1 1* 2 2* 3"
+    interposed = client.get_model_version(ranked[2].ref.name, ranked[2].ref.version).tags
+    assert interposed["layer_map"] == "0 1 1* 2 2* 3" and interposed["trained"] == "blocks 2 4; embeddings"
+    w_before, _ = _download(
+        registry, client.get_model_version(ranked[1].ref.name, ranked[1].ref.version), tmp_path / "p"
+    )
+    w_after, _ = _download(
+        registry, client.get_model_version(ranked[2].ref.name, ranked[2].ref.version), tmp_path / "c"
+    )
+    frozen = [k for k in w_after if not k.startswith(("blocks.", "model.layers.", "tok_emb", "pos_emb", "model.embed"))]
+    assert frozen and all(torch.equal(w_after[k], w_before[k]) for k in frozen)  # the head stayed, bit for bit
     assert ranked[-1].params > ranked[-2].params  # the width stage doubled the widths
