@@ -101,6 +101,14 @@ def frozen(model: nn.Module, family: Family, trainable: Trainable | None) -> Ite
             p.requires_grad_(True)
 
 
+def trained_share(model: nn.Module, family: Family, trainable: Trainable | None) -> float:
+    """The share of ``model``'s parameters that train under ``trainable`` (1 for None): the part that keeps
+    gradients and AdamW moments. Works on a meta-device model: nothing is allocated."""
+    with frozen(model, family, trainable):
+        sizes = [(p.numel(), p.requires_grad) for p in model.parameters()]
+    return sum(n for n, on in sizes if on) / sum(n for n, _ in sizes)
+
+
 def _no_sync(net: nn.Module, model: nn.Module, sync: bool):
     """Skip the gradient reduction of a non-final micro batch (DDP's no_sync, FSDP2's requires-sync flag)."""
     if parallel.is_sharded(model):

@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import os
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.families.lookup import family_of
+from models.growth import layer_map
+from models.layermap import trainable
+from models.train.step import trained_share
 
 
 class LimitsConfig(BaseModel):
@@ -98,11 +102,21 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
+def _trained_share(spec, parent) -> float:
+    """The share of the stage's parameters that train (models.train.step.trained_share, on the meta device)."""
+    if parent is None or spec.growth.freeze == "none":
+        return 1.0
+    family = family_of(spec.model)
+    t = trainable(spec.growth.freeze, layer_map(spec.growth, parent.model.n_layers, spec.model.n_layers))
+    with torch.device("meta"):
+        return trained_share(family.build(spec.model), family, t)
+
+
 def check_fit(specs, limits: LimitsConfig) -> None:
     """Each resolved stage against the process cap and the memory it needs (its processes on this node, each with
     the model, gradients and AdamW moments, or 1/world of them under FSDP, and its slice of the batch's
     activations)."""
-    for spec in specs:
+    for parent, spec in zip([None, *specs], specs):
         where = f"stages.{spec.index - 1}"
         if spec.model.d_model > limits.max_d_model:  # a width stage doubled it
             raise ValueError(f"{where}: d_model {spec.model.d_model} exceeds limits.max_d_model {limits.max_d_model}")
@@ -114,7 +128,8 @@ def check_fit(specs, limits: LimitsConfig) -> None:
         family = family_of(spec.model)
         state = family.footprint(spec.model, 0)  # weights, gradients, AdamW: sharded across the ranks under FSDP
         shards = par.world_size if par.strategy == "fsdp" else 1
-        per_rank = (state.weights + state.grads + state.optimizer) // shards
+        share = _trained_share(spec, parent)  # growth.freeze: frozen parameters keep no gradients and no moments
+        per_rank = (state.weights + int((state.grads + state.optimizer) * share)) // shards
         micro = spec.train.micro_batch_size or spec.train.batch_size // par.world_size
         per_rank += activations(family, spec, micro)
         need = per_rank if cuda else per_rank * par.nproc  # on CPU every rank on this node shares its memory

@@ -126,3 +126,22 @@ def test_a_finer_frozen_stage_resumes_bit_for_bit():
     resumed.load_state_dict(weights)
     train(resumed, _corpus(), cfg, plan=plan, start=Start(seed=1, resume=ts))
     assert all(torch.equal(whole.state_dict()[k], v) for k, v in resumed.state_dict().items())
+
+
+def test_the_memory_check_counts_gradients_and_moments_of_the_trained_parameters_only(tmp_path):
+    """limits.memory_bytes just above what the 8-layer stage 1 needs: the 10-layer stage 2 fits when only its two new
+    blocks train (weights of 10 blocks, gradients and AdamW of 2) and is refused when all of it trains."""
+    from tasks.config import ConfigError, load_config
+
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "model: {d_model: 256, n_heads: 4, d_ff: 1024, context: 8}\ntrain: {batch_size: 2}\n"
+        "stages: [{n_layers: 8, steps: 1}, {n_layers: 10, steps: 1, growth: {every: 4}}]\n"
+    )
+    with pytest.raises(ConfigError, match="stages.0: training needs about") as e:
+        load_config(config, ["limits.memory_bytes=1"])
+    stage1 = float(str(e.value).split("about ")[1].split(" MiB")[0])
+    cap = f"limits.memory_bytes={int((stage1 + 0.2) * 2**20)}"
+    load_config(config, [cap, "stages.1.growth.freeze=parent"])  # fits
+    with pytest.raises(ConfigError, match="stages.1: training needs about"):
+        load_config(config, [cap])
