@@ -171,3 +171,19 @@ def test_a_recipe_resolves_into_the_stage_spec_and_its_key():
     spec_one, spec_two = one.stage_specs()[1], two.stage_specs()[1]
     assert spec_one.growth.interpose.skip_first == 1 and spec_one.model.n_layers == 9
     assert spec_hash(spec_one) != spec_hash(spec_two)  # the map is part of the stage key
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_solar_grows_32_layers_into_48_on_every_family(arch):
+    """SOLAR's own depths at toy width: blocks 0..23 then 8..31, every weight a copy of its source."""
+    cfg = FAMILIES[arch].model_copy(update={"n_layers": 32})
+    g = GrowthConfig(solar={"drop": 8})
+    family, prefix = family_of(cfg), family_of(cfg).layout.block_prefix
+    torch.manual_seed(0)
+    weights = family.weights(family.build(cfg))
+    grown = grow(g, weights, cfg, child_config(g, cfg, 48))  # checked against the 48-layer config's shapes
+    sources = [*range(24), *range(8, 32)]
+    for j in (0, 23, 24, 47):
+        for key in [k for k in weights if k.startswith(f"{prefix}{sources[j]}.")]:
+            suffix = key.removeprefix(f"{prefix}{sources[j]}.")
+            assert torch.equal(grown[f"{prefix}{j}.{suffix}"], weights[key]), (j, suffix)
