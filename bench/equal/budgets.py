@@ -174,7 +174,7 @@ def run(workdir: Path, raw: Path, log=_log, only_estimate: bool = False, setup: 
             for name, arm in arms(p.model.n_layers, tpp).items():
                 hp = HParams(**tuned[name]["best_params"])
                 path = workdir / "arms" / f"{size}-{tpp:g}-{seed}-{name}.json"
-                out = heldout_arm(p, equalised(arm, p), b, corpora[seed], seed, hp, test, path)
+                out = heldout_arm(p, equalised(arm, p), b, corpora[seed], seed, hp, (val, test), path)
                 flops = b.tokens * train_flops_per_token(p.model)
                 runs.append(out | {"size": size, "params": b.params, "flops_budget": flops})
                 log(f"{tag} {size} {tpp:g} tpp seed {seed} {name}: test {out.get('final_val_loss')}")

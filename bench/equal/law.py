@@ -1,7 +1,8 @@
 """The equal-compute figures from held-out runs, the loss-vs-compute fit, and the savings law.
 
     headline(runs)         per (size, budget, arm): FLOPs to reach scratch's final test loss / scratch's FLOPs
-                           ("not reached" when the curve never gets there within the budget), final test loss
+                           ("not reached" when the curve never gets there within the budget; the growth moment
+                           never counts), final test loss, paired bootstrap 95% intervals over the seeds
     compute_fit(runs)      L(C) = E + A C^-alpha through the from-scratch runs' final test losses (Pareto front)
     multiplier(fit, C, l)  the effective-compute multiplier: the scratch compute reaching loss l, over C
     law(points, held_out)  log multiplier = a + b log(tokens/param) + c log(params), fitted without one point,
@@ -18,8 +19,8 @@ import statistics
 import numpy as np
 from scipy.optimize import curve_fit
 
-from bench.suite.curves import Point, to_target
-from bench.suite.figures import final_stage
+from bench.suite.curves import Point, paired_bootstrap, to_target
+from bench.suite.figures import final_stage, growth_moment
 
 FROM_SCRATCH = "scratch"
 
@@ -33,37 +34,33 @@ def from_scratch(name: str) -> bool:
 
 
 def headline(runs: list[dict]) -> dict:
-    """{(size, tpp): {arm: {per_seed rows, mean ratio or None, final losses}}} keyed as 'size/tpp'."""
+    """{'size/tpp': {arm: {per-seed rows, mean ratio (None if a seed never reached), paired bootstrap intervals}}}.
+
+    Per seed, the target is that seed's scratch final test loss; an arm's FLOPs to it are read from its final
+    stage's trained evals only (bench.suite.figures.final_stage): the growth-moment eval is the small model's
+    loss, reported beside it (``growth_moment_loss``, ``reached_at_growth_moment``), never as the arm's."""
     out: dict[str, dict] = {}
     for key in dict.fromkeys((r["size"], r["budget"]) for r in runs):
         here = [r for r in runs if (r["size"], r["budget"]) == key]
         scratch = {r["seed"]: r for r in here if r["schedule"] == FROM_SCRATCH}
         arms: dict[str, dict] = {}
         for name in dict.fromkeys(r["schedule"] for r in here):
-            rows = []
-            for r in (r for r in here if r["schedule"] == name):
-                base = scratch[r["seed"]]
-                target = base["final_val_loss"]
-                f_base = to_target(_points(base), target, "flops")
-                f_arm = to_target(_points(r), target, "flops") if r.get("points") else None
-                rows.append(
-                    {
-                        "seed": r["seed"],
-                        "target_test_loss": target,
-                        "flops_ratio": None if f_arm is None or not f_base else f_arm / f_base,
-                        "final_test_loss": r["final_val_loss"],
-                        "flops": r.get("flops"),
-                        "tokens": r.get("tokens"),
-                    }
-                )
-            ratios = [x["flops_ratio"] for x in rows]
+            rows = [_row(scratch[r["seed"]], r) for r in here if r["schedule"] == name]
             finals = [x["final_test_loss"] for x in rows if x["final_test_loss"] is not None]
+            vals = [x["final_val_loss"] for x in rows if x["final_val_loss"] is not None]
+            ratio = paired_bootstrap([x["flops_ratio"] for x in rows])
+            delta = paired_bootstrap([x["delta_loss"] for x in rows])
             arms[name] = {
                 "rows": rows,
-                "flops_ratio": statistics.fmean(ratios) if None not in ratios else None,
-                "reached": sum(x is not None for x in ratios),
+                "flops_ratio": ratio["mean"],
+                "flops_ratio_ci95": ratio["ci95"],
+                "reached": ratio["reached"],
                 "n": len(rows),
                 "final_test_loss": statistics.fmean(finals) if finals else None,
+                "delta_loss": delta["mean"],  # the arm's final test loss - scratch's, same seed; < 0: lower
+                "delta_loss_ci95": delta["ci95"],
+                "final_val_loss": statistics.fmean(vals) if len(vals) == len(rows) else None,  # choice of the best
+                "reached_at_growth_moment": sum(bool(x["reached_at_growth_moment"]) for x in rows),
             }
         first = here[0]
         out[f"{key[0]}/{key[1]:g}"] = {
@@ -74,6 +71,27 @@ def headline(runs: list[dict]) -> dict:
             "arms": arms,
         }
     return out
+
+
+def _row(base: dict, r: dict) -> dict:
+    """One held-out seed of one arm against that seed's scratch run."""
+    target = base["final_val_loss"]
+    f_base = to_target(_points(base), target, "flops")
+    f_arm = to_target(_points(r), target, "flops") if r.get("points") else None
+    grown = growth_moment([Point(**p) for p in r["points"]]) if r.get("points") else None
+    final = r["final_val_loss"]
+    return {
+        "seed": r["seed"],
+        "target_test_loss": target,
+        "flops_ratio": None if f_arm is None or not f_base else f_arm / f_base,
+        "final_test_loss": final,
+        "delta_loss": None if final is None else final - target,
+        "final_val_loss": r.get("final_val_split_loss"),  # the validation half (tuning's data), for the choice
+        "growth_moment_loss": grown.val_loss if grown else None,
+        "reached_at_growth_moment": bool(grown and grown.val_loss <= target),  # the small model already reached it
+        "flops": r.get("flops"),
+        "tokens": r.get("tokens"),
+    }
 
 
 def _curve(c, e, a, alpha):

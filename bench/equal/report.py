@@ -35,9 +35,7 @@ def summarise(raw: dict) -> dict:
         for a in h["arms"].values():
             m = multiplier(fit, h["flops_budget"], a["final_test_loss"]) if a["final_test_loss"] else None
             a["effective_compute_multiplier"] = m
-        staged = {n: a for n, a in h["arms"].items() if not from_scratch(n)}
-        scored = {n: a["effective_compute_multiplier"] or 0 for n, a in staged.items()}
-        h["best_schedule"] = max(scored, key=scored.get)
+        h["best_schedule"], h["best_chosen_by"] = choose(h["arms"], raw["tuning"]["arms"])
         budgets.append(h)
     budgets.sort(key=lambda b: (b["size"], b["tokens_per_param"]))
     points = {}
@@ -81,6 +79,16 @@ COMMANDS = {
     "byte-budgets": "python -m bench.equal.budgets --model gpt --workdir /tmp/bench-byte && "
     "python -m bench.equal.report /tmp/bench-byte/byte-budgets-raw.json --out docs/byte-budgets.json",
 }
+
+
+def choose(arms: dict, tuned: dict) -> tuple[str, str]:
+    """The best staged arm, chosen on validation data only: the lowest mean final loss of the held-out runs on the
+    validation half; where a run lacks it (raw runs from before issue 28), the arm's tuning objective (its best
+    trial's mean final validation loss on the tuning seeds). Never on the test split the headline reads."""
+    staged = [n for n in arms if not from_scratch(n)]
+    if all(arms[n].get("final_val_loss") is not None for n in staged):
+        return min(staged, key=lambda n: arms[n]["final_val_loss"]), "held-out runs' final loss on the validation half"
+    return min(staged, key=lambda n: tuned[n]["best_value"]), "tuning objective (validation half, tuning seeds)"
 
 
 def _law(pts: list[dict], held_out: int | None = None) -> dict | None:

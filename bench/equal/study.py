@@ -31,6 +31,7 @@ from bench.suite.tune import FAILED, Tuned, study_name, tune
 from models.data.bytes import DataConfig
 from models.data.tokenizer import TokenizerConfig
 from models.families.lookup import ModelConfig
+from models.train.loop import evaluate
 from tasks.driver import StageFailed
 
 STAGED = ["best", "gstack", "late-jump", "late-jump-mup"]  # plain and midas: see docs/benchmarks.md (CPU time)
@@ -196,13 +197,17 @@ def tune_arm(
 
 
 def heldout_arm(
-    preset: Preset, arm: Schedule, b: Budget, corpus: Corpus, seed: int, hp: HParams, test: list, path: Path
+    preset: Preset, arm: Schedule, b: Budget, corpus: Corpus, seed: int, hp: HParams, split: tuple, path: Path
 ) -> dict:
-    """One held-out run on the test split, the whole FLOPs budget, cached at ``path`` (resumable)."""
+    """One held-out run, the whole FLOPs budget, cached at ``path`` (resumable). ``split`` = (validation, test):
+    its curve is on the test split (the headline's only data); its final model is also evaluated once on the
+    validation half (``final_val_split_loss``), the only figure the best schedule is chosen by."""
+    val, test = split
 
     def run() -> dict:
         try:
-            out = run_arm(preset, arm, corpus, seed, hp, b, eval_set=test).as_dict()
+            done = run_arm(preset, arm, corpus, seed, hp, b, eval_set=test)
+            out = done.as_dict() | {"final_val_split_loss": evaluate(done.model, val)}
         except StageFailed as e:
             out = {"schedule": arm.name, "seed": seed, "failed": str(e), "final_val_loss": None, "points": []}
         out.pop("model", None)

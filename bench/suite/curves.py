@@ -11,6 +11,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+import numpy as np
 from scipy.stats import t as t_dist
 
 
@@ -69,3 +70,23 @@ def interval(values: Sequence[float | None]) -> dict:
     std = statistics.stdev(reached) if n > 1 else 0.0
     half = float(t_dist.ppf(0.975, n - 1)) * std / math.sqrt(n) if n > 1 else None
     return {**out, "mean": mean, "std": std, "ci95": None if half is None else [mean - half, mean + half]}
+
+
+def paired_bootstrap(values: Sequence[float | None], resamples: int = 10_000, seed: int = 0) -> dict:
+    """Mean and percentile-bootstrap 95% interval of the mean of per-seed *paired* values (each an arm's figure
+    over the same seed's scratch: a FLOPs ratio, or a loss difference): the seeds are resampled with
+    replacement, the pairs kept whole. A seed with no value (never reached) makes mean and interval None; one
+    seed has no interval. Seeded: the same values give the same interval."""
+    reached = [v for v in values if v is not None and math.isfinite(v)]
+    out: dict = {"n": len(values), "reached": len(reached)}
+    if not reached or len(reached) < len(values):
+        return {**out, "mean": None, "ci95": None}
+    x = np.asarray(reached, dtype=float)
+    if len(x) < 2:
+        return {**out, "mean": float(x.mean()), "ci95": None}
+    means = x[np.random.default_rng(seed).integers(0, len(x), (resamples, len(x)))].mean(axis=1)
+    return {
+        **out,
+        "mean": float(x.mean()),
+        "ci95": [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))],
+    }

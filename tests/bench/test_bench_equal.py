@@ -1,5 +1,6 @@
 """The equal-compute protocol's pure parts: equal FLOPs per arm, the test split, the fits and the law,
-and `staged plan`'s refusal and its config (pure functions and the CLI in-process; no training)."""
+the growth moment kept out of the headline, and every arm of the JSON in the docs table (pure functions; no
+training)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,12 @@ import math
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from bench.equal import budgets as llama_budgets
 from bench.equal.law import compute_fit, headline, law, multiplier
 from bench.equal.study import MUP_JUMP, arms, baselines, equalised, heldout_split
 from bench.suite.curves import Point
 from bench.suite.spec import train_flops_per_token
-from flows.cli.main import main
 
 
 def _flops(arm, preset) -> float:
@@ -117,34 +116,32 @@ def test_law_predicts_a_held_out_point():
     assert fit["tpp_range"] == [5, 80] and fit["params_range"] == [3e4, 6e4]
 
 
-def _law_file(tmp_path, params):
-    fit = {"coef": [0.5, 0.0], "terms": ["1", "log tpp"], "sigma": 0.1, "tpp_range": [5, 80], "params_range": params}
-    budgets = [{"tokens_per_param": 20.0, "params": params[0], "best_schedule": "best"}]
-    tuning = {"arms": {"best": {"best_params": {"lr": 3e-3, "warmup": 0.1, "shape": "wsd", "decay": 0.2}}}}
-    path = tmp_path / "law.json"
-    path.write_text(json.dumps({"law": {"best": {"full_fit": fit}}, "budgets": budgets, "tuning": tuning}))
-    return path
+def test_a_growth_moment_evaluation_never_meets_the_target():
+    """Identity growth preserves the function: the eval at the grown model's step 0 is the small model's loss.
+    Here it is below scratch's final loss, but no trained eval of the final stage gets there: not reached."""
+    scratch = _run("scratch", 1, [5, 4, 3, 2])
+    pts = [Point(1, 0, 0.0, 0, 0.0, 5.0), Point(1, 1, 0.0, 1, 30.0, 2.5), Point(1, 2, 0.0, 2, 40.0, 1.9)]
+    pts += [Point(2, 2, 0.0, 2, 40.0, 1.9), Point(2, 3, 0.0, 3, 70.0, 2.2), Point(2, 4, 0.0, 4, 100.0, 2.1)]
+    jump = {**_run("jump", 1, [5, 2.1]), "points": [p.as_dict() for p in pts], "final_val_loss": 2.1}
+    arm = headline([scratch, jump])["s/20"]["arms"]["jump"]
+    assert arm["flops_ratio"] is None and arm["reached"] == 0  # 40/100 = 0.4 if the growth moment counted
+    assert arm["reached_at_growth_moment"] == 1 and arm["rows"][0]["growth_moment_loss"] == 1.9
+    assert arm["delta_loss"] == pytest.approx(0.1)
+    later = [*pts[:4], Point(2, 3, 0.0, 3, 70.0, 1.8)]  # a trained eval below the target: counted there
+    jump = {**jump, "points": [p.as_dict() for p in later], "final_val_loss": 1.8}
+    arm = headline([scratch, jump])["s/20"]["arms"]["jump"]
+    assert arm["flops_ratio"] == pytest.approx(0.7)  # at that eval: no interpolation from the growth moment
 
 
-def test_plan_refuses_outside_the_fitted_range(tmp_path, capsys):
-    law_file = _law_file(tmp_path, [10, 20])  # no llama-budgets size has 10-20 parameters
-    with pytest.raises(SystemExit) as e:
-        main(["plan", "--tokens", "600000", "--law", str(law_file)])
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert "outside the fitted range" in err and len(err.splitlines()) == 1
+def test_every_arm_of_the_json_is_in_the_docs_table():
+    """docs/llama-budgets.json's (size, tokens/param, arm) rows, each in docs/benchmarks.md's table, none omitted."""
+    from repo import REPO_ROOT
 
-
-def test_plan_writes_a_pipeline_config(tmp_path, capsys):
-    params = llama_budgets.preset("s").model
-    from models.families.lookup import family_of
-
-    n = family_of(params).num_params(params)
-    out = tmp_path / "plan.yaml"
-    assert main(["plan", "--tokens", str(20 * n), "--law", str(_law_file(tmp_path, [n, n])), "--out", str(out)]) == 0
-    text = capsys.readouterr().out
-    assert "schedule: best" in text and "saving 39%" in text  # exp(0.5) = 1.65 -> 1 - 1/1.65
-    from tasks.config import PipelineConfig
-
-    cfg = PipelineConfig.model_validate(yaml.safe_load(out.read_text()))
-    assert [s.n_layers for s in cfg.stages] == [2, 4, 8]
+    s = json.loads((REPO_ROOT / "docs" / "llama-budgets.json").read_text())
+    want = {(b["size"], f"{b['tokens_per_param']:g}", n) for b in s["budgets"] for n in b["arms"]}
+    rows = set()
+    for line in (REPO_ROOT / "docs" / "benchmarks.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].split(" ")[0] in s["sizes"] and cells[1].replace(".", "").isdigit():
+            rows.add((cells[0].split(" ")[0], cells[1], cells[2]))
+    assert want - rows == set(), "arms of docs/llama-budgets.json missing from docs/benchmarks.md's table"
