@@ -27,7 +27,7 @@ import torch
 
 from bench.equal.study import Setup, arms, equalised, heldout_arm, heldout_split, tune_arm
 from bench.suite.runner import open_corpora
-from bench.suite.spec import HParams, Preset, Tuning, budget, train_flops_per_token
+from bench.suite.spec import HParams, Preset, Tuning, budget, n_params, pipeline_config, train_flops_per_token
 from models.data.bytes import DataConfig
 from models.data.tokenizer import EOT, TokenizerConfig, TrainTokenizer
 from models.families.llama import LlamaFamilyConfig
@@ -83,6 +83,15 @@ def preset(size: str, setup: Setup = LLAMA) -> Preset:
         eval_batches=setup.eval_batches,
         eval_batch_size=8,
     )
+
+
+def planned_config(model, arm: str, tokens: int, hparams: dict):
+    """`staged plan --out`: the pipeline config of ``arm`` (a name of ``arms``) for ``model`` on ``tokens`` tokens,
+    with that arm's tuned hyperparameters, equalised to scratch's FLOPs like the benchmark's runs."""
+    p = preset("s").model_copy(update={"model": model})
+    scratch_steps = max(2, round(tokens / (p.train.batch_size * model.context)))
+    schedule = equalised(arms(model.n_layers, tokens / n_params(model))[arm], p)
+    return pipeline_config(p, schedule, 0, "staged-plan", HParams(**hparams), scratch_steps)
 
 
 def seeds(size: str, tpp: float, setup: Setup = LLAMA) -> list[int]:

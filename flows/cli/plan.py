@@ -1,5 +1,5 @@
-"""``staged plan``: which schedule to run for a target model and a token budget, when to grow, the predicted
-saving (bench/plan.py, from the law in docs/llama-budgets.json), and a pipeline config ``staged run`` accepts."""
+"""``staged plan``: what a staged schedule saves for a target model at a token budget, as measured (tasks/plan: the
+law shipped as package data), and optionally the pipeline config ``staged run`` accepts for it."""
 
 from __future__ import annotations
 
@@ -10,46 +10,64 @@ from flows.cli.errors import fail
 
 
 def add_plan_command(sub: argparse._SubParsersAction) -> None:
-    plan = sub.add_parser("plan", help="schedule, growth points and predicted saving for a model and a token budget")
+    plan = sub.add_parser("plan", help="the measured saving of a staged schedule for a model and a token budget")
     plan.add_argument("--tokens", required=True, type=int, help="training tokens of the whole run")
     target = plan.add_mutually_exclusive_group()
     target.add_argument("--config", help="a pipeline YAML: its model (final stage's depth) is the target")
-    target.add_argument("--size", choices=["s", "l"], help="a llama-budgets size (default: s)")
-    plan.add_argument("--law", help="the fitted law (default: docs/llama-budgets.json of this checkout)")
-    plan.add_argument("--out", help="write the planned pipeline config here (YAML)")
+    target.add_argument("--size", help="a measured size of the law (s or l; default: s)")
+    plan.add_argument("--law", help="another law file (bench/equal/planlaw.py writes one; default: the shipped one)")
+    plan.add_argument("--out", help="write the recommended schedule's pipeline config here (YAML)")
     plan.set_defaults(func=cmd_plan)
+
+
+def _target(args: argparse.Namespace, law: dict) -> dict:
+    """The target model as a config dict: a measured size of the law, or a pipeline YAML's model."""
+    import yaml
+
+    if not args.config:
+        size = args.size or "s"
+        if size not in law["sizes"]:
+            fail(f"--size {size!r}: the law measured sizes {', '.join(law['sizes'])}")
+        return law["sizes"][size]
+    try:
+        tree = yaml.safe_load(Path(args.config).read_text())
+        model = dict(tree["model"]) | {"n_layers": tree["stages"][-1]["n_layers"]}
+    except (OSError, yaml.YAMLError, KeyError, TypeError, IndexError) as e:
+        fail(f"--config {args.config!r}: not a pipeline config with model and stages ({type(e).__name__})")
+    if model.get("arch") != law["family"]:
+        fail(f"--config {args.config!r}: the law is measured on the {law['family']} family, not {model.get('arch')!r}")
+    first = next(iter(law["sizes"].values()))
+    return first | model | {"vocab_size": model.get("vocab_size", first["vocab_size"])}
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     import json
 
-    import yaml
+    from models.families.lookup import family_of, parse_config
+    from tasks.plan.planner import OutOfRange, load_law, plan
 
-    from bench.plan import LAW, OutOfRange, make_plan, target_preset
-
-    law_path = Path(args.law) if args.law else LAW
-    if not law_path.is_file():
-        fail(f"--law {str(law_path)!r}: no such file (bench/equal/report.py writes it)")
     if args.tokens <= 0:
         fail(f"--tokens {args.tokens}: must be positive")
-    model = None
-    if args.config:
-        try:
-            tree = yaml.safe_load(Path(args.config).read_text())
-            model = dict(tree["model"]) | {"n_layers": tree["stages"][-1]["n_layers"]}
-        except (OSError, yaml.YAMLError, KeyError, TypeError, IndexError) as e:
-            fail(f"--config {args.config!r}: not a pipeline config with model and stages ({type(e).__name__})")
-        if model.get("arch") != "llama":
-            fail(f"--config {args.config!r}: the law is fitted on the llama family, not {model.get('arch')!r}")
-        model.pop("vocab_size", None)
     try:
-        plan, cfg = make_plan(target_preset(args.size, model), args.tokens, json.loads(law_path.read_text()))
+        law = json.loads(Path(args.law).read_text()) if args.law else load_law()
+    except (OSError, ValueError) as e:
+        fail(f"--law {args.law!r}: not a readable law file ({type(e).__name__})")
+    try:
+        model = parse_config(_target(args, law))
+        p = plan(law, family_of(model).num_params(model), args.tokens)
     except OutOfRange as e:
         fail(str(e))
     except ValueError as e:
         fail(str(e).splitlines()[0])
-    print("\n".join(plan.lines()))
+    print("\n".join(p.lines()))
     if args.out:
+        if p.recommended is None:
+            fail("--out: no staged schedule saves here, so there is no staged config to write")
+        import yaml
+
+        from bench.equal.budgets import planned_config
+
+        cfg = planned_config(model, p.recommended.arm, args.tokens, law["hparams"][p.recommended.arm])
         Path(args.out).write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_defaults=True), sort_keys=False))
         print(f"wrote {args.out}: staged run {args.out}")
     return 0

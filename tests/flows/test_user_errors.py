@@ -7,7 +7,6 @@ from prefect import flow, task
 from prefect.states import Failed
 from repo import REPO_ROOT
 
-from bench.plan import OutOfRange
 from flows.cli.main import main
 from flows.staged import retryable
 from models.data.bytes import CorpusError, UnreadableFile
@@ -21,6 +20,7 @@ from models.train.optim import MomentsMismatch
 from tasks.config import ConfigError
 from tasks.downstream import TaskError
 from tasks.downstream.adapter import GenerationUnsupported
+from tasks.plan.planner import OutOfRange
 from tasks.registry import UseError
 from tasks.store import IntegrityError, StorageError, WeightsMismatch
 from tasks.store.checkpoint import CheckpointError
