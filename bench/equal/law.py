@@ -30,7 +30,8 @@ def _points(run: dict) -> list[Point]:
 
 
 def from_scratch(name: str) -> bool:
-    return name == FROM_SCRATCH or name.startswith("small-")
+    """scratch, the smaller baselines, and issue 28's over-deep reference target ("scratch-deep")."""
+    return name in (FROM_SCRATCH, "scratch-deep") or name.startswith("small-")
 
 
 def headline(runs: list[dict]) -> dict:

@@ -43,6 +43,8 @@ def summarise(raw: dict) -> dict:
         pts = []
         for b in budgets:
             name = b["best_schedule"] if which == "best" else which
+            if name not in b["arms"]:
+                continue
             m = b["arms"][name]["effective_compute_multiplier"]
             base = b["arms"]["scratch"]["effective_compute_multiplier"]
             m = m / base if m and base else None  # over the target's own scratch run: the saving a user gets
@@ -71,7 +73,7 @@ def summarise(raw: dict) -> dict:
         "law": points,
         "report": report,
         "goals": goals(budgets, report["goals"]),
-    }
+    } | {k: raw[k] for k in ("right_sizing", "ratio_resolution", "machine", "partial") if k in raw}
 
 
 COMMANDS = {
@@ -119,17 +121,19 @@ def goals(budgets: list[dict], wanted: list) -> list[dict]:
 
 def markdown(s: dict) -> str:
     f = lambda v, p=3: "not reached" if v is None else f"{v:.{p}f}"  # noqa: E731
+    ci = lambda v, p=3: "" if not v else f" [{v[0]:.{p}f}, {v[1]:.{p}f}]"  # noqa: E731
     lines = [
-        "| size | tokens/param | arm | FLOPs to scratch's test loss / scratch (seeds reached) "
-        "| final test loss at equal FLOPs | effective-compute multiplier |",
-        "|---|---|---|---|---|---|",
+        "| size | tokens/param | arm | FLOPs to scratch's test loss / scratch [95%] (seeds reached) "
+        "| final test loss at equal FLOPs | - scratch's [95%] | effective-compute multiplier | growth-moment hits |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for b in s["budgets"]:
         for n, a in b["arms"].items():
             lines.append(
                 f"| {b['size']} ({b['params']:,}) | {b['tokens_per_param']:g} | {n} "
-                f"| {f(a['flops_ratio'])} ({a['reached']}/{a['n']}) | {f(a['final_test_loss'], 4)} "
-                f"| {f(a['effective_compute_multiplier'], 2)} |"
+                f"| {f(a['flops_ratio'])}{ci(a.get('flops_ratio_ci95'))} ({a['reached']}/{a['n']}) "
+                f"| {f(a['final_test_loss'], 4)} | {f(a.get('delta_loss'), 4)}{ci(a.get('delta_loss_ci95'), 4)} "
+                f"| {f(a['effective_compute_multiplier'], 2)} | {a.get('reached_at_growth_moment', 0)} |"
             )
     return "\n".join(lines) + "\n"
 

@@ -1,0 +1,230 @@
+"""The driver of issue 28's protocol (bench/equal/fair.py): cost estimate first, then right-sizing, equal grid
+tuning and the held-out runs per budget, every study and run cached under the workdir (stop and rerun: it
+resumes), the raw file rewritten after each budget ("partial": true until the end).
+
+    python -m bench.equal.fair_run --preset cpu --workdir /tmp/fair [--estimate]
+    python -m bench.equal.fair_run --preset cpu --tiny --workdir /tmp/fair-tiny     # seconds: the tests' run
+    python -m bench.equal.report /tmp/fair/fair-cpu-raw.json --out docs/llama-budgets.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import time
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from bench.equal.fair import (
+    DECAY,
+    WARMUP,
+    Fair,
+    Knobs,
+    arms,
+    estimate,
+    ratio_resolution,
+    right_size,
+    staged,
+    test_batches,
+    with_knobs,
+)
+from bench.equal.fair_presets import PRESETS, tiny
+from bench.equal.study import _cached, heldout_arm, heldout_split
+from bench.suite.runner import open_corpora, run_arm
+from bench.suite.spec import HParams, train_flops_per_token
+from bench.suite.tune import FAILED, storage_url, study_name
+from models.train.loop import evaluate, resolve_device
+from tasks.driver import StageFailed
+
+
+def _costs(fair: Fair, depth: int, corpus, test: list) -> tuple[float, float]:
+    """(seconds per training step, seconds per evaluation of the test split) of a ``depth``-layer model on this
+    machine, on the preset's device and precision (the median of 6 steps after one warm-up; compile excluded)."""
+    from models.families.family import token_loss
+    from models.families.lookup import family_of
+
+    cfg, train = fair.at_depth(depth).model, fair.preset.train
+    device = resolve_device(train.device)
+    model = family_of(cfg).build(cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    x, y = (t.to(device) for t in corpus.batch(0, train.batch_size))
+    times = []
+    for _ in range(7):
+        t = time.perf_counter()
+        with torch.autocast(device.type, torch.bfloat16, enabled=train.precision == "bf16"):
+            loss = token_loss(family_of(model).logits(model, x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    evaluate(model, [(a.to(device), b.to(device)) for a, b in test])
+    return sorted(times[1:])[3], time.perf_counter() - t
+
+
+def grid_study(name: str, workdir: Path, space: dict[str, list], objective, log) -> list[dict]:
+    """Every point of ``space`` once (Optuna's grid sampler, a SQLite study: a rerun runs only the missing points);
+    returns every completed trial as {params..., value}."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage_url(workdir),
+        sampler=optuna.samplers.GridSampler(space, seed=0),
+        direction="minimize",
+        load_if_exists=True,
+    )
+    for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+        study.tell(stale.number, state=TrialState.FAIL)  # left behind by an interrupted run
+    size = math.prod(len(v) for v in space.values())
+
+    def done() -> list:
+        return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+    def trial(t: optuna.Trial) -> float:
+        params = {k: t.suggest_categorical(k, v) for k, v in space.items()}
+        value = objective(params)
+        log(f"[tune] {name} {len(done()) + 1}/{size}: {value:.4f} at {params}")
+        return value
+
+    if (missing := size - len(done())) > 0:
+        study.optimize(trial, n_trials=missing)  # the grid sampler stops the study once every point is done
+    return [{**t.params, "value": float(t.value)} for t in sorted(done(), key=lambda t: t.number)]
+
+
+def run(fair: Fair, workdir: Path, raw: Path, log=print, only_estimate: bool = False) -> dict:
+    started = time.perf_counter()
+    workdir.mkdir(parents=True, exist_ok=True)
+    seeds = list(dict.fromkeys([*fair.tuning_seeds, *fair.heldout]))
+    corpora = open_corpora(fair.preset, seeds, workdir)
+    any_corpus = corpora[seeds[-1]]
+    val, test = heldout_split(any_corpus, test_batches(fair, fair.val_tokens), test_batches(fair, fair.test_tokens), 8)
+    costs = {d: _costs(fair, d, any_corpus, test) for d in fair.depths}
+    steps, evals = {d: c[0] for d, c in costs.items()}, {d: c[1] for d, c in costs.items()}
+    cost = estimate(fair, steps, evals)
+    log(
+        f"[{fair.name}] estimated cost: {cost / 60:.1f} min on this machine ({torch.get_num_threads()} threads; "
+        f"{len(test) * 8 * fair.preset.model.context:,} test tokens, ratio resolved to {ratio_resolution(fair):.3f})"
+    )
+    if only_estimate:
+        return {"estimated_seconds": cost}
+
+    def final_val(arm, hp, b) -> float:
+        finals = []
+        for seed in fair.tuning_seeds:
+            try:  # the preset's depth is not read: each stage has its own (bench.suite.spec.pipeline_config)
+                finals.append(run_arm(fair.preset, arm, corpora[seed], seed, hp, quiet(b), eval_set=val).final_val_loss)
+            except StageFailed:
+                return FAILED
+        return statistics.fmean(finals) if all(math.isfinite(x) for x in finals) else FAILED
+
+    quiet = lambda b: b.__class__(b.tokens_per_param, b.params, b.scratch_steps, 10**9, b.tokens_per_step)  # noqa: E731
+
+    def tune_one(name: str, arm, b, target: int, tpp: float) -> tuple[HParams, Knobs, dict]:
+        """The LR x shape grid (growth knobs at their defaults), then a staged arm's knob grid at its best LR."""
+        ident = {"fair": fair.name, "budget": tpp, "arm": arm.model_dump(), "target": target, "v": 28}
+        as_hp = lambda t: HParams(lr=t["lr"], warmup=WARMUP, shape=t["shape"], decay=DECAY)  # noqa: E731
+        knob = lambda k: with_knobs(arm, fair, Knobs(**k), b, target)  # noqa: E731
+        grid = {"lr": fair.lrs(), "shape": ["cosine", "wsd"]}
+        trials = grid_study(
+            study_name(f"{name}-lr", ident), workdir, grid, lambda t: final_val(knob({}), as_hp(t), b), log
+        )
+        best = min(trials, key=lambda t: t["value"])
+        hp, knobs, knob_trials = as_hp(best), Knobs(), []
+        if staged(arm):
+            space = {"point": list(fair.points), "lr_mult": list(fair.lr_mults), "rewarm": list(fair.rewarms)}
+            name_k = study_name(f"{name}-knobs", ident | {"hp": hp.model_dump()})
+            knob_trials = grid_study(name_k, workdir, space, lambda k: final_val(knob(k), hp, b), log)
+            kb = min(knob_trials, key=lambda t: t["value"])
+            if kb["value"] < best["value"]:  # the defaults stay unless a knob point beats them
+                knobs = Knobs(kb["point"], kb["lr_mult"], kb["rewarm"])
+        value = min([best["value"], *(t["value"] for t in knob_trials)])
+        record = {"best_params": hp.model_dump(), "knobs": vars(knobs), "best_value": value, "trials": trials}
+        return hp, knobs, record | {"knob_trials": knob_trials}
+
+    runs, tuned, sizing = [], {}, {}
+    for tpp in fair.budgets:
+        key = f"{tpp:g}"
+        sweep = {}
+        for d in fair.depths:  # right-sizing: each depth from scratch at the budget, the default LR
+            b = fair.budget(d, tpp)
+            one = arms(d, d)["scratch"]
+            path = workdir / "sizing" / f"{key}-{d}.json"
+            sweep[d] = _cached(path, lambda one=one, b=b: {"loss": final_val(one, fair.preset.defaults, b)})["loss"]
+        target = right_size(sweep)
+        sizing[key] = {"losses": sweep, "target": target, "reference": max(fair.depths)}
+        log(f"[{fair.name}] {key}: right-sized target {target} layers ({sweep})")
+        b = fair.budget(target, tpp)
+        p = fair.at_depth(target)
+        tuned[key] = {}
+        for name, arm in arms(target, max(fair.depths)).items():
+            hp, knobs, tuned[key][name] = tune_one(name, arm, b, target, tpp)
+            for seed in fair.heldout:
+                path = workdir / "arms" / f"{key}-{seed}-{name}.json"
+                out = heldout_arm(
+                    fair.preset, with_knobs(arm, fair, knobs, b, target), b, corpora[seed], seed, hp, (val, test), path
+                )
+                flops = b.scratch_steps * b.tokens_per_step * train_flops_per_token(p.model)
+                runs.append(out | {"size": fair.name, "budget": round(b.tokens_per_param, 2), "params": b.params})
+                runs[-1] |= {"flops_budget": flops, "target_layers": target, "reference_tokens_per_param": tpp}
+                log(f"[{fair.name}] {key} seed {seed} {name}: test {out.get('final_val_loss')}")
+        write(summary(fair, tuned, sizing, runs, cost, started, len(val), len(test)), raw, partial=True)
+    return summary(fair, tuned, sizing, runs, cost, started, len(val), len(test))
+
+
+def summary(fair, tuned, sizing, runs, cost, started, n_val, n_test) -> dict:
+    return {
+        "preset": fair.name,
+        "sizes": {fair.name: fair.preset.model.model_dump()},
+        "tuning": {"seeds": fair.tuning_seeds, "by_budget": tuned, "arms": _flat(tuned)},
+        "right_sizing": sizing,
+        "estimated_seconds": cost,
+        "bench_seconds": time.perf_counter() - started,
+        "runs": runs,
+        "test_split": {"batches": n_test, "batch_size": 8, "val_batches": n_val},
+        "ratio_resolution": ratio_resolution(fair),
+        "report": {"held_out": [fair.name, fair.budgets[0]], "goals": [], "curves": [fair.name, fair.budgets[0]]},
+        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": _device()},
+    }
+
+
+def _flat(tuned: dict) -> dict:
+    """The first budget's tuning per arm, as bench.equal.report reads it (every budget's is in by_budget)."""
+    return next(iter(tuned.values()), {})
+
+
+def _device() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def write(out: dict, raw: Path, partial: bool = False) -> Path:
+    raw.with_suffix(".tmp").write_text(json.dumps(out | {"partial": partial}, indent=1) + "\n")
+    raw.with_suffix(".tmp").replace(raw)
+    return raw
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--tiny", action="store_true", help="the preset's machinery at toy sizes (seconds, CPU)")
+    parser.add_argument("--workdir", default="/tmp/fair")
+    parser.add_argument("--estimate", action="store_true", help="print the cost estimate and stop")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    fair = tiny(PRESETS[args.preset]) if args.tiny else PRESETS[args.preset]
+    workdir = Path(args.workdir)
+    raw = workdir / f"{fair.name}-raw.json"
+    out = run(fair, workdir, raw, only_estimate=args.estimate)
+    if not args.estimate:
+        print(f"wrote {write(out, raw)}")
+
+
+if __name__ == "__main__":
+    main()

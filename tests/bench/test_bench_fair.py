@@ -1,0 +1,94 @@
+"""Issue 28's protocol (bench/equal/fair.py): the same grid for every arm, growth knobs that keep scratch's FLOPs,
+right-sizing, the presets' sizes (test set, evaluation spacing, seeds, the GPU preset), and a --tiny CPU run end
+to end (slow) that resumes without training again."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from bench.equal import fair_run
+from bench.equal.fair import Knobs, arms, estimate, ratio_resolution, right_size, staged, with_knobs
+from bench.equal.fair_presets import CPU, GPU, tiny
+from bench.suite.spec import n_params, train_flops_per_token
+
+
+def _flops(arm, fair) -> float:
+    return sum(st.share * train_flops_per_token(fair.at_depth(st.n_layers).model) for st in arm.stages)
+
+
+def test_every_arm_is_tuned_over_the_same_grid_of_six_log_spaced_lrs_by_two_shapes():
+    for fair in (CPU, GPU):
+        lrs = fair.lrs()
+        assert len(lrs) >= 6 and len(fair.grid()) == 2 * len(lrs)
+        steps = [math.log(b / a) for a, b in zip(lrs, lrs[1:])]
+        assert max(steps) == pytest.approx(min(steps))  # log-spaced
+        assert {h.shape for h in fair.grid()} == {"cosine", "wsd"}
+
+
+def test_the_arms_around_a_right_sized_target():
+    assert set(arms(8, 8)) == {"scratch", "small-4", "small-2", "2x-once", "best", "gstack", "midas", "late-jump"}
+    four = arms(4, 8)
+    assert "scratch-deep" in four and [s.n_layers for s in four["best"].stages] == [1, 2, 4]
+    assert [s.n_layers for s in four["2x-once"].stages] == [2, 4]
+    assert (
+        four["gstack"].stages[-1].schedule.policy == "rewarm" and four["gstack"].stages[-1].optimizer.state == "reset"
+    )
+
+
+@pytest.mark.parametrize(
+    "name", ["scratch", "scratch-deep", "small-1", "2x-once", "best", "gstack", "midas", "late-jump"]
+)
+def test_growth_knobs_keep_scratchs_flops_and_put_the_growth_where_asked(name):
+    b = CPU.budget(4, 10.0)
+    arm = arms(4, 8)[name]
+    k = Knobs(point=0.3, lr_mult=0.5, rewarm=0.02)
+    eq = with_knobs(arm, CPU, k, b, 4)
+    full = train_flops_per_token(CPU.at_depth(4).model)
+    assert _flops(eq, CPU) == pytest.approx(full, rel=1e-9)
+    if staged(arm):
+        before = _flops(eq.model_copy(update={"stages": eq.stages[:-1]}), CPU)
+        assert before / full == pytest.approx(0.3)
+        assert [s.lr_scale for s in eq.stages] == [1.0] + [0.5] * (len(eq.stages) - 1)
+        assert eq.stages[-1].schedule.policy == "rewarm"
+        assert eq.stages[-1].schedule.rewarm_steps == round(0.02 * b.scratch_steps)
+
+
+def test_right_sizing_picks_the_lowest_validation_loss():
+    assert right_size({2: 3.1, 4: 3.0, 8: 3.2}) == 4
+    assert right_size({2: 3.0, 4: 3.0}) == 2
+
+
+def test_the_presets_resolve_a_ratio_to_003_on_a_1e5_token_test_set_with_3_seeds():
+    for fair in (CPU, GPU):
+        assert fair.test_tokens >= 100_000 and len(fair.heldout) >= 3 and ratio_resolution(fair) <= 0.03
+    assert 5e6 <= n_params(GPU.preset.model) <= 20e6
+    assert GPU.preset.train.precision == "bf16" and GPU.preset.train.compile
+    assert not set(CPU.heldout) & set(CPU.tuning_seeds)
+
+
+def test_the_estimate_counts_every_run():
+    one = tiny(CPU)
+    secs = estimate(one, {d: 1.0 for d in one.depths}, {d: 0.0 for d in one.depths})
+    b = {d: one.budget(d, 0.5).scratch_steps for d in one.depths}
+    target = max(one.depths, key=lambda d: b[d])
+    every = arms(target, max(one.depths))
+    runs = len(every) * len(one.grid()) + sum(map(staged, every.values())) * len(one.knobs()) + len(every)
+    assert secs == pytest.approx(sum(b.values()) + runs * b[target])
+
+
+@pytest.mark.slow
+def test_a_tiny_run_end_to_end_and_resumed(tmp_path, capsys):
+    fair_run.main(["--preset", "cpu", "--tiny", "--workdir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("[fair-cpu-tiny] estimated cost:")  # the estimate comes first
+    raw = json.loads((tmp_path / "fair-cpu-tiny-raw.json").read_text())
+    assert raw["partial"] is False and raw["right_sizing"]["0.5"]["target"] in (2, 3)
+    tuned = raw["tuning"]["by_budget"]["0.5"]
+    assert all(len(t["trials"]) == 4 for t in tuned.values())  # 2 LRs x 2 shapes, every arm alike
+    assert {r["schedule"] for r in raw["runs"]} == set(tuned)
+    assert all("final_val_split_loss" in r for r in raw["runs"])
+    fair_run.main(["--preset", "cpu", "--tiny", "--workdir", str(tmp_path)])  # everything cached: no training
+    assert "[tune]" not in capsys.readouterr().out
