@@ -63,6 +63,9 @@ class Fair:
     evals: int = 40  # evaluations over a run: a FLOPs ratio resolved to 1/40 = 0.025 (goal <= 0.03)
     test_tokens: int = 100_000  # the test split's size (goal >= 1e5)
     val_tokens: int = 50_000
+    eval_batch: int = (
+        64  # sequences per evaluation batch: fewer, larger forwards (the test set is most of a run's cost)
+    )
 
     def lrs(self) -> list[float]:
         return [float(x) for x in np.geomspace(*self.lr_range, self.lr_points)]
@@ -201,5 +204,6 @@ def ratio_resolution(fair: Fair) -> float:
     )
 
 
-def test_batches(fair: Fair, tokens: int, batch: int = 8) -> int:
-    return math.ceil(tokens / (batch * fair.preset.model.context))
+def test_batches(fair: Fair, tokens: int) -> int:
+    """How many evaluation batches hold ``tokens`` tokens."""
+    return math.ceil(tokens / (fair.eval_batch * fair.preset.model.context))

@@ -43,9 +43,11 @@ from models.train.loop import evaluate, resolve_device
 from tasks.driver import StageFailed
 
 
-def _costs(fair: Fair, depth: int, corpus, test: list) -> tuple[float, float]:
+def _costs(fair: Fair, depth: int, corpus, test: list, clock=time.perf_counter) -> tuple[float, float]:
     """(seconds per training step, seconds per evaluation of the test split) of a ``depth``-layer model on this
-    machine, on the preset's device and precision (the median of 6 steps after one warm-up; compile excluded)."""
+    machine, on the preset's device and precision (the median of 6 steps after one warm-up; compile excluded).
+    ``clock``: wall time, or ``time.process_time`` for this process's CPU time (what one idle core would take,
+    on a CPU; a shared machine's wall time is longer by its load)."""
     from models.families.family import token_loss
     from models.families.lookup import family_of
 
@@ -56,7 +58,7 @@ def _costs(fair: Fair, depth: int, corpus, test: list) -> tuple[float, float]:
     x, y = (t.to(device) for t in corpus.batch(0, train.batch_size))
     times = []
     for _ in range(7):
-        t = time.perf_counter()
+        t = clock()
         with torch.autocast(device.type, torch.bfloat16, enabled=train.precision == "bf16"):
             loss = token_loss(family_of(model).logits(model, x), y)
         opt.zero_grad()
@@ -64,10 +66,10 @@ def _costs(fair: Fair, depth: int, corpus, test: list) -> tuple[float, float]:
         opt.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    t = time.perf_counter()
+        times.append(clock() - t)
+    t = clock()
     evaluate(model, [(a.to(device), b.to(device)) for a, b in test])
-    return sorted(times[1:])[3], time.perf_counter() - t
+    return sorted(times[1:])[3], clock() - t
 
 
 def grid_study(name: str, workdir: Path, space: dict[str, list], objective, log) -> list[dict]:
@@ -105,16 +107,22 @@ def run(fair: Fair, workdir: Path, raw: Path, log=print, only_estimate: bool = F
     seeds = list(dict.fromkeys([*fair.tuning_seeds, *fair.heldout]))
     corpora = open_corpora(fair.preset, seeds, workdir)
     any_corpus = corpora[seeds[-1]]
-    val, test = heldout_split(any_corpus, test_batches(fair, fair.val_tokens), test_batches(fair, fair.test_tokens), 8)
+    n_val, n_test = test_batches(fair, fair.val_tokens), test_batches(fair, fair.test_tokens)
+    val, test = heldout_split(any_corpus, n_val, n_test, fair.eval_batch)
     costs = {d: _costs(fair, d, any_corpus, test) for d in fair.depths}
     steps, evals = {d: c[0] for d, c in costs.items()}, {d: c[1] for d, c in costs.items()}
     cost = estimate(fair, steps, evals)
+    cpu = {d: _costs(fair, d, any_corpus, test, time.process_time) for d in fair.depths}
+    cpu_cost = estimate(fair, {d: c[0] for d, c in cpu.items()}, {d: c[1] for d, c in cpu.items()})
     log(
-        f"[{fair.name}] estimated cost: {cost / 60:.1f} min on this machine ({torch.get_num_threads()} threads; "
-        f"{len(test) * 8 * fair.preset.model.context:,} test tokens, ratio resolved to {ratio_resolution(fair):.3f})"
+        f"[{fair.name}] estimated cost: {cost / 60:.1f} min wall on this machine now (load {os.getloadavg()[0]:.1f}), "
+        f"{cpu_cost / 60:.1f} min of one core's CPU time ({torch.get_num_threads()} threads; "
+        f"{len(test) * fair.eval_batch * fair.preset.model.context:,} test tokens, "
+        f"ratio resolved to {ratio_resolution(fair):.3f}; "
+        f"seconds per step {_short(steps)}, per test evaluation {_short(evals)}; target: the costliest depth)"
     )
     if only_estimate:
-        return {"estimated_seconds": cost}
+        return {"estimated_seconds": cost, "estimated_cpu_seconds": cpu_cost}
 
     def final_val(arm, hp, b) -> float:
         finals = []
@@ -179,16 +187,20 @@ def run(fair: Fair, workdir: Path, raw: Path, log=print, only_estimate: bool = F
     return summary(fair, tuned, sizing, runs, cost, started, len(val), len(test))
 
 
+def _short(by_depth: dict[int, float]) -> str:
+    return ", ".join(f"{d}L {v:.3g}" for d, v in by_depth.items())
+
+
 def summary(fair, tuned, sizing, runs, cost, started, n_val, n_test) -> dict:
     return {
         "preset": fair.name,
         "sizes": {fair.name: fair.preset.model.model_dump()},
         "tuning": {"seeds": fair.tuning_seeds, "by_budget": tuned, "arms": _flat(tuned)},
         "right_sizing": sizing,
-        "estimated_seconds": cost,
+        "estimated_seconds": cost,  # wall, at the load when it started
         "bench_seconds": time.perf_counter() - started,
         "runs": runs,
-        "test_split": {"batches": n_test, "batch_size": 8, "val_batches": n_val},
+        "test_split": {"batches": n_test, "batch_size": fair.eval_batch, "val_batches": n_val},
         "ratio_resolution": ratio_resolution(fair),
         "report": {"held_out": [fair.name, fair.budgets[0]], "goals": [], "curves": [fair.name, fair.budgets[0]]},
         "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": _device()},
