@@ -145,3 +145,17 @@ def test_every_arm_of_the_json_is_in_the_docs_table():
         if len(cells) >= 3 and cells[0].split(" ")[0] in s["sizes"] and cells[1].replace(".", "").isdigit():
             rows.add((cells[0].split(" ")[0], cells[1], cells[2]))
     assert want - rows == set(), "arms of docs/llama-budgets.json missing from docs/benchmarks.md's table"
+
+
+def test_the_best_schedule_is_chosen_on_the_validation_half_never_on_test():
+    from bench.equal.report import choose
+
+    arms = {
+        "scratch": {"final_val_loss": 3.0, "final_test_loss": 3.0},
+        "a": {"final_val_loss": 2.9, "final_test_loss": 2.5},  # the better test loss: must not decide
+        "b": {"final_val_loss": 2.8, "final_test_loss": 2.7},
+    }
+    tuned = {"a": {"best_value": 1.0}, "b": {"best_value": 2.0}}
+    assert choose(arms, tuned)[0] == "b"
+    older = {n: a | {"final_val_loss": None} for n, a in arms.items()}  # raw runs from before issue 28
+    assert choose(older, tuned) == ("a", "tuning objective (validation half, tuning seeds)")
