@@ -167,9 +167,10 @@ def run(fair: Fair, workdir: Path, raw: Path, log=print, only_estimate: bool = F
             path = workdir / "sizing" / f"{key}-{d}.json"
             sweep[d] = _cached(path, lambda one=one, b=b: {"loss": final_val(one, fair.preset.defaults, b)})["loss"]
         target = right_size(sweep)
-        sizing[key] = {"losses": sweep, "target": target, "reference": max(fair.depths)}
-        log(f"[{fair.name}] {key}: right-sized target {target} layers ({sweep})")
         b = fair.budget(target, tpp)
+        sizing[key] = {"losses": sweep, "target": target, "reference": max(fair.depths)}
+        sizing[key]["tokens_per_param"] = round(b.tokens_per_param, 2)  # the right-sized target's own
+        log(f"[{fair.name}] {key}: right-sized target {target} layers ({sweep})")
         p = fair.at_depth(target)
         tuned[key] = {}
         for name, arm in arms(target, max(fair.depths)).items():
@@ -202,9 +203,17 @@ def summary(fair, tuned, sizing, runs, cost, started, n_val, n_test) -> dict:
         "runs": runs,
         "test_split": {"batches": n_test, "batch_size": fair.eval_batch, "val_batches": n_val},
         "ratio_resolution": ratio_resolution(fair),
-        "report": {"held_out": [fair.name, fair.budgets[0]], "goals": [], "curves": [fair.name, fair.budgets[0]]},
+        "report": report(fair, sizing),
         "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": _device()},
     }
+
+
+def report(fair: Fair, sizing: dict) -> dict:
+    """bench.equal.report's setup: issue 28's goals at each budget's right-sized target (its own tokens/param)."""
+    at = [sizing[k]["tokens_per_param"] for k in sizing]
+    goals = [[t, "best staged schedule", *g] for t, g in zip(at, fair.goals)]
+    first = [fair.name, at[0]] if at else None
+    return {"held_out": first, "goals": goals, "curves": first}
 
 
 def _flat(tuned: dict) -> dict:

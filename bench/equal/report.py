@@ -99,21 +99,35 @@ def _law(pts: list[dict], held_out: int | None = None) -> dict | None:
 
 
 def goals(budgets: list[dict], wanted: list) -> list[dict]:
+    """Each goal [tokens/param, what, at most, (optional) its 95% upper bound below]: met or missed, by how much."""
     out = []
-    for tpp, what, goal in wanted:
+    for tpp, what, goal, *upper in wanted:
         for b in (b for b in budgets if b["tokens_per_param"] == tpp):
             name = b["best_schedule"] if what.startswith("best") else what
-            r = b["arms"][name]["flops_ratio"]
+            a = b["arms"][name]
+            r, ci = a["flops_ratio"], a.get("flops_ratio_ci95")
+            verdict = (
+                "met"
+                if r is not None and r <= goal
+                else ("not reached within the budget (missed)" if r is None else f"missed by {r - goal:.3f}")
+            )
+            if upper and r is not None:
+                hi = ci[1] if ci else None
+                verdict += (
+                    f"; upper bound {hi:.3f} " + ("< " if hi < upper[0] else ">= ") + f"{upper[0]:g}"
+                    if hi is not None
+                    else "; no interval (one seed): upper-bound goal not assessed"
+                )
             out.append(
                 {
                     "size": b["size"],
                     "tokens_per_param": tpp,
                     "figure": f"{what} ({name}) FLOPs to scratch's test loss / scratch's",
                     "measured": r,
+                    "ci95": ci,
                     "goal": goal,
-                    "verdict": "not reached within the budget (missed)"
-                    if r is None
-                    else ("met" if r <= goal else f"missed by {r - goal:.3f}"),
+                    "upper_goal": upper[0] if upper else None,
+                    "verdict": verdict,
                 }
             )
     return out

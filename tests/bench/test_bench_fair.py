@@ -92,3 +92,17 @@ def test_a_tiny_run_end_to_end_and_resumed(tmp_path, capsys):
     assert all("final_val_split_loss" in r for r in raw["runs"])
     fair_run.main(["--preset", "cpu", "--tiny", "--workdir", str(tmp_path)])  # everything cached: no training
     assert "[tune]" not in capsys.readouterr().out
+    from bench.equal.report import markdown, summarise
+
+    s = summarise(raw)  # the report reads it: the goal at the right-sized target's own tokens/param
+    assert [g["goal"] for g in s["goals"]] == [0.70] and s["right_sizing"] == raw["right_sizing"]
+    assert "| scratch |" in markdown(s)
+
+
+def test_goals_report_the_upper_bound():
+    from bench.equal.report import goals
+
+    arm = {"flops_ratio": 0.65, "flops_ratio_ci95": [0.6, 0.9]}
+    b = [{"size": "s", "tokens_per_param": 21.0, "best_schedule": "x", "arms": {"x": arm}}]
+    (g,) = goals(b, [[21.0, "best staged schedule", 0.70, 0.85]])
+    assert g["verdict"] == "met; upper bound 0.900 >= 0.85"
