@@ -35,7 +35,8 @@ def _target(args: argparse.Namespace, law: dict) -> dict:
     except (OSError, yaml.YAMLError, KeyError, TypeError, IndexError) as e:
         fail(f"--config {args.config!r}: not a pipeline config with model and stages ({type(e).__name__})")
     if model.get("arch") != law["family"]:
-        fail(f"--config {args.config!r}: the law is measured on the {law['family']} family, not {model.get('arch')!r}")
+        arch = model.get("arch") or "gpt (the default)"
+        fail(f"--config {args.config!r}: the law is measured on the {law['family']} family, not {arch}")
     first = next(iter(law["sizes"].values()))
     return first | model | {"vocab_size": model.get("vocab_size", first["vocab_size"])}
 

@@ -144,3 +144,22 @@ def test_plan_writes_a_pipeline_config(tmp_path, capsys):
 
     cfg = PipelineConfig.model_validate(yaml.safe_load(out.read_text()))
     assert [s.n_layers for s in cfg.stages] == [1, 8]  # late-jump: 1 -> 8 layers
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--size", "q", "--tokens", "5"], "the law measured sizes s, l"),
+        (["--tokens", "0"], "must be positive"),
+        (["--tokens", "5", "--law", "/nonexistent/law.json"], "not a readable law file"),
+        (["--tokens", "5", "--config", "configs/demo.yaml"], "measured on the llama family, not gpt"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, says, capsys, monkeypatch):
+    from repo import REPO_ROOT
+
+    monkeypatch.chdir(REPO_ROOT)
+    with pytest.raises(SystemExit) as e:
+        main(["plan", *args])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and says in err
