@@ -179,16 +179,17 @@ def right_size(losses: dict[int, float]) -> int:
     return min(losses, key=lambda d: (losses[d], d))
 
 
-def estimate(fair: Fair, step_seconds: dict[int, float], eval_seconds: dict[int, float]) -> float:
+def estimate(fair: Fair, step_seconds: dict[int, float], eval_seconds: dict[int, float], per_run: float = 0.0) -> float:
     """Seconds the whole protocol needs: every run costs its target-depth steps (a staged arm spends the same
-    FLOPs, so at most as many seconds as scratch at the target depth, taken as equal) plus its evaluations.
+    FLOPs, so at most as many seconds as scratch at the target depth, taken as equal), its evaluations, and
+    ``per_run`` (what a run costs beside its steps: building the model and config, its validation evaluations).
     Right-sizing is not known before it runs: the estimate takes the costliest depth as the target."""
     total = 0.0
     for tpp in fair.budgets:
-        sweep = sum(fair.budget(d, tpp).scratch_steps * step_seconds[d] for d in fair.depths)
+        sweep = sum(fair.budget(d, tpp).scratch_steps * step_seconds[d] + per_run for d in fair.depths)
         sweep *= len(fair.tuning_seeds)
         d = max(fair.depths, key=lambda x: fair.budget(x, tpp).scratch_steps * step_seconds[x])
-        run = fair.budget(d, tpp).scratch_steps * step_seconds[d]
+        run = fair.budget(d, tpp).scratch_steps * step_seconds[d] + per_run
         every = arms(d, max(fair.depths))
         n_staged = sum(staged(a) for a in every.values())
         tuning = (len(every) * len(fair.grid()) + n_staged * len(fair.knobs())) * len(fair.tuning_seeds) * run

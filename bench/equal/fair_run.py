@@ -72,6 +72,18 @@ def _costs(fair: Fair, depth: int, corpus, test: list, clock=time.perf_counter) 
     return sorted(times[1:])[3], clock() - t
 
 
+def _per_run(fair: Fair, corpus, val: list, steps: dict[int, float]) -> tuple[float, float]:
+    """(wall, CPU) seconds a run costs beside its training steps: one 2-step from-scratch run of the shallowest
+    depth through the stage driver, validation evaluations at its start and end included, minus its 2 steps."""
+    d = min(fair.depths)
+    b = fair.budget(d, fair.budgets[0])
+    two = b.__class__(b.tokens_per_param, b.params, 2, 10**9, b.tokens_per_step)
+    wall, cpu = time.perf_counter(), time.process_time()
+    run_arm(fair.preset, arms(d, d)["scratch"], corpus, fair.tuning_seeds[0], fair.preset.defaults, two, eval_set=val)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return max(0.0, wall - 2 * steps[d]), max(0.0, cpu - 2 * steps[d])
+
+
 def grid_study(name: str, workdir: Path, space: dict[str, list], objective, log) -> list[dict]:
     """Every point of ``space`` once (Optuna's grid sampler, a SQLite study: a rerun runs only the missing points);
     returns every completed trial as {params..., value}."""
@@ -110,16 +122,18 @@ def run(fair: Fair, workdir: Path, raw: Path, log=print, only_estimate: bool = F
     n_val, n_test = test_batches(fair, fair.val_tokens), test_batches(fair, fair.test_tokens)
     val, test = heldout_split(any_corpus, n_val, n_test, fair.eval_batch)
     costs = {d: _costs(fair, d, any_corpus, test) for d in fair.depths}
-    steps, evals = {d: c[0] for d, c in costs.items()}, {d: c[1] for d, c in costs.items()}
-    cost = estimate(fair, steps, evals)
     cpu = {d: _costs(fair, d, any_corpus, test, time.process_time) for d in fair.depths}
-    cpu_cost = estimate(fair, {d: c[0] for d, c in cpu.items()}, {d: c[1] for d, c in cpu.items()})
+    steps, evals = {d: c[0] for d, c in costs.items()}, {d: c[1] for d, c in costs.items()}
+    per_run = _per_run(fair, any_corpus, val, steps)
+    cost = estimate(fair, steps, evals, per_run[0])
+    cpu_cost = estimate(fair, {d: c[0] for d, c in cpu.items()}, {d: c[1] for d, c in cpu.items()}, per_run[1])
     log(
         f"[{fair.name}] estimated cost: {cost / 60:.1f} min wall on this machine now (load {os.getloadavg()[0]:.1f}), "
         f"{cpu_cost / 60:.1f} min of one core's CPU time ({torch.get_num_threads()} threads; "
         f"{len(test) * fair.eval_batch * fair.preset.model.context:,} test tokens, "
         f"ratio resolved to {ratio_resolution(fair):.3f}; "
-        f"seconds per step {_short(steps)}, per test evaluation {_short(evals)}; target: the costliest depth)"
+        f"seconds per step {_short(steps)}, per test evaluation {_short(evals)}, per run beside its steps "
+        f"{per_run[0]:.2f}; target: the costliest depth)"
     )
     if only_estimate:
         return {"estimated_seconds": cost, "estimated_cpu_seconds": cpu_cost}

@@ -77,6 +77,8 @@ def test_the_estimate_counts_every_run():
     every = arms(target, max(one.depths))
     runs = len(every) * len(one.grid()) + sum(map(staged, every.values())) * len(one.knobs()) + len(every)
     assert secs == pytest.approx(sum(b.values()) + runs * b[target])
+    more = estimate(one, {d: 1.0 for d in one.depths}, {d: 0.0 for d in one.depths}, per_run=0.5)
+    assert more - secs == pytest.approx(0.5 * (len(one.depths) + runs))  # every run's cost beside its steps
 
 
 @pytest.mark.slow
