@@ -209,7 +209,9 @@ def _short(by_depth: dict[int, float]) -> str:
 def summary(fair, tuned, sizing, runs, cost, started, n_val, n_test) -> dict:
     return {
         "preset": fair.name,
-        "sizes": {fair.name: fair.preset.model.model_dump()},
+        "command": "python -m bench.equal.fair_run --preset "
+        + fair.name.removeprefix("fair-").replace("-tiny", " --tiny"),
+        "sizes": {fair.name: fair.preset.model.model_dump()},  # the reference; each budget's target: right_sizing
         "tuning": {"seeds": fair.tuning_seeds, "by_budget": tuned, "arms": _flat(tuned)},
         "right_sizing": sizing,
         "estimated_seconds": cost,  # wall, at the load when it started

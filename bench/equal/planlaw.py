@@ -92,6 +92,16 @@ def _boot(a: dict) -> dict:
     }
 
 
+def sizes(summary: dict) -> dict:
+    """`staged plan --size` names: the measured sizes, or (issue 28's protocol) each right-sized target as
+    '<depth>L' (the reference width at the depth the sweep chose)."""
+    if "right_sizing" not in summary:
+        return summary["sizes"]
+    (ref,) = summary["sizes"].values()
+    depths = sorted({s["target"] for s in summary["right_sizing"].values()})
+    return {f"{d}L": ref | {"n_layers": d} for d in depths}
+
+
 def make_law(summary: dict) -> dict:
     previous = not any("delta_loss" in r for b in summary["budgets"] for r in b["arms"]["scratch"]["rows"])
     if previous:
@@ -113,7 +123,7 @@ def make_law(summary: dict) -> dict:
     return {
         "source": PREVIOUS if previous else f"from {summary['preset']} ({summary['command']})",
         "family": "llama",
-        "sizes": summary["sizes"],
+        "sizes": sizes(summary),
         "hparams": {n: t["best_params"] for n, t in tuned.items()},
         "points": points,
     }

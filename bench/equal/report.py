@@ -62,7 +62,8 @@ def summarise(raw: dict) -> dict:
         points[which] = {"held_out_fit": _law(pts, idx), "full_fit": _law(pts), "points": pts}
     return {
         "preset": raw["preset"],
-        "command": COMMANDS.get(raw["preset"], "python -m bench.equal.budgets && python -m bench.equal.report ..."),
+        "command": raw.get("command")
+        or COMMANDS.get(raw["preset"], "python -m bench.equal.budgets && python -m bench.equal.report ..."),
         "bench_seconds": raw["bench_seconds"],
         "estimated_seconds": raw["estimated_seconds"],
         "sizes": raw["sizes"],

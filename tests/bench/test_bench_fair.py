@@ -99,6 +99,13 @@ def test_a_tiny_run_end_to_end_and_resumed(tmp_path, capsys):
     s = summarise(raw)  # the report reads it: the goal at the right-sized target's own tokens/param
     assert [g["goal"] for g in s["goals"]] == [0.70] and s["right_sizing"] == raw["right_sizing"]
     assert "| scratch |" in markdown(s)
+    from bench.equal.planlaw import make_law
+    from tasks.plan.planner import plan
+
+    law = make_law(json.loads(json.dumps(s, default=float)))  # what `staged plan` would ship from this run
+    (point,) = law["points"]
+    assert set(law["sizes"]) == {f"{raw['right_sizing']['0.5']['target']}L"} and "fair_run" in law["source"]
+    assert plan(law, point["params"], round(point["tokens_per_param"] * point["params"])).measured == point
 
 
 def test_goals_report_the_upper_bound():
