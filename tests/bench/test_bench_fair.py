@@ -82,17 +82,18 @@ def test_the_estimate_counts_every_run():
 
 
 @pytest.mark.slow
-def test_a_tiny_run_end_to_end_and_resumed(tmp_path, capsys):
-    fair_run.main(["--preset", "cpu", "--tiny", "--workdir", str(tmp_path)])
+@pytest.mark.parametrize("preset", ["cpu", "gpu"])  # gpu --tiny: the GPU preset's bf16 path, on the CPU
+def test_a_tiny_run_end_to_end_and_resumed(preset, tmp_path, capsys):
+    fair_run.main(["--preset", preset, "--tiny", "--workdir", str(tmp_path)])
     out = capsys.readouterr().out
-    assert out.splitlines()[0].startswith("[fair-cpu-tiny] estimated cost:")  # the estimate comes first
-    raw = json.loads((tmp_path / "fair-cpu-tiny-raw.json").read_text())
+    assert out.splitlines()[0].startswith(f"[fair-{preset}-tiny] estimated cost:")  # the estimate comes first
+    raw = json.loads((tmp_path / f"fair-{preset}-tiny-raw.json").read_text())
     assert raw["partial"] is False and raw["right_sizing"]["0.5"]["target"] in (2, 3)
     tuned = raw["tuning"]["by_budget"]["0.5"]
     assert all(len(t["trials"]) == 4 for t in tuned.values())  # 2 LRs x 2 shapes, every arm alike
     assert {r["schedule"] for r in raw["runs"]} == set(tuned)
     assert all("final_val_split_loss" in r for r in raw["runs"])
-    fair_run.main(["--preset", "cpu", "--tiny", "--workdir", str(tmp_path)])  # everything cached: no training
+    fair_run.main(["--preset", preset, "--tiny", "--workdir", str(tmp_path)])  # everything cached: no training
     assert "[tune]" not in capsys.readouterr().out
     from bench.equal.report import markdown, summarise
 
