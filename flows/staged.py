@@ -22,6 +22,7 @@ from prefect import flow
 from prefect.futures import PrefectFuture, wait
 from prefect.runtime import flow_run
 
+from flows.pools import check_pools, run_on_pool
 from models.errors import UserError
 from tasks import publish
 from tasks.config import ConfigError, PipelineConfig, resolve_config
@@ -71,6 +72,8 @@ def staged_training(
     publish.tag_flow_run(config.registry.model_name)
     ws = Workspace.resolve(workdir, config.storage)
     registry, specs = ws.registry, config.stage_specs()
+    check_pools(config, ws)  # a stage on a work pool that cannot run it: refused before anything starts
+    placements = config.placements()
     pipeline = Pipeline.of(config, flow_run_id=str(flow_run.id))
     parent_run = PipelineRun(registry.client(), registry.artifact_location, pipeline)
     retry = {
@@ -91,8 +94,12 @@ def staged_training(
         for spec in specs:
             lookup = look_up(spec, parent, tokenizer, registry)  # the key and any version: once, passed down
             run_id = parent_run.open() if lookup.registered is None else parent_run.find()
-            # configs and references, no tensors
-            result = run_stage.with_options(**retry)(spec, parent, ws, run_id, tokenizer, lookup)
+            where = placements[spec.index - 1]
+            # configs and references, no tensors; a registered stage is found here, wherever it would run
+            if where is None or lookup.registered is not None:
+                result = run_stage.with_options(**retry)(spec, parent, ws, run_id, tokenizer, lookup)
+            else:  # its own flow run on that work pool (flows/pools.py)
+                result = run_on_pool.with_options(**retry)(spec, parent, ws, run_id, tokenizer, where)
             results.append(result)
             parent = result.ref
             if spec is specs[-1]:  # the summary needs no gate decision: it is written beside the last gate

@@ -80,8 +80,23 @@ def _check_endpoints(config: PipelineConfig, workdir: Path, from_version: str | 
             fail(f"MLflow settings: {one_line(e)}")
         except MlflowException as e:  # MLflow wraps connection errors (after its retries) and HTTP errors alike
             fail(f"MLflow tracking URI {ws.registry.tracking_uri} unreachable: {one_line(e)}", code=1)
+    _check_pools(config, ws)
     if from_version is not None:
         _check_parent(config, ws.registry, workdir, from_version)
+
+
+def _check_pools(config: PipelineConfig, ws) -> None:
+    """Stages sent to work pools: what a worker elsewhere needs, and the pools themselves (flows/pools.py)."""
+    if not any(config.placements()):
+        return
+    from flows.pools import PoolRefused, check_pools
+
+    try:
+        check_pools(config, ws)
+    except PoolRefused as e:
+        fail(str(e))
+    except Exception as e:  # the Prefect API unreachable, or refusing our credentials
+        fail(f"Prefect API: {one_line(e)}", code=1)
 
 
 def _check_parent(config: PipelineConfig, registry, workdir: Path, version: str) -> None:

@@ -18,6 +18,7 @@ from tasks.config.schema import (
     StorageConfig,
     format_validation_error,
 )
+from tasks.config.worker import WorkerConfig
 
 __all__ = [
     "ArchConfig",
@@ -32,6 +33,7 @@ __all__ = [
     "StageConfig",
     "StageSpec",
     "StorageConfig",
+    "WorkerConfig",
     "apply_override",
     "code_version",
     "eval_set_id",

@@ -33,9 +33,12 @@ def spec_hash(spec: StageSpec) -> str:
 
 
 def pipeline_hash(config: PipelineConfig) -> str:
-    """Short hash of the whole resolved config but its ``limits`` (they change what may run, not what runs):
-    names the pipeline in Prefect (flow run) and MLflow (parent run)."""
-    return hashlib.sha256(config.model_dump_json(exclude={"limits"}).encode()).hexdigest()[:8]
+    """Short hash of the whole resolved config but its ``limits`` (they change what may run, not what runs) and
+    where stages run (``worker``, ``stages.<i>.work_pool``): names the pipeline in Prefect (flow run) and MLflow
+    (parent run)."""
+    where = {"work_pool", "job_variables"}
+    exclude = {"limits": True, "worker": True, "stages": {"__all__": where}}
+    return hashlib.sha256(config.model_dump_json(exclude=exclude).encode()).hexdigest()[:8]
 
 
 def _code_only(source: str) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import ConfigDict, Field, JsonValue, ValidationError, create_model, field_validator, model_validator
 
 from models.data.bytes import DataConfig, StageData
 from models.data.tokenizer import TokenizerConfig
@@ -28,6 +28,7 @@ from models.train.policy import MAX_STEPS, ScheduleConfig, UntilConfig, step_cap
 from tasks.config.limits import LimitsConfig, check_fit, check_shapes, check_trainer
 from tasks.config.model_section import ArchConfig, InitConfig, Strict, default_section, first_model
 from tasks.config.parallel import ParallelConfig
+from tasks.config.worker import POOL_NAME, WorkerConfig
 from tasks.store import check_uri
 
 
@@ -79,6 +80,10 @@ class StageConfig(Strict):
     nproc: int | None = Field(None, ge=1)  # shorthand for parallel: {strategy: ddp, nproc: N}
     init: InitConfig | None = None  # stage 1 only: import a local Hugging Face directory (registered as it is)
     data: StageData = StageData()  # this stage's mixture weights (data.sources)
+    # its own flow run on this Prefect work pool, the job sized by job_variables (tasks/config/worker.py);
+    # None: the pipeline's `worker`. Not in the stage key: where a stage runs does not change what it computes
+    work_pool: str | None = Field(None, pattern=POOL_NAME)
+    job_variables: dict[str, JsonValue] = {}  # over worker.job_variables, key by key
 
     @model_validator(mode="after")
     def _one_end_rule(self) -> StageConfig:
@@ -162,6 +167,7 @@ class PipelineConfig(Strict):
     train: TrainConfig = TrainConfig()
     registry: RegistryConfig = RegistryConfig()
     gate: GateConfig = GateConfig()
+    worker: WorkerConfig = WorkerConfig()  # where stages run by default: in-process, or a Prefect work pool
     limits: LimitsConfig = LimitsConfig()  # caps on depth, sizes, processes and memory (tasks/config/limits.py)
     stages: list[StageConfig] = Field(
         default=[
@@ -209,6 +215,21 @@ class PipelineConfig(Strict):
             except GrowthError as e:
                 raise ValueError(f"stages.{spec.index - 1}: {e}") from None
         return self
+
+    @model_validator(mode="after")
+    def _placements_resolve(self) -> PipelineConfig:
+        self.placements()
+        return self
+
+    def placements(self) -> list[WorkerConfig | None]:
+        """Where each stage runs: its work pool and job variables, or None for the pipeline's own flow run."""
+        out = []
+        for i, stage in enumerate(self.stages):
+            try:
+                out.append(WorkerConfig(work_pool=stage.work_pool, job_variables=stage.job_variables).over(self.worker))
+            except ValueError as e:
+                raise ValueError(f"stages.{i}: {e}") from None
+        return out
 
     def stage_specs(self) -> list[StageSpec]:
         specs: list[StageSpec] = []
