@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import timedelta
 from pathlib import Path
 
 from prefect import task
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import StateType
 from prefect.deployments import run_deployment
+from prefect.events.actions import ChangeFlowRunState
+from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
 from prefect.utilities.callables import parameter_schema
@@ -36,6 +40,11 @@ from tasks.workspace import Workspace
 
 CHECKOUT = Path(__file__).resolve().parents[1]  # what a process pool on this machine runs
 ENTRYPOINT = "flows/stage_flow.py:staged_stage"
+# A stage's flow run says it is alive this often (the flow engine's heartbeat events; Prefect's minimum), and is
+# marked Crashed by a Prefect automation after SILENT_S without one: a SIGKILLed worker or a dead node never
+# reports its own end. The worst case from death to Crashed is SILENT_S + the triggers service's period (~5 s).
+HEARTBEAT_S, SILENT_S = 30, 75
+WATCHDOG = "staged-stage: crashed when silent"
 
 
 class PoolRefused(UserError, ValueError):
@@ -92,7 +101,35 @@ def sized(where: WorkerConfig, declared: dict, parallel: ParallelConfig) -> dict
     """The stage's job variables: its hardware from ``parallel`` where the pool's template has the variable
     (``gpu_count``/``gpus_per_node`` = processes per node, ``nnodes``), the config's own values winning."""
     from_stage = {"gpu_count": parallel.nproc, "gpus_per_node": parallel.nproc, "nnodes": parallel.nnodes}
-    return {**{k: v for k, v in from_stage.items() if k in declared}, **where.job_variables}
+    out = {**{k: v for k, v in from_stage.items() if k in declared}, **where.job_variables}
+    if "env" in declared:  # the heartbeats the crash watchdog listens for (watch_heartbeats)
+        out["env"] = {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S), **out.get("env", {})}
+    return out
+
+
+def watch_heartbeats(client) -> None:
+    """The automation that marks a silent ``staged-stage`` flow run Crashed (created once per server): a proactive
+    trigger on the flow engine's heartbeat events, per flow run. Its parent then sees the crash and retries."""
+    if client.read_automations_by_name(WATCHDOG):
+        return
+    ended = [f"prefect.flow-run.{s}" for s in ("Completed", "Failed", "Cancelled", "Crashed")]
+    client.create_automation(
+        AutomationCore(
+            name=WATCHDOG,
+            description=f"A stage's flow run without a heartbeat for {SILENT_S} s is Crashed (flows/pools.py).",
+            trigger=EventTrigger(
+                posture=Posture.Proactive,
+                after={"prefect.flow-run.heartbeat"},
+                expect={"prefect.flow-run.heartbeat", *ended},
+                match={"prefect.resource.id": "prefect.flow-run.*"},
+                match_related={"prefect.resource.role": "flow", "prefect.resource.name": STAGE_FLOW},
+                for_each={"prefect.resource.id"},
+                within=timedelta(seconds=SILENT_S),
+                threshold=1,
+            ),
+            actions=[ChangeFlowRunState(state=StateType.CRASHED, message=f"no heartbeat for {SILENT_S} s")],
+        )
+    )
 
 
 def deploy_stage(client, pool: str) -> str:
@@ -127,6 +164,7 @@ def run_on_pool(
     """Stage ``spec`` as a flow run on ``where.work_pool``; waits for it and returns its StageResult."""
     with get_client(sync_client=True) as client:
         name = deploy_stage(client, where.work_pool)
+        watch_heartbeats(client)
         declared = _declared(client, where.work_pool, spec.index - 1)
     run = run_deployment(
         name,

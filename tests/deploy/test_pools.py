@@ -4,10 +4,14 @@ pipeline with stage 1 on one pool and stages 2-3 on the other, started from the 
 Each stage is its own flow run on its pool, a subflow of the pipeline's; the versions and lineage are those of
 the same pipeline trained in-process. What cannot work is refused in one line before anything starts."""
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -21,7 +25,10 @@ from tests.deployed import api
 pytestmark = pytest.mark.integration
 SMOKE = str(REPO_ROOT / "configs" / "smoke.yaml")
 POOLS = {"staged-pool-a": 1, "staged-pool-b": 2}  # pool -> workers
-SHORT = ["stages.0.steps=6", "stages.1.steps=4", "stages.2.steps=2", "gate.enabled=false"]
+# stage 2 long enough, and checkpointed often enough, to be killed in the middle of its training
+SHORT = ["stages.0.steps=6", "stages.1.steps=400", "stages.1.checkpoint.every=5", "stages.2.steps=2"]
+SHORT += ["gate.enabled=false"]
+STAGE_2 = "staged-pools-stage-2-6L"
 
 
 def _env(servers, **extra: str) -> dict[str, str]:
@@ -51,9 +58,11 @@ def workers(local_servers, tmp_path_factory):
             stop_group(proc.pid, grace=10)
 
 
-def _staged(servers, *args: str) -> subprocess.CompletedProcess:
+def _staged(servers, *args: str) -> subprocess.Popen:
     argv = [sys.executable, "-m", "flows.cli.main", "run", SMOKE, *args]
-    return subprocess.run(argv, cwd=REPO_ROOT, env=_env(servers), capture_output=True, text=True, timeout=600)
+    return subprocess.Popen(
+        argv, cwd=REPO_ROOT, env=_env(servers), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _versions(servers, name: str) -> list:
@@ -65,33 +74,86 @@ def _versions(servers, name: str) -> list:
 
 @pytest.fixture(scope="module")
 def pooled(local_servers, workers, tmp_path_factory):
-    """The smoke pipeline with stage 1 on pool a and stages 2-3 on pool b, then the same in-process."""
-    runs = {}
+    """The smoke pipeline with stage 1 on pool a and stages 2-3 on pool b, and beside it the same in-process
+    (at the same time: the pooled one mostly waits for its workers); yields the servers and each run's stdout."""
+    began, runs, prefixes = time.monotonic(), {}, {}
     for name, where in {
-        "staged-pools": ["stages.0.work_pool=staged-pool-a", "worker.work_pool=staged-pool-b"],
+        "staged-pools": ["stages.0.work_pool=staged-pool-a", "worker.work_pool=staged-pool-b", "retry.retries=1"],
         "staged-pools-local": [],
     }.items():
-        workdir = tmp_path_factory.mktemp(name)
-        sets = [*SHORT, *where, f"registry.model_name={name}", f"storage.uri=s3://{BUCKET}/{uuid.uuid4().hex[:8]}"]
-        out = _staged(local_servers, "--workdir", str(workdir), *[a for s in sets for a in ("--set", s)])
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        workdir, prefixes[name] = tmp_path_factory.mktemp(name), uuid.uuid4().hex[:8]
+        sets = [*SHORT, *where, f"registry.model_name={name}", f"storage.uri=s3://{BUCKET}/{prefixes[name]}"]
+        sets += ["retry.delay_s=0"]
+        runs[name] = _staged(local_servers, "--workdir", str(workdir), *[a for s in sets for a in ("--set", s)])
+    killed = _kill_during_stage_2(local_servers, workers, prefixes["staged-pools"])
+    for name, proc in runs.items():
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out[-3000:] + err[-3000:]
         runs[name] = out
-    return local_servers
+    print(f"both pipelines: {time.monotonic() - began:.0f} s", file=sys.stderr)
+    return local_servers, runs, killed
+
+
+def _stage_2_runs(servers) -> list:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    runs = FlowRunFilter(name=FlowRunFilterName(any_=[STAGE_2]))
+    return api(servers, lambda c: c.read_flow_runs(flow_run_filter=runs))
+
+
+def _kill_during_stage_2(servers, workers, prefix: str) -> dict:
+    """SIGKILL the worker running stage 2, and the stage's process, once stage 2 has written a checkpoint."""
+    import boto3
+    import psutil
+
+    env = servers.client_env()
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL_S3"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_DEFAULT_REGION"],
+    )
+
+    def stage_dirs() -> set[str]:
+        found = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/checkpoints/").get("Contents", [])
+        return {o["Key"].split("/")[2] for o in found}
+
+    deadline, before, run = time.monotonic() + 400, None, None
+    while time.monotonic() < deadline:
+        running = [r for r in _stage_2_runs(servers) if r.state.is_running() and r.infrastructure_pid]
+        if running and before is None:
+            run, before = running[0], stage_dirs()
+        if before is not None and stage_dirs() - before:
+            break
+        time.sleep(0.3)
+    else:
+        pytest.fail("stage 2 never wrote a checkpoint on its pool")
+    stage = psutil.Process(int(run.infrastructure_pid.rsplit(":", 1)[-1]))
+    ours = {p.pid for p in workers}
+    worker = next(p.pid for p in stage.parents() if p.pid in ours)  # only a worker this test started
+    doomed = [stage, *stage.children(recursive=True)]  # the stage's process (own session) and anything it started
+    os.killpg(worker, signal.SIGKILL)  # the worker's process group
+    for process in doomed:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    return {"flow_run_id": run.id, "at": datetime.now(timezone.utc)}
 
 
 def test_each_stage_is_a_flow_run_on_its_pool_under_the_pipeline(pooled):
+    pooled, _, _ = pooled
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
     stage_runs = api(
         pooled, lambda c: c.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["staged-stage"])))
     )
-    stage_runs = sorted((r for r in stage_runs if "staged-pools" in r.tags), key=lambda r: r.name)
-    assert [(r.name, r.work_pool_name) for r in stage_runs] == [
-        ("staged-pools-stage-1-3L", "staged-pool-a"),
-        ("staged-pools-stage-2-6L", "staged-pool-b"),
-        ("staged-pools-stage-3-12L", "staged-pool-b"),
+    stage_runs = sorted((r for r in stage_runs if "staged-pools" in r.tags), key=lambda r: (r.name, r.state.name))
+    assert [(r.name, r.work_pool_name, r.state.name) for r in stage_runs] == [
+        ("staged-pools-stage-1-3L", "staged-pool-a", "Completed"),
+        ("staged-pools-stage-2-6L", "staged-pool-b", "Completed"),  # the retry, on the other worker
+        ("staged-pools-stage-2-6L", "staged-pool-b", "Crashed"),  # its worker SIGKILLed
+        ("staged-pools-stage-3-12L", "staged-pool-b", "Completed"),
     ]
-    assert all(r.state.is_completed() for r in stage_runs)
     # each is a subflow: its parent task run belongs to the one pipeline flow run
     parents = {api(pooled, lambda c, r=r: c.read_task_run(r.parent_task_run_id)).flow_run_id for r in stage_runs}
     assert len(parents) == 1
@@ -99,11 +161,47 @@ def test_each_stage_is_a_flow_run_on_its_pool_under_the_pipeline(pooled):
     assert pipeline.name.startswith("staged-pools-") and pipeline.state.is_completed()
 
 
+def test_a_killed_worker_is_marked_crashed_and_the_stage_resumes_on_another(pooled):
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    servers, _, killed = pooled
+    runs = {r.id: r for r in _stage_2_runs(servers)}
+    crashed = runs.pop(killed["flow_run_id"])
+    assert crashed.state.is_crashed() and "no heartbeat" in crashed.state.message
+    silent = (crashed.state.timestamp - killed["at"]).total_seconds()
+    print(f"killed worker: its stage's flow run marked Crashed {silent:.0f} s later", file=sys.stderr)
+    assert silent <= 120
+    (retry,) = runs.values()
+    pipelines = {
+        api(servers, lambda c, r=r: c.read_task_run(r.parent_task_run_id)).flow_run_id for r in (retry, crashed)
+    }
+    assert len(pipelines) == 1  # both subflows of the one pipeline flow run: its stage task, retried
+    logs = api(servers, lambda c: c.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[retry.id]))))
+    assert any("resuming from checkpoint step" in log.message for log in logs), [log.message for log in logs]
+
+
 def test_versions_and_lineage_are_those_of_an_in_process_run(pooled):
+    """Stage 2's worker was killed in the middle of it: the weights are still the unbroken run's, bit for bit."""
+    pooled, _, _ = pooled
     pooled_versions, local = _versions(pooled, "staged-pools"), _versions(pooled, "staged-pools-local")
     assert [v.tags["parent_version"] for v in pooled_versions] == ["", "1", "2"]
     for key in ("stage", "n_layers", "weights_sha256", "optimizer_sha256", "data_cursor", "global_step"):
         assert [v.tags[key] for v in pooled_versions] == [v.tags[key] for v in local], key
+
+
+def test_gpu_seconds_per_stage_and_against_one_allocation(pooled):
+    servers, stdout, _ = pooled
+    from mlflow import MlflowClient
+
+    versions = _versions(servers, "staged-pools")
+    assert all(float(v.tags["gpu_seconds"]) > 0 for v in versions)  # one process each: its wall seconds
+    client = MlflowClient(tracking_uri=servers.urls["mlflow"])
+    parent = client.get_run(client.get_run(versions[0].run_id).data.tags["mlflow.parentRunId"])
+    total, single = parent.data.metrics["gpu_seconds"], parent.data.metrics["gpu_seconds_one_allocation"]
+    assert total == pytest.approx(sum(float(v.tags["gpu_seconds"]) for v in versions), rel=0.2) and single > 0
+    line = next(line for line in stdout["staged-pools"].splitlines() if line.startswith("GPU-seconds"))
+    assert "for this run's stages" in line and "one allocation of 1 process held for the whole run" in line, line
+    print(line, file=sys.stderr)
 
 
 @pytest.mark.parametrize(
