@@ -150,6 +150,7 @@ def register_trained(trained: Trained) -> ModelRef:
             data_cursors=json.dumps(mix.cursors, sort_keys=True) if mix else None,
             data_mixture=json.dumps(mix.weights) if mix else None,
             eval_set=_eval_set(spec, trained.tokenizer_sha256),
+            gpu_seconds=result.world_size * watch.elapsed(),
         )
         imported = None
         if spec.init:
@@ -171,6 +172,7 @@ def register_trained(trained: Trained) -> ModelRef:
             Metrics.MFU: [(result.steps, result.mfu)],
             Metrics.PEAK_MEMORY: [(result.steps, result.peak_memory_bytes)],
             Metrics.STEP_TIME_S: watch.step_times,
+            Metrics.GPU_SECONDS: [(result.steps, tags.gpu_seconds)],
         }
         for name in mix.weights if mix else ():
             metrics[Metrics.source_val_loss(name)] = [(result.steps, mix.val_loss[name])]

@@ -24,6 +24,8 @@ class StageResult(BaseModel):
     tokens_per_s: float | None = None  # training throughput of the attempt that finished the stage
     train_seconds: float = 0.0  # of ``seconds``, inside the training loop and outside its hooks (this attempt)
     phase_seconds: dict[str, float] = {}  # of ``seconds``: loading the parent, training, registering (this attempt)
+    processes: int = 1  # nproc x nnodes that trained it (a GPU each on a GPU pool)
+    gpu_seconds: float = 0.0  # processes x wall seconds of this attempt up to registration (0: skipped)
 
 
 class Figures(BaseModel):

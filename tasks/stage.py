@@ -186,6 +186,8 @@ def run_stage(
         tokens_per_s=result.tokens_per_s,
         train_seconds=result.seconds - result.hook_seconds,
         phase_seconds=watch.phase_seconds,
+        processes=spec.parallel.world_size,
+        gpu_seconds=ref.gpu_seconds or 0.0,
     )
     watch.publish(done, parent)
     return done

@@ -175,7 +175,7 @@ def _print_summary(results, png: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from tasks.publish import COLUMNS, summary_rows
+    from tasks.publish import COLUMNS, allocation_line, summary_rows
 
     table = Table(title=f"{results[0].ref.name}: staged training")
     for column in COLUMNS:
@@ -184,6 +184,7 @@ def _print_summary(results, png: Path) -> None:
         table.add_row(*(str(row[c]) for c in COLUMNS))
     console = Console()
     console.print(table)
+    print(allocation_line(results))  # one line, never wrapped
     console.print(f"loss curve: {png}")
 
 

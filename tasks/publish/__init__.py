@@ -15,12 +15,13 @@ from models.data.bytes import DataConfig
 from tasks.publish.card import add_scores, write_card
 from tasks.publish.compare import publish_comparison
 from tasks.publish.monitor import ArtifactKeys, StageProgress, StageWatch, tag_flow_run
-from tasks.publish.report import COLUMNS, plot_losses, publish_summary, summary_rows
+from tasks.publish.report import COLUMNS, allocation_line, plot_losses, publish_summary, summary_rows
 from tasks.registry import Registry
 from tasks.results import GateResult, StageResult
 
 __all__ = [
     "COLUMNS",
+    "allocation_line",
     "ArtifactKeys",
     "StageProgress",
     "StageWatch",

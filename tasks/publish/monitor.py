@@ -223,6 +223,10 @@ class StageWatch:
         self.phase_seconds: dict[str, float] = {}  # wall time of each ``during`` phase and ``timed`` part
         self._last: float | None = None
         self._began = 0.0
+        self.created = time.perf_counter()  # the stage's start: its wall time so far is elapsed()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.created
 
     def observe(self, forward: Callable[[StepInfo], None]) -> Callable[[StepInfo], None]:
         """An ``on_step`` callback that times each step, then calls ``forward`` (the progress bar)."""

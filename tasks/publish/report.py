@@ -13,7 +13,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 
 from tasks.publish.monitor import ArtifactKeys
 from tasks.registry import Registry
-from tasks.registry.schema import Artifacts, stage_alias
+from tasks.registry.schema import Artifacts, Metrics, stage_alias
 from tasks.results import StageResult
 
 COLUMNS = [
@@ -24,6 +24,7 @@ COLUMNS = [
     "val loss (init)",
     "val loss",
     "wall s",
+    "GPU s",
     "version",
 ]  # the terminal table
 TABLE_COLUMNS = COLUMNS + ["tokens/s"]  # the Prefect artifacts
@@ -39,11 +40,30 @@ def summary_rows(results: list[StageResult]) -> list[dict[str, object]]:
             "val loss (init)": round(r.val_loss_init, 4),
             "val loss": round(r.val_loss, 4),
             "wall s": "skipped" if r.skipped else round(r.seconds, 1),
+            "GPU s": "skipped" if r.skipped else round(r.gpu_seconds, 1),
             "version": r.ref.version,
             "tokens/s": round(r.tokens_per_s) if r.tokens_per_s else "",
         }
         for r in results
     ]
+
+
+def gpu_seconds(results: list[StageResult]) -> tuple[float, float, int]:
+    """(GPU-seconds of this run's stages, what one allocation sized for the largest stage would have held for
+    the whole run, that allocation's processes): staged training holds each stage's own hardware only."""
+    trained = [r for r in results if not r.skipped]
+    largest = max((r.processes for r in trained), default=1)
+    return sum(r.gpu_seconds for r in trained), largest * sum(r.seconds for r in trained), largest
+
+
+def allocation_line(results: list[StageResult]) -> str:
+    """The pipeline's GPU-seconds beside one allocation for its largest stage, in one sentence."""
+    used, single, largest = gpu_seconds(results)
+    share = f" ({used / single:.2f} of it)" if single else ""
+    return (
+        f"GPU-seconds (processes x wall): {used:.1f} for this run's stages{share}; one allocation of {largest} "
+        f"process{'es' if largest > 1 else ''} held for the whole run: {single:.1f}"
+    )
 
 
 _PLOTS: OrderedDict[str, bytes] = OrderedDict()  # the last few PNGs drawn in this process, by their curves
@@ -119,7 +139,8 @@ def markdown_summary(results: list[StageResult], registry: Registry, pipeline_ur
 
     versions = ", ".join(version(r) for r in results)
     link = f"\n\nMLflow pipeline run: [{pipeline_url}]({pipeline_url})" if pipeline_url else ""
-    return f"# {name}: staged training\n\n" + "\n".join(lines) + f"\n\nRegistered versions: {versions}{link}\n"
+    table = "\n".join(lines) + f"\n\n{allocation_line(results)}"
+    return f"# {name}: staged training\n\n{table}\n\nRegistered versions: {versions}{link}\n"
 
 
 def publish_summary(
@@ -136,6 +157,10 @@ def publish_summary(
     create_markdown_artifact(markdown=md, key=keys.versions, description="Registered model versions")
     if pipeline_url:
         create_link_artifact(link=pipeline_url, link_text=run_name, key=keys.pipeline_run)
+    if parent_run_id is not None:
+        used, single, _ = gpu_seconds(results)
+        client.log_metric(parent_run_id, Metrics.GPU_SECONDS, used)
+        client.log_metric(parent_run_id, Metrics.GPU_SECONDS_ONE_ALLOCATION, single)
     for run_id in [results[-1].ref.run_id] + ([parent_run_id] if parent_run_id else []):
         client.log_artifact(run_id, str(png), Artifacts.SUMMARY_DIR)
         client.log_text(run_id, md, Artifacts.SUMMARY)

@@ -83,6 +83,9 @@ class VersionTags(_Tags):
     # tasks.config.eval_set_id of the held-out set ``val_loss`` was measured on in fp32; None (bf16 evaluation,
     # or a version from before this tag): the gate measures the version itself
     eval_set: str | None = None
+    # processes x nodes x wall seconds of the stage (the attempt that registered it), up to its registration: what
+    # its hardware was held for; None: registered before this tag
+    gpu_seconds: float | None = None
 
     def source_cursors(self) -> dict[str, int]:
         return json.loads(self.data_cursors) if self.data_cursors else {}
@@ -192,6 +195,9 @@ class StageParams(BaseModel):
 class Metrics:
     TRAIN_LOSS, VAL_LOSS, VAL_LOSS_INIT = "train_loss", "val_loss", "val_loss_init"
     TOKENS_PER_S, STEP_TIME_S = "tokens_per_s", "step_time_s"
+    GPU_SECONDS = "gpu_seconds"  # a stage run's; on the parent run, the pipeline's total (this run's stages)
+    # on the parent run: one allocation sized for the largest stage (its processes x nodes), held for the whole run
+    GPU_SECONDS_ONE_ALLOCATION = "gpu_seconds_one_allocation"
     MFU, PEAK_MEMORY = "mfu", "peak_memory_bytes"  # against the device's peak (models/train/speed.py); rank 0's peak
     EVAL_PREFIX = "eval/"
 
