@@ -80,8 +80,8 @@ def test_pods_rendezvous_through_the_headless_service():
     follow = shlex.split(script.split("else exec ", 1)[1].removesuffix("; fi"))
     assert follow[:3] == ["python", "-m", "tasks.parallel.follow"]
     values = {"$STAGED_RDZV_ENDPOINT": "job-0.staged-nodes:29400"}  # what the shell expands
-    parallel, once = parse([values.get(a, a) for a in follow[3:]])
-    assert (parallel.nnodes, parallel.nproc, parallel.rdzv_endpoint, once) == (3, 4, "job-0.staged-nodes:29400", False)
+    parallel = parse([values.get(a, a) for a in follow[3:]])
+    assert (parallel.nnodes, parallel.nproc, parallel.rdzv_endpoint) == (3, 4, "job-0.staged-nodes:29400")
 
 
 def test_dangerous_fields_are_fixed_not_variables():
@@ -118,3 +118,28 @@ def test_prefect_accepts_the_pool_with_the_documented_command(prefect_harness):
     with get_client(sync_client=True) as client:
         pool = client.read_work_pool("staged-k8s-multinode")
     assert pool.type == "kubernetes" and pool.base_job_template == json.loads(template.read_text())
+
+
+def test_a_stage_sizes_its_own_job_one_pod_per_node_and_its_gpus_per_pod():
+    """flows/pools.py: the stage's parallel section sizes the Job it is sent to (a job_variables value wins), and
+    the rendered per-stage Job validates; a single-pod pool gets gpu_count the same way."""
+    from flows.pools import sized
+    from tasks.config import ParallelConfig, WorkerConfig
+
+    parallel = ParallelConfig(strategy="fsdp", nproc=4, nnodes=3, rdzv_endpoint="job-0.staged-nodes:29400")
+    for name, want in [
+        ("kubernetes-multinode", {"nnodes": 3, "gpus_per_node": 4}),
+        ("kubernetes", {"gpu_count": 4}),
+        ("process", {}),
+    ]:
+        declared = json.loads((DEPLOY / f"work-pools/{name}.json").read_text())["variables"]["properties"]
+        values = sized(WorkerConfig(work_pool=name), declared, parallel)
+        assert values == {**want, "env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}}, name
+    multinode = json.loads((DEPLOY / "work-pools/kubernetes-multinode.json").read_text())["variables"]["properties"]
+    values = sized(WorkerConfig(work_pool="k", job_variables={"gpus_per_node": 8}), multinode, parallel)
+    assert values["gpus_per_node"] == 8 and values["nnodes"] == 3
+    job = _render(values)
+    kubernetes_validate.validate(job, K8S, strict=True)
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == 3
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 8

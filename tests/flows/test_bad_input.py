@@ -406,6 +406,31 @@ CASES = {
         2,
         "train.batch_size 6 is not divisible by nproc x nnodes = 4",
     ),
+    "job variables without a work pool": (
+        None,
+        SET("stages.1.job_variables={gpu_count: 2}"),
+        "fresh",
+        {},
+        2,
+        "stages.1: job_variables need a work_pool",
+    ),
+    "work pool name": (
+        None,
+        SET("worker.work_pool=two words"),
+        "fresh",
+        {},
+        2,
+        "worker.work_pool: String should match",
+    ),
+    # the pool refusals that need a Prefect server: tests/deploy/test_pools.py
+    "work pool with a local registry": (
+        None,
+        SET("stages.2.work_pool=gpu"),
+        "fresh",
+        {},
+        2,
+        "stages.2.work_pool 'gpu': the registry sqlite:",
+    ),
 }
 
 

@@ -76,8 +76,7 @@ def test_two_launchers_on_loopback_train_one_stage_and_bind_no_wildcard(single_s
             "--nnodes=2",
             "--nproc-per-node=1",
             f"--rdzv-endpoint={endpoint}",
-        ]
-        + ["--once"],
+        ],
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
