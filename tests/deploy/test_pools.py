@@ -22,7 +22,7 @@ from deploy.local.servers import BUCKET
 from flows.cli.main import main
 from tests.deployed import api
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # ~7-9 min on 2 busy cores (servers included)
 SMOKE = str(REPO_ROOT / "configs" / "smoke.yaml")
 POOLS = {"staged-pool-a": 1, "staged-pool-b": 2}  # pool -> workers
 # stage 2 long enough, and checkpointed often enough, to be killed in the middle of its training
