@@ -17,9 +17,9 @@ for the transformers decoders. What happens to the new copies is the operator:
 The map comes from the operator's layout, or from one of ``layers: [...]`` (explicit), ``solar: {drop}``,
 ``every: P`` or ``interpose: {skip_first, skip_last}`` (recipes); ``new: [...]`` overrides which copies are new.
 
-Every operator also maps Adam moments (``grow_moments``): the moments are keyed by parameter
-name, so a depth operator maps them with the very same function as the weights (identity's zeroed
-projections get zero moments, i.e. a fresh start); width scales them as the gradients scale.
+Every operator also maps Adam moments (models/growth_moments.py): the moments are keyed by parameter
+name, so a depth operator maps them with the very same function as the weights (new blocks start
+with no state); width scales them as the gradients scale.
 """
 
 from __future__ import annotations
@@ -31,9 +31,11 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from models.families.depth_mup import rescale_on_growth
 from models.families.gpt import BYTE_GPT
 from models.families.lookup import ModelConfig, family_of
 from models.families.width import WidthError
+from models.growth_noise import jitter_new_blocks
 from models.layermap import (  # noqa: F401  (the layer maps' names, also importable from here)
     Freeze,
     GrowthError,
@@ -65,8 +67,14 @@ class GrowthConfig(BaseModel):
     operator: Operator = "stack"
     layout: Literal["interleave", "stack", "middle"] = "interleave"  # identity/masked: where the new blocks go
     ramp_steps: int = Field(100, ge=1)  # masked: steps over which new blocks' gates rise 0 -> 1
-    noise: float = Field(0.0, ge=0)  # width: std of the (function-preserving) symmetry-breaking noise
-    noise_seed: int = 0  # width: the noise is a pure function of this seed
+    # std of the symmetry-breaking noise. width: antisymmetric, function preserving; depth operators: added to the new
+    # blocks' weight matrices, so that N copies of a block do not train as N identical twins (identity's zeroed writers
+    # and masked's closed gates keep the function exact at the growth step)
+    noise: float = Field(0.0, ge=0)
+    noise_seed: int = 0  # the noise is a pure function of this seed
+    # depth operators: the new blocks' LR ramps 0 -> peak over this many steps while the rest trains at the
+    # schedule's LR (their Adam state is fresh; a short warmup keeps its first, noisy updates small). 0: none
+    new_warmup_steps: int = Field(0, ge=0)
     # parent: only the new blocks train (LLaMA-Pro); or a mapping {blocks, embeddings, head} saying what stays frozen
     freeze: Literal["none", "parent"] | Freeze = "none"
     # an explicit layer map, child block j <- parent block layers[j] (mergekit slices, prts stacking_list): any
@@ -233,7 +241,7 @@ def child_config(cfg: GrowthConfig, parent: ModelConfig, n_layers: int) -> Model
     return base.model_copy(update={"n_layers": n_layers})
 
 
-def _config(operator: str | GrowthConfig) -> GrowthConfig:
+def as_config(operator: str | GrowthConfig) -> GrowthConfig:
     if isinstance(operator, GrowthConfig):
         return operator
     if operator not in OPERATORS:
@@ -247,34 +255,25 @@ def grow(operator: str | GrowthConfig, state: StateDict, parent: ModelConfig, ch
     The parent state is checked against ``parent`` first and the result against ``child``, so a
     wrong shape is reported here, in one line, rather than by ``load_state_dict``.
     """
-    cfg = _config(operator)
+    cfg = as_config(operator)
+    grown = grow_tensors(cfg, state, parent, child, exponent=1)
+    if cfg.noise == 0 or cfg.operator == "width":  # width adds its own, function-preserving noise
+        return grown
+    new_blocks, layout = layer_map(cfg, parent.n_layers, child.n_layers).new_blocks, family_of(child).layout
+    return jitter_new_blocks(grown, new_blocks, layout, cfg.noise, cfg.noise_seed, cfg.operator == "identity")
+
+
+def grow_tensors(
+    cfg: GrowthConfig, state: StateDict, parent: ModelConfig, child: ModelConfig, exponent: int
+) -> StateDict:
+    """:func:`grow` of weights (``exponent`` 1) or of tensors that scale as their gradients (-1) or squared (-2)."""
     check_state(state, parent, "parent")
     try:
         grown = OPERATORS[cfg.operator](state, cfg, parent, child)
     except WidthError as e:
         raise GrowthError(str(e)) from None
     check_state(grown, child, "grown")
-    return grown
-
-
-def grow_moments(
-    operator: str | GrowthConfig, moments: StateDict, parent: ModelConfig, child: ModelConfig
-) -> StateDict:
-    """Map AdamW moments (models.train.optim layout: ``exp_avg.<param>``, ``exp_avg_sq.<param>``, ``step``)."""
-    cfg = _config(operator)
-    out: StateDict = {"step": moments["step"].clone()}
-    for power, prefix in ((1, "exp_avg."), (2, "exp_avg_sq.")):
-        part = {k.removeprefix(prefix): v for k, v in moments.items() if k.startswith(prefix)}
-        if cfg.operator == "width":
-            try:
-                check_same_family(parent, child)
-                grown = family_of(parent).widen_moments(part, parent, child, power)
-            except WidthError as e:
-                raise GrowthError(str(e)) from None
-        else:  # the weights' own function; no noise is involved in depth growth
-            grown = grow(cfg, part, parent, child)
-        out.update({prefix + k: v for k, v in grown.items()})
-    return out
+    return rescale_on_growth(grown, family_of(child).layout, parent, child, exponent)  # depth-muP
 
 
 def dry_run(operator: str | GrowthConfig, parent: ModelConfig, child: ModelConfig) -> None:
@@ -285,6 +284,6 @@ def dry_run(operator: str | GrowthConfig, parent: ModelConfig, child: ModelConfi
     with torch.device("meta"):
         parent_state = family.weights(family.build(parent))
     grow(operator, parent_state, parent, child)  # checks the grown state's keys and shapes against the child
-    cfg = _config(operator)
+    cfg = as_config(operator)
     if cfg.operator != "width":  # what trains: freeze.blocks inside the child, something left to train
         trainable(cfg.freeze, layer_map(cfg, parent.n_layers, child.n_layers))

@@ -32,7 +32,8 @@ from models.data.mixture import MixtureCorpus, Origin
 from models.data.shards import TokenCorpus
 from models.errors import UserError
 from models.families.lookup import ModelConfig, family_of
-from models.growth import GrowthError, grow, grow_moments
+from models.growth import GrowthError, grow
+from models.growth_moments import grow_moments
 from models.train.loop import NonFiniteLoss, TrainResult, rank_and_world, resolve_device, seed_everything, train
 from models.train.optim import StateDict
 from models.train.parallel import load_full_state, shard

@@ -23,7 +23,8 @@ import torch
 from models.families.gpt import GPTConfig
 from models.families.llama import LlamaFamilyConfig
 from models.families.lookup import family_of
-from models.growth import GrowthConfig, child_config, grow, grow_moments
+from models.growth import GrowthConfig, child_config, grow
+from models.growth_moments import grow_moments
 
 PARENTS = {
     "gpt": GPTConfig(n_layers=12, d_model=512, n_heads=8, d_ff=2048, context=256),

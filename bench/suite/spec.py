@@ -181,12 +181,14 @@ def pipeline_config(
     stages = [p.stage(scratch_steps) for p in schedule.stages]
     total = sum(s.steps for s in stages)
     tree_stages = []
+    last_growth = total - stages[-1].steps  # one WSD curve decays in the final stage only (models/train/policy.py)
     for st, arm_stage in zip(stages, schedule.stages):
         span = st.steps if st.schedule.policy == "restart" else total
+        decay = hp.decay if st.schedule.policy == "restart" else min(hp.decay, (total - last_growth) / total)
         train = {"warmup_steps": round(hp.warmup * span), **st.train.model_dump(exclude_none=True)}
         if arm_stage.lr_scale != 1.0:
             train["lr"] = hp.lr * arm_stage.lr_scale
-        sched = {**st.schedule.model_dump(), "shape": hp.shape, "decay_fraction": hp.decay}
+        sched = {**st.schedule.model_dump(), "shape": hp.shape, "decay_fraction": decay}
         tree_stages.append({**st.model_dump(), "train": train, "schedule": sched})
     base = preset.train.model_dump(exclude={"steps"}) | {"lr": hp.lr, "eval_every": 10**6, "eval_batches": 1}
     arch = preset.model.model_dump(exclude={"n_layers", "vocab_size"})  # a Llama's vocabulary: the tokenizer's

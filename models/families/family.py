@@ -138,6 +138,11 @@ class Family:
         """Write weights, config (and tokenizer, for tokenized families) into ``directory``."""
         raise NotImplementedError
 
+    def unfold(self, cfg, state: StateDict) -> StateDict:
+        """Weights read from a directory :meth:`save` wrote -> the weights this family trains (a decoder's directory
+        holds depth-muP's branch multiplier folded into its residual writers); by default, as they are."""
+        return state
+
     def load(self, directory: Path) -> nn.Module:
         """The model saved in ``directory`` by :meth:`save`, in eval mode. The caller verified the directory."""
         raise NotImplementedError

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.families import size, width
+from models.families.depth_mup import DepthMup, branch_multiplier
 from models.families.family import Family, Layout, StateDict, token_loss
 
 VOCAB_SIZE = 256  # bytes: no tokenizer to ship, download or version
@@ -53,15 +54,17 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm block: x + g * attn(ln(x)), then x + g * mlp(ln(x)).
+    """Pre-LayerNorm block: x + g * m * attn(ln(x)), then x + g * m * mlp(ln(x)).
 
     The gate ``g`` is 1 except while a masked growth stage ramps a new block in (models/growth.py):
     at g = 0 the block is the identity on the residual stream. It is a non-persistent buffer, so
     state dicts stay plain; :meth:`fold_gate` moves a gate < 1 into the weights before saving.
+    ``m`` is depth-muP's branch multiplier (models/families/depth_mup.py), a constant of the config: 1 by default.
     """
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
+        self.mult = branch_multiplier(cfg.depth_mup, cfg.n_layers)
         self.ln1 = nn.LayerNorm(cfg.d_model)
         self.attn = CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.dropout)
         self.ln2 = nn.LayerNorm(cfg.d_model)
@@ -70,8 +73,9 @@ class Block(nn.Module):
         self.register_buffer("gate", torch.ones(()), persistent=False)  # scalar; x * 1.0 is exact
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.gate * self.drop(self.attn(self.ln1(x)))  # (B, T, C)
-        return x + self.gate * self.drop(self.mlp(self.ln2(x)))  # (B, T, C)
+        g = self.gate if self.mult == 1.0 else self.gate * self.mult
+        x = x + g * self.drop(self.attn(self.ln1(x)))  # (B, T, C)
+        return x + g * self.drop(self.mlp(self.ln2(x)))  # (B, T, C)
 
     @torch.no_grad()
     def fold_gate(self) -> None:
@@ -96,6 +100,9 @@ class GPTConfig(BaseModel):
     d_ff: int = Field(512, ge=1)  # 4 x d_model, as in GPT-2
     context: int = Field(128, ge=1)  # bytes of context; also the size of the learned position table
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # small models on plenty of data do not overfit: keep it off
+    # residual-branch multipliers 1/sqrt(L) or 1/L on every block (models/families/depth_mup.py), in the small and
+    # the grown model alike, so that the LR tuned on the small model transfers to the deep one; none: GPT-2
+    depth_mup: DepthMup = "none"
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> GPTConfig:
@@ -115,9 +122,9 @@ class GPT(nn.Module):
         self.head = nn.Linear(cfg.d_model, VOCAB_SIZE, bias=False)  # untied: growth stays a pure key map
         self.apply(self._init_weights)
         # GPT-2: scale the residual-writing projections by 1/sqrt(2 * n_layers) so the stream's
-        # variance does not grow with depth.
+        # variance does not grow with depth (under depth-muP the branch multiplier does that).
         for name, p in self.named_parameters():
-            if name.endswith(".proj.weight"):
+            if name.endswith(".proj.weight") and cfg.depth_mup == "none":
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))
 
     @staticmethod

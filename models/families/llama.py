@@ -30,6 +30,7 @@ import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.families import hf_format, size, width_llama
+from models.families.depth_mup import DepthMup, branch_multiplier, scale_writers
 from models.families.family import Family, Layout, StateDict
 
 TIED_HEAD = "lm_head.weight"  # dropped from state dicts when the embeddings are tied (as save_pretrained does)
@@ -54,6 +55,9 @@ class LlamaFamilyConfig(BaseModel):
     rms_norm_eps: float = Field(1e-5, gt=0)
     tie_embeddings: bool = False  # untied by default: growth stays a pure key map; tied works too
     vocab_size: int = Field(256, ge=1)  # set from the tokenizer (tasks/config/schema.py), never by hand
+    # residual-branch multipliers 1/sqrt(L) or 1/L (models/families/depth_mup.py), small and grown model alike, so
+    # the small model's tuned LR transfers; forward hooks while training, folded into o_proj/down_proj when saved
+    depth_mup: DepthMup = "none"
 
     @model_validator(mode="after")
     def _shapes_agree(self) -> LlamaFamilyConfig:
@@ -132,6 +136,12 @@ class DecoderFamily(Family):
 
         model = getattr(transformers, self.hf_model)(self.to_hf(cfg))
         model.cfg = cfg  # the project's config beside transformers' own, as on the byte GPT
+        if (
+            m := branch_multiplier(cfg.depth_mup, cfg.n_layers)
+        ) != 1.0:  # depth-muP: x + m * attn(...), x + m * mlp(...)
+            for layer in self.blocks(model):
+                layer.self_attn.register_forward_hook(_times(m, attention=True))
+                layer.mlp.register_forward_hook(_times(m, attention=False))
         return model
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
@@ -234,12 +244,40 @@ class DecoderFamily(Family):
     # ---- a version's directory: a Hugging Face model directory (models/families/hf_format.py) ------------------------
 
     def save(self, model: nn.Module, directory: Path, tokenizer, max_shard_bytes: int) -> None:
-        hf_format.save(model, directory, tokenizer, max_shard_bytes)
+        """A Hugging Face directory; depth-muP's multiplier folded into o_proj and down_proj for the write only (the
+        model in memory keeps its own weights, bit for bit), so transformers alone computes the trained function."""
+        m = branch_multiplier(model.cfg.depth_mup, model.cfg.n_layers)
+        layers = self.blocks(model) if m != 1.0 else []
+        writers = [w for layer in layers for w in (layer.self_attn.o_proj.weight, layer.mlp.down_proj.weight)]
+        kept = [w.detach().clone() for w in writers]
+        with torch.no_grad():
+            for w in writers:
+                w.mul_(m)
+        try:
+            hf_format.save(model, directory, tokenizer, max_shard_bytes)
+        finally:
+            with torch.no_grad():
+                for w, k in zip(writers, kept):
+                    w.copy_(k)
+
+    def unfold(self, cfg: LlamaFamilyConfig, state: StateDict) -> StateDict:
+        """A saved directory's weights -> the ones this family trains: depth-muP's multiplier divided back out."""
+        m = branch_multiplier(cfg.depth_mup, cfg.n_layers)
+        return scale_writers(state, self.layout, 1 / m) if m != 1.0 else state
 
 
 def _scale_attention(layer: nn.Module):
     def hook(module, args, out):
         return (out[0] * layer.gate, *out[1:])  # self_attn returns (attn_output, attn_weights)
+
+    return hook
+
+
+def _times(m: float, attention: bool):
+    """Depth-muP's constant branch multiplier on a layer's attention or MLP output."""
+
+    def hook(module, args, out):
+        return (out[0] * m, *out[1:]) if attention else out * m
 
     return hook
 

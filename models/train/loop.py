@@ -36,7 +36,7 @@ from models.families.family import token_loss
 from models.families.lookup import family_of
 from models.train import parallel, speed
 from models.train import step as steps
-from models.train.optim import StateDict
+from models.train.optim import StateDict, set_lr
 from models.train.optim import make_optimizer as _adamw
 from models.train.parallel import export_moments, load_moments
 from models.train.plan import Hooks, StagePlan, Start, StepInfo, TrainState, default_lr
@@ -131,8 +131,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool = False) -> torch.optim.AdamW:
-    return _adamw(model, cfg.lr, cfg.weight_decay, cfg.beta2, fused=fused)
+def make_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool = False, plan: StagePlan = StagePlan()):
+    new_blocks = plan.new_warmup.blocks if plan.new_warmup else ()  # their LR ramps in on its own
+    return _adamw(model, cfg.lr, cfg.weight_decay, cfg.beta2, fused=fused, new_blocks=new_blocks)
 
 
 @torch.no_grad()
@@ -209,7 +210,7 @@ def _loop(model, net, corpus, cfg: TrainConfig, plan: StagePlan, start: Start, h
     on_step = hooks.on_step if rank == 0 else None
     on_checkpoint = hooks.on_checkpoint if rank == 0 or parallel.is_sharded(model) else None
     val_batches = corpus.val_batches(cfg.eval_batches, cfg.batch_size)
-    optimizer = make_optimizer(model, cfg, fused=device.type == "cuda")
+    optimizer = make_optimizer(model, cfg, fused=device.type == "cuda", plan=plan)
     mult = plan.lr_mult or default_lr(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
     ramp, resume = plan.ramp, start.resume
     if resume is not None:
@@ -246,8 +247,7 @@ def _loop(model, net, corpus, cfg: TrainConfig, plan: StagePlan, start: Start, h
             raise NonFiniteLoss(step, train_loss)
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], cfg.grad_clip)
         lr = cfg.lr * mult(step - 1)  # what LambdaLR computed: a function of the step, nothing to save
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(optimizer, lr, plan.new_warmup.mult(step - 1) if plan.new_warmup else 1.0)
         optimizer.step()
 
         result.train_curve.append((step, train_loss))

@@ -31,6 +31,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from models.families.lookup import family_of
+from models.growth_moments import param_steps, step_entries
 from models.train.optim import StateDict, check_moments
 from models.train.optim import export_moments as _export_full
 from models.train.optim import load_moments as _load_full
@@ -128,15 +129,14 @@ def export_moments(model: nn.Module, optimizer: torch.optim.Optimizer, *, full: 
     if full and dist.get_rank() != 0:
         return {}
     out: StateDict = {}
-    step = 0.0
+    steps: dict[str, float] = {}
     for name, p in model.named_parameters():
         st = state.get(name, {})
         zeros = torch.zeros(p.shape, dtype=p.dtype) if full else torch.zeros_like(p)
         for k in ("exp_avg", "exp_avg_sq"):
             out[f"{k}.{name}"] = st[k].detach().clone() if st else zeros.clone()
-        step = max(step, float(st["step"])) if st else step
-    out["step"] = torch.tensor(step, dtype=torch.float64)
-    return out
+        steps[name] = float(st["step"]) if st else 0.0
+    return {**out, **step_entries(steps)}
 
 
 def load_moments(model: nn.Module, optimizer: torch.optim.Optimizer, moments: StateDict) -> None:
@@ -151,15 +151,25 @@ def load_moments(model: nn.Module, optimizer: torch.optim.Optimizer, moments: St
         _load_full(model, optimizer, moments)
         return
     check_moments(model, moments)
-    step = torch.tensor(float(moments["step"]), dtype=torch.float32)
+    params = dict(model.named_parameters())
+    steps = param_steps(moments, params)
     api = _state_dict_api()
     osd = api.get_optimizer_state_dict(model, optimizer)  # its param_groups name the parameters
-    osd["state"] = {
-        name: {"step": step.clone(), "exp_avg": moments[f"exp_avg.{name}"], "exp_avg_sq": moments[f"exp_avg_sq.{name}"]}
-        for name, p in model.named_parameters()
-        if p.requires_grad  # a frozen parameter is not in the optimizer
+    osd["state"] = {  # a parameter at step 0 gets no state (a fresh start, as in one process); a frozen one none at all
+        name: {
+            "step": torch.tensor(s, dtype=torch.float32),
+            "exp_avg": moments[f"exp_avg.{name}"],
+            "exp_avg_sq": moments[f"exp_avg_sq.{name}"],
+        }
+        for name, s in steps.items()
+        if s != 0 and params[name].requires_grad
     }
-    api.set_optimizer_state_dict(model, optimizer, osd, options=api.StateDictOptions(full_state_dict=True))
+    api.set_optimizer_state_dict(
+        model, optimizer, osd, options=api.StateDictOptions(full_state_dict=True, strict=False)
+    )
+    for name, p in params.items():  # the helper initialised every state (a zero step): step-0 ones are fresh
+        if steps[name] == 0:
+            optimizer.state.pop(p, None)
 
 
 def _device() -> torch.device:

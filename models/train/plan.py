@@ -1,6 +1,6 @@
 """What train() does besides stepping AdamW: a typed stage plan and the starting point.
 
-    StagePlan   LR multiplier per step, masked growth's gate ramp, the stop rule
+    StagePlan   LR multiplier per step, masked growth's gate ramp, the stop rule, the new blocks' LR warmup
     Start       data cursor, seed, Adam moments carried across growth, or a checkpoint to resume
     Hooks       progress callback, checkpoint callback and its cadence (the only way out of the loop)
 
@@ -41,6 +41,18 @@ class GateRamp:
             family.set_gate(model, j, self.gate(step))
 
 
+@dataclass(frozen=True)
+class NewWarmup:
+    """growth.new_warmup_steps: the LR of the new ``blocks``' parameters rises linearly to the schedule's over
+    ``steps`` (multiplier (t + 1) / steps at 0-based step t); every other parameter follows the schedule."""
+
+    blocks: list[int]
+    steps: int
+
+    def mult(self, step: int) -> float:
+        return min(1.0, (step + 1) / self.steps)
+
+
 def _never(curve: Curve) -> bool:
     return False
 
@@ -57,6 +69,7 @@ class StagePlan:
     ramp: GateRamp | None = None  # masked growth; its gates are folded into the weights at the end
     trainable: Trainable | None = None  # growth.freeze: only these blocks (and embeddings, head) train; None: all
     stop: Callable[[Curve], bool] = _never  # on the validation curve after each evaluation: True ends the stage
+    new_warmup: NewWarmup | None = None  # the new blocks' own LR warmup after growth
 
 
 @dataclass
@@ -133,7 +146,12 @@ def stage_plan(
         ramp = GateRamp(blocks=layer_map(growth, parent_layers, child_layers).new_blocks, steps=growth.ramp_steps)
     if parent_layers is not None and growth.freeze != "none":  # e.g. LLaMA-Pro: the parent's blocks stay as they were
         trains = trainable(growth.freeze, layer_map(growth, parent_layers, child_layers))
-    return StagePlan(lr_mult=lr_mult, ramp=ramp, trainable=trains, stop=slope_stop(until.loss_slope))
+    new_warmup = None
+    if parent_layers is not None and growth.new_warmup_steps and growth.operator != "width":
+        new_warmup = NewWarmup(layer_map(growth, parent_layers, child_layers).new_blocks, growth.new_warmup_steps)
+    return StagePlan(
+        lr_mult=lr_mult, ramp=ramp, trainable=trains, stop=slope_stop(until.loss_slope), new_warmup=new_warmup
+    )
 
 
 def default_lr(warmup: int, steps: int, min_lr_ratio: float) -> Callable[[int], float]:

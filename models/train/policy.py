@@ -86,11 +86,30 @@ def warmup_stable_decay(step: int, warmup: int, total: int, min_ratio: float, de
     over the last ``decay_fraction`` of ``total`` steps (reached at step ``total - 1``, held after it)."""
     if step < warmup:
         return (step + 1) / warmup
-    decay_start = total - max(1, round(decay_fraction * total))
+    decay_start = wsd_decay_start(total, decay_fraction)
     if step < decay_start:
         return 1.0
     progress = min(1.0, (step - decay_start + 1) / (total - decay_start))
     return 1.0 - (1.0 - min_ratio) * progress
+
+
+def wsd_decay_start(total: int, decay_fraction: float) -> int:
+    """The first step of warmup-stable-decay's decay over ``total`` steps."""
+    return total - max(1, round(decay_fraction * total))
+
+
+def growth_in_decay(cfg: ScheduleConfig, start: int, total: int) -> str | None:
+    """Why a stage grown at global step ``start`` is refused, or None: under one WSD curve over the pipeline
+    (``continue``/``rewarm``) every growth must fall in the stable phase, so that only the final stage decays."""
+    if cfg.policy == "restart" or cfg.shape != "wsd":
+        return None
+    decay = wsd_decay_start(total, cfg.decay_fraction)
+    if start <= decay:  # at ``decay`` the whole decay is the final stage's
+        return None
+    return (
+        f"the growth at global step {start} falls in the WSD decay (steps {decay}-{total} of {total}, "
+        f"decay_fraction {cfg.decay_fraction}): grow inside the stable phase, e.g. a smaller decay_fraction"
+    )
 
 
 def lr_schedule(

@@ -24,7 +24,7 @@ from models.families.lookup import ModelConfig
 from models.growth import GrowthConfig, GrowthError, child_config, dry_run
 from models.train.loop import TrainConfig
 from models.train.optim import OptimizerConfig
-from models.train.policy import MAX_STEPS, ScheduleConfig, UntilConfig, step_cap
+from models.train.policy import MAX_STEPS, ScheduleConfig, UntilConfig, growth_in_decay, step_cap
 from tasks.config.limits import LimitsConfig, check_fit, check_shapes, check_trainer
 from tasks.config.model_section import ArchConfig, InitConfig, Strict, default_section, first_model
 from tasks.config.parallel import ParallelConfig
@@ -214,6 +214,11 @@ class PipelineConfig(Strict):
                 dry_run(spec.growth, prev.model, spec.model)
             except GrowthError as e:
                 raise ValueError(f"stages.{spec.index - 1}: {e}") from None
+        start = 0
+        for spec in specs:  # one WSD curve across stages: its decay only in the final stage
+            if spec.index > 1 and (why := growth_in_decay(spec.schedule, start, spec.total_steps or 0)):
+                raise ValueError(f"stages.{spec.index - 1}.schedule: {why}")
+            start += spec.train.steps
         return self
 
     @model_validator(mode="after")

@@ -39,7 +39,7 @@ class StagedGPT(mlflow.pyfunc.PythonModel):
         for name in files or ["model.safetensors"]:
             state.update(load_file(HERE / name))
         self.model = self.family.build(cfg)
-        self.family.load_weights(self.model, state)
+        self.family.load_weights(self.model, self.family.unfold(cfg, state))
         self.model.eval()
 
     def predict(self, context, model_input, params=None) -> np.ndarray:

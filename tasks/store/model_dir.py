@@ -90,14 +90,14 @@ def load_state(
     (sharded: the index's, then every shard against the index). ``verified``: as ``verify_manifest`` returned it."""
     cfg = read_config(directory)
     if not (directory / INDEX).is_file():
-        return cfg, load_file(_verified(directory / WEIGHTS, expected_sha256, verified))
+        return cfg, family_of(cfg).unfold(cfg, load_file(_verified(directory / WEIGHTS, expected_sha256, verified)))
     index = json.loads(_verified(directory / INDEX, expected_sha256, verified).read_text())
     state: dict[str, torch.Tensor] = {}
     for name, sha in index["metadata"]["sha256"].items():
         state.update(load_file(_verified(directory / name, sha if expected_sha256 is not None else None, verified)))
     if state.keys() != index["weight_map"].keys():
         raise WeightsMismatch(f"{directory / INDEX}: its shards do not hold exactly the tensors it lists")
-    return cfg, state
+    return cfg, family_of(cfg).unfold(cfg, state)  # the weights as trained (depth-muP's multiplier divided out)
 
 
 def load_tokenizer(directory: Path) -> Tokenizer:

@@ -109,6 +109,9 @@ def read(directory: Path, into: nn.Module | None = None) -> tuple[dict[str, torc
             template[f"exp_avg.{name}"] = torch.zeros_like(p)
             template[f"exp_avg_sq.{name}"] = torch.zeros_like(p)
         template["step"] = torch.zeros((), dtype=torch.float64)
+        for k in dcp.HuggingFaceStorageReader(str(directory)).read_metadata().state_dict_metadata:
+            if k.startswith("step."):  # a parameter's own Adam step, where it differs (models/train/optim.py)
+                template[k] = torch.zeros((), dtype=torch.float64)
         dcp.load(template, storage_reader=reader)
     weights = {k[len(WEIGHT) :]: v for k, v in template.items() if k.startswith(WEIGHT)}
     moments = {k: v for k, v in template.items() if not k.startswith(WEIGHT)}

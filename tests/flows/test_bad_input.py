@@ -131,6 +131,22 @@ CASES = {
         "checkpoint.every: Input should be a valid integer",
     ),
     "negative steps": (None, SET("stages.0.steps=-1"), "fresh", {}, 2, "greater than or equal to 0"),
+    "unknown depth-muP mode": (
+        None,
+        SET("model.depth_mup=quarter"),
+        "fresh",
+        {},
+        2,
+        "depth_mup: Input should be 'none', 'sqrt' or 'completep'",
+    ),
+    "growth in the WSD decay": (
+        None,
+        SET("stages.1.schedule={policy: continue, shape: wsd, decay_fraction: 0.5}"),
+        "fresh",
+        {},
+        2,
+        "stages.1.schedule: the growth at global step 20 falls in the WSD decay (steps 17-35 of 35",
+    ),
     "steps for ever": (
         None,
         SET("stages.0.steps=1000000000000000000000"),

@@ -140,6 +140,27 @@ def test_qwen3_grows_in_depth_and_width_through_the_pipeline(prefect_harness, tm
     assert model.model.embed_tokens.padding_idx is None
 
 
+def test_depth_mup_grows_exactly_through_the_registry_and_loads_in_transformers(prefect_harness, tmp_path):
+    """model.depth_mup: sqrt end to end: each version's directory holds the multiplier folded into o_proj/down_proj,
+    the next stage reads it back unfolded and rescales the writers for its depth, so identity growth (with noise on
+    the new blocks and their own LR warmup) starts where its parent ended; transformers and the pyfunc agree."""
+    from transformers import AutoModelForCausalLM
+
+    overrides = TOY + ["model.depth_mup=sqrt", "registry.model_name=staged-mup"]
+    overrides += [f"stages.{i}.growth={{operator: identity, noise: 0.001, new_warmup_steps: 2}}" for i in (1, 2)]
+    results = _run(tmp_path / "work", "llama-demo.yaml", overrides)
+    for parent, child in zip(results, results[1:]):
+        assert child.val_loss_init == pytest.approx(parent.val_loss, rel=1e-5)
+    local, _ = _download(tmp_path / "work", "staged-mup", "3", tmp_path / "dl")
+    assert json.loads((local / "staged.json").read_text())["depth_mup"] == "sqrt"
+    model = AutoModelForCausalLM.from_pretrained(local, local_files_only=True)
+    ids = np.array([[1, 2, 3, 4, 5]], dtype=np.int64)
+    with torch.no_grad():
+        expected = model(input_ids=torch.as_tensor(ids)).logits.numpy()
+    served = load_pyfunc(Registry.resolve(tmp_path / "work"), "models:/staged-mup/3").predict(ids)
+    np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_the_qwen2_demo_grows_in_depth_then_width_and_loads_in_transformers(prefect_harness, tmp_path):
     """configs/qwen2-demo.yaml at toy size: Qwen2's q/k/v biases travel with identity and width growth."""
     from transformers import AutoModelForCausalLM, Qwen2ForCausalLM

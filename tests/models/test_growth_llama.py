@@ -9,7 +9,8 @@ from models.families.family import token_loss
 from models.families.llama import LLAMA, LlamaFamilyConfig
 from models.families.lookup import family_of
 from models.families.width_llama import widen_moments
-from models.growth import GrowthConfig, GrowthError, child_config, dry_run, grow, grow_moments, layer_map
+from models.growth import GrowthConfig, GrowthError, child_config, dry_run, grow, layer_map
+from models.growth_moments import grow_moments
 from models.train.plan import GateRamp
 
 torch.set_num_threads(1)
@@ -168,11 +169,12 @@ def test_depth_moments_map_like_the_weights():
     moments["step"] = torch.tensor(7.0)
     g = GrowthConfig(operator="identity")
     grown = grow_moments(g, moments, cfg, child_config(g, cfg, 6))
-    assert torch.equal(
-        grown["exp_avg.model.layers.1.mlp.up_proj.weight"], moments["exp_avg.model.layers.0.mlp.up_proj.weight"]
+    assert torch.equal(  # interleave: child layer 2 is parent layer 1, carried with its moments and step
+        grown["exp_avg.model.layers.2.mlp.up_proj.weight"], moments["exp_avg.model.layers.1.mlp.up_proj.weight"]
     )
-    assert not grown["exp_avg_sq.model.layers.1.self_attn.o_proj.weight"].any()  # a zeroed writer starts fresh
-    assert grown["step"].item() == 7.0
+    assert "step.model.layers.2.mlp.up_proj.weight" not in grown and grown["step"].item() == 7.0
+    for key in ("mlp.up_proj.weight", "self_attn.o_proj.weight"):  # layer 1, a new copy, starts fresh: step 0
+        assert not grown[f"exp_avg_sq.model.layers.1.{key}"].any() and grown[f"step.model.layers.1.{key}"] == 0
 
 
 def test_masked_gates_fold_into_o_proj_and_down_proj():

@@ -8,7 +8,8 @@ import torch
 from models.families.gpt import GPTConfig
 from models.families.llama import LlamaFamilyConfig
 from models.families.lookup import family_of
-from models.growth import GrowthConfig, GrowthError, child_config, dry_run, grow, grow_moments, layer_map
+from models.growth import GrowthConfig, GrowthError, child_config, dry_run, grow, layer_map
+from models.growth_moments import grow_moments
 from models.train.plan import GateRamp
 from tasks.config import ConfigError, load_config
 from tasks.config.identity import spec_hash
@@ -74,15 +75,17 @@ def test_non_multiple_maps_copy_weights_and_moments_bitwise(arch, recipe):
     moments["step"] = torch.tensor(5.0)
     child_cfg = child_config(g, cfg, n)
     grown, grown_moments = grow(g, weights, cfg, child_cfg), grow_moments(g, moments, cfg, child_cfg)
-    sources = layer_map(g, 6, n).sources
+    lmap = layer_map(g, 6, n)
     for key, value in grown.items():
-        src = key
+        src, new = key, False
         if key.startswith(prefix):
             j, suffix = key.removeprefix(prefix).split(".", 1)
-            src = f"{prefix}{sources[int(j)]}.{suffix}"
+            src, new = f"{prefix}{lmap.sources[int(j)]}.{suffix}", lmap.new[int(j)]
         assert torch.equal(value, weights[src]), key
-        for m in ("exp_avg", "exp_avg_sq"):  # the moments follow their parameter
-            assert torch.equal(grown_moments[f"{m}.{key}"], moments[f"{m}.{src}"]), key
+        for m in ("exp_avg", "exp_avg_sq"):  # the moments follow their parameter; a new copy starts with none
+            want = torch.zeros_like(moments[f"{m}.{src}"]) if new else moments[f"{m}.{src}"]
+            assert torch.equal(grown_moments[f"{m}.{key}"], want), key
+        assert grown_moments.get(f"step.{key}", grown_moments["step"]).item() == (0.0 if new else 5.0), key
     assert grown_moments["step"].item() == 5.0
 
 

@@ -6,7 +6,8 @@ import torch
 
 from models.families.gpt import GPT, GPTConfig
 from models.families.width import widen_moments
-from models.growth import GrowthConfig, child_config, grow, grow_moments, layer_map
+from models.growth import GrowthConfig, child_config, grow, layer_map
+from models.growth_moments import grow_moments
 from models.train.optim import MomentsMismatch, export_moments, load_moments, make_optimizer
 from models.train.plan import GateRamp
 
@@ -78,7 +79,13 @@ def test_child_state_is_the_mapped_parent_state(op):
     child, mapped = grown(g, parent, moments, 2 if op == "width" else 4)
     opt = make_optimizer(child, lr=1e-2, weight_decay=0.1, beta2=0.99)
     load_moments(child, opt, mapped)
+    lmap = layer_map(g, 2, 2 if op == "width" else 4)
+    new = tuple(f"blocks.{j}." for j in lmap.new_blocks)
     for name, p in child.named_parameters():
+        if new and name.startswith(new):  # a new block's parameters start with no state: a fresh AdamW
+            assert p not in opt.state and mapped[f"step.{name}"].item() == 0
+            assert not mapped[f"exp_avg.{name}"].any() and not mapped[f"exp_avg_sq.{name}"].any()
+            continue
         st = opt.state[p]
         assert torch.equal(st["exp_avg"], mapped[f"exp_avg.{name}"]) and torch.equal(
             st["exp_avg_sq"], mapped[f"exp_avg_sq.{name}"]
@@ -86,18 +93,12 @@ def test_child_state_is_the_mapped_parent_state(op):
         assert st["step"].item() == 3
     if op == "width":
         return
-    lmap = layer_map(g, 2, 4)
-    for name, _ in child.named_parameters():  # depth: bitwise the source block's moments (identity: writers zeroed)
+    for name, _ in child.named_parameters():  # depth: bitwise the source block's moments (new blocks: fresh)
         src = name
         if name.startswith("blocks."):
             _, j, suffix = name.split(".", 2)
             src = f"blocks.{lmap.sources[int(j)]}.{suffix}"
-            if (
-                op == "identity"
-                and lmap.new[int(j)]
-                and suffix in ("attn.proj.weight", "attn.proj.bias", "mlp.proj.weight", "mlp.proj.bias")
-            ):
-                assert not mapped[f"exp_avg.{name}"].any()
+            if lmap.new[int(j)]:
                 continue
         assert torch.equal(mapped[f"exp_avg.{name}"], moments[f"exp_avg.{src}"])
         assert torch.equal(mapped[f"exp_avg_sq.{name}"], moments[f"exp_avg_sq.{src}"])
@@ -151,3 +152,73 @@ def test_width_child_step_is_the_parent_step_entrywise():
             copied[n][2 * P.d_model : 4 * P.d_model] = False
     for name, d in d_child.items():
         assert (d[copied[name]] - placed[name][copied[name]]).abs().max().item() <= 1e-12, name
+
+
+@pytest.mark.parametrize("op", ["stack", "identity", "masked"])
+def test_new_parameters_first_update_is_a_fresh_adamw_and_carried_ones_are_unchanged(op):
+    """True bias correction: a new block's parameter has its own step (0), not the parent's copied step."""
+    parent, moments = trained_parent()
+    g = GrowthConfig(operator=op, layout="stack")
+    child, mapped = grown(g, parent, moments, 4)
+    lmap = layer_map(g, 2, 4)
+    copies = []
+    for _ in range(2):
+        twin = GPT(child.cfg).double()
+        twin.load_state_dict(child.state_dict())
+        copies.append(twin)
+    if op == "masked":  # gates part open (training step 2): the new blocks get gradients
+        for m in (child, *copies):
+            GateRamp(lmap.new_blocks, steps=5).apply(m, 2)
+    d_grown = step(child, mapped, seed=7)
+    d_fresh = step(copies[0], None, seed=7)  # the same weights, a fresh AdamW
+    copied_step = {k: v for k, v in mapped.items() if not k.startswith("step.")}  # every parameter at step 3
+    d_copied = step(copies[1], copied_step, seed=7)
+    new = tuple(f"blocks.{j}." for j in lmap.new_blocks)
+    differs = False
+    for name, d in d_grown.items():
+        if name.startswith(new):
+            assert torch.allclose(d, d_fresh[name], rtol=0, atol=1e-12), name
+            differs |= not torch.allclose(d, d_copied[name], rtol=0, atol=1e-6)
+        else:  # carried: exactly the update it would have had with every state carried
+            assert torch.equal(d, d_copied[name]), name
+    assert differs  # the copied step (no bias correction) moved new parameters differently
+
+
+def test_a_grown_stage_with_fresh_new_blocks_resumes_bit_for_bit():
+    """Per-parameter steps (new blocks behind the carried ones) survive a checkpoint: the resumed stage ends
+    with the uninterrupted one's weights and moments, new-block LR warmup included."""
+    from models.data.bytes import ByteCorpus, DataConfig
+    from models.train.loop import TrainConfig, train
+    from models.train.plan import Hooks, NewWarmup, StagePlan, Start
+
+    parent, moments = trained_parent()
+    g = GrowthConfig(operator="identity", layout="stack")
+    child, mapped = grown(g, parent.float(), {k: v.float() for k, v in moments.items()}, 4)
+    child = child.float()
+    weights0 = {k: v.clone() for k, v in child.state_dict().items()}
+    corpus = ByteCorpus(DataConfig(max_bytes=100_000), context=P.context, seed=0)
+    cfg = TrainConfig(steps=6, batch_size=4, warmup_steps=0, eval_every=3, eval_batches=1, device="cpu")
+    plan = StagePlan(new_warmup=NewWarmup(layer_map(g, 2, 4).new_blocks, steps=4))
+    saved = {}
+    ref = train(
+        child,
+        corpus,
+        cfg,
+        plan=plan,
+        start=Start(moments=mapped),
+        hooks=Hooks(
+            on_checkpoint=lambda s: saved.setdefault(
+                s.step, ({k: v.clone() for k, v in child.state_dict().items()}, s)
+            ),
+            checkpoint_every=2,
+        ),
+    )
+    assert ref.moments["step"].item() == 9 and ref.moments["step.blocks.2.attn.qkv.weight"].item() == 6
+    weights, state = saved[2]
+    resumed = GPT(child.cfg)
+    resumed.load_state_dict(weights)
+    out = train(resumed, corpus, cfg, plan=plan, start=Start(resume=state))
+    assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in child.state_dict().items())
+    assert ref.moments.keys() == out.moments.keys()
+    assert all(torch.equal(v, out.moments[k]) for k, v in ref.moments.items())
+    assert not all(torch.equal(v, child.state_dict()[k]) for k, v in weights0.items())

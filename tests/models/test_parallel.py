@@ -63,3 +63,43 @@ def test_moments_go_out_whole_and_come_back_into_the_shards(group):
     assert type(shards["exp_avg.head.weight"]).__name__ == "DTensor"
     with pytest.raises(MomentsMismatch, match="missing exp_avg.head.weight"):
         parallel.load_moments(fresh, again, {k: v for k, v in full.items() if k != "exp_avg.head.weight"})
+
+
+def test_per_parameter_steps_survive_sharded_moments_and_a_sharded_checkpoint(group, tmp_path):
+    """A grown model's new block (step 0: no state) and carried ones (their own step) go into the shards, out whole,
+    and through a sharded checkpoint (tasks/store/sharded.py) unchanged."""
+    from models.train.loop import rng_state
+    from models.train.plan import TrainState
+    from tasks.store import LocalStorage, checkpoint
+
+    torch.manual_seed(0)
+    model = parallel.shard(GPT(CFG), torch.device("cpu"))
+    names = [n for n, _ in model.named_parameters()]
+    moments = {
+        f"{k}.{n}": torch.rand_like(p.full_tensor())
+        for n, p in model.named_parameters()
+        for k in ("exp_avg", "exp_avg_sq")
+    }
+    new = [n for n in names if n.startswith("blocks.1.")]
+    for n in new:  # a new block: no state yet
+        moments[f"exp_avg.{n}"].zero_()
+        moments[f"exp_avg_sq.{n}"].zero_()
+    moments |= {"step": torch.tensor(7.0, dtype=torch.float64)}
+    moments |= {f"step.{n}": torch.tensor(0.0, dtype=torch.float64) for n in new}
+    optimizer = make_optimizer(model, 1e-3, 0.1, 0.99)
+    parallel.load_moments(model, optimizer, moments)  # whole tensors, through set_optimizer_state_dict
+    params = dict(model.named_parameters())
+    assert all(params[n] not in optimizer.state for n in new)
+    assert optimizer.state[params["blocks.0.attn.qkv.weight"]]["step"].item() == 7.0
+    back = parallel.export_moments(model, optimizer)
+    assert back.keys() == moments.keys() and all(torch.equal(back[k], v.to(back[k].dtype)) for k, v in moments.items())
+
+    storage = LocalStorage(tmp_path / "ckpt")
+    state = TrainState(1, 8, parallel.export_moments(model, optimizer, full=False), rng_state(), 5.0, 4.0, [], [])
+    checkpoint.save(storage, "k" * 64, model, state)
+    fresh = parallel.shard(GPT(CFG), torch.device("cpu"))
+    found = checkpoint.latest(storage, "k" * 64, into=fresh)
+    again = make_optimizer(fresh, 1e-3, 0.1, 0.99)
+    parallel.load_moments(fresh, again, found.state.moments)  # its own DTensor shards
+    resumed = parallel.export_moments(fresh, again)
+    assert resumed.keys() == moments.keys() and all(torch.equal(resumed[k], back[k]) for k in back)

@@ -7,7 +7,15 @@ from models.data.bytes import ByteCorpus, DataConfig
 from models.families.gpt import GPT, GPTConfig
 from models.train.loop import TrainConfig, train
 from models.train.plan import GateRamp, Hooks, StagePlan, default_lr
-from models.train.policy import LossSlope, ScheduleConfig, lr_schedule, slope_stop, warmup_cosine, warmup_stable_decay
+from models.train.policy import (
+    LossSlope,
+    ScheduleConfig,
+    UntilConfig,
+    lr_schedule,
+    slope_stop,
+    warmup_cosine,
+    warmup_stable_decay,
+)
 
 torch.set_num_threads(1)  # tiny models: OpenMP threads only spin against each other on shared cores
 
@@ -74,6 +82,82 @@ def test_wsd_runs_in_the_pipeline_stage_plan_and_train(corpus):
     )
     want = [spec.train.lr * warmup_stable_decay(t, 2, 10, spec.train.min_lr_ratio, 0.3) for t in range(10)]
     assert seen == pytest.approx(want) and seen[2:7] == [spec.train.lr] * 5 and seen[-1] < seen[7] < seen[6]
+
+
+def _pipeline(stages: list[dict]):
+    from tasks.config import PipelineConfig
+
+    return PipelineConfig.model_validate(
+        {
+            "model": {"d_model": 16, "n_heads": 2, "d_ff": 32, "context": 16},
+            "train": {"batch_size": 4, "warmup_steps": 5, "eval_every": 100, "eval_batches": 1, "device": "cpu"},
+            "data": {"max_bytes": 100_000},
+            "stages": stages,
+        }
+    )
+
+
+def test_one_wsd_curve_across_the_stages_of_a_pipeline():
+    """The LR of stage after stage (each from its parent's global step) is the single-run WSD schedule."""
+    from tasks.driver import Parent, plan_for
+
+    wsd = {"policy": "continue", "shape": "wsd", "decay_fraction": 0.3}
+    growth = {"operator": "identity"}
+    cfg = _pipeline(
+        [
+            {"n_layers": 1, "steps": 30, "schedule": wsd},
+            {"n_layers": 2, "steps": 30, "schedule": wsd, "growth": growth},
+            {"n_layers": 4, "steps": 40, "schedule": wsd, "growth": growth},
+        ]
+    )
+    curve, done = [], 0
+    for spec in cfg.stage_specs():
+        parent = None if spec.index == 1 else Parent(spec.model.n_layers // 2, 0, done, load=lambda: None)
+        curve += [plan_for(spec, parent).lr_mult(t) for t in range(spec.train.steps)]
+        done += spec.train.steps
+    assert curve == [warmup_stable_decay(t, 5, 100, 0.1, 0.3) for t in range(100)]
+    assert set(curve[5:70]) == {1.0} and curve[70] < 1  # both growths (steps 30, 60) in the stable phase
+
+
+def test_a_growth_inside_the_wsd_decay_is_refused_in_one_line():
+    from pydantic import ValidationError
+
+    wsd = {"policy": "rewarm", "shape": "wsd", "decay_fraction": 0.5}
+    with pytest.raises(
+        ValidationError, match=r"stages.1.schedule: the growth at global step 60 falls in the WSD decay"
+    ):
+        _pipeline([{"n_layers": 1, "steps": 60}, {"n_layers": 2, "steps": 40, "schedule": wsd}])
+    _pipeline([{"n_layers": 1, "steps": 60}, {"n_layers": 2, "steps": 40, "schedule": {**wsd, "decay_fraction": 0.4}}])
+
+
+def test_new_warmup_ramps_only_the_new_blocks_lr(corpus):
+    from models.growth import GrowthConfig
+    from models.train.loop import make_optimizer
+    from models.train.optim import set_lr
+    from models.train.plan import stage_plan
+
+    growth = GrowthConfig(operator="identity", new_warmup_steps=4)
+    plan = stage_plan(
+        warmup=0,
+        min_lr_ratio=0.1,
+        steps=6,
+        schedule=ScheduleConfig(),
+        growth=growth,
+        until=UntilConfig(),
+        parent_layers=1,
+        child_layers=2,
+    )
+    model = GPT(GPTConfig(n_layers=2, d_model=16, n_heads=2, d_ff=32, context=16))
+    cfg = TrainConfig(steps=6, batch_size=4, eval_every=100, eval_batches=1, device="cpu")
+    opt = make_optimizer(model, cfg, plan=plan)
+    names = {p: n for n, p in model.named_parameters()}
+    for t, ramp in enumerate([0.25, 0.5, 0.75, 1.0, 1.0]):
+        set_lr(opt, 1e-2, plan.new_warmup.mult(t))
+        for group in opt.param_groups:
+            assert all(names[p].startswith("blocks.1.") == group["new"] for p in group["params"])
+            assert group["lr"] == pytest.approx(1e-2 * (ramp if group["new"] else 1.0))
+    result = train(model, corpus, cfg, plan=plan)  # and through the loop
+    assert result.steps == 6 and result.moments["step"].item() == 6
 
 
 def test_slope_stop():
