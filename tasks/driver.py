@@ -25,11 +25,11 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from models.data import tokenizer as tokenizers
-from models.data.bytes import ByteCorpus, CorpusError, DataConfig
+from models.data.bytes import DataConfig
+from models.data.corpus import Corpus
 from models.data.corpus import open_corpus as corpus_for
 from models.data.documents import read_documents, split_documents
-from models.data.mixture import MixtureCorpus, Origin
-from models.data.shards import TokenCorpus
+from models.data.mixture import Origin
 from models.errors import UserError
 from models.families.lookup import ModelConfig, family_of
 from models.growth import GrowthError, grow
@@ -174,8 +174,7 @@ def _with_checkpoints(hooks: Hooks, checkpoints: Checkpoints | None, model: nn.M
         return hooks
 
     def save(state: TrainState) -> None:  # on rank 0, or on every rank of a sharded model (its shards)
-        if isinstance(corpus, MixtureCorpus):  # every source's cursor, beside the global one
-            state = replace(state, cursors=corpus.cursors(state.cursor))
+        state = replace(state, cursors=corpus.cursors(state.cursor))  # a mixture's, beside the global one
         checkpoint.save(checkpoints.storage, checkpoints.key, model, state)
         if rank_and_world()[0] == 0:
             checkpoint.prune(checkpoints.storage, checkpoints.key, checkpoints.keep, written=state.step)
@@ -191,7 +190,7 @@ def train_prepared(
     *,
     hooks: Hooks = Hooks(),
     checkpoints: Checkpoints | None = None,
-    corpus: ByteCorpus | TokenCorpus | MixtureCorpus | None = None,
+    corpus: Corpus | None = None,
     tokenizer: Tokenizer | None = None,
     cache_dir: Path | None = None,
 ) -> StageRun:
@@ -201,7 +200,7 @@ def train_prepared(
     corpus = corpus or open_corpus(
         spec.data, spec.model.context, spec.seed, tokenizer, cache_dir, progress=False, origin=prepared.origin
     )
-    if resume is not None and resume.cursors is not None and isinstance(corpus, MixtureCorpus):
+    if resume is not None and resume.cursors is not None:
         if (now := corpus.cursors(resume.cursor)) != resume.cursors:
             raise CheckpointError(f"stage {spec.index}: checkpoint's source cursors {resume.cursors} are not {now}")
     try:
@@ -228,7 +227,7 @@ def run(
     *,
     hooks: Hooks = Hooks(),
     checkpoints: Checkpoints | None = None,
-    corpus: ByteCorpus | TokenCorpus | MixtureCorpus | None = None,
+    corpus: Corpus | None = None,
     tokenizer: Tokenizer | None = None,
     cache_dir: Path | None = None,
 ) -> StageRun:
@@ -272,21 +271,7 @@ def open_corpus(
     cache_dir: Path | None,
     progress=True,
     origin: Origin | None = None,
-) -> ByteCorpus | TokenCorpus | MixtureCorpus:
-    """A stage's training and validation stream: raw bytes (``data.format: bytes``), the documents tokenized
-    once into token shards cached under ``cache_dir`` (models/data/corpus.py), or ``data.sources`` mixed by weight
-    from ``origin`` (models/data/mixture.py)."""
-    if data.sources:
-        corpora = {}
-        for s in data.sources:
-            try:
-                corpora[s.name] = open_corpus(s.corpus(data.num_proc), context, seed, tokenizer, cache_dir, progress)
-            except (CorpusError, FileNotFoundError) as e:
-                raise type(e)(f"data source {s.name!r}: {e}") from None
-        return MixtureCorpus(corpora, {s.name: s.weight for s in data.sources}, origin or Origin())
-    if data.format == "bytes":
-        return corpus_for(data, context, seed)
+) -> Corpus:
+    """A stage's corpus (models/data/corpus.py) read with the pipeline's tokenizer (None: the byte vocabulary)."""
     tok = tokenizer or tokenizers.byte_tokenizer()
-    return corpus_for(
-        data, context, seed, tok, tokenizers.sha256(tok), cache_dir, progress=progress, num_proc=data.num_proc
-    )
+    return corpus_for(data, context, seed, tok, tokenizers.sha256(tok), cache_dir, progress=progress, origin=origin)

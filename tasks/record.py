@@ -16,8 +16,9 @@ from prefect.runtime import flow_run, task_run
 from tokenizers import Tokenizer
 
 from models.data import tokenizer as tokenizers
-from models.data.bytes import ByteCorpus, stdlib_dir
-from models.data.mixture import MixtureCorpus, report
+from models.data.bytes import stdlib_dir
+from models.data.corpus import Corpus
+from models.data.mixture import report
 from models.families.family import num_params
 from models.families.lookup import ModelConfig, family_of
 from models.growth import layer_map
@@ -101,7 +102,7 @@ class Trained:
     key: str
     run: driver.StageRun
     watch: StageWatch
-    corpus: ByteCorpus | MixtureCorpus
+    corpus: Corpus
     tokenizer: Tokenizer
     tokenizer_sha256: str | None
 
@@ -121,7 +122,7 @@ def register_trained(trained: Trained) -> ModelRef:
     source = ", ".join(redact(str(Path(p).resolve()) if p else str(stdlib_dir())) for p in paths)
     digest = corpus.digest()
     mix = None
-    if isinstance(corpus, MixtureCorpus):  # per-source shares, cursors and validation loss
+    if corpus.cursors(result.cursor) is not None:  # a mixture: per-source shares, cursors and validation loss
         mix = report(corpus, model, result.cursor, spec.train.eval_batches, spec.train.batch_size, evaluate)
     with watch.during("registering"), registry.staging() as directory:
         hashes: dict[str, str] = {}  # each large file hashed once, as it is written

@@ -184,6 +184,7 @@ class ChunkStream:
     """
 
     bytes_per_token = 1.0  # text bytes per item of the validation stream: nats per byte = loss / bytes_per_token
+    vocab_size = 256  # the byte vocabulary; a token corpus has its tokenizer's
 
     def __init__(self, context: int, seed: int, train, val):
         self.context, self.seed, self.train, self.val = context, seed, train, val
@@ -192,6 +193,10 @@ class ChunkStream:
 
     def _rows(self, stream, starts: list[int]) -> torch.Tensor:
         raise NotImplementedError
+
+    def cursors(self, cursor: int) -> None:
+        """One source: the global cursor is its own (a mixture's has one per source: models/data/mixture.py)."""
+        return None
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if epoch != self._perm_epoch:

@@ -1,7 +1,11 @@
-"""One door to a corpus: raw bytes, or documents tokenized once into cached token shards.
+"""One door to a corpus: raw bytes, documents tokenized once into cached token shards, or a weighted mixture.
 
     corpus = open_corpus(cfg, context, seed)                                  # data.format bytes: ByteCorpus
     corpus = open_corpus(cfg, context, seed, tokenizer, sha256, cache_dir)    # text | jsonl | parquet: TokenCorpus
+    corpus = open_corpus(cfg, context, seed, ..., origin=Origin(...))         # data.sources: MixtureCorpus
+
+All three are a :class:`Corpus`: what the training loop, the checkpoints and the registry read. Only
+``corpus.cursors(cursor)`` tells them apart: a mixture's per-source cursors, None for a single source.
 
 For a document format the shards live in ``cache_dir/<format>-<key>/``, ``key`` naming the data
 config and the tokenizer's sha256: a rerun or a resumed stage finds them and tokenizes nothing. A
@@ -22,13 +26,17 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
+from models.data import tokenizer as tokenizers
 from models.data.bytes import ByteCorpus, CorpusError, DataConfig
 from models.data.documents import Document, read_documents, source_digest, source_files, source_root, split_documents
 from models.data.encode import Encoder
+from models.data.mixture import MixtureCorpus, Origin
 from models.data.shards import (
     LAYOUT,
     Manifest,
@@ -48,6 +56,28 @@ SHARD_TOKENS = 1 << 26  # 64 Mi tokens: 128 MB files in uint16
 _BATCH_BYTES = 1 << 20  # text handed to the tokenizer at once (it encodes a batch on all its threads)
 
 
+class Corpus(Protocol):
+    """A stage's training and validation stream (ByteCorpus, TokenCorpus, MixtureCorpus)."""
+
+    context: int  # tokens per sequence (each row of a batch has context + 1 for the shifted targets)
+    vocab_size: int
+    bytes_per_token: float  # text bytes per validation token: nats per byte = loss / bytes_per_token
+
+    def batch(self, cursor: int, batch_size: int, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """The global batch at ``cursor`` (sequences consumed so far); rank ``rank``'s contiguous 1/world."""
+        ...
+
+    def val_batches(self, n_batches: int, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def digest(self) -> str:
+        """sha256 naming the exact data: what the registry records as the corpus's identity."""
+        ...
+
+    def cursors(self, cursor: int) -> dict[str, int] | None:
+        """Every source's own cursor at global ``cursor``; None for a single source (its cursor is the global one)."""
+        ...
+
+
 def open_corpus(
     cfg: DataConfig,
     context: int,
@@ -58,22 +88,33 @@ def open_corpus(
     *,
     progress: bool = True,
     shard_tokens: int = SHARD_TOKENS,
-    num_proc: int = 1,
-) -> ByteCorpus | TokenCorpus:
+    origin: Origin | None = None,
+) -> Corpus:
     """The corpus ``cfg`` describes, cut into sequences of ``context + 1`` and ordered by ``seed``.
 
     ``tokenizer`` is a ``tokenizers.Tokenizer`` and ``tokenizer_sha256`` its identity (what the
     registry records); both, and ``cache_dir`` (where token shards are kept), are needed for the
-    document formats and refused for ``bytes``.
+    document formats and refused for ``bytes``. ``data.sources``: each source opened so, mixed by
+    weight from ``origin`` (where the stage's parent left every source; models/data/mixture.py).
     """
+    if cfg.sources:
+        corpora = {}
+        for s in cfg.sources:
+            try:
+                corpora[s.name] = open_corpus(
+                    s.corpus(cfg.num_proc), context, seed, tokenizer, tokenizer_sha256, cache_dir, progress=progress
+                )
+            except (CorpusError, FileNotFoundError) as e:
+                raise type(e)(f"data source {s.name!r}: {e}") from None
+        return MixtureCorpus(corpora, {s.name: s.weight for s in cfg.sources}, origin or Origin())
     if cfg.format == "bytes":
-        if tokenizer is not None:
+        if tokenizer is not None and tokenizer_sha256 != tokenizers.sha256(tokenizers.byte_tokenizer()):
             raise ValueError("data.format bytes reads raw bytes: it takes no tokenizer (use text, jsonl or parquet)")
         return ByteCorpus(cfg, context, seed)
     if tokenizer is None or not tokenizer_sha256 or cache_dir is None:
         raise ValueError(f"data.format {cfg.format} needs a tokenizer, its sha256 and a cache directory")
     directory, manifest = ensure_shards(
-        cfg, tokenizer, tokenizer_sha256, Path(cache_dir), progress, shard_tokens, num_proc
+        cfg, tokenizer, tokenizer_sha256, Path(cache_dir), progress, shard_tokens, cfg.num_proc
     )
     return TokenCorpus(directory, manifest, context, seed)
 

@@ -60,7 +60,7 @@ class MixtureCorpus:
         if len(contexts) != 1:
             raise ValueError(f"data.sources: corpora of different contexts {sorted(contexts)}")
         self.context = contexts.pop()
-        self.vocab_size = max(getattr(c, "vocab_size", 256) for c in self.corpora)
+        self.vocab_size = max(c.vocab_size for c in self.corpora)
         total = sum(self.weights)
         self.bytes_per_token = sum(w / total * c.bytes_per_token for w, c in zip(self.weights, self.corpora))
         self._n, self._done = 0, [0] * len(self.names)  # sequences of this stage allocated so far, per source
