@@ -21,15 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from tokenizers import Tokenizer
 from torch import nn
 
 from models.data import tokenizer as tokenizers
-from models.data.bytes import DataConfig
-from models.data.corpus import Corpus
-from models.data.corpus import open_corpus as corpus_for
+from models.data.corpus import Corpus, open_corpus
 from models.data.documents import read_documents, split_documents
 from models.data.mixture import Origin
+from models.data.tokenizer import Vocabulary
 from models.errors import UserError
 from models.families.lookup import ModelConfig, family_of
 from models.growth import GrowthError, grow
@@ -191,14 +189,14 @@ def train_prepared(
     hooks: Hooks = Hooks(),
     checkpoints: Checkpoints | None = None,
     corpus: Corpus | None = None,
-    tokenizer: Tokenizer | None = None,
+    vocabulary: Vocabulary | None = None,
     cache_dir: Path | None = None,
 ) -> StageRun:
-    """Train the prepared model for the stage (on ``corpus``, or the one its data, tokenizer and ``cache_dir``
+    """Train the prepared model for the stage (on ``corpus``, or the one its data, vocabulary and ``cache_dir``
     name); NaN/Inf and checkpoint failures become one-line errors."""
     model, resume = prepared.model, prepared.start.resume
     corpus = corpus or open_corpus(
-        spec.data, spec.model.context, spec.seed, tokenizer, cache_dir, progress=False, origin=prepared.origin
+        spec.data, spec.model.context, spec.seed, vocabulary, cache_dir, progress=False, origin=prepared.origin
     )
     if resume is not None and resume.cursors is not None:
         if (now := corpus.cursors(resume.cursor)) != resume.cursors:
@@ -228,27 +226,27 @@ def run(
     hooks: Hooks = Hooks(),
     checkpoints: Checkpoints | None = None,
     corpus: Corpus | None = None,
-    tokenizer: Tokenizer | None = None,
+    vocabulary: Vocabulary | None = None,
     cache_dir: Path | None = None,
 ) -> StageRun:
     """A whole stage: prepare, then train."""
     prepared = prepare(spec, parent, checkpoints)
     return train_prepared(
-        spec, prepared, hooks=hooks, checkpoints=checkpoints, corpus=corpus, tokenizer=tokenizer, cache_dir=cache_dir
+        spec, prepared, hooks=hooks, checkpoints=checkpoints, corpus=corpus, vocabulary=vocabulary, cache_dir=cache_dir
     )
 
 
-# ---- the pipeline's tokenizer and corpus ------------------------------------------------------------
+# ---- the pipeline's tokenizer ---------------------------------------------------------------------
 
 
-def resolve_tokenizer(spec: StageSpec, cache_dir: Path) -> Tokenizer:
-    """The tokenizer of ``spec.tokenizer``: the byte vocabulary, a local file, or a BPE trained (deterministically)
-    on the documents of the corpus's training split only, never on its validation ones."""
+def resolve_tokenizer(spec: StageSpec, cache_dir: Path) -> Vocabulary:
+    """The tokenizer of ``spec.tokenizer`` with its sha256: the byte vocabulary, a local file, or a BPE trained
+    (deterministically) on the documents of the corpus's training split only, never on its validation ones."""
     cfg = spec.tokenizer
     if cfg.kind == "bytes":
-        return tokenizers.byte_tokenizer()
+        return Vocabulary.bytes()
     if cfg.kind == "path":
-        return tokenizers.load(cfg.path)
+        return Vocabulary.of(tokenizers.load(cfg.path))
     limit, parts, n = cfg.train.max_bytes, [], 0
     corpora = [s.corpus() for s in spec.data.sources] if spec.data.sources else [spec.data]
     for data in corpora:  # a mixture's sources in order, bytes ones skipped (no documents)
@@ -260,18 +258,4 @@ def resolve_tokenizer(spec: StageSpec, cache_dir: Path) -> Tokenizer:
                 n += doc.n_bytes
             if limit is not None and n >= limit:
                 break
-    return tokenizers.train_bpe(b"".join(parts), cfg.train)
-
-
-def open_corpus(
-    data: DataConfig,
-    context: int,
-    seed: int,
-    tokenizer: Tokenizer | None,
-    cache_dir: Path | None,
-    progress=True,
-    origin: Origin | None = None,
-) -> Corpus:
-    """A stage's corpus (models/data/corpus.py) read with the pipeline's tokenizer (None: the byte vocabulary)."""
-    tok = tokenizer or tokenizers.byte_tokenizer()
-    return corpus_for(data, context, seed, tok, tokenizers.sha256(tok), cache_dir, progress=progress, origin=origin)
+    return Vocabulary.of(tokenizers.train_bpe(b"".join(parts), cfg.train))

@@ -27,11 +27,12 @@ from torch import nn
 
 from models.data import tokenizer as tokenizers
 from models.data.bytes import DataConfig
+from models.data.corpus import open_corpus
+from models.data.tokenizer import Vocabulary
 from models.sample import complete
 from models.train.loop import evaluate
 from tasks import downstream
 from tasks.config import GateConfig, eval_set_id
-from tasks.driver import open_corpus
 from tasks.publish import ArtifactKeys
 from tasks.registry import ModelRef, Registry, lease, load_version, log_scores, version_ref
 from tasks.registry.schema import Artifacts, GateTags
@@ -52,7 +53,7 @@ def measure(
 
     bits per byte = total bits over the held-out tokens / the bytes of text they stand for; for the byte
     vocabulary every token is one byte, so bpb = bpt = loss / ln 2."""
-    corpus = open_corpus(data, model.cfg.context, seed, tokenizer, cache_dir, progress=False)
+    corpus = open_corpus(data, model.cfg.context, seed, Vocabulary.of(tokenizer), cache_dir, progress=False)
     batches = corpus.val_batches(gate.eval_batches, gate.batch_size)
     loss = evaluate(model, batches) if val_loss is None else val_loss
     tokens = gate.eval_batches * gate.batch_size * model.cfg.context

@@ -1,7 +1,7 @@
 """What a stage leaves in the registry: its version (directory, tags, params, metrics, run extras), and a
 registered stage's result read back from it.
 
-    ref = register_trained(Trained(spec, parent, workspace, key, run, watch, corpus, tokenizer, tokenizer_sha256))
+    ref = register_trained(Trained(spec, parent, workspace, key, run, watch, corpus, vocabulary))
     result = skipped_result(ref, registry, model_config)   # a stage found registered: nothing to train
 """
 
@@ -13,12 +13,12 @@ from pathlib import Path
 
 import yaml
 from prefect.runtime import flow_run, task_run
-from tokenizers import Tokenizer
 
 from models.data import tokenizer as tokenizers
 from models.data.bytes import stdlib_dir
 from models.data.corpus import Corpus
 from models.data.mixture import report
+from models.data.tokenizer import Vocabulary
 from models.families.family import num_params
 from models.families.lookup import ModelConfig, family_of
 from models.growth import layer_map
@@ -103,18 +103,17 @@ class Trained:
     run: driver.StageRun
     watch: StageWatch
     corpus: Corpus
-    tokenizer: Tokenizer
-    tokenizer_sha256: str | None
+    vocabulary: Vocabulary
 
 
 def register_trained(trained: Trained) -> ModelRef:
     """Register the trained model with its lineage tags, parameters, loss curves and run extras."""
-    spec, parent, watch, corpus, tokenizer = (
+    spec, parent, watch, corpus, vocabulary = (
         trained.spec,
         trained.parent,
         trained.watch,
         trained.corpus,
-        trained.tokenizer,
+        trained.vocabulary,
     )
     model, result, registry = trained.run.model, trained.run.result, trained.workspace.registry
     start = parent.data_cursor if parent else 0
@@ -126,9 +125,11 @@ def register_trained(trained: Trained) -> ModelRef:
         mix = report(corpus, model, result.cursor, spec.train.eval_batches, spec.train.batch_size, evaluate)
     with watch.during("registering"), registry.staging() as directory:
         hashes: dict[str, str] = {}  # each large file hashed once, as it is written
-        sha = save_model(model, directory, tokenizer, hashes=hashes)  # a decoder's: a Hugging Face model directory
+        sha = save_model(
+            model, directory, vocabulary.tokenizer, hashes=hashes
+        )  # a decoder's: a Hugging Face model directory
         optimizer_sha = save_optimizer(result.moments, directory, hashes)
-        example = tokenizers.encode(tokenizer, b"def main():\n    ").tolist()
+        example = tokenizers.encode(vocabulary.tokenizer, b"def main():\n    ").tolist()
         # the same directory is also an MLflow pyfunc model
         add_pyfunc(directory, spec.model, example)
         tags = VersionTags(
@@ -144,13 +145,13 @@ def register_trained(trained: Trained) -> ModelRef:
             config_hash=spec_hash(spec)[:16],
             code_version=code_version(),
             val_loss=result.val_loss,
-            tokenizer_sha256=trained.tokenizer_sha256,
+            tokenizer_sha256=vocabulary.identity,
             freeze=describe_freeze(spec.growth.freeze) if parent and spec.growth.freeze != "none" else None,
             trained=_trained(spec, parent),
             layer_map=_layer_map(spec, parent),
             data_cursors=json.dumps(mix.cursors, sort_keys=True) if mix else None,
             data_mixture=json.dumps(mix.weights) if mix else None,
-            eval_set=_eval_set(spec, trained.tokenizer_sha256),
+            eval_set=_eval_set(spec, vocabulary.identity),
             gpu_seconds=result.world_size * watch.elapsed(),
         )
         imported = None

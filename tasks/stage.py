@@ -21,8 +21,7 @@ from prefect.logging import get_run_logger
 from prefect.runtime import task_run
 from pydantic import BaseModel
 
-from models.data import tokenizer as tokenizers
-from models.data.bytes import ByteCorpus
+from models.data.corpus import Corpus, open_corpus
 from models.families.family import num_params
 from models.growth import GrowthError
 from models.train.plan import Hooks
@@ -102,7 +101,7 @@ def _train(
     workspace: Workspace,
     key: str,
     watch: StageWatch,
-    corpus: ByteCorpus,
+    corpus: Corpus,
     tokenizer_sha256: str | None,
     log,
 ):
@@ -158,17 +157,16 @@ def run_stage(
 
     began = time.perf_counter()
     watch = StageWatch(spec, workspace.registry, parent_run_id, workspace.storage(), key)
-    tokenizer = tokenizer_store.get(workspace.storage(), tokenizer_sha256) if tokenizer_sha256 else None
+    vocabulary = tokenizer_store.get(workspace.storage(), tokenizer_sha256)
     # opened (and, for documents, tokenized into shards) here, before any torchrun rank would read it
     origin = workspace.parent(parent).origin if parent else driver.Origin()
     cache = Path(workspace.cache_dir)
-    corpus = driver.open_corpus(spec.data, spec.model.context, spec.seed, tokenizer, cache, origin=origin)
+    corpus = open_corpus(spec.data, spec.model.context, spec.seed, vocabulary, cache, origin=origin)
     run = _train(spec, parent, workspace, key, watch, corpus, tokenizer_sha256, log)
     result = run.result
     init, val = result.val_loss_init, result.val_loss
     log.info("stage %d: val loss %.4f -> %.4f in %d steps", spec.index, init, val, result.steps)
-    tok = tokenizer or tokenizers.byte_tokenizer()
-    ref = register_trained(Trained(spec, parent, workspace, key, run, watch, corpus, tok, tokenizer_sha256))
+    ref = register_trained(Trained(spec, parent, workspace, key, run, watch, corpus, vocabulary))
     log.info("stage %d registered as %s version %s", spec.index, ref.name, ref.version)
     offset, cursor = (parent.global_step, parent.data_cursor) if parent else (0, 0)
     done = StageResult(

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from models.data.corpus import open_corpus
 from models.train.plan import Hooks
 from tasks import driver
 from tasks.config import load_config
@@ -82,8 +83,8 @@ def main() -> None:
     overrides += [f"train.eval_every={args.steps + 1}", "data.max_bytes=1000000", *args.overrides]
     spec = load_config(CONFIG, overrides).stage_specs()[0]
     cache = Path(tempfile.mkdtemp(prefix="staged-bench-cache-"))
-    tok = driver.resolve_tokenizer(spec, cache)
-    corpus = driver.open_corpus(spec.data, spec.model.context, spec.seed, tok, cache, progress=False)
+    vocabulary = driver.resolve_tokenizer(spec, cache)
+    corpus = open_corpus(spec.data, spec.model.context, spec.seed, vocabulary, cache, progress=False)
     m, t = spec.model, spec.train
     print(
         f"llama {m.n_layers} layers, hidden {m.d_model}, {m.n_heads}/{m.n_kv_heads} heads, d_ff {m.d_ff}, "

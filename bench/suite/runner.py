@@ -12,7 +12,7 @@ inside train(), minus the step hook's own time (the benchmark's evaluations, on 
 validation batches for every arm). train()'s own one-batch evals at the start and end of each stage
 stay inside the clock; that costs under one step per stage.
 
-Corpora (open_corpora): one per seed, opened by the driver's own ``open_corpus``: raw bytes, or, for a
+Corpora (open_corpora): one per seed, opened by the pipeline's own ``open_corpus``: raw bytes, or, for a
 document format, the token shards the pipeline builds, cached under ``<workdir>/cache``, with the preset's
 tokenizer resolved once (``driver.resolve_tokenizer``: a BPE trained on the training split only) and
 shared by every arm and seed, so every arm reads the very same token stream.
@@ -33,6 +33,7 @@ from torch import nn
 from bench.suite.curves import Point
 from bench.suite.spec import Budget, HParams, Preset, Schedule, pipeline_config, scratch_schedule, train_flops_per_token
 from models.data.bytes import ByteCorpus
+from models.data.corpus import open_corpus
 from models.data.shards import TokenCorpus
 from models.train.loop import evaluate, resolve_device
 from models.train.plan import Hooks, StepInfo
@@ -48,9 +49,9 @@ def open_corpora(preset: Preset, seeds: Iterable[int], workdir: Path) -> dict[in
     streams with its own permutation (a copy, nothing reread)."""
     cache = workdir / "cache"
     spec = pipeline_config(preset, scratch_schedule(preset), 0, "bench-corpus", preset.defaults, 2).stage_specs()[0]
-    tok = driver.resolve_tokenizer(spec, cache)  # the byte vocabulary, a file, or a BPE trained once here
+    vocabulary = driver.resolve_tokenizer(spec, cache)  # the byte vocabulary, a file, or a BPE trained once here
     seeds = list(dict.fromkeys(seeds))
-    first = driver.open_corpus(preset.data, preset.model.context, seeds[0], tok, cache, progress=False)
+    first = open_corpus(preset.data, preset.model.context, seeds[0], vocabulary, cache, progress=False)
     return {seed: first if seed == seeds[0] else reseeded(first, seed) for seed in seeds}
 
 

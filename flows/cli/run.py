@@ -143,13 +143,12 @@ def _check_parent(config: PipelineConfig, registry, workdir: Path, version: str)
 
 def _check_parent_tokenizer(spec, ref, version: str, workdir: Path) -> None:
     """Growth keeps token ids: the config's tokenizer (trained here if it must be) must be the parent's."""
-    from models.data import tokenizer as tokenizers
     from tasks.driver import resolve_tokenizer
     from tasks.workspace import Workspace
 
     try:
         cache = Path(Workspace.resolve(workdir).cache_dir)
-        ours = None if spec.tokenizer.kind == "bytes" else tokenizers.sha256(resolve_tokenizer(spec, cache))
+        ours = None if spec.tokenizer.kind == "bytes" else resolve_tokenizer(spec, cache).identity
     except (OSError, ValueError) as e:
         fail(str(e))
     if ours != ref.tokenizer_sha256:

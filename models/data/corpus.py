@@ -1,7 +1,7 @@
 """One door to a corpus: raw bytes, documents tokenized once into cached token shards, or a weighted mixture.
 
     corpus = open_corpus(cfg, context, seed)                                  # data.format bytes: ByteCorpus
-    corpus = open_corpus(cfg, context, seed, tokenizer, sha256, cache_dir)    # text | jsonl | parquet: TokenCorpus
+    corpus = open_corpus(cfg, context, seed, vocabulary, cache_dir)           # text | jsonl | parquet: TokenCorpus
     corpus = open_corpus(cfg, context, seed, ..., origin=Origin(...))         # data.sources: MixtureCorpus
 
 All three are a :class:`Corpus`: what the training loop, the checkpoints and the registry read. Only
@@ -32,7 +32,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from models.data import tokenizer as tokenizers
 from models.data.bytes import ByteCorpus, CorpusError, DataConfig
 from models.data.documents import Document, read_documents, source_digest, source_files, source_root, split_documents
 from models.data.encode import Encoder
@@ -49,6 +48,7 @@ from models.data.shards import (
     token_dtype,
     write_manifest,
 )
+from models.data.tokenizer import Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +82,7 @@ def open_corpus(
     cfg: DataConfig,
     context: int,
     seed: int,
-    tokenizer=None,
-    tokenizer_sha256: str | None = None,
+    vocabulary: Vocabulary | None = None,
     cache_dir: Path | str | None = None,
     *,
     progress: bool = True,
@@ -92,30 +91,29 @@ def open_corpus(
 ) -> Corpus:
     """The corpus ``cfg`` describes, cut into sequences of ``context + 1`` and ordered by ``seed``.
 
-    ``tokenizer`` is a ``tokenizers.Tokenizer`` and ``tokenizer_sha256`` its identity (what the
-    registry records); both, and ``cache_dir`` (where token shards are kept), are needed for the
-    document formats and refused for ``bytes``. ``data.sources``: each source opened so, mixed by
-    weight from ``origin`` (where the stage's parent left every source; models/data/mixture.py).
+    ``vocabulary`` (the tokenizer with its sha256) and ``cache_dir`` (where token shards are kept) are
+    needed for the document formats; ``bytes`` reads raw bytes and takes no vocabulary but the byte one.
+    ``data.sources``: each source opened so, mixed by weight from ``origin`` (where the stage's parent
+    left every source; models/data/mixture.py).
     """
     if cfg.sources:
         corpora = {}
         for s in cfg.sources:
             try:
                 corpora[s.name] = open_corpus(
-                    s.corpus(cfg.num_proc), context, seed, tokenizer, tokenizer_sha256, cache_dir, progress=progress
+                    s.corpus(cfg.num_proc), context, seed, vocabulary, cache_dir, progress=progress
                 )
             except (CorpusError, FileNotFoundError) as e:
                 raise type(e)(f"data source {s.name!r}: {e}") from None
         return MixtureCorpus(corpora, {s.name: s.weight for s in cfg.sources}, origin or Origin())
     if cfg.format == "bytes":
-        if tokenizer is not None and tokenizer_sha256 != tokenizers.sha256(tokenizers.byte_tokenizer()):
+        if vocabulary is not None and not vocabulary.is_bytes:
             raise ValueError("data.format bytes reads raw bytes: it takes no tokenizer (use text, jsonl or parquet)")
         return ByteCorpus(cfg, context, seed)
-    if tokenizer is None or not tokenizer_sha256 or cache_dir is None:
-        raise ValueError(f"data.format {cfg.format} needs a tokenizer, its sha256 and a cache directory")
-    directory, manifest = ensure_shards(
-        cfg, tokenizer, tokenizer_sha256, Path(cache_dir), progress, shard_tokens, cfg.num_proc
-    )
+    if vocabulary is None or cache_dir is None:
+        raise ValueError(f"data.format {cfg.format} needs a tokenizer (a Vocabulary) and a cache directory")
+    tok, sha = vocabulary.tokenizer, vocabulary.sha256
+    directory, manifest = ensure_shards(cfg, tok, sha, Path(cache_dir), progress, shard_tokens, cfg.num_proc)
     return TokenCorpus(directory, manifest, context, seed)
 
 

@@ -9,6 +9,7 @@ Every tokenizer here is byte-level (the 256 byte symbols are its alphabet, GPT-2
 so any text encodes without an unknown token and bits per byte are exact. A tokenizer's identity is
 :func:`sha256` of its canonical serialization (``Tokenizer.to_str()``), which is also the exact content of
 the ``tokenizer.json`` a version carries: the stage key hashes it, growth refuses a parent with another.
+A :class:`Vocabulary` is a tokenizer with that identity, hashed once and carried together from there on.
 Training is deterministic: the same text in the same order gives the same merges, byte for byte.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -139,6 +141,34 @@ def from_str(text: str) -> Tokenizer:
 def sha256(tok: Tokenizer) -> str:
     """The tokenizer's identity: sha256 of its canonical serialization (what tokenizer.json holds)."""
     return hashlib.sha256(tok.to_str().encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """A tokenizer and its sha256, computed once: ``Vocabulary.of(tok)``, or ``Vocabulary.bytes()``."""
+
+    tokenizer: Tokenizer
+    sha256: str
+
+    @classmethod
+    def of(cls, tok: Tokenizer) -> Vocabulary:
+        return cls(tok, sha256(tok))
+
+    @staticmethod
+    @cache
+    def bytes() -> Vocabulary:
+        """The byte vocabulary (256 tokens, id == byte value)."""
+        return Vocabulary.of(byte_tokenizer())
+
+    @property
+    def is_bytes(self) -> bool:
+        return self.sha256 == Vocabulary.bytes().sha256
+
+    @property
+    def identity(self) -> str | None:
+        """What the stage key and the registry's ``tokenizer_sha256`` record: None for the byte vocabulary (a
+        constant of the code, nothing stored or hashed), else the sha256."""
+        return None if self.is_bytes else self.sha256
 
 
 def vocab_size(tok: Tokenizer) -> int:

@@ -85,13 +85,13 @@ def main(job_dir: Path) -> int:
         ws, parent = job.workspace, job.parent
         hooks = Hooks(on_step=progress_writer(job_dir))
         checkpoints = ws.checkpoints(job.spec, job.key)
-        tok = tokenizer_store.get(ws.storage(), job.tokenizer_sha256) if job.tokenizer_sha256 else None
+        vocabulary = tokenizer_store.get(ws.storage(), job.tokenizer_sha256)
         run = driver.run(
             job.spec,
             ws.parent(parent) if parent else None,
             hooks=hooks,
             checkpoints=checkpoints,
-            tokenizer=tok,
+            vocabulary=vocabulary,
             cache_dir=Path(ws.cache_dir),  # the stage task built the shards there before launching the ranks
         )
         run = _gathered(run, job.spec)

@@ -6,9 +6,8 @@ The byte vocabulary is never stored: it is a constant of the code (models/data/t
 
 from __future__ import annotations
 
-from tokenizers import Tokenizer
-
 from models.data import tokenizer as tokenizers
+from models.data.tokenizer import Vocabulary
 from tasks.store.manifest import IntegrityError
 from tasks.store.storage import Storage
 
@@ -21,20 +20,18 @@ def _key(sha: str) -> str:
     return f"tokenizers/{sha}/{tokenizers.TOKENIZER_FILE}"
 
 
-def put(storage: Storage, tok: Tokenizer) -> str:
-    """Store ``tok`` under its sha256 (unless it is the byte vocabulary); return the sha256."""
-    sha = tokenizers.sha256(tok)
-    if sha != tokenizers.sha256(tokenizers.byte_tokenizer()):
-        storage.put(_key(sha), tok.to_str().encode())
-    return sha
+def put(storage: Storage, vocabulary: Vocabulary) -> str | None:
+    """Store the tokenizer under its sha256; return its identity (None for the byte vocabulary: nothing stored)."""
+    if not vocabulary.is_bytes:
+        storage.put(_key(vocabulary.sha256), vocabulary.tokenizer.to_str().encode())
+    return vocabulary.identity
 
 
-def get(storage: Storage, sha: str) -> Tokenizer:
-    """The tokenizer stored under ``sha``, verified (the byte vocabulary needs no storage)."""
-    byte = tokenizers.byte_tokenizer()
-    if sha == tokenizers.sha256(byte):
-        return byte
-    tok = tokenizers.from_str(storage.get(_key(sha)).decode())
-    if (actual := tokenizers.sha256(tok)) != sha:
-        raise TokenizerMismatch(f"stored tokenizer {sha[:12]}… has sha256 {actual[:12]}…: refusing it")
-    return tok
+def get(storage: Storage, sha: str | None) -> Vocabulary:
+    """The tokenizer stored under ``sha``, verified (None or the byte vocabulary's sha256: no storage read)."""
+    if sha is None or sha == Vocabulary.bytes().sha256:
+        return Vocabulary.bytes()
+    found = Vocabulary.of(tokenizers.from_str(storage.get(_key(sha)).decode()))
+    if found.sha256 != sha:
+        raise TokenizerMismatch(f"stored tokenizer {sha[:12]}… has sha256 {found.sha256[:12]}…: refusing it")
+    return found

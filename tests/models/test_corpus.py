@@ -13,6 +13,7 @@ from repo import REPO_ROOT
 from models.data.bytes import ByteCorpus, DataConfig
 from models.data.corpus import open_corpus, shards_dir
 from models.data.shards import MANIFEST, token_dtype
+from models.data.tokenizer import Vocabulary
 from tests.corpus_helpers import (
     byte_bpe,
     stdlib_documents,
@@ -40,7 +41,7 @@ def jsonl_cfg(source: Path, **kw) -> DataConfig:
 
 
 def open_tokens(cfg, tok, cache, context=16, seed=0, **kw):
-    return open_corpus(cfg, context, seed, tok, tokenizer_sha256(tok), cache, progress=False, **kw)
+    return open_corpus(cfg, context, seed, Vocabulary(tok, tokenizer_sha256(tok)), cache, progress=False, **kw)
 
 
 def split_tokens(corpus, split: str) -> list[int]:
@@ -129,7 +130,7 @@ def test_a_rerun_uses_the_cache_and_tokenizes_nothing(tmp_path, docs, tok):
     first = open_tokens(cfg, tok, tmp_path / "c")
     shard = first.directory / "train-00000.bin"
     stamp = shard.stat().st_mtime_ns
-    again = open_corpus(cfg, 16, 0, NoTokenizing(), tokenizer_sha256(tok), tmp_path / "c", progress=False)
+    again = open_corpus(cfg, 16, 0, Vocabulary(NoTokenizing(), tokenizer_sha256(tok)), tmp_path / "c", progress=False)
     assert again.digest() == first.digest() and shard.stat().st_mtime_ns == stamp
     # another tokenizer or another data config is another cache directory
     other = byte_bpe(docs, vocab_size=300)
@@ -156,7 +157,7 @@ def test_a_partial_or_corrupt_cache_is_rebuilt_never_used(tmp_path, docs, tok, d
     else:  # the source grew: the old shards are stale
         write_jsonl(source, docs + docs[:1])
     with pytest.raises(AssertionError, match="should have been used"):  # the damaged cache is not used
-        open_corpus(cfg, 16, 0, NoTokenizing(), tokenizer_sha256(tok), tmp_path / "c", progress=False)
+        open_corpus(cfg, 16, 0, Vocabulary(NoTokenizing(), tokenizer_sha256(tok)), tmp_path / "c", progress=False)
     rebuilt = open_tokens(cfg, tok, tmp_path / "c")
     assert rebuilt.directory == directory
     assert (rebuilt.digest() == good.digest()) == (damage != "source")
@@ -188,7 +189,7 @@ def test_bytes_format_is_the_byte_corpus(tmp_path, tok):
     a, b = open_corpus(cfg, 32, 0), ByteCorpus(cfg, 32, 0)
     assert isinstance(a, ByteCorpus) and a.digest() == b.digest() and torch.equal(a.batch(5, 4)[0], b.batch(5, 4)[0])
     with pytest.raises(ValueError, match="takes no tokenizer"):
-        open_corpus(cfg, 32, 0, tok, tokenizer_sha256(tok), tmp_path)
+        open_corpus(cfg, 32, 0, Vocabulary(tok, tokenizer_sha256(tok)), tmp_path)
     with pytest.raises(ValueError, match="needs a tokenizer"):
         open_corpus(DataConfig(format="text"), 32, 0)
     with pytest.raises(ValueError, match="open_corpus"):
@@ -197,7 +198,7 @@ def test_bytes_format_is_the_byte_corpus(tmp_path, tok):
 
 def test_tokenizing_shows_a_progress_bar(tmp_path, docs, tok, capfd):
     cfg = jsonl_cfg(write_jsonl(tmp_path / "a.jsonl", docs).parent)
-    open_corpus(cfg, 16, 0, tok, tokenizer_sha256(tok), tmp_path / "c")
+    open_corpus(cfg, 16, 0, Vocabulary(tok, tokenizer_sha256(tok)), tmp_path / "c")
     err = capfd.readouterr().err
     assert "tokenizing jsonl" in err and "100%" in err
 
@@ -207,11 +208,11 @@ def test_the_datasets_cache_stays_in_the_cache_dir(tmp_path, docs):
     write_jsonl(tmp_path / "src" / "a.jsonl", docs)
     script = (
         "import sys; from pathlib import Path; from models.data.corpus import open_corpus;"
-        "from models.data.bytes import DataConfig;"
+        "from models.data.bytes import DataConfig; from models.data.tokenizer import Vocabulary;"
         "from tests.corpus_helpers import byte_bpe, stdlib_documents, tokenizer_sha256;"
         "tok = byte_bpe(stdlib_documents(12)); src, cache = map(Path, sys.argv[1:]);"
-        "c = open_corpus(DataConfig(format='jsonl', source=str(src), glob='*.jsonl'), 16, 0, tok,"
-        " tokenizer_sha256(tok), cache, progress=False); print(c.n_train)"
+        "c = open_corpus(DataConfig(format='jsonl', source=str(src), glob='*.jsonl'), 16, 0, Vocabulary(tok,"
+        " tokenizer_sha256(tok)), cache, progress=False); print(c.n_train)"
     )
     home = tmp_path / "home"
     home.mkdir()

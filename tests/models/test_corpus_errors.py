@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from models.data.bytes import CorpusError, DataConfig, UnreadableFile
 from models.data.corpus import open_corpus
+from models.data.tokenizer import Vocabulary
 from tests.corpus_helpers import byte_bpe, stdlib_documents, tokenizer_sha256, write_jsonl, write_parquet
 
 DOCS = stdlib_documents(4)
@@ -23,7 +24,7 @@ def tok():
 def fails(cfg: DataConfig, tok, cache: Path, error=CorpusError, context: int = 16) -> str:
     """The one-line message ``open_corpus`` raises; checks that no corpus directory was left in the cache."""
     with pytest.raises(error) as info:
-        open_corpus(cfg, context, 0, tok, tokenizer_sha256(tok), cache, progress=False)
+        open_corpus(cfg, context, 0, Vocabulary(tok, tokenizer_sha256(tok)), cache, progress=False)
     message = str(info.value)
     assert "\n" not in message and len(message) < 300
     left = [p.name for p in cache.iterdir() if p.name != "hf-datasets"] if cache.exists() else []
@@ -60,7 +61,9 @@ def test_a_jsonl_record_without_a_string_text_field(tmp_path, tok, record, says)
 def test_text_field_names_another_field(tmp_path, tok):
     write_jsonl(tmp_path / "a.jsonl", DOCS, field="content")
     assert "record has no field 'text'" in fails(jsonl(tmp_path), tok, tmp_path / "cache")
-    corpus = open_corpus(jsonl(tmp_path, text_field="content"), 8, 0, tok, "sha", tmp_path / "cache", progress=False)
+    corpus = open_corpus(
+        jsonl(tmp_path, text_field="content"), 8, 0, Vocabulary(tok, "sha"), tmp_path / "cache", progress=False
+    )
     assert corpus.manifest.train.documents == 3
 
 
@@ -123,13 +126,16 @@ def test_text_that_is_not_utf8(tmp_path, tok):
     cfg = DataConfig(format="text", source=str(tmp_path), glob="*.txt")
     assert fails(cfg, tok, tmp_path / "cache").startswith(f"{tmp_path / 'b.txt'}: not UTF-8 text")
     replaced = DataConfig(format="text", source=str(tmp_path), glob="*.txt", encoding_errors="replace")
-    assert open_corpus(replaced, 2, 0, tok, "sha", tmp_path / "cache", progress=False).manifest.val.documents == 1
+    assert (
+        open_corpus(replaced, 2, 0, Vocabulary(tok, "sha"), tmp_path / "cache", progress=False).manifest.val.documents
+        == 1
+    )
 
 
 def test_a_context_longer_than_the_corpus(tmp_path, tok):
     write_jsonl(tmp_path / "a.jsonl", DOCS)
     with pytest.raises(CorpusError, match=r"^corpus too small for context 100000: \d+ train and \d+ val tokens$"):
-        open_corpus(jsonl(tmp_path), 100_000, 0, tok, "sha", tmp_path / "cache", progress=False)
+        open_corpus(jsonl(tmp_path), 100_000, 0, Vocabulary(tok, "sha"), tmp_path / "cache", progress=False)
 
 
 def test_an_eos_token_the_tokenizer_lacks(tmp_path, tok):

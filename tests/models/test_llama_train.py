@@ -5,6 +5,7 @@ import pytest
 import torch
 from repo import REPO_ROOT
 
+from models.data.corpus import open_corpus
 from models.data.shards import TokenCorpus
 from models.families.lookup import family_of
 from models.train.plan import Hooks
@@ -25,8 +26,8 @@ class Interrupt(RuntimeError):
 def stage(tmp_path_factory):
     spec = load_config(DEMO, TOY + ["stages=[{n_layers: 2, steps: 6}]"]).stage_specs()[0]
     cache = tmp_path_factory.mktemp("cache")
-    tok = driver.resolve_tokenizer(spec, cache)
-    return spec, driver.open_corpus(spec.data, spec.model.context, spec.seed, tok, cache, progress=False)
+    vocabulary = driver.resolve_tokenizer(spec, cache)
+    return spec, open_corpus(spec.data, spec.model.context, spec.seed, vocabulary, cache, progress=False)
 
 
 def test_the_demo_reads_token_shards_with_the_byte_corpus_cursor(stage):

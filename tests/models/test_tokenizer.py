@@ -8,9 +8,11 @@ from pydantic import ValidationError
 
 from models.data import tokenizer as tokenizers
 from models.data.bytes import ByteCorpus, DataConfig
-from models.data.tokenizer import TokenizerConfig, TokenizerError, TrainTokenizer
+from models.data.tokenizer import TokenizerConfig, TokenizerError, TrainTokenizer, Vocabulary
 from tasks.config import load_config
 from tasks.driver import resolve_tokenizer
+from tasks.store import LocalStorage, tokenizer_store
+from tasks.store.tokenizer_store import TokenizerMismatch
 
 TEXT = "def main(argv):\n    return {'héllo': [1, 2, 3]}  # wörld\n".encode()
 
@@ -49,11 +51,29 @@ def test_the_tokenizer_is_learnt_from_the_training_split_only(tmp_path):
     overrides = ["model.arch=llama", "model.context=16", "data.format=text", f"data.source={src}", "data.val_every=4"]
     overrides += ["tokenizer.train.vocab_size=300", "stages.0.steps=1", "stages.1.steps=1", "stages.2.steps=1"]
     spec, cache = load_config(None, overrides).stage_specs()[0], tmp_path / "cache"
-    first = tokenizers.sha256(resolve_tokenizer(spec, cache))
+    first = resolve_tokenizer(spec, cache).sha256
     (src / "3.py").write_text("class Validation:\n    only = 'never seen'\n" * 30)  # file 3 is validation
-    assert tokenizers.sha256(resolve_tokenizer(spec, cache)) == first
+    assert resolve_tokenizer(spec, cache).sha256 == first
     (src / "0.py").write_text("class Training:\n    changed = True\n" * 30)
-    assert tokenizers.sha256(resolve_tokenizer(spec, cache)) != first
+    assert resolve_tokenizer(spec, cache).sha256 != first
+
+
+def test_a_vocabulary_is_hashed_once_and_travels_through_storage(tmp_path):
+    """One value, the tokenizer and its sha256: stored under it, read back verified; the byte vocabulary is a
+    constant of the code (identity None, nothing stored), a tampered stored one is refused."""
+    byte = Vocabulary.bytes()
+    assert byte.sha256 == tokenizers.sha256(tokenizers.byte_tokenizer()) and byte.is_bytes and byte.identity is None
+    bpe = Vocabulary.of(tokenizers.train_bpe(TEXT * 50, TrainTokenizer(vocab_size=300)))
+    assert bpe.sha256 == tokenizers.sha256(bpe.tokenizer) and bpe.identity == bpe.sha256 and not bpe.is_bytes
+    storage = LocalStorage(tmp_path)
+    assert tokenizer_store.put(storage, byte) is None and storage.list("") == []
+    assert tokenizer_store.get(storage, None) == byte
+    sha = tokenizer_store.put(storage, bpe)
+    assert sha == bpe.sha256 and tokenizer_store.get(storage, sha).sha256 == sha
+    (key,) = storage.list("tokenizers")
+    storage.put(key, tokenizers.train_bpe(TEXT * 50, TrainTokenizer(vocab_size=290)).to_str().encode())
+    with pytest.raises(TokenizerMismatch, match="refusing it"):
+        tokenizer_store.get(storage, sha)
 
 
 def test_a_local_file_or_directory_loads_and_save_pretrained_gives_an_autotokenizer(tmp_path):
