@@ -1,7 +1,7 @@
 """What a stage leaves in the registry: its version (directory, tags, params, metrics, run extras), and a
 registered stage's result read back from it.
 
-    ref = register_trained(Trained(spec, parent, workspace, key, run, watch, corpus, vocabulary))
+    ref = register_trained(Trained(spec, parent, workspace, key, run, watch, corpus, vocabulary, imported))
     result = skipped_result(ref, registry, model_config)   # a stage found registered: nothing to train
 """
 
@@ -38,7 +38,7 @@ from tasks.registry import (
 )
 from tasks.registry.schema import IMPORTED, Artifacts, ImportTags, Metrics, RunTags, StageParams, VersionTags
 from tasks.results import StageResult
-from tasks.store import imported_sha256, redact, save_model, save_optimizer
+from tasks.store import redact, save_model, save_optimizer
 from tasks.workspace import Workspace
 
 
@@ -104,6 +104,7 @@ class Trained:
     watch: StageWatch
     corpus: Corpus
     vocabulary: Vocabulary
+    imported_sha256: str | None  # an imported stage 1's directory, hashed once by the lookup (tasks/stage.py)
 
 
 def register_trained(trained: Trained) -> ModelRef:
@@ -156,7 +157,7 @@ def register_trained(trained: Trained) -> ModelRef:
         )
         imported = None
         if spec.init:
-            imported = ImportTags(source=IMPORTED, imported_from=spec.init, imported_sha256=imported_sha256(spec.init))
+            imported = ImportTags(source=IMPORTED, imported_from=spec.init, imported_sha256=trained.imported_sha256)
         params = StageParams(
             steps=result.steps,
             params=num_params(model),

@@ -49,10 +49,9 @@ def pipeline_tokenizer(spec: StageSpec, workspace: Workspace) -> str | None:
     return tokenizer_store.put(workspace.storage(), driver.resolve_tokenizer(spec, Path(workspace.cache_dir)))
 
 
-def key_of(spec: StageSpec, parent: ModelRef | None, tokenizer_sha256: str | None) -> str:
-    """The stage key; an import's "parent" is the imported directory's weights."""
-    parent_sha = parent.weights_sha256 if parent else imported_sha256(spec.init) if spec.init else None
-    return stage_key(spec, parent_sha, tokenizer_sha256)
+def key_of(spec: StageSpec, parent: ModelRef | None, tokenizer_sha256: str | None, imported: str | None) -> str:
+    """The stage key; an import's "parent" is the imported directory's weights (their sha256: ``imported``)."""
+    return stage_key(spec, parent.weights_sha256 if parent else imported, tokenizer_sha256)
 
 
 def check_tokenizer(parent: ModelRef, tokenizer_sha256: str | None) -> None:
@@ -72,21 +71,24 @@ class Lookup(BaseModel):
 
     key: str
     registered: ModelRef | None
+    # an imported stage 1: its directory's weights, hashed here once (a 7B import is ~14 GB to read), carried to
+    # the stage key and the version's imported_sha256 tag
+    imported_sha256: str | None = None
 
 
 def look_up(spec: StageSpec, parent: ModelRef | None, tokenizer_sha256: str | None, registry: Registry) -> Lookup:
     """The stage's key and whether a version carries it: looked up once, by the flow, and handed to the task."""
     if parent is not None:
         check_tokenizer(parent, tokenizer_sha256)
-    key = key_of(spec, parent, tokenizer_sha256)
-    return Lookup(key=key, registered=find_version(registry.client(), spec.model_name, key))
+    imported = imported_sha256(spec.init) if spec.init else None
+    key = key_of(spec, parent, tokenizer_sha256, imported)
+    return Lookup(key=key, registered=find_version(registry.client(), spec.model_name, key), imported_sha256=imported)
 
 
-def _timed_parent(workspace: Workspace, parent: ModelRef | None, watch: StageWatch) -> driver.Parent | None:
+def _timed(view: driver.Parent | None, watch: StageWatch) -> driver.Parent | None:
     """The driver's parent, its load timed as "loading the parent"."""
-    if parent is None:
+    if view is None:
         return None
-    view = workspace.parent(parent)
 
     def load():
         with watch.timed("loading the parent"):
@@ -104,6 +106,7 @@ def _train(
     corpus: Corpus,
     tokenizer_sha256: str | None,
     log,
+    view: driver.Parent | None,
 ):
     """The stage driver in this process, or under torchrun for more than one process: a driver.StageRun."""
     with StageProgress(spec) as progress:
@@ -112,7 +115,7 @@ def _train(
             checkpoints = workspace.checkpoints(spec, key)
             initial = (lambda: hf_dir.load_weights(spec.init)) if spec.init else None
             with watch.during("importing the pretrained directory" if spec.init else "loading and growing the parent"):
-                prepared = driver.prepare(spec, _timed_parent(workspace, parent, watch), checkpoints, initial)
+                prepared = driver.prepare(spec, _timed(view, watch), checkpoints, initial)
             if (resume := prepared.start.resume) is not None:
                 log.info("stage %d: resuming from checkpoint step %d of %d", spec.index, resume.step, spec.train.steps)
             with watch.during("training"):
@@ -144,11 +147,14 @@ def run_stage(
     lookup: Lookup | None = None,
 ) -> StageResult:
     """``tokenizer_sha256``: the pipeline's tokenizer (pipeline_tokenizer), None for the byte vocabulary.
-    ``lookup``: the flow's :func:`look_up` of this stage (a retry looks again: its first attempt may have
-    registered the stage before it failed)."""
+    ``lookup``: the flow's :func:`look_up` of this stage (a retry asks the registry again for its key: its first
+    attempt may have registered the stage before it failed)."""
     log = get_run_logger()
-    if lookup is None or (task_run.run_count or 1) > 1:
+    if lookup is None:
         lookup = look_up(spec, parent, tokenizer_sha256, workspace.registry)
+    elif (task_run.run_count or 1) > 1:
+        found = find_version(workspace.registry.client(), spec.model_name, lookup.key)
+        lookup = lookup.model_copy(update={"registered": found})
     key, existing = lookup.key, lookup.registered
     if existing is not None:
         log.info("stage %d already registered as version %s: skipping", spec.index, existing.version)
@@ -159,14 +165,17 @@ def run_stage(
     watch = StageWatch(spec, workspace.registry, parent_run_id, workspace.storage(), key)
     vocabulary = tokenizer_store.get(workspace.storage(), tokenizer_sha256)
     # opened (and, for documents, tokenized into shards) here, before any torchrun rank would read it
-    origin = workspace.parent(parent).origin if parent else driver.Origin()
+    view = workspace.parent(parent) if parent else None  # the driver's parent, built once
+    origin = view.origin if view else driver.Origin()
     cache = Path(workspace.cache_dir)
     corpus = open_corpus(spec.data, spec.model.context, spec.seed, vocabulary, cache, origin=origin)
-    run = _train(spec, parent, workspace, key, watch, corpus, tokenizer_sha256, log)
+    run = _train(spec, parent, workspace, key, watch, corpus, tokenizer_sha256, log, view)
     result = run.result
     init, val = result.val_loss_init, result.val_loss
     log.info("stage %d: val loss %.4f -> %.4f in %d steps", spec.index, init, val, result.steps)
-    ref = register_trained(Trained(spec, parent, workspace, key, run, watch, corpus, vocabulary))
+    ref = register_trained(
+        Trained(spec, parent, workspace, key, run, watch, corpus, vocabulary, lookup.imported_sha256)
+    )
     log.info("stage %d registered as %s version %s", spec.index, ref.name, ref.version)
     offset, cursor = (parent.global_step, parent.data_cursor) if parent else (0, 0)
     done = StageResult(

@@ -18,7 +18,7 @@ from models.data.bytes import ByteCorpus, DataConfig
 from tasks.config import load_config
 from tasks.registry import Registry, load_pyfunc
 from tasks.registry.schema import IMPORTED, ImportTags, VersionTags
-from tasks.store import imported_sha256, sha256_file
+from tasks.store import imported_sha256, model_dir, sha256_file
 
 pytestmark = pytest.mark.integration
 CONFIGS = REPO_ROOT / "configs"
@@ -203,11 +203,15 @@ def _pretrained(directory: Path) -> Path:
     return directory
 
 
-def test_an_imported_directory_is_version_1_and_grows_12_to_24_style(prefect_harness, tmp_path):
+def test_an_imported_directory_is_version_1_and_grows_12_to_24_style(prefect_harness, tmp_path, monkeypatch):
     source = _pretrained(tmp_path / "pretrained")
+    hashed = []  # the imported weights are read for their sha256 once: by the lookup, for the key and the tag
+    real = model_dir.sha256_file
+    monkeypatch.setattr(model_dir, "sha256_file", lambda path: hashed.append(Path(path).resolve().parent) or real(path))
     overrides = [f"stages.0.init.from_pretrained={source}", "stages.0.n_layers=4", "stages.1.n_layers=8"]
     overrides += ["model.context=32", "data.max_bytes=200000", "train.batch_size=4", "stages.1.steps=3"]
     results = _run(tmp_path / "work", "llama-upscale.yaml", overrides)
+    assert hashed.count(source.resolve()) == 1
     client = Registry.resolve(tmp_path / "work").client()
     v1, v2 = (client.get_model_version("staged-upscale", v) for v in ("1", "2"))
     imported = ImportTags.from_tags(v1.tags)
