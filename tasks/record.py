@@ -1,7 +1,7 @@
 """What a stage leaves in the registry: its version (directory, tags, params, metrics, run extras), and a
 registered stage's result read back from it.
 
-    ref = register_trained(Trained(spec, parent, workspace, key, run, watch, corpus, vocabulary, imported))
+    ref = register_trained(Trained(job, run, watch, corpus, vocabulary))
     result = skipped_result(ref, registry, model_config)   # a stage found registered: nothing to train
 """
 
@@ -39,7 +39,7 @@ from tasks.registry import (
 from tasks.registry.schema import IMPORTED, Artifacts, ImportTags, Metrics, RunTags, StageParams, VersionTags
 from tasks.results import StageResult
 from tasks.store import redact, save_model, save_optimizer
-from tasks.workspace import Workspace
+from tasks.workspace import StageJob
 
 
 def shift(curve: list[tuple[int, float]], offset: int) -> list[tuple[int, float]]:
@@ -96,27 +96,18 @@ def _eval_set(spec: StageSpec, tokenizer_sha256: str | None) -> str | None:
 class Trained:
     """A stage just trained, with everything its registration reads."""
 
-    spec: StageSpec
-    parent: ModelRef | None
-    workspace: Workspace
-    key: str
+    job: StageJob
     run: driver.StageRun
     watch: StageWatch
     corpus: Corpus
     vocabulary: Vocabulary
-    imported_sha256: str | None  # an imported stage 1's directory, hashed once by the lookup (tasks/stage.py)
 
 
 def register_trained(trained: Trained) -> ModelRef:
     """Register the trained model with its lineage tags, parameters, loss curves and run extras."""
-    spec, parent, watch, corpus, vocabulary = (
-        trained.spec,
-        trained.parent,
-        trained.watch,
-        trained.corpus,
-        trained.vocabulary,
-    )
-    model, result, registry = trained.run.model, trained.run.result, trained.workspace.registry
+    job, watch, corpus, vocabulary = trained.job, trained.watch, trained.corpus, trained.vocabulary
+    spec, parent = job.spec, job.parent
+    model, result, registry = trained.run.model, trained.run.result, job.workspace.registry
     start = parent.data_cursor if parent else 0
     paths = [s.source for s in spec.data.sources] if spec.data.sources else [spec.data.source]
     source = ", ".join(redact(str(Path(p).resolve()) if p else str(stdlib_dir())) for p in paths)
@@ -139,7 +130,7 @@ def register_trained(trained: Trained) -> ModelRef:
             parent_version=parent.version if parent else None,
             weights_sha256=sha,
             optimizer_sha256=optimizer_sha,
-            stage_key=trained.key,
+            stage_key=job.key,
             growth=spec.growth.operator if parent else "none",
             data_cursor=result.cursor,
             global_step=(parent.global_step if parent else 0) + result.steps,  # a stop rule may end it early
@@ -157,7 +148,7 @@ def register_trained(trained: Trained) -> ModelRef:
         )
         imported = None
         if spec.init:
-            imported = ImportTags(source=IMPORTED, imported_from=spec.init, imported_sha256=trained.imported_sha256)
+            imported = ImportTags(source=IMPORTED, imported_from=spec.init, imported_sha256=job.imported_sha256)
         params = StageParams(
             steps=result.steps,
             params=num_params(model),

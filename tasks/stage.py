@@ -27,7 +27,7 @@ from models.growth import GrowthError
 from models.train.plan import Hooks
 from tasks import driver
 from tasks.config import StageSpec, stage_key
-from tasks.parallel import TorchrunFailed, TorchrunJob, launch
+from tasks.parallel import TorchrunFailed, launch
 from tasks.publish import StageProgress, StageWatch
 from tasks.record import Trained, register_trained, shift, skipped_result
 from tasks.registry import (
@@ -38,7 +38,7 @@ from tasks.registry import (
 )
 from tasks.results import StageResult
 from tasks.store import hf_dir, imported_sha256, tokenizer_store
-from tasks.workspace import Workspace
+from tasks.workspace import StageJob, Workspace
 
 
 def pipeline_tokenizer(spec: StageSpec, workspace: Workspace) -> str | None:
@@ -97,22 +97,14 @@ def _timed(view: driver.Parent | None, watch: StageWatch) -> driver.Parent | Non
     return replace(view, load=load)
 
 
-def _train(
-    spec: StageSpec,
-    parent: ModelRef | None,
-    workspace: Workspace,
-    key: str,
-    watch: StageWatch,
-    corpus: Corpus,
-    tokenizer_sha256: str | None,
-    log,
-    view: driver.Parent | None,
-):
-    """The stage driver in this process, or under torchrun for more than one process: a driver.StageRun."""
+def _train(job: StageJob, view: driver.Parent | None, corpus: Corpus, watch: StageWatch, log) -> driver.StageRun:
+    """The stage driver in this process (growing ``view``, the parent), or under torchrun for more than one
+    process (each rank builds its own view of the job's parent)."""
+    spec = job.spec
     with StageProgress(spec) as progress:
         on_step = watch.observe(progress)
         if spec.parallel.world_size == 1:
-            checkpoints = workspace.checkpoints(spec, key)
+            checkpoints = job.checkpoints(job.workspace.storage())
             initial = (lambda: hf_dir.load_weights(spec.init)) if spec.init else None
             with watch.during("importing the pretrained directory" if spec.init else "loading and growing the parent"):
                 prepared = driver.prepare(spec, _timed(view, watch), checkpoints, initial)
@@ -123,9 +115,6 @@ def _train(
                 return driver.train_prepared(spec, prepared, hooks=hooks, checkpoints=checkpoints, corpus=corpus)
         try:
             with watch.during("training under torchrun"):
-                job = TorchrunJob(
-                    spec=spec, parent=parent, workspace=workspace, key=key, tokenizer_sha256=tokenizer_sha256
-                )
                 run = launch(job, on_step, log)
         except TorchrunFailed as e:
             raise (driver.StageRefused if e.user else driver.StageFailed)(str(e)) from None
@@ -169,13 +158,19 @@ def run_stage(
     origin = view.origin if view else driver.Origin()
     cache = Path(workspace.cache_dir)
     corpus = open_corpus(spec.data, spec.model.context, spec.seed, vocabulary, cache, origin=origin)
-    run = _train(spec, parent, workspace, key, watch, corpus, tokenizer_sha256, log, view)
+    job = StageJob(
+        spec=spec,
+        parent=parent,
+        workspace=workspace,
+        key=key,
+        tokenizer_sha256=tokenizer_sha256,
+        imported_sha256=lookup.imported_sha256,
+    )
+    run = _train(job, view, corpus, watch, log)
     result = run.result
     init, val = result.val_loss_init, result.val_loss
     log.info("stage %d: val loss %.4f -> %.4f in %d steps", spec.index, init, val, result.steps)
-    ref = register_trained(
-        Trained(spec, parent, workspace, key, run, watch, corpus, vocabulary, lookup.imported_sha256)
-    )
+    ref = register_trained(Trained(job, run, watch, corpus, vocabulary))
     log.info("stage %d registered as %s version %s", spec.index, ref.name, ref.version)
     offset, cursor = (parent.global_step, parent.data_cursor) if parent else (0, 0)
     done = StageResult(

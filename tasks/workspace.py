@@ -1,6 +1,8 @@
-"""Where one pipeline's state lives: the MLflow registry and the checkpoint storage, resolved once.
+"""Where one pipeline's state lives: the MLflow registry and the checkpoint storage, resolved once; and one
+stage's work order in it.
 
     Workspace.resolve(workdir, storage) -> Workspace(registry, checkpoint_uri, cache_dir, max_attempts)
+    StageJob(spec, parent, workspace, key, tokenizer_sha256, imported_sha256)
 
 What every task receives (a small, serialisable value), instead of URIs spread over arguments.
 """
@@ -44,10 +46,6 @@ class Workspace(BaseModel):
     def storage(self) -> Storage:
         return open_storage(self.checkpoint_uri, self.max_attempts)
 
-    def checkpoints(self, spec: StageSpec, key: str) -> Checkpoints:
-        """The stage's in-stage checkpoints: under its key, at its cadence."""
-        return Checkpoints(self.storage(), key, spec.checkpoint.every, spec.checkpoint.keep)
-
     def parent(self, ref: ModelRef) -> Parent:
         """The driver's view of a registered parent: its weights are fetched (and verified) only when needed."""
 
@@ -57,3 +55,19 @@ class Workspace(BaseModel):
 
         cursors = ref.source_cursors()
         return Parent(ref.n_layers, ref.data_cursor, ref.global_step, load, version=ref.version, data_cursors=cursors)
+
+
+class StageJob(BaseModel):
+    """One stage to train, as its task looked it up: what the task's training, every torchrun rank (as JSON)
+    and the registration read, each fact once."""
+
+    spec: StageSpec
+    parent: ModelRef | None
+    workspace: Workspace
+    key: str  # the stage key (tasks/config/identity.py)
+    tokenizer_sha256: str | None = None  # the pipeline's tokenizer in storage (None: the byte vocabulary)
+    imported_sha256: str | None = None  # an imported stage 1's weights, hashed once by the lookup
+
+    def checkpoints(self, storage: Storage) -> Checkpoints:
+        """The stage's in-stage checkpoints on ``storage``: under its key, at its cadence."""
+        return Checkpoints(storage, self.key, self.spec.checkpoint.every, self.spec.checkpoint.keep)

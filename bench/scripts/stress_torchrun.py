@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 
 from tasks.config import load_config, stage_key
-from tasks.parallel import TorchrunFailed, TorchrunJob, launch
+from tasks.parallel import TorchrunFailed, launch
 from tasks.parallel.launch import ranks_env
-from tasks.workspace import Workspace
+from tasks.workspace import StageJob, Workspace
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 
@@ -39,7 +39,7 @@ def one_run(strategy: str, steps: int, workdir: Path, log: logging.Logger) -> fl
     sets = [f"stages.0.steps={steps}", "stages.0.parallel.nproc=2", f"stages.0.parallel.strategy={strategy}"]
     spec = load_config(SMOKE, sets).stage_specs()[0]
     workspace = Workspace.resolve(workdir)
-    job = TorchrunJob(spec=spec, parent=None, workspace=workspace, key=stage_key(spec, None))
+    job = StageJob(spec=spec, parent=None, workspace=workspace, key=stage_key(spec, None))
     start = time.perf_counter()
     launch(job, lambda info: None, log)
     return time.perf_counter() - start

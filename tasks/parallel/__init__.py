@@ -3,6 +3,6 @@
 The door of this room: import these names from ``tasks.parallel``.
 """
 
-from tasks.parallel.launch import TorchrunFailed, TorchrunJob, launch
+from tasks.parallel.launch import TorchrunFailed, launch
 
-__all__ = ["TorchrunJob", "TorchrunFailed", "launch"]
+__all__ = ["TorchrunFailed", "launch"]

@@ -2,7 +2,7 @@
 
     launch(job, on_step, log) -> driver.StageRun (model, TrainResult, checkpoint step resumed from or None)
 
-The job (stage spec, parent ModelRef, Workspace, stage key) goes as JSON into a temporary directory,
+The StageJob (stage spec, parent ModelRef, Workspace, stage key, tokenizer) goes as JSON into a temporary directory,
 then torchrun (``python -m tasks.parallel.rendezvous``: torch's c10d rendezvous, bound to its
 endpoint's address) runs ``nproc`` ranks of ``tasks.parallel.worker DIR`` on this node. One node: the
 endpoint is ``127.0.0.1:<free port>``. ``nnodes`` > 1: this node hosts the rendezvous on
@@ -29,16 +29,13 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from pydantic import BaseModel
-
 from models.families.lookup import family_of
 from models.train.loop import TrainResult
 from models.train.plan import StepInfo
-from tasks.config import ParallelConfig, StageSpec
+from tasks.config import ParallelConfig
 from tasks.driver import StageRun
-from tasks.registry import ModelRef
 from tasks.store import load_optimizer, load_state, save_model, save_optimizer
-from tasks.workspace import Workspace
+from tasks.workspace import StageJob
 
 JOB, PROGRESS, RESULT, LOG = "job.json", "progress.json", "result.json", "torchrun.log"
 ROOT = Path(__file__).resolve().parents[2]  # the ranks import this same checkout
@@ -80,16 +77,6 @@ def ranks_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path}
 
 
-class TorchrunJob(BaseModel):
-    """What every rank reads: the same arguments run_stage has, and the stage key it computed."""
-
-    spec: StageSpec
-    parent: ModelRef | None
-    workspace: Workspace
-    key: str
-    tokenizer_sha256: str | None = None  # the pipeline's tokenizer in storage (None: the byte vocabulary)
-
-
 class TorchrunFailed(RuntimeError):
     """A rank failed; the message is one line (the rank's own error when it could write one). ``user``: the
     first rank's error was a user's mistake (models/errors.py), which a retry would repeat."""
@@ -99,7 +86,7 @@ class TorchrunFailed(RuntimeError):
         self.user = user
 
 
-def launch(job: TorchrunJob, on_step: Callable[[StepInfo], None], log) -> StageRun:
+def launch(job: StageJob, on_step: Callable[[StepInfo], None], log) -> StageRun:
     parallel = job.spec.parallel
     with tempfile.TemporaryDirectory(prefix="staged-torchrun-") as tmp:
         job_dir = Path(tmp)
@@ -142,7 +129,7 @@ def _killed(job_dir: Path, output: str) -> tuple[str, int] | None:
     return (roots or others or [None])[0]
 
 
-def _reason(job: TorchrunJob, job_dir: Path, output: str, code: int) -> str:
+def _reason(job: StageJob, job_dir: Path, output: str, code: int) -> str:
     """One line: a rank killed by a signal (with no reason of its own), else the lowest rank's own reason,
     else torchrun's exit code."""
     where = f"stage {job.spec.index}: "

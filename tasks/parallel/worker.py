@@ -31,9 +31,10 @@ from models.train.loop import resolve_device
 from models.train.parallel import end_rank, full_state, gather_json, is_sharded
 from models.train.plan import Hooks
 from tasks import driver
-from tasks.parallel.launch import JOB, TorchrunJob, progress_writer, save_outputs
+from tasks.parallel.launch import JOB, progress_writer, save_outputs
 from tasks.parallel.rendezvous import bound_store
 from tasks.store import CheckpointError, tokenizer_store
+from tasks.workspace import StageJob
 
 
 def _init(backend: str, has_job: bool) -> None:
@@ -50,10 +51,10 @@ def _init(backend: str, has_job: bool) -> None:
         dist.init_process_group(backend, store=renumbered, rank=order.index(rank), world_size=world)
 
 
-def _job(job_dir: Path) -> TorchrunJob:
+def _job(job_dir: Path) -> StageJob:
     """The job, read by the ranks that have it and sent by rank 0 to those that do not."""
     mine = (job_dir / JOB).read_text() if (job_dir / JOB).is_file() else None
-    return TorchrunJob.model_validate_json(gather_json(mine)[0])
+    return StageJob.model_validate_json(gather_json(mine)[0])
 
 
 def _gathered(run: driver.StageRun, spec) -> driver.StageRun:
@@ -84,7 +85,7 @@ def main(job_dir: Path) -> int:
         where = f"stage {job.spec.index}: "
         ws, parent = job.workspace, job.parent
         hooks = Hooks(on_step=progress_writer(job_dir))
-        checkpoints = ws.checkpoints(job.spec, job.key)
+        checkpoints = job.checkpoints(ws.storage())
         vocabulary = tokenizer_store.get(ws.storage(), job.tokenizer_sha256)
         run = driver.run(
             job.spec,

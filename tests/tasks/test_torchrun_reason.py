@@ -33,11 +33,11 @@ def _report(root: tuple[int, int], others: list[tuple[int, int]]) -> str:
 )
 def test_a_killed_rank_is_named_even_when_a_peer_failed_first(tmp_path, root, others, wrote, expected):
     from tasks.config import load_config
-    from tasks.parallel.launch import TorchrunJob, _reason
-    from tasks.workspace import Workspace
+    from tasks.parallel.launch import _reason
+    from tasks.workspace import StageJob, Workspace
 
     for rank in wrote:
         (tmp_path / f"error-{rank}.txt").write_text(f"stage 1: rank {rank}: its own reason")
     spec = load_config(REPO_ROOT / "configs" / "smoke.yaml", ["stages.0.nproc=2"]).stage_specs()[0]
-    job = TorchrunJob(spec=spec, parent=None, workspace=Workspace.resolve(tmp_path), key="k")
+    job = StageJob(spec=spec, parent=None, workspace=Workspace.resolve(tmp_path), key="k")
     assert _reason(job, tmp_path, _report(root, others), 1).removeprefix("stage 1: ").startswith(expected)
