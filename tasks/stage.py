@@ -37,7 +37,7 @@ from tasks.registry import (
     find_version,
 )
 from tasks.results import StageResult
-from tasks.store import hf_dir, imported_sha256, tokenizer_store
+from tasks.store import Storage, hf_dir, imported_sha256, tokenizer_store
 from tasks.workspace import StageJob, Workspace
 
 
@@ -97,14 +97,16 @@ def _timed(view: driver.Parent | None, watch: StageWatch) -> driver.Parent | Non
     return replace(view, load=load)
 
 
-def _train(job: StageJob, view: driver.Parent | None, corpus: Corpus, watch: StageWatch, log) -> driver.StageRun:
+def _train(
+    job: StageJob, storage: Storage, view: driver.Parent | None, corpus: Corpus, watch: StageWatch, log
+) -> driver.StageRun:
     """The stage driver in this process (growing ``view``, the parent), or under torchrun for more than one
     process (each rank builds its own view of the job's parent)."""
     spec = job.spec
     with StageProgress(spec) as progress:
         on_step = watch.observe(progress)
         if spec.parallel.world_size == 1:
-            checkpoints = job.checkpoints(job.workspace.storage())
+            checkpoints = job.checkpoints(storage)
             initial = (lambda: hf_dir.load_weights(spec.init)) if spec.init else None
             with watch.during("importing the pretrained directory" if spec.init else "loading and growing the parent"):
                 prepared = driver.prepare(spec, _timed(view, watch), checkpoints, initial)
@@ -151,8 +153,9 @@ def run_stage(
         return skipped_result(existing, workspace.registry, spec.model)
 
     began = time.perf_counter()
-    watch = StageWatch(spec, workspace.registry, parent_run_id, workspace.storage(), key)
-    vocabulary = tokenizer_store.get(workspace.storage(), tokenizer_sha256)
+    storage = workspace.storage()  # one client for the stage: its checkpoints, their progress, the tokenizer
+    watch = StageWatch(spec, workspace.registry, parent_run_id, storage, key)
+    vocabulary = tokenizer_store.get(storage, tokenizer_sha256)
     # opened (and, for documents, tokenized into shards) here, before any torchrun rank would read it
     view = workspace.parent(parent) if parent else None  # the driver's parent, built once
     origin = view.origin if view else driver.Origin()
@@ -166,7 +169,7 @@ def run_stage(
         tokenizer_sha256=tokenizer_sha256,
         imported_sha256=lookup.imported_sha256,
     )
-    run = _train(job, view, corpus, watch, log)
+    run = _train(job, storage, view, corpus, watch, log)
     result = run.result
     init, val = result.val_loss_init, result.val_loss
     log.info("stage %d: val loss %.4f -> %.4f in %d steps", spec.index, init, val, result.steps)

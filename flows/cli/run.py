@@ -61,16 +61,15 @@ def _check_endpoints(config: PipelineConfig, workdir: Path, from_version: str | 
     from botocore.exceptions import BotoCoreError
     from mlflow.exceptions import MlflowException
 
-    from tasks.store import S3Storage, StorageError
+    from models.errors import UserError
+    from tasks.store import StorageError
     from tasks.workspace import Workspace
 
     ws = Workspace.resolve(workdir, config.storage)
     try:
-        storage = ws.storage()
-        if isinstance(storage, S3Storage):
-            storage.check()
+        ws.storage().check()
     except StorageError as e:
-        fail(str(e), code=2 if "does not exist" in str(e) else 1)
+        fail(str(e), code=2 if isinstance(e, UserError) else 1)
     except (BotoCoreError, ValueError, OSError) as e:  # a bad profile or region, an endpoint URL that does not parse
         fail(f"storage {config.storage.uri}: {one_line(e)}")
     if not ws.registry.embedded:

@@ -85,8 +85,9 @@ def main(job_dir: Path) -> int:
         where = f"stage {job.spec.index}: "
         ws, parent = job.workspace, job.parent
         hooks = Hooks(on_step=progress_writer(job_dir))
-        checkpoints = job.checkpoints(ws.storage())
-        vocabulary = tokenizer_store.get(ws.storage(), job.tokenizer_sha256)
+        storage = ws.storage()  # one client for this rank: its checkpoints and the tokenizer
+        checkpoints = job.checkpoints(storage)
+        vocabulary = tokenizer_store.get(storage, job.tokenizer_sha256)
         run = driver.run(
             job.spec,
             ws.parent(parent) if parent else None,

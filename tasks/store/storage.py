@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlparse, urlsplit
 
+from models.errors import UserError
+
 BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
@@ -31,8 +33,16 @@ class StorageError(OSError):
     """A storage operation failed for good (after retries); the message is one line and names the endpoint."""
 
 
+class StorageUnusable(StorageError, UserError):
+    """Storage the user must fix (a missing bucket, a local path that cannot be a directory); one line."""
+
+
 class Storage(Protocol):
     uri: str
+
+    def check(self) -> None:
+        """Reach the storage once, before a run: a one-line StorageError (StorageUnusable: the user's to fix)."""
+        ...
 
     def put(self, key: str, data: bytes) -> None: ...
     def get(self, key: str) -> bytes: ...
@@ -77,6 +87,12 @@ class LocalStorage:
     def __init__(self, root: str | Path):
         self.root = Path(root).resolve()
         self.uri = str(self.root)
+
+    def check(self) -> None:
+        """The directory, or the nearest existing folder that would hold it, is a writable directory."""
+        existing = next(p for p in (self.root, *self.root.parents) if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise StorageUnusable(f"storage {self.uri}: {existing} is not a writable directory")
 
     def put(self, key: str, data: bytes) -> None:
         path = self.root / key
@@ -153,7 +169,7 @@ class S3Storage:
         except ClientError as e:
             code = e.response.get("Error", {}).get("Code", "")
             if code in ("404", "NoSuchBucket"):
-                raise StorageError(f"S3 endpoint {self.endpoint}: bucket {self.bucket!r} does not exist") from None
+                raise StorageUnusable(f"S3 endpoint {self.endpoint}: bucket {self.bucket!r} does not exist") from None
             raise self._fail("head", "", e) from None
         except BotoCoreError as e:
             raise self._fail("head", "", e) from None

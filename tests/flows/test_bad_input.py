@@ -318,6 +318,14 @@ CASES = {
         "credentials do not belong in storage.uri",
     ),
     "unsupported storage scheme": (None, SET("storage.uri=gs://b/x"), "fresh", {}, 2, "unsupported scheme 'gs'"),
+    "storage that cannot be a directory": (
+        lambda t: _file(t, ONE_STAGE + f"storage: {{uri: {_not_dir(t)}}}\n"),
+        [],
+        "fresh",
+        {},
+        2,
+        "is not a writable directory",
+    ),
     "missing data": (None, SET("data.source=/nonexistent/corpus"), "fresh", {}, 2, "is neither a file nor a directory"),
     "unwritable workdir": (None, [], _not_dir, {}, 2, "is not writable"),
     "non-existent parent version": (

@@ -142,3 +142,16 @@ def test_zero_step_stage_registers_exactly_the_stacked_parent(prefect_harness, w
                 _, j, suffix = key.split(".", 2)
                 key = f"blocks.{plan[int(j)]}.{suffix}"
             assert torch.equal(value, parent[key]), key
+
+
+@pytest.mark.integration
+def test_a_stage_opens_one_storage_client(prefect_harness, s3_env, tmp_path, monkeypatch):
+    """Checkpoints, their progress and the tokenizer of a stage share one S3 client (three before)."""
+    from tasks.store import storage
+
+    opened, real = [], storage.s3_client
+    monkeypatch.setattr(storage, "s3_client", lambda *a, **k: opened.append(1) or real(*a, **k))
+    stages = "stages=[{n_layers: 2, steps: 2}, {n_layers: 4, steps: 1, growth: {operator: stack}}]"
+    overrides = [stages, "checkpoint.every=1", "gate.enabled=false", f"storage.uri=s3://{s3_env}/run"]
+    results = staged_training(load_config(SMOKE, overrides), str(tmp_path / "work"))
+    assert [r.skipped for r in results] == [False, False] and len(opened) == 2
