@@ -293,6 +293,7 @@ CASES = {
         2,
         "stages.1.checkpoint.every",
     ),
+    "infinite learning rate": (None, SET("train.lr=inf"), "fresh", {}, 2, "train.lr: Input should be a finite number"),
     "negative retries": (
         None,
         SET("retry.retries=-1"),

@@ -1,7 +1,12 @@
+from typing import get_args, get_origin
+
 import pytest
+from pydantic import BaseModel
 from repo import REPO_ROOT
 
+from models.families.lookup import FAMILIES
 from tasks.config import ConfigError, PipelineConfig, apply_override, load_config, spec_hash
+from tasks.config.model_section import default_section
 
 CONFIGS = REPO_ROOT / "configs"
 
@@ -98,3 +103,55 @@ def test_an_empty_file_is_refused_not_run_as_the_defaults(tmp_path, text):
 def test_the_largest_budgets_are_accepted():
     cfg = load_config(None, ["stages.0.steps=1000000000", "stages.1.steps=null", "stages.1.until.tokens=1000000000000"])
     assert cfg.stages[0].steps == 10**9 and cfg.stages[1].until.tokens == 10**12
+
+
+def _floats(annotation, key: str):
+    """The dotted keys of the float fields under ``annotation`` (``*``: any list item or mapping key)."""
+    if annotation is float:
+        yield key
+    elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        for name, field in annotation.model_fields.items():
+            yield from _floats(field.annotation, f"{key}.{name}" if key else name)
+    elif get_origin(annotation) in (dict, list):
+        yield from _floats(get_args(annotation)[-1], f"{key}.*")
+    else:  # a union, an optional, an annotated type: each of its members
+        for arg in get_args(annotation):
+            yield from _floats(arg, key)
+
+
+FLOAT_KEYS = sorted(set(_floats(PipelineConfig, "")))
+
+
+def _reach(key: str) -> tuple[str, str]:
+    """A shipped config in which ``key`` takes effect, and the override that sets it (with what it needs)."""
+    if key.startswith("model."):  # the default family's demo, or the first family's demo config that has it
+        field = key.split(".")[1]
+        if field in default_section().model_fields:
+            return "demo.yaml", key
+        demos = (f"{n}-demo.yaml" for n, f in FAMILIES.items() if field in f.config.model_fields)
+        return next(d for d in demos if (CONFIGS / d).exists()), key
+    mixture = "data.sources" in key or "data.weights" in key
+    override = (
+        key.replace("stages.*", "stages.1").replace("sources.*", "sources.0").replace("weights.*", "weights.code")
+    )
+    if ".until.loss_slope." in key:  # a stage ends by its loss slope instead of a step count
+        override = f"stages.1.steps=null;stages.1.until.loss_slope.max_steps=10;{override}"
+    return ("mixture-demo.yaml" if mixture else "smoke.yaml"), override
+
+
+def test_every_float_key_is_found():
+    assert {"train.lr", "retry.delay_s", "gate.margin", "stages.*.growth.noise", "stages.*.train.lr"} <= set(FLOAT_KEYS)
+    assert "data.sources.*.weight" in FLOAT_KEYS and "stages.*.data.weights.*" in FLOAT_KEYS
+
+
+@pytest.mark.parametrize("value", ["inf", "-.inf", "nan"])
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+def test_every_float_key_refuses_non_finite_values_in_one_line(key, value):
+    config, overrides = _reach(key)
+    *needs, override = overrides.split(";")
+    load_config(CONFIGS / config, [*needs, f"{override}=1e-3"])  # the key exists there, and a finite value is taken
+    with pytest.raises(ConfigError) as e:
+        load_config(CONFIGS / config, [*needs, f"{override}={value}"])
+    message, field = str(e.value), override.rsplit(".", 1)[1]
+    assert "\n" not in message and message.startswith("invalid config: "), message
+    assert f".{field}: Input should be" in message, message
