@@ -1,44 +1,37 @@
 """What a stage leaves in the registry: its version (directory, tags, params, metrics, run extras), and a
 registered stage's result read back from it.
 
-    ref = register_trained(Trained(job, run, watch, corpus, vocabulary))
+    ref = register_trained(job, trained, watch, corpus)
     result = skipped_result(ref, registry, model_config)   # a stage found registered: nothing to train
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from prefect.runtime import flow_run, task_run
 
-from models.data import tokenizer as tokenizers
 from models.data.bytes import stdlib_dir
 from models.data.corpus import Corpus
-from models.data.mixture import report
-from models.data.tokenizer import Vocabulary
-from models.families.family import num_params
 from models.families.lookup import ModelConfig, family_of
 from models.growth import layer_map
 from models.layermap import describe_freeze, trainable
-from models.train.loop import evaluate
-from tasks import driver
 from tasks.config import StageSpec, code_version, eval_set_id, spec_hash
 from tasks.publish import StageWatch
 from tasks.registry import (
     ModelRef,
     Registry,
     StageRunExtras,
-    add_pyfunc,
     corpus_input,
     metric_history,
     register,
 )
 from tasks.registry.schema import IMPORTED, Artifacts, ImportTags, Metrics, RunTags, StageParams, VersionTags
 from tasks.results import StageResult
-from tasks.store import redact, save_model, save_optimizer
+from tasks.store import redact
+from tasks.version import Trained
 from tasks.workspace import StageJob
 
 
@@ -92,44 +85,22 @@ def _eval_set(spec: StageSpec, tokenizer_sha256: str | None) -> str | None:
     return eval_set_id(spec.data, spec.seed, spec.model.context, tokenizer_sha256, t.eval_batches, t.batch_size)
 
 
-@dataclass(frozen=True)
-class Trained:
-    """A stage just trained, with everything its registration reads."""
-
-    job: StageJob
-    run: driver.StageRun
-    watch: StageWatch
-    corpus: Corpus
-    vocabulary: Vocabulary
-
-
-def register_trained(trained: Trained) -> ModelRef:
-    """Register the trained model with its lineage tags, parameters, loss curves and run extras."""
-    job, watch, corpus, vocabulary = trained.job, trained.watch, trained.corpus, trained.vocabulary
-    spec, parent = job.spec, job.parent
-    model, result, registry = trained.run.model, trained.run.result, job.workspace.registry
+def register_trained(job: StageJob, trained: Trained, watch: StageWatch, corpus: Corpus) -> ModelRef:
+    """Register the stage's version directory (``job.output``, written once: tasks/version.py) with its lineage
+    tags, parameters, loss curves and run extras."""
+    spec, parent, registry = job.spec, job.parent, job.workspace.registry
+    result, version, mix = trained.result, trained.version, trained.version.mixture
     start = parent.data_cursor if parent else 0
     paths = [s.source for s in spec.data.sources] if spec.data.sources else [spec.data.source]
     source = ", ".join(redact(str(Path(p).resolve()) if p else str(stdlib_dir())) for p in paths)
     digest = corpus.digest()
-    mix = None
-    if corpus.cursors(result.cursor) is not None:  # a mixture: per-source shares, cursors and validation loss
-        mix = report(corpus, model, result.cursor, spec.train.eval_batches, spec.train.batch_size, evaluate)
-    with watch.during("registering"), registry.staging() as directory:
-        hashes: dict[str, str] = {}  # each large file hashed once, as it is written
-        sha = save_model(
-            model, directory, vocabulary.tokenizer, hashes=hashes
-        )  # a decoder's: a Hugging Face model directory
-        optimizer_sha = save_optimizer(result.moments, directory, hashes)
-        example = tokenizers.encode(vocabulary.tokenizer, b"def main():\n    ").tolist()
-        # the same directory is also an MLflow pyfunc model
-        add_pyfunc(directory, spec.model, example)
+    with watch.during("registering"):
         tags = VersionTags(
             stage=spec.index,
             n_layers=spec.model.n_layers,
             parent_version=parent.version if parent else None,
-            weights_sha256=sha,
-            optimizer_sha256=optimizer_sha,
+            weights_sha256=version.weights_sha256,
+            optimizer_sha256=version.optimizer_sha256,
             stage_key=job.key,
             growth=spec.growth.operator if parent else "none",
             data_cursor=result.cursor,
@@ -137,13 +108,13 @@ def register_trained(trained: Trained) -> ModelRef:
             config_hash=spec_hash(spec)[:16],
             code_version=code_version(),
             val_loss=result.val_loss,
-            tokenizer_sha256=vocabulary.identity,
+            tokenizer_sha256=job.tokenizer_sha256,
             freeze=describe_freeze(spec.growth.freeze) if parent and spec.growth.freeze != "none" else None,
             trained=_trained(spec, parent),
             layer_map=_layer_map(spec, parent),
             data_cursors=json.dumps(mix.cursors, sort_keys=True) if mix else None,
             data_mixture=json.dumps(mix.weights) if mix else None,
-            eval_set=_eval_set(spec, vocabulary.identity),
+            eval_set=_eval_set(spec, job.tokenizer_sha256),
             gpu_seconds=result.world_size * watch.elapsed(),
         )
         imported = None
@@ -151,7 +122,7 @@ def register_trained(trained: Trained) -> ModelRef:
             imported = ImportTags(source=IMPORTED, imported_from=spec.init, imported_sha256=job.imported_sha256)
         params = StageParams(
             steps=result.steps,
-            params=num_params(model),
+            params=version.params,
             nproc=result.world_size,
             model=spec.model.model_dump(),
             train=spec.train.model_dump(),
@@ -181,11 +152,11 @@ def register_trained(trained: Trained) -> ModelRef:
             registry,
             spec.model_name,
             spec.experiment,
-            model_dir=directory,
+            model_dir=Path(job.output),
             tags=tags,
             params=params,
             metrics=metrics,
             extras=extras,
             imported=imported,
-            hashes=hashes,
+            hashes=version.hashes,
         )

@@ -22,14 +22,14 @@ from prefect.runtime import task_run
 from pydantic import BaseModel
 
 from models.data.corpus import Corpus, open_corpus
-from models.families.family import num_params
+from models.data.tokenizer import Vocabulary
 from models.growth import GrowthError
 from models.train.plan import Hooks
 from tasks import driver
 from tasks.config import StageSpec, stage_key
 from tasks.parallel import TorchrunFailed, launch
 from tasks.publish import StageProgress, StageWatch
-from tasks.record import Trained, register_trained, shift, skipped_result
+from tasks.record import register_trained, shift, skipped_result
 from tasks.registry import (
     ModelRef,
     Registry,
@@ -37,7 +37,8 @@ from tasks.registry import (
     find_version,
 )
 from tasks.results import StageResult
-from tasks.store import Storage, hf_dir, imported_sha256, tokenizer_store
+from tasks.store import hf_dir, imported_sha256, tokenizer_store
+from tasks.version import Trained, write_version
 from tasks.workspace import StageJob, Workspace
 
 
@@ -98,15 +99,16 @@ def _timed(view: driver.Parent | None, watch: StageWatch) -> driver.Parent | Non
 
 
 def _train(
-    job: StageJob, storage: Storage, view: driver.Parent | None, corpus: Corpus, watch: StageWatch, log
-) -> driver.StageRun:
+    job: StageJob, view: driver.Parent | None, corpus: Corpus, vocabulary: Vocabulary, watch: StageWatch, log
+) -> Trained:
     """The stage driver in this process (growing ``view``, the parent), or under torchrun for more than one
-    process (each rank builds its own view of the job's parent)."""
+    process (each rank builds its own view of the job's parent); either way the version directory is written
+    once, into ``job.output``: here, or by rank 0."""
     spec = job.spec
     with StageProgress(spec) as progress:
         on_step = watch.observe(progress)
         if spec.parallel.world_size == 1:
-            checkpoints = job.checkpoints(storage)
+            checkpoints = job.checkpoints(watch.storage)  # the stage's one storage client
             initial = (lambda: hf_dir.load_weights(spec.init)) if spec.init else None
             with watch.during("importing the pretrained directory" if spec.init else "loading and growing the parent"):
                 prepared = driver.prepare(spec, _timed(view, watch), checkpoints, initial)
@@ -114,18 +116,21 @@ def _train(
                 log.info("stage %d: resuming from checkpoint step %d of %d", spec.index, resume.step, spec.train.steps)
             with watch.during("training"):
                 hooks = Hooks(on_step=on_step)
-                return driver.train_prepared(spec, prepared, hooks=hooks, checkpoints=checkpoints, corpus=corpus)
+                run = driver.train_prepared(spec, prepared, hooks=hooks, checkpoints=checkpoints, corpus=corpus)
+            with watch.during("registering"):
+                return write_version(Path(job.output), run, vocabulary, spec, corpus)
         try:
             with watch.during("training under torchrun"):
-                run = launch(job, on_step, log)
+                trained = launch(job, on_step, log)
         except TorchrunFailed as e:
             raise (driver.StageRefused if e.user else driver.StageFailed)(str(e)) from None
-        resumed = f", resumed from checkpoint step {run.resumed_from}" if run.resumed_from is not None else ""
+        resumed_from = trained.resumed_from
+        resumed = f", resumed from checkpoint step {resumed_from}" if resumed_from is not None else ""
         p = spec.parallel
         log.info(
             "stage %d: trained by %d processes (%s) under torchrun%s", spec.index, p.world_size, p.strategy, resumed
         )
-        return run
+        return trained
 
 
 @task(name="run-stage", task_run_name="stage-{spec.index}-{spec.model.n_layers}L", persist_result=False)
@@ -161,24 +166,26 @@ def run_stage(
     origin = view.origin if view else driver.Origin()
     cache = Path(workspace.cache_dir)
     corpus = open_corpus(spec.data, spec.model.context, spec.seed, vocabulary, cache, origin=origin)
-    job = StageJob(
-        spec=spec,
-        parent=parent,
-        workspace=workspace,
-        key=key,
-        tokenizer_sha256=tokenizer_sha256,
-        imported_sha256=lookup.imported_sha256,
-    )
-    run = _train(job, storage, view, corpus, watch, log)
-    result = run.result
-    init, val = result.val_loss_init, result.val_loss
-    log.info("stage %d: val loss %.4f -> %.4f in %d steps", spec.index, init, val, result.steps)
-    ref = register_trained(Trained(job, run, watch, corpus, vocabulary))
+    with workspace.registry.staging() as directory:  # the version's directory: written once, registered as it is
+        job = StageJob(
+            spec=spec,
+            parent=parent,
+            workspace=workspace,
+            key=key,
+            tokenizer_sha256=tokenizer_sha256,
+            imported_sha256=lookup.imported_sha256,
+            output=str(directory),
+        )
+        trained = _train(job, view, corpus, vocabulary, watch, log)
+        result = trained.result
+        init, val = result.val_loss_init, result.val_loss
+        log.info("stage %d: val loss %.4f -> %.4f in %d steps", spec.index, init, val, result.steps)
+        ref = register_trained(job, trained, watch, corpus)
     log.info("stage %d registered as %s version %s", spec.index, ref.name, ref.version)
     offset, cursor = (parent.global_step, parent.data_cursor) if parent else (0, 0)
     done = StageResult(
         ref=ref,
-        params=num_params(run.model),
+        params=trained.version.params,
         steps=result.steps,
         val_loss_init=result.val_loss_init,
         val_loss=result.val_loss,
@@ -186,7 +193,7 @@ def run_stage(
         skipped=False,
         train_curve=shift(result.train_curve, offset),
         val_curve=shift(result.val_curve, offset),
-        resumed_from=run.resumed_from,
+        resumed_from=trained.resumed_from,
         tokens=(result.cursor - cursor) * spec.model.context,
         tokens_per_s=result.tokens_per_s,
         train_seconds=result.seconds - result.hook_seconds,

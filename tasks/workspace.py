@@ -2,7 +2,7 @@
 stage's work order in it.
 
     Workspace.resolve(workdir, storage) -> Workspace(registry, checkpoint_uri, cache_dir, max_attempts)
-    StageJob(spec, parent, workspace, key, tokenizer_sha256, imported_sha256)
+    StageJob(spec, parent, workspace, key, tokenizer_sha256, imported_sha256, output)
 
 What every task receives (a small, serialisable value), instead of URIs spread over arguments.
 """
@@ -67,6 +67,7 @@ class StageJob(BaseModel):
     key: str  # the stage key (tasks/config/identity.py)
     tokenizer_sha256: str | None = None  # the pipeline's tokenizer in storage (None: the byte vocabulary)
     imported_sha256: str | None = None  # an imported stage 1's weights, hashed once by the lookup
+    output: str  # the directory the trained version is written into, once (rank 0's under torchrun), and registered
 
     def checkpoints(self, storage: Storage) -> Checkpoints:
         """The stage's in-stage checkpoints on ``storage``: under its key, at its cadence."""

@@ -39,7 +39,7 @@ def one_run(strategy: str, steps: int, workdir: Path, log: logging.Logger) -> fl
     sets = [f"stages.0.steps={steps}", "stages.0.parallel.nproc=2", f"stages.0.parallel.strategy={strategy}"]
     spec = load_config(SMOKE, sets).stage_specs()[0]
     workspace = Workspace.resolve(workdir)
-    job = StageJob(spec=spec, parent=None, workspace=workspace, key=stage_key(spec, None))
+    job = StageJob(spec=spec, parent=None, workspace=workspace, key=stage_key(spec, None), output=str(workdir / "v"))
     start = time.perf_counter()
     launch(job, lambda info: None, log)
     return time.perf_counter() - start

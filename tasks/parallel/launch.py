@@ -1,8 +1,9 @@
 """Train one stage under torchrun (DDP or FSDP2), from the stage task's process.
 
-    launch(job, on_step, log) -> driver.StageRun (model, TrainResult, checkpoint step resumed from or None)
+    launch(job, on_step, log) -> Trained (TrainResult, checkpoint step resumed from or None, the written Version)
 
-The StageJob (stage spec, parent ModelRef, Workspace, stage key, tokenizer) goes as JSON into a temporary directory,
+The StageJob (stage spec, parent ModelRef, Workspace, stage key, tokenizer, output) goes as JSON into a
+temporary directory,
 then torchrun (``python -m tasks.parallel.rendezvous``: torch's c10d rendezvous, bound to its
 endpoint's address) runs ``nproc`` ranks of ``tasks.parallel.worker DIR`` on this node. One node: the
 endpoint is ``127.0.0.1:<free port>``. ``nnodes`` > 1: this node hosts the rendezvous on
@@ -12,7 +13,8 @@ with the same endpoint (on Kubernetes: the other pods of deploy/work-pools/kuber
 Each rank builds or resumes the model with the stage driver, exactly as the single-process path does
 (tasks/driver.py), and trains its slice of every global batch; checkpoints go to storage (rank 0's
 under DDP, every rank's shards under FSDP); rank 0 writes its progress to ``progress.json`` (polled
-here for the progress bar and the Prefect artifact) and at the end the weights, AdamW moments and
+here for the progress bar and the Prefect artifact); at the end it writes the registrable version directory
+into ``job.output`` once (tasks/version.py: the task registers it as it is, reloading nothing) and the
 TrainResult into DIR. Only the task process talks to the MLflow registry and to Prefect.
 """
 
@@ -29,12 +31,10 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from models.families.lookup import family_of
 from models.train.loop import TrainResult
 from models.train.plan import StepInfo
 from tasks.config import ParallelConfig
-from tasks.driver import StageRun
-from tasks.store import load_optimizer, load_state, save_model, save_optimizer
+from tasks.version import Trained, Version
 from tasks.workspace import StageJob
 
 JOB, PROGRESS, RESULT, LOG = "job.json", "progress.json", "result.json", "torchrun.log"
@@ -86,7 +86,7 @@ class TorchrunFailed(RuntimeError):
         self.user = user
 
 
-def launch(job: StageJob, on_step: Callable[[StepInfo], None], log) -> StageRun:
+def launch(job: StageJob, on_step: Callable[[StepInfo], None], log) -> Trained:
     parallel = job.spec.parallel
     with tempfile.TemporaryDirectory(prefix="staged-torchrun-") as tmp:
         job_dir = Path(tmp)
@@ -168,23 +168,19 @@ def _read_progress(job_dir: Path) -> StepInfo | None:
     return StepInfo(**json.loads(path.read_text())) if path.is_file() else None
 
 
-def save_outputs(job_dir: Path, run: StageRun) -> None:
-    """Rank 0, after the last step: weights + config, AdamW moments, and the rest of the TrainResult."""
-    result = run.result
-    save_model(run.model, job_dir)
-    save_optimizer(result.moments, job_dir)
+def save_outputs(job_dir: Path, trained: Trained) -> None:
+    """Rank 0, once the version is written (``job.output``): the TrainResult (its moments are in the version)
+    and what the version holds."""
+    result = trained.result
     meta = {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name != "moments"}
-    saved = {"result": meta, "resumed_from": run.resumed_from, "prepare_seconds": run.prepare_seconds}
+    saved = {"result": meta, "resumed_from": trained.resumed_from, "version": trained.version.model_dump(mode="json")}
     (job_dir / RESULT).write_text(json.dumps(saved))
 
 
-def load_outputs(job_dir: Path) -> StageRun:
-    cfg, state = load_state(job_dir, None)
-    family = family_of(cfg)
-    model = family.build(cfg)
-    family.load_weights(model, state)
+def load_outputs(job_dir: Path) -> Trained:
+    """The stage as rank 0 left it: nothing of the model is read back (its version is written)."""
     saved = json.loads((job_dir / RESULT).read_text())
     meta = saved["result"]
     curves = {k: [tuple(p) for p in meta[k]] for k in ("train_curve", "val_curve")}
-    result = TrainResult(**{**meta, **curves}, moments=load_optimizer(job_dir, None) or {})
-    return StageRun(model, result, saved["resumed_from"], saved["prepare_seconds"])
+    result = TrainResult(**{**meta, **curves}, moments={})
+    return Trained(result, saved["resumed_from"], Version.model_validate(saved["version"]))

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from models.data.corpus import open_corpus
 from models.errors import UserError
 from models.families.lookup import family_of
 from models.train.loop import resolve_device
@@ -34,6 +35,7 @@ from tasks import driver
 from tasks.parallel.launch import JOB, progress_writer, save_outputs
 from tasks.parallel.rendezvous import bound_store
 from tasks.store import CheckpointError, tokenizer_store
+from tasks.version import write_version
 from tasks.workspace import StageJob
 
 
@@ -83,22 +85,20 @@ def main(job_dir: Path) -> int:
         logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format=f"[rank {rank}] %(message)s")
         job = _job(job_dir)
         where = f"stage {job.spec.index}: "
-        ws, parent = job.workspace, job.parent
+        ws, spec = job.workspace, job.spec
         hooks = Hooks(on_step=progress_writer(job_dir))
         storage = ws.storage()  # one client for this rank: its checkpoints and the tokenizer
-        checkpoints = job.checkpoints(storage)
         vocabulary = tokenizer_store.get(storage, job.tokenizer_sha256)
-        run = driver.run(
-            job.spec,
-            ws.parent(parent) if parent else None,
-            hooks=hooks,
-            checkpoints=checkpoints,
-            vocabulary=vocabulary,
-            cache_dir=Path(ws.cache_dir),  # the stage task built the shards there before launching the ranks
+        parent = ws.parent(job.parent) if job.parent else None
+        origin = parent.origin if parent else None
+        # the stage task built the shards in the cache before launching the ranks
+        corpus = open_corpus(
+            spec.data, spec.model.context, spec.seed, vocabulary, ws.cache_dir, progress=False, origin=origin
         )
-        run = _gathered(run, job.spec)
-        if rank == 0:
-            save_outputs(job_dir, run)
+        run = driver.run(spec, parent, hooks=hooks, checkpoints=job.checkpoints(storage), corpus=corpus)
+        run = _gathered(run, spec)
+        if rank == 0:  # the registrable directory, written once, where the task registers it
+            save_outputs(job_dir, write_version(Path(job.output), run, vocabulary, spec, corpus))
     except Exception as e:
         traceback.print_exc()
         known = isinstance(e, (driver.StageFailed, CheckpointError))  # their messages are one line and name the stage

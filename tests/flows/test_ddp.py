@@ -78,16 +78,22 @@ def _weights(registry: Registry, version, dst: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.integration
-def test_stages_under_torchrun_match_a_single_process_run(single, workdir, tmp_path):
+def test_stages_under_torchrun_match_a_single_process_run(single, workdir, tmp_path, monkeypatch):
     """Stage 1 resumes under nproc=2 from a checkpoint an interrupted attempt left (step 4 of 6);
-    stage 2 grows and trains under nproc=2 from the start; stage 3 runs in the task process."""
+    stage 2 grows and trains under nproc=2 from the start; stage 3 runs in the task process.
+    A torchrun stage's version is written once, by rank 0: the task registers it without writing it."""
+    import tasks.version
+
     single_dir, single_results = single
     key = single_results[0].ref.stage_key  # nproc is not in the stage key
     shutil.copytree(single_dir / "checkpoints" / key / "step-00000004", workdir / "checkpoints" / key / "step-00000004")
     config = load_config(SMOKE, SHORT + ["stages.0.nproc=2", "stages.1.nproc=2"])
+    written, save = [], tasks.version.save_model
+    monkeypatch.setattr(tasks.version, "save_model", lambda model, *a, **k: written.append(1) or save(model, *a, **k))
     state = staged_training(config, str(workdir), return_state=True)
     results = state.result()
     assert [r.resumed_from for r in results] == [4, None, None]
+    assert len(written) == 1  # stage 3's, in this process; stages 1 and 2 were written by their rank 0
 
     registry, client, versions = _versions(workdir)
     single_store, _, single_versions = _versions(single_dir)

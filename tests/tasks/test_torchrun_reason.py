@@ -39,5 +39,5 @@ def test_a_killed_rank_is_named_even_when_a_peer_failed_first(tmp_path, root, ot
     for rank in wrote:
         (tmp_path / f"error-{rank}.txt").write_text(f"stage 1: rank {rank}: its own reason")
     spec = load_config(REPO_ROOT / "configs" / "smoke.yaml", ["stages.0.nproc=2"]).stage_specs()[0]
-    job = StageJob(spec=spec, parent=None, workspace=Workspace.resolve(tmp_path), key="k")
+    job = StageJob(spec=spec, parent=None, workspace=Workspace.resolve(tmp_path), key="k", output="v")
     assert _reason(job, tmp_path, _report(root, others), 1).removeprefix("stage 1: ").startswith(expected)
