@@ -31,7 +31,7 @@ from tasks.parallel import TorchrunFailed, launch
 from tasks.parallel.launch import ranks_env
 from tasks.workspace import StageJob, Workspace
 
-SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
 
 
 def one_run(strategy: str, steps: int, workdir: Path, log: logging.Logger) -> float:
