@@ -35,7 +35,7 @@ TIMED = [  # module:qualified name; where the flow, the stage, the gate and the 
     "tasks.stage:key_of",
     "tasks.registry.runs:PipelineRun.finish",
     "prefect.futures:PrefectConcurrentFuture.result",  # the flow waiting for its publications
-    "tasks.driver:open_corpus",
+    "models.data.corpus:open_corpus",
     "tasks.driver:prepare",
     "models.train.loop:train",
     "tasks.workspace:download_with_optimizer",
