@@ -119,13 +119,10 @@ def build(
     grown, and with ``optimizer.state: transfer`` the parent's AdamW moments grown by the same operator."""
     seed_everything(spec.seed)
     family = family_of(spec.model)
-    model = family.build(spec.model)
     if parent is None:
-        if initial is not None:
-            family.load_weights(model, initial())
-        return model, None
+        return (family.build(spec.model) if initial is None else family.from_state(spec.model, initial())), None
     parent_cfg, parent_state, parent_moments = parent.load()
-    family.load_weights(model, grow(spec.growth, parent_state, parent_cfg, spec.model))
+    model = family.from_state(spec.model, grow(spec.growth, parent_state, parent_cfg, spec.model))
     if spec.optimizer.state == "reset":
         return model, None
     if parent_moments is None:
@@ -151,9 +148,8 @@ def prepare(
     shards = shard(family.build(spec.model), device, bf16) if sharded(spec) else None
     found = checkpoint.latest(checkpoints.storage, checkpoints.key, into=shards) if checkpoints else None
     if found is not None:
-        model = shards if shards is not None else family.build(spec.model)
-        if found.weights is not None:
-            family.load_weights(model, found.weights)
+        # the checkpoint went into the shards, or comes back whole
+        model = shards if shards is not None else family.from_state(spec.model, found.weights)
         start = Start(seed=spec.seed + spec.index, resume=found.state)
     else:
         model, moments = build(spec, parent, initial)

@@ -2,6 +2,7 @@
 torchtitan's ModelSpec does. Every other module asks the family of a config or model; nobody tests a type.
 
     fam = family_of(cfg)                    # models/families/lookup.py: by ``cfg.arch`` (or a model's ``.cfg``)
+    fam.tiny(n_layers=3)                    # a config for tests and quick checks
     model = fam.build(cfg)                  # a fresh model; ``model.cfg`` is ``cfg``
     logits = fam.logits(model, idx)         # (B, T) token ids -> (B, T, V)
     fam.blocks(model)                       # the repeated blocks: growth's layer map, FSDP and checkpoint units
@@ -10,6 +11,7 @@ torchtitan's ModelSpec does. Every other module asks the family of a config or m
     fam.widen_config / widen / widen_moments                # width growth (function preserving)
     fam.num_params(cfg), fam.footprint(cfg, batch), fam.flops_per_token(cfg)   # sizes, nothing built
     fam.save(model, directory, tokenizer), fam.load(directory)                 # a version's directory
+    fam.from_state(cfg, state)              # the model holding a state dict: built on meta, tensors assigned
 
 The families (models/families/lookup.py): the byte GPT (models/families/gpt.py, ours) and the transformers decoders
 (``DecoderFamily`` in models/families/llama.py: Llama there, Qwen3 in qwen3.py, Qwen2 in qwen2.py).
@@ -18,7 +20,9 @@ A model's family is named by its config's ``arch``; a config class may serve sev
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import torch
@@ -29,6 +33,7 @@ from pydantic import BaseModel
 from models.families.size import Footprint
 
 StateDict = dict[str, torch.Tensor]
+WEIGHTS, INDEX = "model.safetensors", "model.safetensors.index.json"  # one file, or Hugging Face's shards + index
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ class Family:
 
     name: str  # the config's ``arch``
     config: type[BaseModel]  # its config class (frozen pydantic; fields n_layers, d_model, context, ...)
+    config_file: str  # the file of a version's directory that holds ``config`` as JSON
     layout: Layout
     fixed_vocab: int | None = None  # a vocabulary of the code (the byte GPT's 256 bytes): no tokenizer to train
     hf_model_type: str | None = None  # the Hugging Face ``model_type`` that ``stages.0.init`` can import
@@ -75,6 +81,10 @@ class Family:
     def vocab_size(self, cfg) -> int:
         return self.fixed_vocab if self.fixed_vocab is not None else cfg.vocab_size
 
+    def tiny(self, **fields):
+        """A config small enough for a test or a quick check (``fields`` override its values)."""
+        raise NotImplementedError
+
     def describe(self, cfg) -> str:
         """One sentence on the architecture for people (model cards), without the vocabulary."""
         raise NotImplementedError
@@ -84,9 +94,30 @@ class Family:
     def weights(self, model: nn.Module) -> StateDict:
         return model.state_dict()
 
-    def load_weights(self, model: nn.Module, state: StateDict) -> None:
-        """Load ``state`` strictly: every key, nothing extra."""
-        model.load_state_dict(state, strict=True)
+    def load_weights(self, model: nn.Module, state: StateDict, assign: bool = False) -> None:
+        """Load ``state`` strictly: every key, nothing extra (``assign``: its tensors become the parameters)."""
+        model.load_state_dict(state, strict=True, assign=assign)
+
+    def from_state(self, cfg, state: StateDict) -> nn.Module:
+        """The model of ``cfg`` holding ``state``'s tensors, which it takes over (a tensor two keys share is
+        copied). Built on the meta device, so nothing is allocated or initialised twice; the tensors are then
+        assigned (``load_state_dict(assign=True)``), cast to the model's dtypes; the buffers a model computes
+        rather than saves are the family's (:meth:`init_buffers`)."""
+        with torch.device("meta"):
+            model = self.build(cfg)
+        dtypes, seen, owned = {k: t.dtype for k, t in model.state_dict().items()}, set(), {}
+        for key, t in state.items():
+            t = t.to(dtypes[key]) if key in dtypes and t.is_floating_point() else t
+            owned[key] = t.clone() if t.untyped_storage().data_ptr() in seen else t
+            seen.add(t.untyped_storage().data_ptr())
+        self.load_weights(model, owned, assign=True)
+        self.init_buffers(model)
+        if left := [n for n, t in chain(model.named_parameters(), model.named_buffers()) if t.is_meta]:
+            raise RuntimeError(f"{self.name}: {', '.join(left[:3])} left on the meta device (init_buffers)")
+        return model
+
+    def init_buffers(self, model: nn.Module) -> None:
+        """Give a model built on the meta device the buffers it computes rather than saves (gates, RoPE tables)."""
 
     # ---- masked growth: a block's residual writes scaled by a gate --------------------------------
 
@@ -143,9 +174,13 @@ class Family:
         holds depth-muP's branch multiplier folded into its residual writers); by default, as they are."""
         return state
 
+    def read_config(self, directory: Path):
+        return self.config.model_validate_json((Path(directory) / self.config_file).read_text())
+
     def load(self, directory: Path) -> nn.Module:
         """The model saved in ``directory`` by :meth:`save`, in eval mode. The caller verified the directory."""
-        raise NotImplementedError
+        cfg = self.read_config(directory)
+        return self.from_state(cfg, self.unfold(cfg, read_weights(Path(directory)))).eval()
 
     # ---- units of sharding and of activation checkpointing ---------------------------------------------
 
@@ -156,6 +191,18 @@ class Family:
     def checkpoint_units(self, model: nn.Module) -> list[nn.Module]:
         """Activation checkpointing recomputes each of these in the backward pass."""
         return list(self.blocks(model))
+
+
+def read_weights(directory: Path) -> StateDict:
+    """A directory's safetensors: ``model.safetensors``, or every shard its index lists (Hugging Face's layout)."""
+    from safetensors.torch import load_file
+
+    if not (directory / INDEX).is_file():
+        return load_file(directory / WEIGHTS)
+    state: StateDict = {}
+    for name in sorted(set(json.loads((directory / INDEX).read_text())["weight_map"].values())):
+        state.update(load_file(directory / name))
+    return state
 
 
 def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

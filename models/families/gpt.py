@@ -171,6 +171,9 @@ class ByteGPT(Family):
     def build(self, cfg: GPTConfig) -> GPT:
         return GPT(cfg)
 
+    def tiny(self, **fields) -> GPTConfig:
+        return GPTConfig(**{"n_layers": 2, "d_model": 16, "n_heads": 2, "d_ff": 32, "context": 16, **fields})
+
     def describe(self, cfg: GPTConfig) -> str:
         return (
             f"Byte-level decoder-only transformer (models/families/gpt.py): {cfg.n_layers} layers, "
@@ -183,6 +186,10 @@ class ByteGPT(Family):
 
     def logits(self, net: nn.Module, idx: torch.Tensor) -> torch.Tensor:
         return net(idx)  # (B, T, 256)
+
+    def init_buffers(self, model: GPT) -> None:
+        for block in model.blocks:
+            block.gate = torch.ones((), device=block.ln1.weight.device)  # open: the block is plain
 
     def set_gate(self, model: GPT, j: int, value: float) -> None:
         model.blocks[j].gate.fill_(value)

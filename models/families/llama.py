@@ -96,6 +96,7 @@ class DecoderFamily(Family):
     qkv_bias: bool = False  # biases on the q, k and v projections (Qwen2)
     config = LlamaFamilyConfig
     layout = LAYOUT
+    config_file = hf_format.STAGED_CONFIG
     requires = ("transformers", "tokenizers")
 
     @property
@@ -147,6 +148,10 @@ class DecoderFamily(Family):
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         return model.model.layers
 
+    def tiny(self, **fields) -> LlamaFamilyConfig:
+        shape = {"n_layers": 2, "d_model": 16, "n_heads": 4, "n_kv_heads": 2, "d_ff": 32, "context": 16}
+        return LlamaFamilyConfig(**{"arch": self.name, **shape, "vocab_size": 64, **fields})
+
     def describe(self, cfg: LlamaFamilyConfig) -> str:
         extras = [what for what, has in (("q/k norms", self.qk_norm), ("q/k/v biases", self.qkv_bias)) if has]
         note = f" ({', '.join(extras)})" if extras else ""
@@ -175,17 +180,22 @@ class DecoderFamily(Family):
             state.pop(TIED_HEAD, None)
         return state
 
-    def load_weights(self, model: nn.Module, state: StateDict) -> None:
+    def load_weights(self, model: nn.Module, state: StateDict, assign: bool = False) -> None:
         """Strictly (every key, nothing extra); a tied head follows the embeddings."""
         if not model.cfg.tie_embeddings:
-            model.load_state_dict(state, strict=True)
+            model.load_state_dict(state, strict=True, assign=assign)
             return
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=assign)
         if unexpected or set(missing) - {TIED_HEAD}:
             raise RuntimeError(
                 f"state does not fit the model: missing {sorted(missing)}, unexpected {sorted(unexpected)}"
             )
         model.tie_weights()
+
+    def init_buffers(self, model: nn.Module) -> None:
+        """RoPE's frequencies, computed by transformers' own rotary module (its buffers are not saved)."""
+        with torch.device(model.model.embed_tokens.weight.device):
+            model.model.rotary_emb = type(model.model.rotary_emb)(config=model.config)
 
     # ---- masked growth -------------------------------------------------------------------------------
 

@@ -75,3 +75,8 @@ def read_config(directory: Path):
         if (Path(directory) / name).is_file():
             return parse_config((Path(directory) / name).read_text())
     raise FileNotFoundError(f"{directory} holds none of {', '.join(CONFIG_FILES)}")
+
+
+def load_dir(directory: Path) -> nn.Module:
+    """The model a version directory holds (any family), in eval mode; the caller verified the directory."""
+    return family_of(read_config(directory)).load(Path(directory))

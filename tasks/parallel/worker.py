@@ -66,10 +66,7 @@ def _gathered(run: driver.StageRun, spec) -> driver.StageRun:
     state = full_state(run.model)
     if dist.get_rank() != 0:
         return run
-    family = family_of(spec.model)
-    model = family.build(spec.model)
-    family.load_weights(model, state)
-    return dataclasses.replace(run, model=model)
+    return dataclasses.replace(run, model=family_of(spec.model).from_state(spec.model, state))
 
 
 def main(job_dir: Path) -> int:

@@ -17,11 +17,11 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from models.errors import UserError
-from models.families.lookup import family_of
+from models.families.lookup import load_dir
 from tasks.registry.client import ModelRef, Registry
 from tasks.registry.fetch import fetch
 from tasks.registry.schema import versions_filter
-from tasks.store import IntegrityError, load_state, load_tokenizer, redact
+from tasks.store import IntegrityError, load_tokenizer, redact
 
 _URI = re.compile(
     r"^models:/(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)(?:/(?P<version>\d+|latest)|@(?P<alias>[A-Za-z0-9_-]+))$"
@@ -104,13 +104,8 @@ def load_version(registry: Registry, ref: ModelRef) -> tuple[nn.Module, Tokenize
     """The project's own loader: download the version's directory, verify it against its manifest, rebuild the
     model (any family, eval mode) and its tokenizer (the byte vocabulary for the byte GPT)."""
     with tempfile.TemporaryDirectory(prefix="staged-use-") as tmp:
-        local, verified = fetch(registry, ref, Path(tmp))
-        cfg, state = load_state(local, ref.weights_sha256, verified)
-        tokenizer = load_tokenizer(local)
-    family = family_of(cfg)
-    model = family.build(cfg)
-    family.load_weights(model, state)
-    return model.eval(), tokenizer
+        local, _ = fetch(registry, ref, Path(tmp))  # every file checked against the version's manifest
+        return load_dir(local), load_tokenizer(local)
 
 
 def load_model(registry: Registry, mv: ModelVersion) -> nn.Module:

@@ -12,15 +12,13 @@ Output: float32 logits of shape (batch, T, vocab): exactly what the model return
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
-from models.families.lookup import family_of, read_config
+from models.families.lookup import family_of, load_dir
 
 HERE = Path(__file__).resolve().parent  # MLflow loads this file from the model directory itself
 
@@ -31,16 +29,8 @@ class StagedGPT(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True  # the signature is explicit (tasks/registry/pyfunc.py); no type-hint wrapping
 
     def load_context(self, context) -> None:
-        cfg = read_config(HERE)
-        self.family = family_of(cfg)
-        index = HERE / "model.safetensors.index.json"  # sharded weights (tasks/store/model_dir.py)
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else []
-        state = {}
-        for name in files or ["model.safetensors"]:
-            state.update(load_file(HERE / name))
-        self.model = self.family.build(cfg)
-        self.family.load_weights(self.model, self.family.unfold(cfg, state))
-        self.model.eval()
+        self.model = load_dir(HERE)  # one file or shards, as its family saved them
+        self.family = family_of(self.model)
 
     def predict(self, context, model_input, params=None) -> np.ndarray:
         ids = torch.as_tensor(np.asarray(model_input, dtype=np.int64))
