@@ -8,13 +8,14 @@ torchtitan's ModelSpec does. Every other module asks the family of a config or m
     fam.blocks(model)                       # the repeated blocks: growth's layer map, FSDP and checkpoint units
     fam.weights(model), fam.load_weights(model, state)     # the state dict growth and the stores see
     fam.set_gate(model, j, g), fam.fold_gates(model)        # masked growth
-    fam.widen_config / widen / widen_moments                # width growth (function preserving)
+    fam.widen_config / widen / widen_moments                # width growth (function preserving; the family's
+                                                            # rules, models/families/width.py's driver)
     fam.num_params(cfg), fam.footprint(cfg, batch), fam.flops_per_token(cfg)   # sizes, nothing built
     fam.save(model, directory, tokenizer), fam.load(directory)                 # a version's directory
     fam.from_state(cfg, state)              # the model holding a state dict: built on meta, tensors assigned
 
 The families (models/families/lookup.py): the byte GPT (models/families/gpt.py, ours) and the transformers decoders
-(``DecoderFamily`` in models/families/llama.py: Llama there, Qwen3 in qwen3.py, Qwen2 in qwen2.py).
+(``DecoderFamily`` in models/families/llama.py; its members Llama, Qwen3, Qwen2 in models/families/decoders.py).
 A model's family is named by its config's ``arch``; a config class may serve several families.
 """
 
@@ -30,10 +31,34 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import BaseModel
 
-from models.families.size import Footprint
+from models.families import width
 
 StateDict = dict[str, torch.Tensor]
+FLOAT32 = 4  # bytes
 WEIGHTS, INDEX = "model.safetensors", "model.safetensors.index.json"  # one file, or Hugging Face's shards + index
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Memory of one training step, from the config alone: no tensor is allocated, so a config that would not fit
+    is refused in microseconds instead of after minutes of allocation (or an out-of-memory kill)."""
+
+    params: int
+    weights: int  # bytes
+    grads: int
+    optimizer: int  # AdamW's two moments
+    activations: int  # kept for backward, one step
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.grads + self.optimizer + self.activations
+
+    @classmethod
+    def adamw(cls, params: int, activations: int) -> Footprint:
+        """Float32 throughout (an upper bound under bf16 autocast): weights, gradients and two AdamW moments are
+        4 + 4 + 8 bytes per parameter; ``activations``: the elements autograd keeps for one step's backward."""
+        p = FLOAT32 * params
+        return cls(params=params, weights=p, grads=p, optimizer=2 * p, activations=FLOAT32 * activations)
 
 
 @dataclass(frozen=True)
@@ -128,16 +153,29 @@ class Family:
         """Move every gate into the weights; the model is then plain (a no-op without gates below 1)."""
         raise NotImplementedError
 
-    # ---- width growth ------------------------------------------------------------------------------
+    # ---- width growth: the family's rules, one driver (models/families/width.py) -------------------
 
     def widen_config(self, cfg):
+        """The child config of a width stage."""
+        raise NotImplementedError
+
+    def check_width(self, parent, child) -> None:
+        """A WidthError (one line) unless ``child`` is ``widen_config(parent)``."""
+        raise NotImplementedError
+
+    def widen_tensor(self, key: str, t: torch.Tensor, moments: bool, noise_std: float, gen) -> torch.Tensor:
+        """One parent tensor -> the child's (a weight, or an AdamW moment when ``moments``)."""
+        raise NotImplementedError
+
+    def gradient_ratio(self, key: str) -> float:
+        """The child's gradient of a copied entry over the parent's (what the moments are scaled by)."""
         raise NotImplementedError
 
     def widen(self, state: StateDict, parent, child, noise: float = 0.0, seed: int = 0) -> StateDict:
-        raise NotImplementedError
+        return width.widen(self, state, parent, child, noise=noise, seed=seed)
 
     def widen_moments(self, moments: StateDict, parent, child, power: int) -> StateDict:
-        raise NotImplementedError
+        return width.widen_moments(self, moments, parent, child, power)
 
     # ---- sizes, from the config alone --------------------------------------------------------------
 

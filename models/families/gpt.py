@@ -1,6 +1,7 @@
 """A small decoder-only transformer over bytes, written to be read in one sitting.
 
-Reading order: attention -> MLP -> block -> config -> model -> the family object (what the pipeline asks).
+Reading order: attention -> MLP -> block -> config -> model -> the family object (what the pipeline asks: its
+width rules, sizes and version directory too).
 Every parameter of transformer block i lives under the key prefix ``blocks.<i>.``;
 embeddings, the final norm and the head live outside ``blocks.`` so that growth
 operators (models/growth.py) can treat a model as "a list of blocks plus the rest".
@@ -17,11 +18,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from models.families import size, width
+from models.families import width
 from models.families.depth_mup import DepthMup, branch_multiplier
-from models.families.family import Family, Layout, StateDict, token_loss
+from models.families.family import Family, Footprint, Layout, token_loss
 
 VOCAB_SIZE = 256  # bytes: no tokenizer to ship, download or version
+_DUP_COLUMNS = ("tok_emb.weight", "pos_emb.weight", "head.weight")  # (N, C) -> (N, 2C) in width growth
 
 
 class CausalSelfAttention(nn.Module):
@@ -153,8 +155,8 @@ class GPT(nn.Module):
 
 
 class ByteGPT(Family):
-    """The byte GPT as a family: its blocks at ``blocks.<i>.``, gates on each block, width growth in
-    models/families/width.py, and a version directory of its own (``config.json`` with this config,
+    """The byte GPT as a family: its blocks at ``blocks.<i>.``, gates on each block, its width rules (the driver:
+    models/families/width.py), its sizes, and a version directory of its own (``config.json`` with this config,
     ``model.safetensors``)."""
 
     name = "gpt"
@@ -198,23 +200,80 @@ class ByteGPT(Family):
         for block in model.blocks:
             block.fold_gate()
 
+    # ---- width growth (the driver: models/families/width.py) ------------------------------------------------
+    #   embeddings       E (V, C)   -> [E, E]                   (V, 2C)   rows written twice
+    #   LayerNorm        g, b (C)   -> [g; g], [b; b]           (2C)      mean/var of [x; x] = those of x
+    #   linear layers    W (n, m)   -> [[W, 0], [0, W]]         (2n, 2m)  two copies side by side
+    #   qkv              3 x (C, C) -> 3 x block-diagonal        (6C, 2C)  heads h and h + H are twins
+    #   final LayerNorm  g, b       -> [g; g] / 2, [b; b] / 2             the head sees [h/2; h/2] ...
+    #   head             H (V, C)   -> [H, H]                   (V, 2C)   ... and sums H h/2 + H h/2 = H h
+    # Heads double and head_dim stays, so attention scores (and their 1/sqrt(head_dim)) are unchanged. Every
+    # gradient halves (each copy of x carries half of dL/dx), except the final LayerNorm's: unchanged.
+
     def widen_config(self, cfg: GPTConfig) -> GPTConfig:
-        return width.widen_config(cfg)
+        """d_model, n_heads and d_ff doubled, the rest kept."""
+        return cfg.model_copy(update={"d_model": 2 * cfg.d_model, "n_heads": 2 * cfg.n_heads, "d_ff": 2 * cfg.d_ff})
 
-    def widen(self, state: StateDict, parent, child, noise: float = 0.0, seed: int = 0) -> StateDict:
-        return width.widen(state, parent, child, noise=noise, seed=seed)
+    def check_width(self, parent: GPTConfig, child: GPTConfig) -> None:
+        if child != (expected := self.widen_config(parent)):
+            raise width.WidthError(
+                "width growth doubles d_model, n_heads and d_ff and keeps the rest, "
+                f"but the child has {width.differences(child, expected)}"
+            )
 
-    def widen_moments(self, moments: StateDict, parent, child, power: int) -> StateDict:
-        return width.widen_moments(moments, parent, child, power)
+    def widen_tensor(
+        self, key: str, t: torch.Tensor, moments: bool, noise_std: float, gen: torch.Generator
+    ) -> torch.Tensor:
+        if key in _DUP_COLUMNS:
+            return torch.cat([t, t], dim=1)  # (N, 2C)
+        if key.endswith("attn.qkv.bias"):  # [q; k; v] -> [q; q; k; k; v; v]
+            return torch.cat([torch.cat([c, c]) for c in t.chunk(3)])  # (6C,)
+        if t.dim() == 1:
+            out = torch.cat([t, t])  # (2n,)
+            return out / 2 if key.startswith("ln_f.") and not moments else out  # the head sums two halves
+        if key.endswith("attn.qkv.weight"):  # 3 x (C, C) -> 3 x (2C, 2C) stacked: (6C, 2C)
+            return torch.cat([width.linear(c, moments, noise_std, gen) for c in t.chunk(3)])
+        return width.linear(t, moments, noise_std, gen)
+
+    def gradient_ratio(self, key: str) -> float:
+        return 1.0 if key.startswith("ln_f.") else 0.5
+
+    # ---- sizes, from the config alone ---------------------------------------------------------------------
 
     def num_params(self, cfg: GPTConfig) -> int:
-        return size.gpt_params(cfg, VOCAB_SIZE)
+        """Exactly ``GPT(cfg).num_params()``: embeddings, blocks, final norm and the untied head."""
+        C, F, V = cfg.d_model, cfg.d_ff, VOCAB_SIZE
+        block = (
+            2 * C  # ln1 (weight, bias)
+            + C * 3 * C
+            + 3 * C  # qkv
+            + C * C
+            + C  # attention out-projection
+            + 2 * C  # ln2
+            + C * F
+            + F  # fc
+            + F * C
+            + C  # mlp out-projection
+        )
+        return V * C + cfg.context * C + cfg.n_layers * block + 2 * C + C * V
 
     def matmul_params(self, cfg: GPTConfig) -> int:
-        return size.gpt_matmul_params(cfg, VOCAB_SIZE)
+        d, f = cfg.d_model, cfg.d_ff
+        per_block = 3 * d * d + d * d + 2 * d * f  # qkv, out-proj, mlp in and out
+        return cfg.n_layers * per_block + d * VOCAB_SIZE  # + the byte head
 
-    def footprint(self, cfg: GPTConfig, batch: int) -> size.Footprint:
-        return size.gpt_footprint(cfg, batch, VOCAB_SIZE)
+    def footprint(self, cfg: GPTConfig, batch: int) -> Footprint:
+        """Trained with AdamW on ``batch`` sequences of ``cfg.context`` bytes."""
+        B, T, C, F, H = batch, cfg.context, cfg.d_model, cfg.d_ff, cfg.n_heads
+        per_block = (
+            B * T * (10 * C + 2 * F)  # norms' in/out, q k v, attention out, residuals, fc and gelu outputs
+            + B * H * T * T  # attention weights, when SDPA takes the math kernel (dropout, some CPUs)
+        )
+        embeddings = 2 * B * T * C  # token + position sum, final norm
+        head = 3 * B * T * VOCAB_SIZE  # logits, their float32 softmax, its gradient
+        return Footprint.adamw(self.num_params(cfg), cfg.n_layers * per_block + embeddings + head)
+
+    # ---- a version's directory ---------------------------------------------------------------------------
 
     def save(self, model: GPT, directory: Path, tokenizer, max_shard_bytes: int) -> None:
         """``config.json`` + ``model.safetensors`` (sharded as Hugging Face does above ``max_shard_bytes``)."""

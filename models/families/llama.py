@@ -1,9 +1,9 @@
-"""The transformers decoders (Llama, Qwen3, Qwen2, ...): one family class, one small config. No copy of the
-model code lives here: the field's own library is the dependency.
+"""The transformers decoders (Llama, Qwen3, Qwen2, ...): one family class, one small config, their width rules,
+sizes and Hugging Face directory. No copy of the model code lives here: the field's own library is the dependency.
 
     LlamaFamilyConfig(arch="llama", n_layers=6, d_model=128, n_heads=4, n_kv_heads=2, d_ff=384, ...)
-    LLAMA = DecoderFamily("llama", "LlamaConfig", "LlamaForCausalLM", ...)      # here
-    QWEN3, QWEN2                                                                # qwen3.py, qwen2.py
+    class DecoderFamily(Family)                 # here: everything the members share
+    Llama, Qwen3, Qwen2: DECODERS               # models/families/decoders.py: a member and its quirks
 
 Every parameter of decoder layer i lives under ``model.layers.<i>.``, the embeddings under
 ``model.embed_tokens.``, the final RMSNorm under ``model.norm.`` and the head under ``lm_head.`` (absent
@@ -21,19 +21,28 @@ is built, so the byte GPT's path never pays for it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from tokenizers import Tokenizer
 
-from models.families import hf_format, size, width_llama
+from models.data import tokenizer as tokenizers
+from models.errors import UserError
+from models.families import width
 from models.families.depth_mup import DepthMup, branch_multiplier, scale_writers
-from models.families.family import Family, Layout, StateDict
+from models.families.family import Family, Footprint, Layout, StateDict
 
 TIED_HEAD = "lm_head.weight"  # dropped from state dicts when the embeddings are tied (as save_pretrained does)
+STAGED_CONFIG = "staged.json"  # the project's config beside transformers' config.json
+_DUP_COLUMNS = ("model.embed_tokens.weight", "lm_head.weight")  # (V, C) -> (V, 2C) in width growth
+_FINAL_NORM = "model.norm.weight"
+
+
+class UnsupportedHFConfig(UserError, ValueError):
+    """A Hugging Face config.json this project cannot train or grow; one line."""
 
 
 class LlamaFamilyConfig(BaseModel):
@@ -84,19 +93,17 @@ LAYOUT = Layout(
 )
 
 
-@dataclass(frozen=True)
 class DecoderFamily(Family):
-    """A ``transformers`` causal LM built from a LlamaFamilyConfig: its classes by name and what its layers add."""
+    """A ``transformers`` causal LM built from a LlamaFamilyConfig. A member (models/families/decoders.py) names
+    its classes and the config fields it fixes, and overrides what its layers add (its quirks)."""
 
-    name: str
     hf_config: str  # the transformers config class, e.g. "LlamaConfig"
     hf_model: str  # the transformers model class, e.g. "LlamaForCausalLM"
-    hf_extra: dict[str, Any] = field(default_factory=dict)  # config fields this member fixes (no sliding window...)
-    qk_norm: bool = False  # RMSNorm on queries and keys per head (Qwen3)
-    qkv_bias: bool = False  # biases on the q, k and v projections (Qwen2)
+    hf_extra: dict[str, Any] = {}  # config fields this member fixes (no sliding window, no biases...)
+    quirk = ""  # what its layers add, for people ("q/k norms")
     config = LlamaFamilyConfig
     layout = LAYOUT
-    config_file = hf_format.STAGED_CONFIG
+    config_file = STAGED_CONFIG
     requires = ("transformers", "tokenizers")
 
     @property
@@ -127,7 +134,34 @@ class DecoderFamily(Family):
 
     def from_hf(self, hf: dict[str, Any], context: int) -> LlamaFamilyConfig:
         """A ``config.json`` (as a dict) of this family -> its config, trained at ``context``."""
-        return hf_format.config_from_hf(self, hf, context)
+        rope = hf.get("rope_parameters") or {"rope_type": "default", "rope_theta": hf.get("rope_theta", 10000.0)}
+        if rope.get("rope_type", "default") != "default" or hf.get("rope_scaling"):
+            raise UnsupportedHFConfig(f"rope type {rope.get('rope_type')!r} is not supported (only the default RoPE)")
+        for flag in ("attention_bias", "mlp_bias"):
+            if hf.get(flag) and not self.hf_extra.get(flag, True):
+                raise UnsupportedHFConfig(f"{flag}: true is not supported for {self.name} (its layers have no biases)")
+        if hf.get("use_sliding_window"):
+            raise UnsupportedHFConfig("use_sliding_window: true is not supported (full attention only)")
+        if hf.get("hidden_act", "silu") != "silu":
+            raise UnsupportedHFConfig(f"hidden_act {hf['hidden_act']!r} is not supported (SwiGLU with silu only)")
+        try:
+            return LlamaFamilyConfig(
+                arch=self.name,
+                n_layers=hf["num_hidden_layers"],
+                d_model=hf["hidden_size"],
+                n_heads=hf["num_attention_heads"],
+                n_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+                d_ff=hf["intermediate_size"],
+                head_dim=hf.get("head_dim"),
+                context=context,
+                max_position_embeddings=hf["max_position_embeddings"],
+                rope_theta=rope.get("rope_theta", 10000.0),
+                rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+                tie_embeddings=hf.get("tie_word_embeddings", False),
+                vocab_size=hf["vocab_size"],
+            )
+        except KeyError as e:
+            raise UnsupportedHFConfig(f"config.json has no {e.args[0]!r}") from None
 
     # ---- the model ------------------------------------------------------------------------------------
 
@@ -153,8 +187,7 @@ class DecoderFamily(Family):
         return LlamaFamilyConfig(**{"arch": self.name, **shape, "vocab_size": 64, **fields})
 
     def describe(self, cfg: LlamaFamilyConfig) -> str:
-        extras = [what for what, has in (("q/k norms", self.qk_norm), ("q/k/v biases", self.qkv_bias)) if has]
-        note = f" ({', '.join(extras)})" if extras else ""
+        note = f" ({self.quirk})" if self.quirk else ""
         tied = ", tied embeddings" if cfg.tie_embeddings else ""
         return (
             f"transformers {self.hf_model}{note}: {cfg.n_layers} layers, "
@@ -226,32 +259,89 @@ class DecoderFamily(Family):
             del layer.gate_hooks
             del layer._buffers["gate"]
 
-    # ---- width growth (models/families/width_llama.py) ------------------------------------------------------------
+    # ---- width growth (the driver: models/families/width.py) ------------------------------------------------
+    #   embed_tokens     E (V, C)        -> [E, E]                 (V, 2C)    rows written twice
+    #   RMSNorm          g (C)           -> [g; g]                 (2C)       rms([x; x]) = rms(x): same output, twice
+    #   q/k/v_proj       W (h x hd, C)   -> [[W, 0], [0, W]]       heads h and h + H (kv: h and h + KV) are twins
+    #   o_proj           W (C, H x hd)   -> [[W, 0], [0, W]]       (2C, 2H x hd)
+    #   gate/up_proj     W (F, C)        -> [[W, 0], [0, W]]       SwiGLU is elementwise: [h; h]
+    #   down_proj        W (C, F)        -> [[W, 0], [0, W]]
+    #   a bias           b (n)           -> [b; b]                 with its projection's output rows (Qwen2's q/k/v)
+    #   final norm       g (C)           -> [g; g] / 2             the head sees [n/2; n/2] ...
+    #   lm_head          H (V, C)        -> [H, H]                 ... and sums H n/2 + H n/2 = H n
+    # The function is preserved exactly (float64 tests: <= 1e-10), with or without noise. Grouped queries stay
+    # grouped: child query head i < H uses kv head i // (H / KV) of the first copy, head H + i the same kv head of
+    # the second. RoPE is untouched because head_dim and rope_theta are kept (widening head_dim would change the
+    # rotation frequencies: never done). Tied embeddings work as they are: the head *is* [E, E], and the final
+    # norm's halving does what halving the head would. Every gradient halves but the final norm's (halved).
 
     def widen_config(self, cfg: LlamaFamilyConfig) -> LlamaFamilyConfig:
-        return width_llama.widen_config(cfg)
+        """d_model, n_heads, n_kv_heads and d_ff doubled, head_dim kept."""
+        doubled = {f: 2 * getattr(cfg, f) for f in ("d_model", "n_heads", "n_kv_heads", "d_ff")}
+        return cfg.model_copy(update={**doubled, "head_dim": cfg.resolved_head_dim})
 
-    def widen(self, state: StateDict, parent, child, noise: float = 0.0, seed: int = 0) -> StateDict:
-        return width_llama.widen(state, parent, child, noise=noise, seed=seed)
+    def check_width(self, parent: LlamaFamilyConfig, child: LlamaFamilyConfig) -> None:
+        child = child.model_copy(update={"head_dim": child.resolved_head_dim})
+        if child != (expected := self.widen_config(parent)):
+            raise width.WidthError(
+                "width growth doubles d_model, n_heads, n_kv_heads and d_ff and keeps the rest, "
+                f"but the child has {width.differences(child, expected)}"
+            )
 
-    def widen_moments(self, moments: StateDict, parent, child, power: int) -> StateDict:
-        return width_llama.widen_moments(moments, parent, child, power)
+    def widen_tensor(
+        self, key: str, t: torch.Tensor, moments: bool, noise_std: float, gen: torch.Generator
+    ) -> torch.Tensor:
+        if key in _DUP_COLUMNS:
+            return torch.cat([t, t], dim=1)  # (V, 2C)
+        if t.dim() == 1:
+            out = torch.cat([t, t])  # (2C,)
+            return out / 2 if key == _FINAL_NORM and not moments else out
+        return width.linear(t, moments, noise_std, gen)  # (2n, 2m)
 
-    # ---- sizes (models/families/size.py) ----------------------------------------------------------------------------
+    def gradient_ratio(self, key: str) -> float:
+        return 1.0 if key == _FINAL_NORM else 0.5
+
+    # ---- sizes, from the config alone (float32 throughout: an upper bound under bf16 autocast) --------------
 
     def num_params(self, cfg: LlamaFamilyConfig) -> int:
-        return size.decoder_params(cfg, qk_norm=self.qk_norm, qkv_bias=self.qkv_bias)
+        """Exactly the transformers model's distinct parameters: embeddings, layers, final RMSNorm, untied head.
+        A member whose layers hold more adds them."""
+        C, F, V = cfg.d_model, cfg.d_ff, cfg.vocab_size
+        q, kv = cfg.n_heads * cfg.resolved_head_dim, cfg.n_kv_heads * cfg.resolved_head_dim
+        layer = (
+            2 * C  # input_layernorm, post_attention_layernorm
+            + C * q  # q_proj
+            + 2 * C * kv  # k_proj, v_proj (grouped-query: n_kv_heads)
+            + q * C  # o_proj
+            + 3 * C * F  # gate_proj, up_proj, down_proj (SwiGLU)
+        )
+        return V * C + cfg.n_layers * layer + C + (0 if cfg.tie_embeddings else V * C)
 
     def matmul_params(self, cfg: LlamaFamilyConfig) -> int:
-        return size.decoder_matmul_params(cfg)
+        """The weights of every nn.Linear of the transformers model: q, k, v, o, SwiGLU's three, the head
+        (a tied head is still a matmul). Grouped-query attention: k and v are n_kv_heads wide."""
+        d, f, q, kv = cfg.d_model, cfg.d_ff, cfg.n_heads * cfg.resolved_head_dim, cfg.n_kv_heads * cfg.resolved_head_dim
+        per_layer = d * q + 2 * d * kv + q * d + 3 * d * f
+        return cfg.n_layers * per_layer + d * cfg.vocab_size
 
     def attention_width(self, cfg: LlamaFamilyConfig) -> int:
         return cfg.n_heads * cfg.resolved_head_dim  # every query head attends, whatever the key-value heads
 
-    def footprint(self, cfg: LlamaFamilyConfig, batch: int) -> size.Footprint:
-        return size.decoder_footprint(cfg, batch, self.num_params(cfg))
+    def footprint(self, cfg: LlamaFamilyConfig, batch: int) -> Footprint:
+        """Trained with AdamW on ``batch`` sequences of ``cfg.context`` tokens."""
+        B, T, C, F, H = batch, cfg.context, cfg.d_model, cfg.d_ff, cfg.n_heads
+        per_block = (
+            B * T * (6 * C + 3 * H * cfg.resolved_head_dim + 4 * F)  # norms, q k v (+ RoPE copies), out, SwiGLU's 3
+            + B * H * T * T  # attention weights, when SDPA takes the math kernel
+        )
+        head = 3 * B * T * cfg.vocab_size  # logits, their float32 softmax, its gradient
+        return Footprint.adamw(self.num_params(cfg), cfg.n_layers * per_block + 2 * B * T * C + head)
 
-    # ---- a version's directory: a Hugging Face model directory (models/families/hf_format.py) ------------------------
+    # ---- a version's directory: a Hugging Face model directory ----------------------------------------------
+    #   config.json, generation_config.json, model.safetensors   model.save_pretrained (transformers)
+    #   tokenizer.json, tokenizer_config.json                    PreTrainedTokenizerFast.save_pretrained
+    #   staged.json                                              the project's LlamaFamilyConfig (training context)
+    # ``AutoModelForCausalLM.from_pretrained(dir)`` and ``AutoTokenizer.from_pretrained(dir)`` load it offline.
 
     def save(self, model: nn.Module, directory: Path, tokenizer, max_shard_bytes: int) -> None:
         """A Hugging Face directory; depth-muP's multiplier folded into o_proj and down_proj for the write only (the
@@ -264,7 +354,7 @@ class DecoderFamily(Family):
             for w in writers:
                 w.mul_(m)
         try:
-            hf_format.save(model, directory, tokenizer, max_shard_bytes)
+            self._save_hf(model, directory, tokenizer, max_shard_bytes)
         finally:
             with torch.no_grad():
                 for w, k in zip(writers, kept):
@@ -274,6 +364,32 @@ class DecoderFamily(Family):
         """A saved directory's weights -> the ones this family trains: depth-muP's multiplier divided back out."""
         m = branch_multiplier(cfg.depth_mup, cfg.n_layers)
         return scale_writers(state, self.layout, 1 / m) if m != 1.0 else state
+
+    def _save_hf(self, model: nn.Module, directory: Path, tokenizer: Tokenizer | None, max_shard_bytes: int) -> None:
+        """Write ``model`` and its tokenizer as a HF directory, its weights sharded with an index above
+        ``max_shard_bytes``. ``tokenizer.json`` is rewritten with the tokenizer's canonical serialization after
+        save_pretrained (which adds an empty post-processor template), so that its sha256 is the tokenizer's
+        identity (models/data/tokenizer.py)."""
+        from transformers import GenerationConfig, PreTrainedTokenizerFast
+        from transformers.utils import logging as hf_logging
+
+        tok = tokenizer or tokenizers.byte_tokenizer()
+        eos = tokenizers.eos_id(tok)
+        # eos only: a pad_token_id in config.json would become the embedding's padding_idx (a row that never trains)
+        model.config.bos_token_id, model.config.eos_token_id, model.config.pad_token_id = None, eos, None
+        model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=eos)  # generate() pads with eos
+        shown = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # the stage's own progress bar is the one to watch
+        try:
+            model.save_pretrained(directory, max_shard_size=max_shard_bytes)
+        finally:
+            if shown:
+                hf_logging.enable_progress_bar()
+        special = {"eos_token": tokenizers.EOT, "pad_token": tokenizers.EOT} if eos is not None else {}
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=model.cfg.context, **special)
+        fast.save_pretrained(directory)
+        (directory / tokenizers.TOKENIZER_FILE).write_text(tok.to_str())
+        (directory / STAGED_CONFIG).write_text(model.cfg.model_dump_json(indent=2) + "\n")
 
 
 def _scale_attention(layer: nn.Module):
@@ -297,6 +413,3 @@ def _scale_mlp(layer: nn.Module):
         return out * layer.gate
 
     return hook
-
-
-LLAMA = DecoderFamily("llama", "LlamaConfig", "LlamaForCausalLM", {"attention_bias": False, "mlp_bias": False})

@@ -4,7 +4,8 @@
     ModelConfig                          any family's config, a pydantic union told apart by ``arch``
     read_config(directory)               the config a version directory was saved with
 
-A new family is one module in models/ that defines its Family object, and one entry in ``FAMILIES``.
+A new family is one module in models/families/ that defines its Family object, and one entry in ``FAMILIES``; a
+new transformers decoder is one class in models/families/decoders.py (``DECODERS``), and this list takes it.
 """
 
 from __future__ import annotations
@@ -17,13 +18,11 @@ from pydantic import Discriminator, Tag, TypeAdapter
 from torch import nn
 
 from models.errors import UserError
+from models.families.decoders import DECODERS
 from models.families.family import Family, unwrap
 from models.families.gpt import BYTE_GPT
-from models.families.llama import LLAMA
-from models.families.qwen2 import QWEN2
-from models.families.qwen3 import QWEN3
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (BYTE_GPT, LLAMA, QWEN3, QWEN2)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (BYTE_GPT, *DECODERS)}
 
 
 def _arch(value: Any) -> str:

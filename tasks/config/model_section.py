@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, create_mo
 
 from models.data import tokenizer as tokenizers
 from models.data.tokenizer import TokenizerConfig, TokenizerError
-from models.families.hf_format import UnsupportedHFConfig
+from models.families.llama import UnsupportedHFConfig
 from models.families.lookup import CONFIGS, FAMILIES, ModelConfig, config_tag, family_of
 from tasks.store import hf_dir
 

@@ -12,7 +12,7 @@ from flows.staged import retryable
 from models.data.bytes import CorpusError, UnreadableFile
 from models.data.tokenizer import TokenizerError
 from models.errors import UserError
-from models.families.hf_format import UnsupportedHFConfig
+from models.families.llama import UnsupportedHFConfig
 from models.families.lookup import UnknownFamily
 from models.families.width import WidthError
 from models.growth import GrowthError

@@ -1,24 +1,25 @@
-"""Growth of transformers' Llama, Qwen3 and Qwen2: layer maps over ``model.layers.<i>.`` (bitwise), function
-preservation through the transformers forward pass (float64, <= 1e-10),
+"""Growth of every transformers decoder in FAMILIES (Llama, Qwen3, Qwen2, ...): layer maps over
+``model.layers.<i>.`` (bitwise), function preservation through the transformers forward pass (float64, <= 1e-10),
 width with GQA and tied embeddings, gates, errors."""
 
 import pytest
 import torch
 
 from models.families.family import token_loss
-from models.families.llama import LLAMA, LlamaFamilyConfig
-from models.families.lookup import family_of
-from models.families.width_llama import widen_moments
+from models.families.llama import LlamaFamilyConfig
+from models.families.lookup import FAMILIES, family_of
 from models.growth import GrowthConfig, GrowthError, child_config, dry_run, grow, layer_map
 from models.growth_moments import grow_moments
 from models.train.plan import GateRamp
 
 torch.set_num_threads(1)
 
+DECODERS = [name for name, f in FAMILIES.items() if f.config is LlamaFamilyConfig]  # a new decoder is tested too
 CONFIGS = [
-    LlamaFamilyConfig(arch="llama", n_layers=3, d_model=16, n_heads=4, n_kv_heads=2, d_ff=24, context=8, vocab_size=40),
-    LlamaFamilyConfig(arch="qwen3", n_layers=3, d_model=16, n_heads=4, n_kv_heads=2, d_ff=24, context=8, vocab_size=40),
-    LlamaFamilyConfig(arch="qwen2", n_layers=3, d_model=16, n_heads=4, n_kv_heads=2, d_ff=24, context=8, vocab_size=40),
+    *(
+        LlamaFamilyConfig(arch=name, n_layers=3, d_model=16, n_heads=4, n_kv_heads=2, d_ff=24, context=8, vocab_size=40)
+        for name in DECODERS
+    ),
     LlamaFamilyConfig(
         arch="llama",
         n_layers=3,
@@ -32,7 +33,7 @@ CONFIGS = [
         rope_theta=500.0,
     ),
 ]
-IDS = ["llama-gqa", "qwen3-qknorm", "qwen2-qkv-bias", "llama-tied-mqa"]
+IDS = [*DECODERS, "llama-tied-mqa"]
 
 
 def parent64(cfg: LlamaFamilyConfig, seed: int = 0):
@@ -80,11 +81,8 @@ def _rmsnorm_in_float64(self, hidden_states):
 
 @pytest.fixture
 def float64_rmsnorm(monkeypatch):
-    from transformers.models.llama.modeling_llama import LlamaRMSNorm
-    from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
-    from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm
-
-    for cls in (LlamaRMSNorm, Qwen3RMSNorm, Qwen2RMSNorm):
+    norms = {type(m) for cfg in CONFIGS for m in family_of(cfg).build(cfg).modules() if "RMSNorm" in type(m).__name__}
+    for cls in norms:  # each decoder's own RMSNorm class (LlamaRMSNorm, Qwen3RMSNorm, ...)
         monkeypatch.setattr(cls, "forward", _rmsnorm_in_float64)
 
 
@@ -127,7 +125,7 @@ def test_width_moments_are_the_grown_models_gradients(cfg, float64_rmsnorm):
         model.zero_grad()
         token_loss(out(model, x[:, :-1]), x[:, 1:]).backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
-    mapped = widen_moments(grads[0], parent.cfg, child.cfg, power=1)
+    mapped = family_of(cfg).widen_moments(grads[0], parent.cfg, child.cfg, power=1)
     assert mapped.keys() == grads[1].keys()
     for name, grad in grads[1].items():
         placed = torch.ones_like(grad, dtype=torch.bool)
@@ -147,7 +145,7 @@ def test_layer_maps_are_bitwise_over_model_layers(cfg, operator):
     n_layers = 5 if operator == "middle" else 6
     child = grow(g, family_of(parent).weights(parent), cfg, child_config(g, cfg, n_layers))
     lmap = layer_map(g, 3, n_layers)
-    writers = LLAMA.layout.residual_writers
+    writers = family_of(cfg).layout.residual_writers
     assert ("lm_head.weight" in child) != cfg.tie_embeddings
     for key, value in child.items():
         if not key.startswith("model.layers."):
@@ -199,7 +197,7 @@ def test_masked_gates_fold_into_o_proj_and_down_proj():
     [
         (CONFIGS[0].model_copy(update={"n_layers": 7}), "multiple of 3"),
         (CONFIGS[0].model_copy(update={"n_layers": 6, "n_kv_heads": 4}), r"equal shapes, but n_kv_heads 2 -> 4"),
-        (CONFIGS[1].model_copy(update={"n_layers": 6}), "cannot grow a llama model into a qwen3 model"),
+        (CONFIGS[1].model_copy(update={"n_layers": 6}), f"cannot grow a llama model into a {CONFIGS[1].arch} model"),
         (CONFIGS[0].model_copy(update={"n_layers": 6, "vocab_size": 50}), "vocab_size 40 -> 50"),
     ],
 )

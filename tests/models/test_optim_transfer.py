@@ -4,8 +4,7 @@ step on the parent's inputs is the parent's step (float64)."""
 import pytest
 import torch
 
-from models.families.gpt import GPT, GPTConfig
-from models.families.width import widen_moments
+from models.families.gpt import BYTE_GPT, GPT, GPTConfig
 from models.growth import GrowthConfig, child_config, grow, layer_map
 from models.growth_moments import grow_moments
 from models.train.optim import MomentsMismatch, export_moments, load_moments, make_optimizer
@@ -144,8 +143,8 @@ def test_width_child_step_is_the_parent_step_entrywise():
     child, mapped = grown(GrowthConfig(operator="width"), parent, moments, 2)
     c = child_config(GrowthConfig(operator="width"), P, 2)
     d_child, d_parent = step(child, mapped, seed=7), step(parent, moments, seed=7)
-    placed = widen_moments(d_parent, P, c, power=0)  # the parent's update, laid out like the child
-    ones = widen_moments({n: torch.ones_like(d) for n, d in d_parent.items()}, P, c, power=0)
+    placed = BYTE_GPT.widen_moments(d_parent, P, c, power=0)  # the parent's update, laid out like the child
+    ones = BYTE_GPT.widen_moments({n: torch.ones_like(d) for n, d in d_parent.items()}, P, c, power=0)
     copied = {n: t != 0 for n, t in ones.items()}  # every entry but the off-diagonal blocks
     for n in copied:  # the key bias shifts every score of a query equally: its true gradient is 0 and
         if n.endswith("attn.qkv.bias"):  # its moments are round-off (~1e-21), which Adam blows up to O(lr)

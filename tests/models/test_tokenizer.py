@@ -85,7 +85,10 @@ def test_a_local_file_or_directory_loads_and_save_pretrained_gives_an_autotokeni
     assert tokenizers.sha256(tokenizers.load(tmp_path)) == sha
     assert tokenizers.sha256(tokenizers.load(tmp_path / "tokenizer.json")) == sha
     # a version directory: PreTrainedTokenizerFast.save_pretrained, tokenizer.json kept canonical
-    from models.families.llama import LLAMA, LlamaFamilyConfig
+    from models.families.llama import LlamaFamilyConfig
+    from models.families.lookup import FAMILIES
+
+    LLAMA = FAMILIES["llama"]
 
     model = LLAMA.build(
         LlamaFamilyConfig(

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from models.families.gpt import GPT, GPTConfig
-from models.families.width import widen_config, widen_moments
+from models.families.gpt import BYTE_GPT, GPT, GPTConfig
 from models.growth import GrowthConfig, child_config, grow
 
 torch.set_num_threads(1)  # tiny models: OpenMP threads only spin against each other on shared cores
+widen_config, widen_moments = BYTE_GPT.widen_config, BYTE_GPT.widen_moments
 
 P = GPTConfig(n_layers=2, d_model=16, n_heads=2, d_ff=32, context=8)
 
