@@ -1,4 +1,4 @@
-"""The GPU check, one command, under 8 minutes on one GPU: every model family (gpt, llama, qwen3, qwen2) through
+"""The GPU check, one command, under 8 minutes on one GPU: every model family (FAMILIES: gpt, llama, ...) through
 one grown stage (4 -> 8 layers, d_model 768, context 1024) in float32 and with bf16 + torch.compile + activation
 checkpointing + micro batches (bench/gpu/families.py): loss parity, tokens/s, MFU and peak memory, as one JSON.
 
@@ -29,6 +29,7 @@ from bench.gpu.families import GPU_SIZE, TINY_SIZE, check_family
 from bench.overhead.efficiency import throughput_and_mfu
 from bench.suite.presets import PRESETS
 from bench.suite.runner import open_corpora
+from models.families.lookup import FAMILIES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="allow CPU: a test of this script (default preset tiny)")
     parser.add_argument("--ratio", action="store_true", help="train() against the bare loop instead of the families")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="--ratio: the model of this preset (default: gpu)")
-    parser.add_argument("--families", default="gpt,llama,qwen3,qwen2", help="comma-separated (default: all four)")
+    parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated (default: every family)")
     parser.add_argument("--no-compile", action="store_true", help="the recipe without torch.compile")
     parser.add_argument("--out", help="also write the figures as JSON here")
     args = parser.parse_args(argv)

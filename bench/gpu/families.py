@@ -4,7 +4,7 @@ tokens/s, MFU and peak memory. What bench/gpu/check.py prints; trains through mo
 
     figures = check_family("llama", size=GPU_SIZE, device="cuda", compile=True)
 
-Every family reads the byte stream (vocabulary 256): no tokenizer to train, the same data for all four.
+Every family reads the byte stream (vocabulary 256): no tokenizer to train, the same data for all.
 """
 
 from __future__ import annotations
@@ -44,10 +44,11 @@ PARITY = 0.03  # relative: |val loss bf16 recipe - fp32| / fp32 on the same batc
 
 
 def config(family: str, size: Size, n_layers: int):
+    """The family's model at ``size``: grouped-query attention where it has key-value heads, the byte vocabulary."""
     common = dict(n_layers=n_layers, d_model=size.d_model, n_heads=size.n_heads, d_ff=size.d_ff, context=size.context)
-    if family == "gpt":
-        return FAMILIES[family].config(**common)
-    return FAMILIES[family].config(arch=family, n_kv_heads=size.n_heads // 2, vocab_size=256, **common)
+    extra = {"n_kv_heads": size.n_heads // 2, "vocab_size": 256}
+    fields = FAMILIES[family].config.model_fields
+    return FAMILIES[family].tiny(**common, **{k: v for k, v in extra.items() if k in fields})
 
 
 def _train_cfg(size: Size, steps: int, device: str, **keys) -> TrainConfig:

@@ -5,10 +5,11 @@
     PYTHONPATH=. python bench/scripts/growth.py --arch llama --layers 12   # grown into a 24-layer, hidden 1024 one
 
 Depth operators grow the parent to twice its depth (middle: 1.5x); width doubles the widths (4x the
-parameters; for the Llama only with --width, it needs ~8 GB). The number printed is the best of a few
-runs, growth only (no model construction, no I/O). Growth is memory bound, so it runs on one thread (set
-OMP_NUM_THREADS for more): on shared cores, idle OpenMP threads spin against other jobs and make every
-operator several times slower. The Llama's Adam moments are timed with --moments (2x the memory again).
+parameters; for a parent of 100M parameters or more, such as the Llama, only with --width: ~8 GB). The
+number printed is the best of a few runs, growth only (no model construction, no I/O). Growth is memory
+bound, so it runs on one thread (set OMP_NUM_THREADS for more): on shared cores, idle OpenMP threads spin
+against other jobs and make every operator several times slower. A large parent's Adam moments are timed
+with --moments (2x the memory again).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ PARENTS = {
     ),
 }
 
+SMALL = 100_000_000  # parameters: below, width (4x) and the moments (2x) fit in a few GB and are timed by default
+
 
 def best_of(fn, repeats: int = 3) -> float:
     times = []
@@ -56,15 +59,15 @@ def random_state(cfg) -> dict[str, torch.Tensor]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--arch", choices=sorted(PARENTS), default="gpt")
-    parser.add_argument("--width", action="store_true", help="llama: also time width growth (4x the parameters)")
-    parser.add_argument("--moments", action="store_true", help="llama: also time the Adam moments")
+    parser.add_argument("--width", action="store_true", help="a large parent: also time width (4x the parameters)")
+    parser.add_argument("--moments", action="store_true", help="a large parent: also time the Adam moments")
     parser.add_argument("--layers", type=int, help="the parent's depth (default: 12 for gpt, 24 for llama)")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))  # memory bound: one thread, unless told
     torch.manual_seed(0)
     parent = PARENTS[args.arch]
     parent = parent.model_copy(update={"n_layers": args.layers}) if args.layers else parent
-    gpt = args.arch == "gpt"
+    small = family_of(parent).num_params(parent) < SMALL  # width and moments timed without asking
     state = random_state(parent)
     n = sum(v.numel() for v in state.values())
     print(
@@ -72,11 +75,13 @@ def main() -> None:
         f"({4 * n / 2**30:.2f} GiB), {torch.get_num_threads()} threads"
     )
     moments = None
-    if gpt or args.moments:
+    if small or args.moments:
         moments = {f"{m}.{k}": torch.rand_like(v) for k, v in state.items() for m in ("exp_avg", "exp_avg_sq")}
         moments["step"] = torch.tensor(1000.0)
-    ops = ["stack", "interleave", "middle", "identity", "masked"] + (["width"] if gpt or args.width else [])
-    configs = [GrowthConfig(operator=op) for op in ops] + ([GrowthConfig(operator="width", noise=0.01)] if gpt else [])
+    ops = ["stack", "interleave", "middle", "identity", "masked"] + (["width"] if small or args.width else [])
+    configs = [GrowthConfig(operator=op) for op in ops] + (
+        [GrowthConfig(operator="width", noise=0.01)] if small else []
+    )
     for g in configs:
         depth = parent.n_layers * 3 // 2 if g.operator == "middle" else 2 * parent.n_layers
         child = child_config(g, parent, parent.n_layers if g.operator == "width" else depth)

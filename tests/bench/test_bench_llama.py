@@ -14,7 +14,7 @@ from bench.suite.schedules import FIELD
 from bench.suite.spec import Preset, budget, n_params, train_flops_per_token
 from models.families.family import num_params
 from models.families.llama import LlamaFamilyConfig
-from models.families.lookup import family_of
+from models.families.lookup import FAMILIES, family_of
 
 CONFIGS = {
     "gqa": LlamaFamilyConfig(arch="llama", n_layers=3, d_model=16, n_heads=4, n_kv_heads=2, d_ff=40, vocab_size=300),
@@ -22,8 +22,7 @@ CONFIGS = {
     "tied": LlamaFamilyConfig(
         arch="llama", n_layers=2, d_model=8, n_heads=2, n_kv_heads=2, d_ff=16, tie_embeddings=True
     ),
-    "qwen3": LlamaFamilyConfig(arch="qwen3", n_layers=2, d_model=16, n_heads=4, n_kv_heads=1, d_ff=32, vocab_size=260),
-    "qwen2": LlamaFamilyConfig(arch="qwen2", n_layers=2, d_model=16, n_heads=4, n_kv_heads=2, d_ff=32, vocab_size=270),
+    **{name: f.tiny(vocab_size=260) for name, f in FAMILIES.items() if f.config is LlamaFamilyConfig},  # every decoder
 }
 
 

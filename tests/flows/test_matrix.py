@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from flows.staged import staged_training
+from models.families.lookup import FAMILIES
 from tasks.config import PipelineConfig
 from tasks.registry import Registry
 
@@ -29,11 +30,9 @@ from tasks.registry import Registry
 # slice, an un-averaged gradient, a parameter left out of the sharding) moves weights by ~lr = 3e-3 per step.
 ATOL = 1e-3
 WIDTHS = {"d_model": 16, "n_heads": 2, "d_ff": 32, "context": 16}
-MODELS = {
-    "gpt": {"arch": "gpt", **WIDTHS},
-    "llama": {"arch": "llama", "n_kv_heads": 1, **WIDTHS},
-    "qwen3": {"arch": "qwen3", "n_kv_heads": 1, **WIDTHS},
-    "qwen2": {"arch": "qwen2", "n_kv_heads": 1, **WIDTHS},
+MODELS = {  # every family, grouped-query attention where it has key-value heads
+    name: {"arch": name, **WIDTHS, **({"n_kv_heads": 1} if "n_kv_heads" in f.config.model_fields else {})}
+    for name, f in FAMILIES.items()
 }
 # the interpose stage also freezes the parent's blocks and the final norm and head but trains the embeddings: under
 # FSDP2 the root unit (embeddings, final norm, head) holds trained and frozen parameters at once

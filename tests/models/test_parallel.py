@@ -10,6 +10,7 @@ from models.families.llama import LlamaFamilyConfig
 from models.families.lookup import family_of
 from models.train import parallel
 from models.train.optim import MomentsMismatch, make_optimizer
+from tests.families import TINY
 
 CFG = GPTConfig(n_layers=2, d_model=16, n_heads=2, d_ff=32, context=8)
 
@@ -24,7 +25,7 @@ def group():
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("cfg", [CFG, QWEN2])
+@pytest.mark.parametrize("cfg", TINY.values(), ids=TINY)
 def test_the_units_are_the_familys_blocks(cfg):
     family = family_of(cfg)
     model = family.build(cfg)

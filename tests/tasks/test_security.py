@@ -19,10 +19,10 @@ from repo import REPO_ROOT
 from deploy.check_secrets import problems
 from models.families.family import num_params
 from models.families.gpt import BYTE_GPT, GPTConfig
-from models.families.llama import LlamaFamilyConfig
 from models.families.lookup import family_of
 from tasks.config import ConfigError, load_config
 from tasks.store import IntegrityError, redact, verify_manifest, write_manifest
+from tests.families import TIED, TINY
 
 ROOT = REPO_ROOT
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -89,11 +89,7 @@ def test_the_cli_refuses_a_cap_with_exit_2_and_one_line(tmp_path):
 @pytest.mark.parametrize(
     "cfg",
     [GPTConfig(n_layers=1, d_model=8, n_heads=2, d_ff=16, context=4), GPTConfig(), GPTConfig(n_layers=12, context=64)]
-    + [
-        LlamaFamilyConfig(arch=arch, n_layers=2, d_model=16, n_heads=4, n_kv_heads=2, d_ff=24, tie_embeddings=tied)
-        for arch in ("llama", "qwen3", "qwen2")
-        for tied in (False, True)
-    ],
+    + [*TINY.values(), *TIED.values()],
 )
 def test_the_parameter_count_is_exact(cfg):
     family = family_of(cfg)
