@@ -12,7 +12,7 @@ for the transformers decoders. What happens to the new copies is the operator:
     identity    (layout: interleave|stack|middle, or a map)   new blocks' out-projections zeroed
     masked      (Yao et al. 2023, MSG)       new blocks gated 0 -> 1 while training
     width       (Shen et al. 2022)           d_model/n_heads/d_ff doubled (the family's widen:
-                                             models/families/width.py, width_llama.py with n_kv_heads doubled too)
+                                             its rules in gpt.py, llama.py with n_kv_heads doubled too)
 
 The map comes from the operator's layout, or from one of ``layers: [...]`` (explicit), ``solar: {drop}``,
 ``every: P`` or ``interpose: {skip_first, skip_last}`` (recipes); ``new: [...]`` overrides which copies are new.

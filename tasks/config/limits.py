@@ -1,7 +1,7 @@
 """Upper bounds on what a config may ask of this machine, checked before anything is built.
 
     check_shapes(stages, model, limits)   # layers, context, width: cheap, before the stages resolve
-    check_fit(specs, limits)              # processes and the analytic memory estimate (models/families/size.py)
+    check_fit(specs, limits)              # processes and the analytic memory estimate (the family's footprint)
 
 A deployment makes every config remotely triggerable, so a config that would hang validation
 (``n_layers: 1000000``), allocate for minutes before failing (a huge ``context`` or ``d_model``), spawn

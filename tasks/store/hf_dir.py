@@ -1,8 +1,8 @@
 """Importing a local Hugging Face model directory (``stages.0.init.from_pretrained``): safetensors only.
 
-What a decoder version's directory holds is its family's (models/families/hf_format.py). Importing reads
-safetensors only: a directory whose weights are pickle files (``*.bin``, ``*.pt``, ...) is refused, never
-unpickled.
+What a decoder version's directory holds is its family's (``DecoderFamily.save``, models/families/llama.py).
+Importing reads safetensors only: a directory whose weights are pickle files (``*.bin``, ``*.pt``, ...) is
+refused, never unpickled.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Which files a model directory holds is its family's (``Family.save``: the byte GPT's ``config.json`` +
 ``model.safetensors``; a transformers decoder's Hugging Face directory with its tokenizer,
-models/families/hf_format.py).
+models/families/llama.py).
 :func:`save_model` writes any of them, :func:`load_state` and :func:`load_tokenizer` read any of them: the one way
 in each direction.
 The optimizer file holds the AdamW moments by parameter name (models/train/optim.py), for stages that
