@@ -1,6 +1,6 @@
 """The transformers decoders, one class each: its transformers classes, the config fields it fixes, and what its
 layers add to a Llama layer (its quirks) as overrides of DecoderFamily (models/families/llama.py). The lookup
-(models/families/lookup.py) takes every family in ``DECODERS``: a new decoder is a class here and its entry there.
+(models/families/lookup.py) takes every family in ``DECODERS``: a new decoder is a class here and its entry in it.
 
 What a quirk means for growth: depth operators copy a layer's extra tensors with their layer; identity zeroes only
 the residual writers (``o_proj``, ``down_proj``: bias-free in every member), so a new layer is still x -> x; width
