@@ -67,3 +67,24 @@ def test_a_tied_head_is_the_embedding_after_loading(tmp_path, name):
     loaded = load_dir(tmp_path)
     head, embedding = loaded.get_output_embeddings().weight, loaded.get_input_embeddings().weight
     assert head is embedding and torch.equal(_logits(family, model, cfg), _logits(family, loaded, cfg))
+
+
+@pytest.mark.parametrize("name", [n for n, f in FAMILIES.items() if f.hf_model_type])
+def test_a_decoder_directory_round_trips_through_transformers(tmp_path, name):
+    """What the pipeline registers loads in transformers' Auto classes with the same logits, and its config.json
+    imports back (``stages.0.init``) as the same model config."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    family = FAMILIES[name]
+    cfg = family.tiny()
+    model = family.build(cfg).eval()
+    save_model(model, tmp_path)
+    auto = AutoModelForCausalLM.from_pretrained(tmp_path, local_files_only=True).eval()
+    assert type(auto) is type(model)
+    assert torch.equal(_logits(family, model, cfg), _logits(family, auto, cfg))
+    hf = json.loads((tmp_path / "config.json").read_text())
+    assert hf["model_type"] == family.hf_model_type
+    saved = {"max_position_embeddings": cfg.context, "head_dim": cfg.resolved_head_dim}  # as transformers has them
+    assert family.from_hf(hf, context=cfg.context) == cfg.model_copy(update=saved)
