@@ -9,9 +9,11 @@ growth doubles a 1-D tensor like its projection's output rows unless the member 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from models.families.llama import DecoderFamily, LlamaFamilyConfig
+from models.families.llama import DecoderFamily, LlamaFamilyConfig, UnsupportedHFConfig
 
 
 class Llama(DecoderFamily):
@@ -56,4 +58,17 @@ class Qwen2(DecoderFamily):
         return super().num_params(cfg) + cfg.n_layers * (q + 2 * kv)
 
 
-DECODERS: tuple[DecoderFamily, ...] = (Llama(), Qwen3(), Qwen2())
+class Mistral(DecoderFamily):
+    """``transformers.MistralForCausalLM`` with full attention (``sliding_window: None``): then a Llama layer, key
+    for key, so growth needs nothing of its own. A config.json with a sliding window is refused at import."""
+
+    name, hf_config, hf_model = "mistral", "MistralConfig", "MistralForCausalLM"
+    hf_extra = {"sliding_window": None}
+
+    def from_hf(self, hf: dict[str, Any], context: int) -> LlamaFamilyConfig:
+        if hf.get("sliding_window") is not None:
+            raise UnsupportedHFConfig(f"sliding_window {hf['sliding_window']} is not supported (full attention only)")
+        return super().from_hf(hf, context)
+
+
+DECODERS: tuple[DecoderFamily, ...] = (Llama(), Qwen3(), Qwen2(), Mistral())
