@@ -1,1 +1,2 @@
-"""The model families: the interface (family.py), the lookup by ``arch`` (lookup.py), one module per family."""
+"""The model families: the interface (family.py), the lookup by ``arch`` (lookup.py), one width driver (width.py), the
+byte GPT (gpt.py), the transformers decoders (llama.py) and their members (decoders.py)."""
