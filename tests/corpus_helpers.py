@@ -59,3 +59,30 @@ def write_text_files(folder: Path, texts: list[str]) -> Path:
     for i, text in enumerate(texts):
         (folder / f"doc{i:03d}.txt").write_text(text, encoding="utf-8")
     return folder
+
+
+def pretrained_llama(directory: Path, layers: int, tied: bool) -> Path:
+    """A random small Llama (hidden 32, 4 heads, 2 key-value heads) with a 300-token BPE, saved the way any Hugging
+    Face model directory is: what the import tests grow."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from models.data import tokenizer as tokenizers
+    from models.data.bytes import ByteCorpus, DataConfig
+
+    text = ByteCorpus(DataConfig(max_bytes=200_000), 32, 0).train.numpy().tobytes()
+    tok = tokenizers.train_bpe(text, tokenizers.TrainTokenizer(vocab_size=300))
+    torch.manual_seed(1)
+    config = LlamaConfig(
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=tied,
+    )
+    LlamaForCausalLM(config).save_pretrained(directory)
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=tokenizers.EOT).save_pretrained(directory)
+    return directory

@@ -9,12 +9,12 @@ import mlflow
 import numpy as np
 import pytest
 import torch
+from corpus_helpers import pretrained_llama
 from repo import REPO_ROOT
 
 from flows.cli.main import main
 from flows.staged import staged_training
 from models.data import tokenizer as tokenizers
-from models.data.bytes import ByteCorpus, DataConfig
 from tasks.config import load_config
 from tasks.registry import Registry, load_pyfunc
 from tasks.registry.schema import IMPORTED, ImportTags, VersionTags
@@ -181,30 +181,8 @@ def test_the_qwen2_demo_grows_in_depth_then_width_and_loads_in_transformers(pref
     np.testing.assert_allclose(pyfunc.predict(ids), expected, rtol=1e-5, atol=1e-5)
 
 
-def _pretrained(directory: Path) -> Path:
-    """A random small Llama with a BPE, saved the way any Hugging Face model directory is."""
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    text = ByteCorpus(DataConfig(max_bytes=200_000), 32, 0).train.numpy().tobytes()
-    tok = tokenizers.train_bpe(text, tokenizers.TrainTokenizer(vocab_size=300))
-    torch.manual_seed(1)
-    config = LlamaConfig(
-        vocab_size=300,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-    )
-    LlamaForCausalLM(config).save_pretrained(directory)
-    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=tokenizers.EOT).save_pretrained(directory)
-    return directory
-
-
 def test_an_imported_directory_is_version_1_and_grows_12_to_24_style(prefect_harness, tmp_path, monkeypatch):
-    source = _pretrained(tmp_path / "pretrained")
+    source = pretrained_llama(tmp_path / "pretrained", 4, tied=True)
     hashed = []  # the imported weights are read for their sha256 once: by the lookup, for the key and the tag
     real = model_dir.sha256_file
     monkeypatch.setattr(model_dir, "sha256_file", lambda path: hashed.append(Path(path).resolve().parent) or real(path))

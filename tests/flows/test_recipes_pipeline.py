@@ -8,12 +8,11 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from corpus_helpers import pretrained_llama
 from repo import REPO_ROOT
 from safetensors.torch import load_file
 
 from flows.staged import staged_training
-from models.data import tokenizer as tokenizers
-from models.data.bytes import ByteCorpus, DataConfig
 from tasks.config import load_config
 from tasks.registry import Registry
 from tasks.registry.schema import VersionTags
@@ -23,31 +22,9 @@ TOY = ["model.context=32", "data.max_bytes=200000", "train.batch_size=4", "train
 TOY += ["train.eval_batches=2", "gate.eval_batches=2", "gate.batch_size=4", "checkpoint.every=0"]
 
 
-def _pretrained(directory: Path, tied: bool) -> Path:
-    """A random 8-layer Llama with a BPE, saved the way any Hugging Face model directory is."""
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    text = ByteCorpus(DataConfig(max_bytes=200_000), 32, 0).train.numpy().tobytes()
-    tok = tokenizers.train_bpe(text, tokenizers.TrainTokenizer(vocab_size=300))
-    torch.manual_seed(1)
-    config = LlamaConfig(
-        vocab_size=300,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=8,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=tied,
-    )
-    LlamaForCausalLM(config).save_pretrained(directory)
-    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=tokenizers.EOT).save_pretrained(directory)
-    return directory
-
-
 def _run(tmp_path: Path, config: str, tied: bool):
     """The config through the flow; returns (results, tags of version 2, its downloaded directory, the card)."""
-    source = _pretrained(tmp_path / "pretrained", tied)
+    source = pretrained_llama(tmp_path / "pretrained", 8, tied)
     workdir = tmp_path / "work"
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
