@@ -170,14 +170,18 @@ def _embedded_defaults(workdir: Path) -> None:
 
 
 def _print_summary(results, png: Path) -> None:
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
     from tasks.publish import COLUMNS, allocation_line, summary_rows
 
-    table = Table(title=f"{results[0].ref.name}: staged training")
+    # no vertical rules: nine columns fit 80 characters (a pipe, a log, a narrow terminal) without wrapping a header
+    table = Table(
+        title=f"{results[0].ref.name}: staged training", box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True
+    )
     for column in COLUMNS:
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="right", no_wrap=True)
     for row in summary_rows(results):
         table.add_row(*(str(row[c]) for c in COLUMNS))
     console = Console()

@@ -85,7 +85,7 @@ def _hf_dir(tmp: Path, files: dict[str, bytes], max_positions: int = 64) -> str:
 IMPORT = SET("stages.0.n_layers=2", "stages.1.n_layers=4", "model.context=32")
 # id: (config, extra args (a callable of tmp for paths), workdir: fresh | llama, message)
 CASES = {
-    "unknown arch": (DEMO, lambda t: TOY + SET("model.arch=mistral"), "fresh", "unknown model.arch"),
+    "unknown arch": (DEMO, lambda t: TOY + SET("model.arch=no-such-arch"), "fresh", "unknown model.arch"),
     "heads not divisible by key-value heads": (
         DEMO,
         lambda t: TOY + SET("model.n_kv_heads=3"),
