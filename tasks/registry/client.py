@@ -189,7 +189,7 @@ def register(
     try:
         client.log_batch(run_id, params=[Param(k, v) for k, v in params.to_params().items()])
         if extras.datasets:
-            client.log_inputs(run_id, datasets=extras.datasets)
+            _log_inputs(client, run_id, extras.datasets)
         for path, text in extras.texts.items():
             client.log_text(run_id, text, path)
         points = [Metric(name, value, 0, step) for name, curve in metrics.items() for step, value in curve]
@@ -214,6 +214,20 @@ def register(
         raise
     client.set_terminated(run_id, "FINISHED")
     return ModelRef.of(client.get_model_version(model_name, str(mv.version)))
+
+
+def _log_inputs(client: MlflowClient, run_id: str, datasets: list) -> None:
+    """Link the run to its datasets. MLflow's SQL store checks for a dataset (experiment, name, digest) and then
+    inserts it, in one transaction that is not serialized: two stages of one experiment logging the same corpus at
+    the same moment both miss it and the slower insert fails on the ``dataset_pk`` unique constraint, rolling its
+    whole transaction back. By then the dataset is committed, so logging again finds it and links it: what the
+    loser should have done. Any other error, or a second failure, is raised."""
+    try:
+        client.log_inputs(run_id, datasets=datasets)
+    except MlflowException as e:
+        if "dataset_pk" not in str(e):
+            raise
+        client.log_inputs(run_id, datasets=datasets)
 
 
 def _moved(model_dir: Path, target: Path | None) -> bool:

@@ -55,9 +55,13 @@ def _race(
 
 
 def _versions_printed(stdout: str) -> list[str]:
-    """The `version` column of the summary table `staged run` prints."""
-    rows = [line for line in stdout.splitlines() if line.startswith("│")]
-    return [row.strip("│ ").split("│")[-1].strip() for row in rows]
+    """The `version` column (the last) of the summary table `staged run` prints: its rows are the lines after the
+    header's rule that start with a stage number."""
+    lines = stdout.splitlines()
+    rule = next(i for i, line in enumerate(lines) if line.strip() and set(line.strip()) == {"─"})
+    rows = [line.split() for line in lines[rule + 1 :]]
+    rows = rows[: next((i for i, r in enumerate(rows) if not (r and r[0].isdigit())), len(rows))]
+    return [r[-1] for r in rows]
 
 
 def _gate_decisions(servers, model: str) -> list[str]:
