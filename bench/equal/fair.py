@@ -38,11 +38,13 @@ WARMUP, DECAY = 0.05, 0.2  # fixed for every trial: the grid is over the peak LR
 @dataclass(frozen=True)
 class Knobs:
     """A staged arm's growth knobs: where its last growth happens (share of its FLOPs spent before it), the
-    post-growth peak LR multiplier, and the re-warm after growth (share of scratch's steps; 0: none)."""
+    post-growth peak LR multiplier, the re-warm after growth (share of scratch's steps; 0: none) and the new
+    blocks' own LR warmup (``growth.new_warmup_steps``, share of scratch's steps; 0: none)."""
 
     point: float = 0.5
     lr_mult: float = 1.0
     rewarm: float = 0.0
+    new_warmup: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class Fair:
     points: tuple[float, ...] = (0.3, 0.6)  # growth-point grid
     lr_mults: tuple[float, ...] = (1.0, 0.5)
     rewarms: tuple[float, ...] = (0.0, 0.02)
+    new_warmups: tuple[float, ...] = (0.0, 0.02)  # the new blocks' LR ramp after growth (SPARKLING 2026)
     tuning_seeds: list[int] = field(default_factory=lambda: [10])
     heldout: list[int] = field(default_factory=lambda: [1, 2, 3])
     evals: int = 40  # evaluations over a run: a FLOPs ratio resolved to 1/40 = 0.025 (goal <= 0.03)
@@ -74,7 +77,13 @@ class Fair:
         return [HParams(lr=lr, warmup=WARMUP, shape=s, decay=DECAY) for lr in self.lrs() for s in ("cosine", "wsd")]
 
     def knobs(self) -> list[Knobs]:
-        return [Knobs(p, m, r) for p in self.points for m in self.lr_mults for r in self.rewarms]
+        return [
+            Knobs(p, m, r, w)
+            for p in self.points
+            for m in self.lr_mults
+            for r in self.rewarms
+            for w in self.new_warmups
+        ]
 
     def flops(self, tpp: float) -> float:
         """The budget C in FLOPs: ``tpp`` tokens per parameter of the reference target."""
@@ -146,6 +155,14 @@ def arms(target: int, reference: int) -> dict[str, Schedule]:
         out["late-jump"] = late.model_copy(
             update={"stages": [late.stages[0], late.stages[1].model_copy(update={"n_layers": target})]}
         )
+        out["late-jump-mup"] = out["late-jump"].model_copy(
+            update={
+                "name": "late-jump-mup",
+                "model": {"depth_mup": "sqrt"},
+                "note": f"1 -> {target} in WSD's stable phase under depth-muP (1/sqrt(L) branches and block LR; "
+                "Bu et al. 2025), identity growth, moments carried",
+            }
+        )
     return out
 
 
@@ -155,8 +172,9 @@ def staged(arm: Schedule) -> bool:
 
 def with_knobs(arm: Schedule, fair: Fair, k: Knobs, b: Budget, target: int) -> Schedule:
     """``arm`` equalised to scratch's FLOPs with its last growth at ``k.point`` of them: the stages before the last
-    keep their relative FLOPs; grown stages' peak LR x ``k.lr_mult``; the last stage re-warmed over ``k.rewarm`` of
-    scratch's steps (a G_stack-style reset re-warms even at 0: its own 2% floor)."""
+    keep their relative FLOPs; grown stages' peak LR x ``k.lr_mult`` and their new blocks' LR ramped in over
+    ``k.new_warmup`` of scratch's steps; the last stage re-warmed over ``k.rewarm`` of scratch's steps (a G_stack-style
+    reset re-warms even at 0: its own 2% floor)."""
     f = [train_flops_per_token(fair.at_depth(st.n_layers).model) for st in arm.stages]
     full = train_flops_per_token(fair.at_depth(target).model)  # shares are of the target's steps (``b``)
     if not staged(arm):
@@ -166,12 +184,20 @@ def with_knobs(arm: Schedule, fair: Fair, k: Knobs, b: Budget, target: int) -> S
     stages = [st.model_copy(update={"share": st.share * scale}) for st in arm.stages[:-1]]
     last = arm.stages[-1]
     rewarm = k.rewarm if last.schedule.policy != "rewarm" else max(k.rewarm, 0.02)
-    upd: dict = {"share": (1 - k.point) * full / f[-1], "lr_scale": k.lr_mult}
+    grow: dict = {"lr_scale": k.lr_mult}
+    upd: dict = {"share": (1 - k.point) * full / f[-1]}
     if rewarm > 0:
         steps = max(1, round(rewarm * b.scratch_steps))
         upd["schedule"] = last.schedule.model_copy(update={"policy": "rewarm", "rewarm_steps": steps})
-    grown = [st.model_copy(update={"lr_scale": k.lr_mult}) for st in stages[1:]]
-    return arm.model_copy(update={"stages": [stages[0], *grown, last.model_copy(update=upd)]})
+
+    def grown(st: ArmStage, extra: dict) -> ArmStage:
+        if k.new_warmup > 0:
+            steps = max(1, round(k.new_warmup * b.scratch_steps))
+            extra = extra | {"growth": st.growth.model_copy(update={"new_warmup_steps": steps})}
+        return st.model_copy(update=grow | extra)
+
+    middle = [grown(st, {}) for st in stages[1:]]
+    return arm.model_copy(update={"stages": [stages[0], *middle, grown(last, upd)]})
 
 
 def right_size(losses: dict[int, float]) -> int:

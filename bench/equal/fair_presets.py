@@ -81,6 +81,7 @@ def tiny(fair: Fair) -> Fair:
         points=(0.5,),
         lr_mults=(1.0,),
         rewarms=(0.0,),
+        new_warmups=(0.02,),  # one knob point, off the default: the new blocks' ramp runs in the tests
         heldout=[1],
         evals=4,
         test_tokens=512,

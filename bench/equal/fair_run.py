@@ -151,7 +151,7 @@ def run(fair: Fair, workdir: Path, raw: Path, log=print, only_estimate: bool = F
 
     def tune_one(name: str, arm, b, target: int, tpp: float) -> tuple[HParams, Knobs, dict]:
         """The LR x shape grid (growth knobs at their defaults), then a staged arm's knob grid at its best LR."""
-        ident = {"fair": fair.name, "budget": tpp, "arm": arm.model_dump(), "target": target, "v": 28}
+        ident = {"fair": fair.name, "budget": tpp, "arm": arm.model_dump(), "target": target, "v": 29}
         as_hp = lambda t: HParams(lr=t["lr"], warmup=WARMUP, shape=t["shape"], decay=DECAY)  # noqa: E731
         knob = lambda k: with_knobs(arm, fair, Knobs(**k), b, target)  # noqa: E731
         grid = {"lr": fair.lrs(), "shape": ["cosine", "wsd"]}
@@ -162,11 +162,12 @@ def run(fair: Fair, workdir: Path, raw: Path, log=print, only_estimate: bool = F
         hp, knobs, knob_trials = as_hp(best), Knobs(), []
         if staged(arm):
             space = {"point": list(fair.points), "lr_mult": list(fair.lr_mults), "rewarm": list(fair.rewarms)}
+            space["new_warmup"] = list(fair.new_warmups)
             name_k = study_name(f"{name}-knobs", ident | {"hp": hp.model_dump()})
             knob_trials = grid_study(name_k, workdir, space, lambda k: final_val(knob(k), hp, b), log)
             kb = min(knob_trials, key=lambda t: t["value"])
             if kb["value"] < best["value"]:  # the defaults stay unless a knob point beats them
-                knobs = Knobs(kb["point"], kb["lr_mult"], kb["rewarm"])
+                knobs = Knobs(**{k: kb[k] for k in space})
         value = min([best["value"], *(t["value"] for t in knob_trials)])
         record = {"best_params": hp.model_dump(), "knobs": vars(knobs), "best_value": value, "trials": trials}
         return hp, knobs, record | {"knob_trials": knob_trials}

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 
 from models.data import tokenizer as tokenizers
 from models.data.bytes import DataConfig
@@ -53,6 +53,7 @@ class Schedule(Strict):
     name: str
     stages: list[ArmStage] = Field(min_length=1)
     note: str = ""  # what it is and where it comes from, shown in the report
+    model: dict[str, JsonValue] = {}  # this arm's departures from the preset's model, e.g. {depth_mup: sqrt}
 
 
 class HParams(Strict):
@@ -191,7 +192,7 @@ def pipeline_config(
         sched = {**st.schedule.model_dump(), "shape": hp.shape, "decay_fraction": decay}
         tree_stages.append({**st.model_dump(), "train": train, "schedule": sched})
     base = preset.train.model_dump(exclude={"steps"}) | {"lr": hp.lr, "eval_every": 10**6, "eval_batches": 1}
-    arch = preset.model.model_dump(exclude={"n_layers", "vocab_size"})  # a Llama's vocabulary: the tokenizer's
+    arch = preset.model.model_dump(exclude={"n_layers", "vocab_size"}) | schedule.model  # vocabulary: the tokenizer's
     tree = {"seed": seed, "retry": {"retries": 0}, "data": preset.data.model_dump(), "model": arch, "train": base}
     tree |= {"tokenizer": preset.tokenizer.model_dump(), "registry": {"model_name": model_name}}
     return PipelineConfig.model_validate({**tree, "stages": tree_stages})

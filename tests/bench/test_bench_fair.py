@@ -10,9 +10,9 @@ import math
 import pytest
 
 from bench.equal import fair_run
-from bench.equal.fair import Knobs, arms, estimate, ratio_resolution, right_size, staged, with_knobs
+from bench.equal.fair import DECAY, WARMUP, Knobs, arms, estimate, ratio_resolution, right_size, staged, with_knobs
 from bench.equal.fair_presets import CPU, GPU, tiny
-from bench.suite.spec import n_params, train_flops_per_token
+from bench.suite.spec import HParams, n_params, pipeline_config, train_flops_per_token
 
 
 def _flops(arm, fair) -> float:
@@ -29,7 +29,8 @@ def test_every_arm_is_tuned_over_the_same_grid_of_six_log_spaced_lrs_by_two_shap
 
 
 def test_the_arms_around_a_right_sized_target():
-    assert set(arms(8, 8)) == {"scratch", "small-4", "small-2", "2x-once", "best", "gstack", "midas", "late-jump"}
+    names = {"scratch", "small-4", "small-2", "2x-once", "best", "gstack", "midas", "late-jump", "late-jump-mup"}
+    assert set(arms(8, 8)) == names
     four = arms(4, 8)
     assert "scratch-deep" in four and [s.n_layers for s in four["best"].stages] == [1, 2, 4]
     assert [s.n_layers for s in four["2x-once"].stages] == [2, 4]
@@ -39,12 +40,12 @@ def test_the_arms_around_a_right_sized_target():
 
 
 @pytest.mark.parametrize(
-    "name", ["scratch", "scratch-deep", "small-1", "2x-once", "best", "gstack", "midas", "late-jump"]
+    "name", ["scratch", "scratch-deep", "small-1", "2x-once", "best", "gstack", "midas", "late-jump", "late-jump-mup"]
 )
 def test_growth_knobs_keep_scratchs_flops_and_put_the_growth_where_asked(name):
     b = CPU.budget(4, 10.0)
     arm = arms(4, 8)[name]
-    k = Knobs(point=0.3, lr_mult=0.5, rewarm=0.02)
+    k = Knobs(point=0.3, lr_mult=0.5, rewarm=0.02, new_warmup=0.01)
     eq = with_knobs(arm, CPU, k, b, 4)
     full = train_flops_per_token(CPU.at_depth(4).model)
     assert _flops(eq, CPU) == pytest.approx(full, rel=1e-9)
@@ -54,6 +55,22 @@ def test_growth_knobs_keep_scratchs_flops_and_put_the_growth_where_asked(name):
         assert [s.lr_scale for s in eq.stages] == [1.0] + [0.5] * (len(eq.stages) - 1)
         assert eq.stages[-1].schedule.policy == "rewarm"
         assert eq.stages[-1].schedule.rewarm_steps == round(0.02 * b.scratch_steps)
+        ramps = [s.growth.new_warmup_steps for s in eq.stages]
+        assert ramps == [0] + [round(0.01 * b.scratch_steps)] * (len(eq.stages) - 1)  # grown stages only
+
+
+def test_the_late_jump_under_depth_mup_jumps_in_wsds_stable_phase_with_mup_on_every_stage():
+    b = CPU.budget(4, 10.0)
+    hp = HParams(lr=3e-3, warmup=WARMUP, shape="wsd", decay=DECAY)
+    for point in CPU.points:
+        arm = with_knobs(arms(4, 8)["late-jump-mup"], CPU, Knobs(point=point), b, 4)
+        cfg = pipeline_config(CPU.preset, arm, 1, "m", hp, b.scratch_steps)
+        assert cfg.model.depth_mup == "sqrt" and [s.n_layers for s in cfg.stages] == [1, 4]
+        total = sum(s.steps for s in cfg.stages)
+        decay_starts = total * (1 - cfg.stages[-1].schedule.decay_fraction)
+        assert cfg.stages[0].steps < decay_starts  # the jump happens before WSD's decay begins
+    plain = pipeline_config(CPU.preset, arms(4, 8)["late-jump"], 1, "m", hp, b.scratch_steps)
+    assert plain.model.depth_mup == "none"
 
 
 def test_right_sizing_picks_the_lowest_validation_loss():
