@@ -82,6 +82,7 @@ class Family:
     fixed_vocab: int | None = None  # a vocabulary of the code (the byte GPT's 256 bytes): no tokenizer to train
     hf_model_type: str | None = None  # the Hugging Face ``model_type`` that ``stages.0.init`` can import
     requires: tuple[str, ...] = ()  # packages its models need beyond torch (a pyfunc version pins them)
+    moe: str | None = None  # the family ``growth.operator: upcycle`` turns this dense family into (Llama -> mixtral)
 
     # ---- the model ------------------------------------------------------------------------------
 
