@@ -185,3 +185,6 @@ def test_bad_expert_counts_and_depths_are_refused():
     llama = FAMILIES["llama"].tiny(n_layers=2)
     with pytest.raises(GrowthError, match="upcycle growth keeps the depth"):
         dry_run(UP, llama, child_config(UP, llama, 4))
+    moe, width = child_config(UP, llama, 2), GrowthConfig(operator="width")
+    with pytest.raises(GrowthError, match="width growth of a mixtral model is not supported"):
+        dry_run(width, moe, child_config(width, moe, 2))
