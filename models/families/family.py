@@ -15,7 +15,8 @@ torchtitan's ModelSpec does. Every other module asks the family of a config or m
     fam.from_state(cfg, state)              # the model holding a state dict: built on meta, tensors assigned
 
 The families (models/families/lookup.py): the byte GPT (models/families/gpt.py, ours) and the transformers decoders
-(``DecoderFamily`` in models/families/llama.py; its members Llama, Qwen3, Qwen2 in models/families/decoders.py).
+(``DecoderFamily`` in models/families/llama.py; its members Llama, Qwen3, Qwen2, Mistral in models/families/decoders.py,
+Mixtral in models/families/mixtral.py).
 A model's family is named by its config's ``arch``; a config class may serve several families.
 """
 
