@@ -106,7 +106,9 @@ class GrowthConfig(BaseModel):
             )
         if self.new is not None and self.operator in KEEPS_DEPTH:
             raise ValueError(f"new names new blocks of a layer map: {self.operator} growth adds none")
-        moe = [k for k in ("experts", "top_k") if getattr(self, k) is not None]
+        moe = [k for k in ("experts", "top_k") if getattr(self, k) is not None] + [
+            k for k in ("router_std",) if k in self.model_fields_set
+        ]
         if self.operator == "upcycle":
             if len(moe) < 2:
                 raise ValueError("operator upcycle needs experts (>= 2) and top_k (experts per token)")

@@ -21,14 +21,13 @@ router: weights 1/k each, exact in float64 too), which is what makes upcycling f
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import torch
 from pydantic import Field, model_validator
 
 from models.families import width
 from models.families.family import FLOAT32, Footprint, Layout, StateDict
-from models.families.llama import DecoderFamily, LlamaFamilyConfig, UnsupportedHFConfig
+from models.families.llama import DecoderFamily, LlamaFamilyConfig
 
 ROUTER, GATE_UP, DOWN = "mlp.gate.weight", "mlp.experts.gate_up_proj", "mlp.experts.down_proj"
 DENSE = ("mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight")  # a Llama layer's SwiGLU
@@ -64,19 +63,19 @@ class Mixtral(DecoderFamily):
     layout = LAYOUT
     hf_model_type = None  # stages.0.init does not import Mixtral directories (their keys need unfold): grow into one
     quirk = "sparse MoE MLP"
+    # full attention; the token loss only (no router logits, so no aux loss); no router jitter; transformers' eager
+    # experts loop (its default grouped_mm takes no float64, which the exactness tests need)
+    hf_extra = {
+        "sliding_window": None,
+        "output_router_logits": False,
+        "router_jitter_noise": 0.0,
+        "experts_implementation": "eager",
+    }
 
     def to_hf(self, cfg: MixtralFamilyConfig, eos_token_id: int | None = None):
         hf = super().to_hf(cfg, eos_token_id)
         hf.num_local_experts, hf.num_experts_per_tok = cfg.experts, cfg.top_k
-        hf.sliding_window, hf.output_router_logits, hf.router_jitter_noise = None, False, 0.0
-        hf._experts_implementation = "eager"  # transformers' default grouped_mm takes no float64 (the exactness tests)
         return hf
-
-    def from_hf(self, hf: dict[str, Any], context: int) -> MixtralFamilyConfig:
-        if hf.get("sliding_window") is not None:
-            raise UnsupportedHFConfig(f"sliding_window {hf['sliding_window']} is not supported (full attention only)")
-        base = super().from_hf(hf, context).model_dump()
-        return MixtralFamilyConfig(**base, experts=hf["num_local_experts"], top_k=hf["num_experts_per_tok"])
 
     def tiny(self, **fields) -> MixtralFamilyConfig:
         shape = {"n_layers": 2, "d_model": 16, "n_heads": 4, "n_kv_heads": 2, "d_ff": 32, "context": 16}

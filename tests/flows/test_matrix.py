@@ -34,7 +34,10 @@ from tasks.registry import Registry
 # slice, an un-averaged gradient, a parameter left out of the sharding) moves weights by ~lr = 3e-3 per step.
 ATOL = 1e-3
 WIDTHS = {"d_model": 16, "n_heads": 2, "d_ff": 32, "context": 16}
-MOE = {f.moe: name for name, f in FAMILIES.items() if f.moe}  # an MoE family -> a dense family it is upcycled from
+MOE: dict[str, str] = {}  # an MoE family -> the first dense family that upcycles into it (mixtral: llama)
+for _name, _f in FAMILIES.items():
+    if _f.moe:
+        MOE.setdefault(_f.moe, _name)
 MODELS = {  # every family, grouped-query attention where it has key-value heads
     name: {"arch": name, **WIDTHS, **({"n_kv_heads": 1} if "n_kv_heads" in f.config.model_fields else {})}
     for name, f in FAMILIES.items()

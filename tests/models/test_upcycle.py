@@ -182,6 +182,8 @@ def test_bad_expert_counts_and_depths_are_refused():
         GrowthConfig(operator="upcycle")
     with pytest.raises(ValueError, match="go with operator upcycle"):
         GrowthConfig(operator="stack", experts=4)
+    with pytest.raises(ValueError, match="router_std go with operator upcycle, not identity"):
+        GrowthConfig(operator="identity", router_std=0.1)
     llama = FAMILIES["llama"].tiny(n_layers=2)
     with pytest.raises(GrowthError, match="upcycle growth keeps the depth"):
         dry_run(UP, llama, child_config(UP, llama, 4))
