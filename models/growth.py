@@ -93,7 +93,7 @@ class GrowthConfig(BaseModel):
     # the copies get different gradients and part (a zero router with no noise keeps every expert a twin forever)
     experts: int | None = Field(None, ge=2)
     top_k: int | None = Field(None, ge=1)
-    router_std: float = Field(0.02, ge=0)
+    router_std: float = Field(0.02, ge=0)  # upcycle only (like ramp_steps for masked: other operators ignore it)
 
     @model_validator(mode="after")
     def _one_map(self) -> GrowthConfig:
@@ -106,9 +106,7 @@ class GrowthConfig(BaseModel):
             )
         if self.new is not None and self.operator in KEEPS_DEPTH:
             raise ValueError(f"new names new blocks of a layer map: {self.operator} growth adds none")
-        moe = [k for k in ("experts", "top_k") if getattr(self, k) is not None] + [
-            k for k in ("router_std",) if k in self.model_fields_set
-        ]
+        moe = [k for k in ("experts", "top_k") if getattr(self, k) is not None]
         if self.operator == "upcycle":
             if len(moe) < 2:
                 raise ValueError("operator upcycle needs experts (>= 2) and top_k (experts per token)")
