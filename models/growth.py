@@ -13,6 +13,8 @@ for the transformers decoders. What happens to the new copies is the operator:
     masked      (Yao et al. 2023, MSG)       new blocks gated 0 -> 1 while training
     width       (Shen et al. 2022)           d_model/n_heads/d_ff doubled (the family's widen:
                                              its rules in gpt.py, llama.py with n_kv_heads doubled too)
+    upcycle     (Komatsuzaki et al. 2022)    dense -> MoE: the family's ``moe`` counterpart (Llama, Mistral ->
+                                             Mixtral), every expert a copy of its layer's MLP, the router new
 
 The map comes from the operator's layout, or from one of ``layers: [...]`` (explicit), ``solar: {drop}``,
 ``every: P`` or ``interpose: {skip_first, skip_last}`` (recipes); ``new: [...]`` overrides which copies are new.
@@ -33,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.families.depth_mup import rescale_on_growth
 from models.families.gpt import BYTE_GPT
-from models.families.lookup import ModelConfig, family_of
+from models.families.lookup import FAMILIES, ModelConfig, family_of
 from models.families.width import WidthError
 from models.growth_noise import jitter_new_blocks
 from models.layermap import (  # noqa: F401  (the layer maps' names, also importable from here)
@@ -54,7 +56,8 @@ from models.layermap import (  # noqa: F401  (the layer maps' names, also import
 )
 
 StateDict = dict[str, torch.Tensor]
-Operator = Literal["stack", "interleave", "middle", "identity", "masked", "width"]
+Operator = Literal["stack", "interleave", "middle", "identity", "masked", "width", "upcycle"]
+KEEPS_DEPTH = ("width", "upcycle")  # operators that change what a block is, not how many there are
 _PLANS = {"stack": stack_plan, "interleave": interleave_plan, "middle": middle_plan}
 _MAPPED = ("stack", "identity", "masked")  # the operators that take an explicit map or a recipe
 
@@ -84,6 +87,13 @@ class GrowthConfig(BaseModel):
     solar: Solar | None = None  # SOLAR depth up-scaling: two copies, ``drop`` blocks left out at the seam
     every: int | None = Field(None, ge=1)  # LLaMA-Pro: one new block after every ``every`` blocks
     interpose: Interpose | None = None  # each block duplicated in place except the first and last few
+    # upcycle (dense -> MoE, Komatsuzaki et al. 2022): the child's experts per layer, each a copy of the parent's MLP
+    # (plus ``noise``), and how many a token uses; the router starts N(0, router_std^2): any router computes the
+    # parent's function (top-k weights renormalized to sum 1), and a random one sends tokens to different experts, so
+    # the copies get different gradients and part (a zero router with no noise keeps every expert a twin forever)
+    experts: int | None = Field(None, ge=2)
+    top_k: int | None = Field(None, ge=1)
+    router_std: float = Field(0.02, ge=0)  # upcycle only (like ramp_steps for masked: other operators ignore it)
 
     @model_validator(mode="after")
     def _one_map(self) -> GrowthConfig:
@@ -94,18 +104,28 @@ class GrowthConfig(BaseModel):
             raise ValueError(
                 f"{given[0]} is a layer map: it goes with operator stack, identity or masked, not {self.operator}"
             )
-        if self.new is not None and self.operator == "width":
-            raise ValueError("new names new blocks of a layer map: width growth adds none")
+        if self.new is not None and self.operator in KEEPS_DEPTH:
+            raise ValueError(f"new names new blocks of a layer map: {self.operator} growth adds none")
+        moe = [k for k in ("experts", "top_k") if getattr(self, k) is not None]
+        if self.operator == "upcycle":
+            if len(moe) < 2:
+                raise ValueError("operator upcycle needs experts (>= 2) and top_k (experts per token)")
+            if self.top_k > self.experts:
+                raise ValueError(f"upcycle: top_k {self.top_k} is more than the {self.experts} experts")
+        elif moe:
+            raise ValueError(f"{' and '.join(moe)} go with operator upcycle, not {self.operator}")
         return self
 
 
 def layer_map(cfg: GrowthConfig, parent_layers: int, child_layers: int) -> LayerMap:
     """The layer map of a growth config: its recipe or explicit map, else its operator's layout; width keeps
     the depth."""
-    if cfg.operator == "width":
+    if cfg.operator in KEEPS_DEPTH:
         if child_layers != parent_layers:
-            raise GrowthError(f"width growth keeps the depth: n_layers must stay {parent_layers}, not {child_layers}")
-        sources, what = list(range(parent_layers)), "width"
+            raise GrowthError(
+                f"{cfg.operator} growth keeps the depth: n_layers must stay {parent_layers}, not {child_layers}"
+            )
+        sources, what = list(range(parent_layers)), cfg.operator
     elif cfg.layers is not None:
         sources, what = list(cfg.layers), "growth.layers"
     elif cfg.solar is not None:
@@ -225,6 +245,28 @@ def _width(state: StateDict, cfg: GrowthConfig, parent: ModelConfig, child: Mode
     return family_of(parent).widen(state, parent, child, noise=cfg.noise, seed=cfg.noise_seed)
 
 
+def check_upcycle(parent: ModelConfig, child: ModelConfig) -> None:
+    """A GrowthError unless ``child`` is the parent's MoE counterpart: its family's ``moe``, the same shapes."""
+    moe = family_of(parent).moe
+    if moe is None:
+        can = ", ".join(sorted(n for n, f in FAMILIES.items() if f.moe))
+        raise GrowthError(f"cannot upcycle a {parent.arch} model: it has no MoE counterpart (upcycle grows {can})")
+    if child.arch != moe:
+        raise GrowthError(f"upcycle grows a {parent.arch} model into a {moe} model, not a {child.arch} model")
+    fields = [n for n in type(parent).model_fields if n not in ("arch", "n_layers")]  # depth: layer_map's message
+    if diffs := [
+        f"{n} {getattr(parent, n)} -> {getattr(child, n)}" for n in fields if getattr(parent, n) != getattr(child, n)
+    ]:
+        raise GrowthError(f"upcycle keeps the dense shapes, but {', '.join(diffs)}")
+
+
+def _upcycle(state: StateDict, cfg: GrowthConfig, parent: ModelConfig, child: ModelConfig) -> StateDict:
+    """Dense -> MoE: every expert of layer i a copy of the parent's MLP i, the router new (N(0, router_std^2))."""
+    layer_map(cfg, parent.n_layers, child.n_layers)  # depth check, with the depth-specific message
+    check_upcycle(parent, child)
+    return family_of(child).upcycle(state, child, cfg.router_std, cfg.noise, cfg.noise_seed)
+
+
 OPERATORS: dict[str, Callable[[StateDict, GrowthConfig, ModelConfig, ModelConfig], StateDict]] = {
     "stack": _depth,
     "interleave": _depth,
@@ -232,11 +274,20 @@ OPERATORS: dict[str, Callable[[StateDict, GrowthConfig, ModelConfig, ModelConfig
     "identity": _identity,
     "masked": _depth,
     "width": _width,
+    "upcycle": _upcycle,
 }
 
 
 def child_config(cfg: GrowthConfig, parent: ModelConfig, n_layers: int) -> ModelConfig:
-    """The child's model config: the parent's at ``n_layers`` depth, or doubled in width for ``width``."""
+    """The child's model config: the parent's at ``n_layers`` depth, doubled in width for ``width``, or its MoE
+    counterpart with ``experts`` and ``top_k`` for ``upcycle``."""
+    if cfg.operator == "upcycle":
+        moe = family_of(parent).moe
+        if moe is None:
+            check_upcycle(parent, parent)  # the one-line refusal
+        return FAMILIES[moe].config(
+            **{**parent.model_dump(), "arch": moe, "n_layers": n_layers, "experts": cfg.experts, "top_k": cfg.top_k}
+        )
     base = family_of(parent).widen_config(parent) if cfg.operator == "width" else parent
     return base.model_copy(update={"n_layers": n_layers})
 
@@ -257,7 +308,7 @@ def grow(operator: str | GrowthConfig, state: StateDict, parent: ModelConfig, ch
     """
     cfg = as_config(operator)
     grown = grow_tensors(cfg, state, parent, child, exponent=1)
-    if cfg.noise == 0 or cfg.operator == "width":  # width adds its own, function-preserving noise
+    if cfg.noise == 0 or cfg.operator in KEEPS_DEPTH:  # width and upcycle add their own noise
         return grown
     new_blocks, layout = layer_map(cfg, parent.n_layers, child.n_layers).new_blocks, family_of(child).layout
     return jitter_new_blocks(grown, new_blocks, layout, cfg.noise, cfg.noise_seed, cfg.operator == "identity")
@@ -279,11 +330,11 @@ def grow_tensors(
 def dry_run(operator: str | GrowthConfig, parent: ModelConfig, child: ModelConfig) -> None:
     """Grow shape-only (meta-device) models and check the result against the child: catches every
     impossible growth request before any data is read or any step is trained."""
-    check_same_family(parent, child)
+    cfg = as_config(operator)
+    check_upcycle(parent, child) if cfg.operator == "upcycle" else check_same_family(parent, child)
     family = family_of(parent)
     with torch.device("meta"):
         parent_state = family.weights(family.build(parent))
     grow(operator, parent_state, parent, child)  # checks the grown state's keys and shapes against the child
-    cfg = as_config(operator)
-    if cfg.operator != "width":  # what trains: freeze.blocks inside the child, something left to train
+    if cfg.operator not in KEEPS_DEPTH:  # what trains: freeze.blocks inside the child, something left to train
         trainable(cfg.freeze, layer_map(cfg, parent.n_layers, child.n_layers))

@@ -7,6 +7,8 @@ rescaled writers scaled as their gradients scale); width scales them as the grad
 keep their moments and their own step; every parameter of a block a depth operator added starts with no state
 (zero moments, step 0): its first update is a fresh AdamW's, with true bias correction (SPARKLING 2026 resets
 new capacity's optimizer state), instead of riding the parent's step and its copy's stale momentum.
+``upcycle`` gives every expert its MLP's moments and step, unscaled (Adam's m/sqrt(v) is scale free), and each router
+none (zero moments, step 0), like a new block.
 
 Per-parameter steps in the moments layout (models/train/optim.py), shared with the optimizer:
 
@@ -36,7 +38,9 @@ def grow_moments(
     out: StateDict = {}
     for power, prefix in ((1, "exp_avg."), (2, "exp_avg_sq.")):
         part = {k.removeprefix(prefix): v for k, v in moments.items() if k.startswith(prefix)}
-        if cfg.operator == "width":
+        if cfg.operator == "upcycle":  # the experts' the MLP's, the router's zero
+            grown = grow_tensors(cfg.model_copy(update={"router_std": 0.0, "noise": 0.0}), part, parent, child, -power)
+        elif cfg.operator == "width":
             try:
                 check_same_family(parent, child)
                 grown = family_of(parent).widen_moments(part, parent, child, power)
@@ -55,6 +59,9 @@ def _grown_steps(cfg: GrowthConfig, moments: StateDict, grown: StateDict, parent
     steps = {n: torch.tensor(s) for n, s in param_steps(moments, names).items()}
     if cfg.operator == "width":
         return step_entries({n: float(s) for n, s in steps.items()})
+    if cfg.operator == "upcycle":  # an expert: its MLP's step (the most of gate and up); a router: 0, a fresh start
+        sources = family_of(child).upcycled_sources(names)
+        return step_entries({n: max((float(steps[s]) for s in src), default=0.0) for n, src in sources.items()})
     lmap, prefix = layer_map(cfg, parent.n_layers, child.n_layers), family_of(parent).layout.block_prefix
     child_steps = {n: float(s) for n, s in remap_blocks(steps, lmap.sources, prefix).items()}
     fresh = tuple(f"{prefix}{j}." for j in lmap.new_blocks)

@@ -16,7 +16,7 @@ from prefect.runtime import flow_run, task_run
 from models.data.bytes import stdlib_dir
 from models.data.corpus import Corpus
 from models.families.lookup import ModelConfig, family_of
-from models.growth import layer_map
+from models.growth import KEEPS_DEPTH, layer_map
 from models.layermap import describe_freeze, trainable
 from tasks.config import StageSpec, code_version, eval_set_id, spec_hash
 from tasks.publish import StageWatch
@@ -64,8 +64,8 @@ def skipped_result(ref: ModelRef, registry: Registry, model: ModelConfig) -> Sta
 
 
 def _layer_map(spec: StageSpec, parent: ModelRef | None) -> str | None:
-    """The depth map of a grown stage, as its ``layer_map`` tag reads; None for stage 1 and width growth."""
-    if parent is None or spec.growth.operator == "width":
+    """The depth map of a grown stage, as its ``layer_map`` tag reads; None for stage 1, width and upcycle growth."""
+    if parent is None or spec.growth.operator in KEEPS_DEPTH:
         return None
     return layer_map(spec.growth, parent.n_layers, spec.model.n_layers).describe()
 

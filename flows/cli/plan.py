@@ -24,6 +24,8 @@ def _target(args: argparse.Namespace, law: dict) -> dict:
     """The target model as a config dict: a measured size of the law, or a pipeline YAML's model."""
     import yaml
 
+    from models.families.lookup import FAMILIES
+
     if not args.config:
         size = args.size or "s"
         if size not in law["sizes"]:
@@ -32,7 +34,14 @@ def _target(args: argparse.Namespace, law: dict) -> dict:
     try:
         tree = yaml.safe_load(Path(args.config).read_text())
         model = dict(tree["model"]) | {"n_layers": tree["stages"][-1]["n_layers"]}
-    except (OSError, yaml.YAMLError, KeyError, TypeError, IndexError) as e:
+        for stage in tree["stages"][1:]:  # an upcycled pipeline ends in its MoE family (models/growth.py)
+            growth = stage.get("growth") or {}
+            if isinstance(growth, dict) and growth.get("operator") == "upcycle":
+                arch = model.get("arch", "gpt")
+                if (moe := FAMILIES[arch].moe if arch in FAMILIES else None) is None:
+                    fail(f"--config {args.config!r}: cannot upcycle a {arch} model: it has no MoE counterpart")
+                model |= {"arch": moe, "experts": growth.get("experts"), "top_k": growth.get("top_k")}
+    except (OSError, yaml.YAMLError, KeyError, TypeError, IndexError, AttributeError) as e:
         fail(f"--config {args.config!r}: not a pipeline config with model and stages ({type(e).__name__})")
     if model.get("arch") != law["family"]:
         arch = model.get("arch") or "gpt (the default)"

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from models.families.llama import DecoderFamily, LlamaFamilyConfig, UnsupportedHFConfig
+from models.families.mixtral import Mixtral
 
 
 class Llama(DecoderFamily):
@@ -21,6 +22,7 @@ class Llama(DecoderFamily):
 
     name, hf_config, hf_model = "llama", "LlamaConfig", "LlamaForCausalLM"
     hf_extra = {"attention_bias": False, "mlp_bias": False}
+    moe = "mixtral"  # growth.operator upcycle: every expert a copy of the MLP (models/families/mixtral.py)
 
 
 class Qwen3(DecoderFamily):
@@ -64,6 +66,7 @@ class Mistral(DecoderFamily):
 
     name, hf_config, hf_model = "mistral", "MistralConfig", "MistralForCausalLM"
     hf_extra = {"sliding_window": None}
+    moe = "mixtral"  # Mixtral's attention is Mistral's
 
     def from_hf(self, hf: dict[str, Any], context: int) -> LlamaFamilyConfig:
         if hf.get("sliding_window") is not None:
@@ -71,4 +74,4 @@ class Mistral(DecoderFamily):
         return super().from_hf(hf, context)
 
 
-DECODERS: tuple[DecoderFamily, ...] = (Llama(), Qwen3(), Qwen2(), Mistral())
+DECODERS: tuple[DecoderFamily, ...] = (Llama(), Qwen3(), Qwen2(), Mistral(), Mixtral())

@@ -15,7 +15,8 @@ torchtitan's ModelSpec does. Every other module asks the family of a config or m
     fam.from_state(cfg, state)              # the model holding a state dict: built on meta, tensors assigned
 
 The families (models/families/lookup.py): the byte GPT (models/families/gpt.py, ours) and the transformers decoders
-(``DecoderFamily`` in models/families/llama.py; its members Llama, Qwen3, Qwen2 in models/families/decoders.py).
+(``DecoderFamily`` in models/families/llama.py; its members Llama, Qwen3, Qwen2, Mistral in models/families/decoders.py,
+Mixtral in models/families/mixtral.py).
 A model's family is named by its config's ``arch``; a config class may serve several families.
 """
 
@@ -82,6 +83,7 @@ class Family:
     fixed_vocab: int | None = None  # a vocabulary of the code (the byte GPT's 256 bytes): no tokenizer to train
     hf_model_type: str | None = None  # the Hugging Face ``model_type`` that ``stages.0.init`` can import
     requires: tuple[str, ...] = ()  # packages its models need beyond torch (a pyfunc version pins them)
+    moe: str | None = None  # the family ``growth.operator: upcycle`` turns this dense family into (Llama -> mixtral)
 
     # ---- the model ------------------------------------------------------------------------------
 

@@ -230,6 +230,10 @@ class DecoderFamily(Family):
         with torch.device(model.model.embed_tokens.weight.device):
             model.model.rotary_emb = type(model.model.rotary_emb)(config=model.config)
 
+    def mlp_writer(self, layer: nn.Module) -> torch.Tensor:
+        """The weight with which a layer's MLP writes to the residual stream (a Mixtral's: every expert's)."""
+        return layer.mlp.down_proj.weight
+
     # ---- masked growth -------------------------------------------------------------------------------
 
     def set_gate(self, model: nn.Module, j: int, value: float) -> None:
@@ -253,7 +257,7 @@ class DecoderFamily(Family):
             g = layer.gate.item()
             if g != 1.0:
                 layer.self_attn.o_proj.weight.mul_(g)
-                layer.mlp.down_proj.weight.mul_(g)
+                self.mlp_writer(layer).mul_(g)
             for handle in layer.gate_hooks:
                 handle.remove()
             del layer.gate_hooks
@@ -348,7 +352,7 @@ class DecoderFamily(Family):
         model in memory keeps its own weights, bit for bit), so transformers alone computes the trained function."""
         m = branch_multiplier(model.cfg.depth_mup, model.cfg.n_layers)
         layers = self.blocks(model) if m != 1.0 else []
-        writers = [w for layer in layers for w in (layer.self_attn.o_proj.weight, layer.mlp.down_proj.weight)]
+        writers = [w for layer in layers for w in (layer.self_attn.o_proj.weight, self.mlp_writer(layer))]
         kept = [w.detach().clone() for w in writers]
         with torch.no_grad():
             for w in writers:

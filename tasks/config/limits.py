@@ -82,10 +82,9 @@ def check_trainer(k: int, stage, train, world: int) -> None:
         what = stage.growth.freeze if stage.growth.freeze == "parent" else "a freeze mapping"
         if k == 1:
             raise ValueError(f"stages.0.growth.freeze: {what} needs a parent: stage 1 has none")
-        if stage.growth.operator == "width":
-            raise ValueError(
-                f"stages.{k - 1}.growth.freeze: {what} needs a depth operator (width changes every weight)"
-            )
+        if (op := stage.growth.operator) in ("width", "upcycle"):
+            changes = "every weight" if op == "width" else "every MLP"
+            raise ValueError(f"stages.{k - 1}.growth.freeze: {what} needs a depth operator ({op} changes {changes})")
 
 
 def activations(family, spec, micro: int) -> int:

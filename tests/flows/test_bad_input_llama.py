@@ -3,7 +3,8 @@
 
 Unknown architecture, heads not divisible by key-value heads, an HF directory without safetensors or with pickle
 weights only, a tokenizer other than the parent's, a vocabulary smaller than the byte alphabet, a context longer
-than max_position_embeddings (own config and imported directory).
+than max_position_embeddings (own config and imported directory); sparse upcycling of a family with no MoE
+counterpart, top_k above experts, one expert, no experts, a depth change, experts on another operator, a freeze.
 """
 
 import json
@@ -25,6 +26,7 @@ from tests.versions import stage1_tags, stage_params
 ROOT = REPO_ROOT
 DEMO = str(ROOT / "configs" / "llama-demo.yaml")
 UPSCALE = str(ROOT / "configs" / "llama-upscale.yaml")
+MOE = str(ROOT / "configs" / "moe-upcycle.yaml")  # 2 -> 4 layers of Llama, then upcycled into a 4-expert Mixtral
 TOY = SET(
     "data.max_bytes=300000",
     "model.d_model=32",
@@ -121,6 +123,49 @@ CASES = {
         lambda t: IMPORT + SET(f"stages.0.init.from_pretrained={_hf_dir(t, {'pytorch_model.bin': b'x'})}"),
         "fresh",
         "has only pickle weights (pytorch_model.bin): convert them to safetensors",
+    ),
+    # sparse upcycling (issue 30, item 4): refused when the config is loaded, before any tokenizer or step
+    "upcycle a family without an MoE counterpart": (
+        MOE,
+        lambda t: SET("model.arch=qwen2"),
+        "fresh",
+        "stages.2: cannot upcycle a qwen2 model: it has no MoE counterpart (upcycle grows llama, mistral)",
+    ),
+    "upcycle top_k above experts": (
+        MOE,
+        lambda t: SET("stages.2.growth.top_k=5"),
+        "fresh",
+        "stages.2.growth: upcycle: top_k 5 is more than the 4 experts",
+    ),
+    "upcycle to one expert": (
+        MOE,
+        lambda t: SET("stages.2.growth.experts=1", "stages.2.growth.top_k=1"),
+        "fresh",
+        "stages.2.growth.experts: Input should be greater than or equal to 2",
+    ),
+    "upcycle without experts": (
+        MOE,
+        lambda t: SET("stages.2.growth={operator: upcycle}"),
+        "fresh",
+        "operator upcycle needs experts (>= 2) and top_k",
+    ),
+    "upcycle that changes the depth": (
+        MOE,
+        lambda t: SET("stages.2.n_layers=8"),
+        "fresh",
+        "stages.2: upcycle growth keeps the depth: n_layers must stay 4, not 8",
+    ),
+    "experts on a depth operator": (
+        MOE,
+        lambda t: SET("stages.1.growth.experts=4"),
+        "fresh",
+        "experts go with operator upcycle, not identity",
+    ),
+    "freeze with upcycle": (
+        MOE,
+        lambda t: SET("stages.2.growth.freeze=parent"),
+        "fresh",
+        "stages.2.growth.freeze: parent needs a depth operator (upcycle changes every MLP)",
     ),
     "tokenizer differs from the parent's": (
         DEMO,

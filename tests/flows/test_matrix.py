@@ -8,6 +8,10 @@ new blocks and the embeddings train) and width (6 layers, twice as wide) under t
 is the same pipeline with no ``parallel``, registered under another model name in the same store (the name is part
 of every stage key, so nothing is skipped; ``parallel`` is not). Tiny models, a few steps, the byte vocabulary (no
 BPE to train).
+
+A family that upcycling reaches (Mixtral: experts have no width growth) runs its own pipeline instead: a dense parent
+(Llama) in the task process, upcycled into 4 experts, top 2 (Adam moments mapped), then stacked 2 -> 4 layers, both
+under torchrun.
 """
 
 from __future__ import annotations
@@ -30,6 +34,10 @@ from tasks.registry import Registry
 # slice, an un-averaged gradient, a parameter left out of the sharding) moves weights by ~lr = 3e-3 per step.
 ATOL = 1e-3
 WIDTHS = {"d_model": 16, "n_heads": 2, "d_ff": 32, "context": 16}
+MOE: dict[str, str] = {}  # an MoE family -> the first dense family that upcycles into it (mixtral: llama)
+for _name, _f in FAMILIES.items():
+    if _f.moe:
+        MOE.setdefault(_f.moe, _name)
 MODELS = {  # every family, grouped-query attention where it has key-value heads
     name: {"arch": name, **WIDTHS, **({"n_kv_heads": 1} if "n_kv_heads" in f.config.model_fields else {})}
     for name, f in FAMILIES.items()
@@ -39,13 +47,16 @@ MODELS = {  # every family, grouped-query attention where it has key-value heads
 INTERPOSE = {"skip_first": 1, "skip_last": 1}
 GROWN = [(4, {"operator": "stack"}), (6, {"operator": "identity", "interpose": INTERPOSE, "freeze": {"head": True}})]
 GROWN += [(6, {"operator": "width"})]
+UPCYCLED = [(2, {"operator": "upcycle", "experts": 4, "top_k": 2}), (4, {"operator": "stack"})]
 
 
 def pipeline(arch: str, name: str, strategy: str | None) -> PipelineConfig:
+    """``arch``'s pipeline; an MoE family's starts from its dense family and upcycles it."""
     parallel = {"parallel": {"strategy": strategy, "nproc": 2}} if strategy else {}
+    grown, arch = (UPCYCLED, MOE[arch]) if arch in MOE else (GROWN, arch)
     stages = [{"n_layers": 2, "steps": 4}] + [
         {"n_layers": n, "steps": 3, "growth": growth, "optimizer": {"state": "transfer"}, **parallel}
-        for n, growth in GROWN
+        for n, growth in grown
     ]
     return PipelineConfig.model_validate(
         {
@@ -91,13 +102,8 @@ def _download(registry: Registry, version, dst: Path) -> tuple[dict[str, torch.T
     return load_file(Path(local) / "model.safetensors"), sorted(p.name for p in Path(local).iterdir())
 
 
-@pytest.mark.integration
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-@pytest.mark.parametrize("arch", list(MODELS))
-def test_a_grown_stage_under_torchrun_is_the_one_process_stage(store, arch, strategy, tmp_path):
-    workdir, run = store
-    reference, ranked = run(arch, None), run(arch, strategy)
-    registry = Registry.resolve(workdir)
+def _same_as_one_process(registry: Registry, ranked, reference, tmp_path: Path) -> None:
+    """Every grown stage trained by the ranks registered what the one-process stage registered, within ATOL."""
     client = registry.client()
     for ours, theirs in zip(ranked[1:], reference[1:]):
         mine, one = (client.get_model_version(r.ref.name, r.ref.version) for r in (ours, theirs))
@@ -113,6 +119,17 @@ def test_a_grown_stage_under_torchrun_is_the_one_process_stage(store, arch, stra
             torch.testing.assert_close(w_ours[key], w_one[key], rtol=0, atol=ATOL, msg=f"stage {stage}: {key}")
         assert ours.val_loss == pytest.approx(theirs.val_loss, abs=ATOL)
         assert [loss for _, loss in ours.train_curve] == pytest.approx([v for _, v in theirs.train_curve], abs=ATOL)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+@pytest.mark.parametrize("arch", [a for a in MODELS if a not in MOE])
+def test_a_grown_stage_under_torchrun_is_the_one_process_stage(store, arch, strategy, tmp_path):
+    workdir, run = store
+    reference, ranked = run(arch, None), run(arch, strategy)
+    registry = Registry.resolve(workdir)
+    client = registry.client()
+    _same_as_one_process(registry, ranked, reference, tmp_path)
     assert [client.get_model_version(r.ref.name, r.ref.version).tags["n_layers"] for r in ranked] == list("2466")
     interposed = client.get_model_version(ranked[2].ref.name, ranked[2].ref.version).tags
     assert interposed["layer_map"] == "0 1 1* 2 2* 3" and interposed["trained"] == "blocks 2 4; embeddings"
@@ -125,3 +142,19 @@ def test_a_grown_stage_under_torchrun_is_the_one_process_stage(store, arch, stra
     frozen = [k for k in w_after if not k.startswith(("blocks.", "model.layers.", "tok_emb", "pos_emb", "model.embed"))]
     assert frozen and all(torch.equal(w_after[k], w_before[k]) for k in frozen)  # the head stayed, bit for bit
     assert ranked[-1].params > ranked[-2].params  # the width stage doubled the widths
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+@pytest.mark.parametrize("arch", list(MOE))
+def test_an_upcycled_stage_under_torchrun_is_the_one_process_stage(store, arch, strategy, tmp_path):
+    workdir, run = store
+    reference, ranked = run(arch, None), run(arch, strategy)
+    registry = Registry.resolve(workdir)
+    _same_as_one_process(registry, ranked, reference, tmp_path)
+    client = registry.client()
+    tags = [client.get_model_version(r.ref.name, r.ref.version).tags for r in ranked]
+    assert [t["n_layers"] for t in tags] == list("224") and [t["growth"] for t in tags] == ["none", "upcycle", "stack"]
+    moe, _ = _download(registry, client.get_model_version(ranked[1].ref.name, ranked[1].ref.version), tmp_path / "u")
+    assert any(".block_sparse_moe.experts.3." in k for k in moe)  # transformers' Mixtral directory, 4 experts
+    assert ranked[1].val_loss_init == pytest.approx(ranked[0].val_loss, abs=1e-4)  # the upcycle kept the function

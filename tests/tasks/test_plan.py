@@ -153,6 +153,7 @@ def test_plan_writes_a_pipeline_config(tmp_path, capsys):
         (["--tokens", "0"], "must be positive"),
         (["--tokens", "5", "--law", "/nonexistent/law.json"], "not a readable law file"),
         (["--tokens", "5", "--config", "configs/demo.yaml"], "measured on the llama family, not gpt"),
+        (["--tokens", "5", "--config", "configs/moe-upcycle.yaml"], "measured on the llama family, not mixtral"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, says, capsys, monkeypatch):
