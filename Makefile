@@ -20,8 +20,10 @@ demo: install
 smoke: install
 	$(VENV)/bin/staged run configs/smoke.yaml
 
+# two pytest-xdist workers, one per core (tests run one thread each); a worker takes whole groups: a module, or
+# every test of one costly session fixture (tests/conftest.py). One file or test: .venv/bin/python -m pytest PATH
 test: install
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup
 
 lint: install
 	$(VENV)/bin/ruff format --check .

@@ -14,6 +14,19 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+# session fixtures too costly to build twice: under pytest-xdist, every test that asks for one runs on one worker
+_SHARED = {"local_servers": "servers", "gated_runs": "gated"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Groups for pytest-xdist's ``--dist loadgroup`` (the README's test command runs 2 workers): a worker takes a
+    whole group, by default a test module (its module fixtures are built once), and every user of one of the
+    ``_SHARED`` session fixtures together. Without xdist the marker is inert."""
+    for item in items:
+        group = next((g for f, g in _SHARED.items() if f in item.fixturenames), item.nodeid.split("::")[0])
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(autouse=True)
 def _environment_as_it_was():
     """Each test ends with the environment it began with. ``staged run`` sets defaults for its own process
