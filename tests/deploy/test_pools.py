@@ -2,7 +2,9 @@
 process work pools with real `prefect worker` processes (one pool with two workers), a three-stage smoke
 pipeline with stage 1 on one pool and stages 2-3 on the other, started from the command line as a user would.
 Each stage is its own flow run on its pool, a subflow of the pipeline's; the versions and lineage are those of
-the same pipeline trained in-process. What cannot work is refused in one line before anything starts."""
+the same pipeline trained in-process. Two one-stage pipelines at once on a third pool, limited to one flow run by
+Prefect's own work-pool concurrency limit, never overlap. What cannot work is refused in one line before anything
+starts."""
 
 import contextlib
 import os
@@ -22,9 +24,13 @@ from deploy.local.servers import BUCKET
 from flows.cli.main import main
 from tests.deployed import api
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]  # ~7-9 min on 2 busy cores (servers included)
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # ~5-9 min on 2 busy cores (servers included)
 SMOKE = str(REPO_ROOT / "configs" / "smoke.yaml")
-POOLS = {"staged-pool-a": 1, "staged-pool-b": 2}  # pool -> workers
+POOLS = {"staged-pool-a": 1, "staged-pool-b": 2, "staged-pool-c": 1}  # pool -> workers
+# pool c: Prefect's own work-pool concurrency limit of 1 (a process worker alone would run both stages at once);
+# two one-stage pipelines beside the others, each with its stage on it
+LIMITED, QUEUED = "staged-pool-c", ["staged-queue-1", "staged-queue-2"]
+ONE_STAGE = ["stages=[{n_layers: 2, steps: 4}]", f"worker.work_pool={LIMITED}"]
 # stage 2 long enough, and checkpointed often enough, to be killed in the middle of its training
 SHORT = ["stages.0.steps=6", "stages.1.steps=400", "stages.1.checkpoint.every=5", "stages.2.steps=2"]
 SHORT += ["gate.enabled=false"]
@@ -42,6 +48,9 @@ def workers(local_servers, tmp_path_factory):
     template = REPO_ROOT / "deploy" / "work-pools" / "process.json"
     try:
         for pool, n in POOLS.items():
+            if pool == LIMITED:  # created with its limit before its worker starts (else the worker creates the pool)
+                _prefect_cli(local_servers, logs, "work-pool", "create", pool, "--type", "process")
+                _prefect_cli(local_servers, logs, "work-pool", "set-concurrency-limit", pool, "1")
             for k in range(n):
                 argv = [str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool", pool]
                 argv += ["--type", "process", "--base-job-template", str(template), "--name", f"{pool}-{k}"]
@@ -56,6 +65,13 @@ def workers(local_servers, tmp_path_factory):
     finally:
         for proc in procs:
             stop_group(proc.pid, grace=10)
+
+
+def _prefect_cli(servers, logs: Path, *args: str) -> None:
+    """The `prefect` command line as a user would run it, against the servers."""
+    argv = [str(Path(sys.executable).parent / "prefect"), *args]
+    out = subprocess.run(argv, env=_env(servers, PREFECT_HOME=str(logs / "home-cli")), capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
 
 
 def _staged(servers, *args: str) -> subprocess.Popen:
@@ -75,11 +91,13 @@ def _versions(servers, name: str) -> list:
 @pytest.fixture(scope="module")
 def pooled(local_servers, workers, tmp_path_factory):
     """The smoke pipeline with stage 1 on pool a and stages 2-3 on pool b, and beside it the same in-process
-    (at the same time: the pooled one mostly waits for its workers); yields the servers and each run's stdout."""
+    (at the same time: the pooled one mostly waits for its workers), and two one-stage pipelines on the limited
+    pool c; yields the servers and each run's stdout."""
     began, runs, prefixes = time.monotonic(), {}, {}
     for name, where in {
         "staged-pools": ["stages.0.work_pool=staged-pool-a", "worker.work_pool=staged-pool-b", "retry.retries=1"],
         "staged-pools-local": [],
+        **{name: ONE_STAGE for name in QUEUED},
     }.items():
         workdir, prefixes[name] = tmp_path_factory.mktemp(name), uuid.uuid4().hex[:8]
         sets = [*SHORT, *where, f"registry.model_name={name}", f"storage.uri=s3://{BUCKET}/{prefixes[name]}"]
@@ -159,6 +177,30 @@ def test_each_stage_is_a_flow_run_on_its_pool_under_the_pipeline(pooled):
     assert len(parents) == 1
     pipeline = api(pooled, lambda c: c.read_flow_run(parents.pop()))
     assert pipeline.name.startswith("staged-pools-") and pipeline.state.is_completed()
+
+
+def test_a_pool_concurrency_limit_queues_the_stages_of_several_pipelines(pooled):
+    """Two pipelines at once, each with its one stage on pool c (limit 1): Prefect's worker takes the second stage's
+    flow run only when the first has ended; both pipelines complete."""
+    servers, _, _ = pooled
+    from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    pool = api(servers, lambda c: c.read_work_pool(LIMITED))
+    assert pool.concurrency_limit == 1
+    runs = api(
+        servers,
+        lambda c: c.read_flow_runs(
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[LIMITED])), sort=FlowRunSort.START_TIME_ASC
+        ),
+    )
+    assert sorted(r.name.rsplit("-stage-", 1)[0] for r in runs) == QUEUED
+    assert all(r.state.is_completed() for r in runs), [(r.name, r.state.name) for r in runs]
+    first, second = runs
+    assert first.end_time <= second.start_time, (first.end_time, second.start_time)  # never overlapped
+    assert second.created < first.end_time  # ...though the second was waiting meanwhile: queued, not late
+    waited = (second.start_time - second.created).total_seconds()
+    print(f"pool limit 1: the second pipeline's stage waited {waited:.0f} s for the first", file=sys.stderr)
 
 
 def test_a_killed_worker_is_marked_crashed_and_the_stage_resumes_on_another(pooled):
