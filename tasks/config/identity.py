@@ -25,7 +25,14 @@ from tasks.config.schema import PipelineConfig, StageSpec
 # parallel (ddp or fsdp, processes, nodes) keeps the global batch and steps (the same weights up to
 # float summation order, and with dropout > 0 other dropout masks). Where an imported directory or a
 # tokenizer file lives does not matter either: their contents are in the key, by sha256.
-_NOT_COMPUTATION = {"checkpoint": True, "parallel": True, "init": True, "tokenizer": {"path"}}
+# Nor does watching a stage train (MLflow's system metrics).
+_NOT_COMPUTATION = {
+    "checkpoint": True,
+    "parallel": True,
+    "init": True,
+    "tokenizer": {"path"},
+    "system_metrics": True,
+}
 
 
 def spec_hash(spec: StageSpec) -> str:
@@ -34,10 +41,11 @@ def spec_hash(spec: StageSpec) -> str:
 
 def pipeline_hash(config: PipelineConfig) -> str:
     """Short hash of the whole resolved config but its ``limits`` (they change what may run, not what runs) and
-    where stages run (``worker``, ``stages.<i>.work_pool``): names the pipeline in Prefect (flow run) and MLflow
+    where stages run (``worker``, ``stages.<i>.work_pool``), whether a person approves them (``stages.<i>.approve``)
+    and whether they are watched (``train.system_metrics``): names the pipeline in Prefect (flow run) and MLflow
     (parent run)."""
-    where = {"work_pool", "job_variables"}
-    exclude = {"limits": True, "worker": True, "stages": {"__all__": where}}
+    where = {"work_pool", "job_variables", "approve", "approve_timeout_s"}
+    exclude = {"limits": True, "worker": True, "train": {"system_metrics"}, "stages": {"__all__": where}}
     return hashlib.sha256(config.model_dump_json(exclude=exclude).encode()).hexdigest()[:8]
 
 

@@ -76,6 +76,15 @@ TrainOverrides = create_model(
 )
 
 
+class PipelineTrain(TrainConfig):
+    """``train``: the trainer's defaults for every stage, and what the stage does around the loop."""
+
+    # MLflow's system metrics (CPU, memory, disk, network; GPU where present) sampled on each stage's run while it
+    # trains (tasks/registry/monitor.py); every MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL s (MLflow's variable, default
+    # 10). Not in any key: watching a stage changes nothing it computes
+    system_metrics: bool = False
+
+
 class RetryConfig(Strict):
     retries: int = Field(1, ge=0)  # Prefect task retries per stage (a retry resumes from the last checkpoint)
     delay_s: float = Field(10, ge=0)  # pause before a retry: give a flaky registry or disk a moment
@@ -109,6 +118,10 @@ class StageConfig(Strict):
     # None: the pipeline's `worker`. Not in the stage key: where a stage runs does not change what it computes
     work_pool: str | None = Field(None, pattern=POOL_NAME)
     job_variables: dict[str, JsonValue] = {}  # over worker.job_variables, key by key
+    # the pipeline's flow run pauses before this stage until a person resumes it in the Prefect UI (flows/approve.py);
+    # not resumed within approve_timeout_s, the flow run fails. A registered stage is not asked about. Not in any key
+    approve: bool = False
+    approve_timeout_s: int = Field(86400, ge=1)  # a day: a person may be asleep; the parent holds its slot meanwhile
 
     @model_validator(mode="after")
     def _one_end_rule(self) -> StageConfig:
@@ -177,6 +190,7 @@ class StageSpec(Strict):
     data: DataConfig
     checkpoint: CheckpointConfig = CheckpointConfig(every=0)  # cadence and pruning; not in the stage key
     parallel: ParallelConfig = ParallelConfig()  # torchrun processes, strategy (1: in the task); not in the key
+    system_metrics: bool = False  # train.system_metrics: MLflow's system metrics on the stage's run; not in the key
 
 
 class PipelineConfig(Strict):
@@ -189,7 +203,7 @@ class PipelineConfig(Strict):
     data: DataConfig = DataConfig()
     model: ArchConfig = Field(default_factory=default_section)
     tokenizer: TokenizerConfig = TokenizerConfig()  # default: the byte vocabulary
-    train: TrainConfig = TrainConfig()
+    train: PipelineTrain = PipelineTrain()
     registry: RegistryConfig = RegistryConfig()
     gate: GateConfig = GateConfig()
     worker: WorkerConfig = WorkerConfig()  # where stages run by default: in-process, or a Prefect work pool
@@ -205,7 +219,7 @@ class PipelineConfig(Strict):
 
     @field_validator("train")
     @classmethod
-    def _steps_belong_to_stages(cls, train: TrainConfig) -> TrainConfig:
+    def _steps_belong_to_stages(cls, train: PipelineTrain) -> PipelineTrain:
         if "steps" in train.model_fields_set:
             raise ValueError("set steps per stage (stages.<i>.steps), not under train")
         return train
@@ -279,7 +293,8 @@ class PipelineConfig(Strict):
                 else:  # derived from the previous stage: same widths, or doubled by a width stage
                     model = child_config(stage.growth, model, stage.n_layers)
                 overrides = stage.train.model_dump(exclude_none=True)
-                train = TrainConfig(**{**self.train.model_dump(), **overrides, "steps": 0})
+                defaults = self.train.model_dump(exclude={"system_metrics"})
+                train = TrainConfig(**{**defaults, **overrides, "steps": 0})
                 cap = step_cap(stage.steps, stage.until, per_step := train.batch_size * model.context)
                 if cap > MAX_STEPS:  # a tokens budget over small batches: the bound on steps holds for every rule
                     tokens = f"until.tokens {stage.until.tokens} is {cap} steps of {per_step} tokens (batch x context)"
@@ -307,6 +322,7 @@ class PipelineConfig(Strict):
                     data=self.data.reweighed(stage.data.weights) if stage.data.weights else self.data,
                     checkpoint=self.checkpoint.model_copy(update={"every": every}),
                     parallel=parallel,
+                    system_metrics=self.train.system_metrics,
                 )
             except ValidationError as e:
                 raise ValueError(f"stages.{k - 1}: {format_validation_error(e)}") from None
