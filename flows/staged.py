@@ -22,6 +22,7 @@ from prefect import flow
 from prefect.futures import PrefectFuture, wait
 from prefect.runtime import flow_run
 
+from flows.approve import approve, check_approvals
 from flows.pools import check_pools, run_on_pool
 from models.errors import UserError
 from tasks import publish
@@ -73,6 +74,7 @@ def staged_training(
     ws = Workspace.resolve(workdir, config.storage)
     registry, specs = ws.registry, config.stage_specs()
     check_pools(config, ws)  # a stage on a work pool that cannot run it: refused before anything starts
+    check_approvals(config)  # an approval no person could give (no Prefect server): likewise
     placements = config.placements()
     pipeline = Pipeline.of(config, flow_run_id=str(flow_run.id))
     parent_run = PipelineRun(registry.client(), registry.artifact_location, pipeline)
@@ -89,10 +91,15 @@ def staged_training(
         specs = specs[parent.stage :]
     gated: GateResult | None = None
     pending: list[PrefectFuture] = []  # publications running beside the training
+    card: PrefectFuture | None = None  # the latest stage's model card (what a person approving the next one reads)
     tokenizer = pipeline_tokenizer(specs[0], ws)  # trained once (or read) and stored; None: the byte vocabulary
     try:
         for spec in specs:
             lookup = look_up(spec, parent, tokenizer, registry)  # the key and any version: once, passed down
+            asked = config.stages[spec.index - 1]
+            if asked.approve and lookup.registered is None:  # a person resumes the paused flow run (flows/approve.py)
+                wait(pending)  # nothing of this run writes while it is paused; the previous card is complete
+                approve(spec, asked.approve_timeout_s, card.result() if card else None)
             run_id = parent_run.open() if lookup.registered is None else parent_run.find()
             where = placements[spec.index - 1]
             # configs and references, no tensors; a registered stage is found here, wherever it would run
@@ -112,7 +119,8 @@ def staged_training(
                 if gate_now
                 else None
             )
-            pending.append(publish.card.with_options(**retry).submit(registry, list(results), config.data, gated))
+            card = publish.card.with_options(**retry).submit(registry, list(results), config.data, gated)
+            pending.append(card)
         pending.append(
             publish.comparison.with_options(**retry).submit(registry, list(results), gated, config.gate.alias)
         )

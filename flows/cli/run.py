@@ -27,10 +27,15 @@ MLFLOW_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_RE
 def _check_inputs(config: PipelineConfig, workdir: Path) -> None:
     """Checks that need the file system; the config tree validated everything else. A document corpus is read
     once, whole (every file parses, both splits have documents); it is tokenized later, by the flow."""
+    from flows.approve import NotApproved, check_approvals
     from models.data.bytes import ByteCorpus
     from models.data.corpus import check_documents
     from tasks.workspace import Workspace
 
+    try:  # before the embedded Prefect API starts: the flow checks it again, wherever it runs from
+        check_approvals(config, os.environ.get("PREFECT_API_URL", ""))
+    except NotApproved as e:
+        fail(str(e))
     if config.gate.enabled and config.gate.metric.startswith("task:"):  # before anything trains
         from tasks.downstream import TaskError, check
 

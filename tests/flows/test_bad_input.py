@@ -456,6 +456,24 @@ CASES = {
         2,
         "stages.2.work_pool 'gpu': the registry sqlite:",
     ),
+    # an approval needs a Prefect server a person reaches (flows/approve.py); resumed and timed out: test_approve.py
+    "approval without a Prefect server": (
+        None,
+        SET("stages.1.approve=true"),
+        "fresh",
+        {},
+        2,
+        "stages.1.approve: a person resumes the paused flow run in the Prefect UI",
+    ),
+    "approval timeout": (
+        None,
+        SET("stages.1.approve_timeout_s=0"),
+        "fresh",
+        {},
+        2,
+        "stages.1.approve_timeout_s: Input should be greater than or equal to 1",
+    ),
+    "system metrics": (None, SET("train.system_metrics=maybe"), "fresh", {}, 2, "train.system_metrics: Input should"),
 }
 
 
