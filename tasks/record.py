@@ -85,9 +85,12 @@ def _eval_set(spec: StageSpec, tokenizer_sha256: str | None) -> str | None:
     return eval_set_id(spec.data, spec.seed, spec.model.context, tokenizer_sha256, t.eval_batches, t.batch_size)
 
 
-def register_trained(job: StageJob, trained: Trained, watch: StageWatch, corpus: Corpus) -> ModelRef:
+def register_trained(
+    job: StageJob, trained: Trained, watch: StageWatch, corpus: Corpus, run_id: str | None = None
+) -> ModelRef:
     """Register the stage's version directory (``job.output``, written once: tasks/version.py) with its lineage
-    tags, parameters, loss curves and run extras."""
+    tags, parameters, loss curves and run extras; ``run_id``: the stage's run, when its training created it
+    (system metrics: tasks/registry/monitor.py)."""
     spec, parent, registry = job.spec, job.parent, job.workspace.registry
     result, version, mix = trained.result, trained.version, trained.version.mixture
     start = parent.data_cursor if parent else 0
@@ -144,6 +147,7 @@ def register_trained(job: StageJob, trained: Trained, watch: StageWatch, corpus:
             metrics[Metrics.source_share(name)] = [(result.steps, mix.shares[name])]
         extras = StageRunExtras(
             parent_run_id=watch.parent_run_id,
+            run_id=run_id,
             tags=RunTags(prefect_flow_run_id=str(flow_run.id or ""), prefect_task_run_id=str(task_run.id or "")),
             texts={Artifacts.STAGE_CONFIG: yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)},
             datasets=[corpus_input(source, digest[:16], start, result.cursor)],

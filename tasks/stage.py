@@ -35,6 +35,7 @@ from tasks.registry import (
     Registry,
     finalize,
     find_version,
+    training_run,
 )
 from tasks.results import StageResult
 from tasks.store import hf_dir, imported_sha256, tokenizer_store
@@ -176,11 +177,14 @@ def run_stage(
             imported_sha256=lookup.imported_sha256,
             output=str(directory),
         )
-        trained = _train(job, view, corpus, vocabulary, watch, log)
+        # with train.system_metrics, the stage's MLflow run exists while it trains: MLflow samples the machine onto it
+        on, registry = spec.system_metrics, workspace.registry
+        with training_run(registry, spec.experiment, spec.index, key, parent_run_id, on) as run_id:
+            trained = _train(job, view, corpus, vocabulary, watch, log)
         result = trained.result
         init, val = result.val_loss_init, result.val_loss
         log.info("stage %d: val loss %.4f -> %.4f in %d steps", spec.index, init, val, result.steps)
-        ref = register_trained(job, trained, watch, corpus)
+        ref = register_trained(job, trained, watch, corpus, run_id)
     log.info("stage %d registered as %s version %s", spec.index, ref.name, ref.version)
     offset, cursor = (parent.global_step, parent.data_cursor) if parent else (0, 0)
     done = StageResult(

@@ -1,6 +1,7 @@
 """MLflow only: what a version records (schema.py), finding and registering versions (client.py),
 reading them, verified (fetch.py),
-``models:/`` URIs (lookup.py), the pipeline's parent run (runs.py), the pyfunc flavour (pyfunc.py), and
+``models:/`` URIs (lookup.py), the pipeline's parent run (runs.py), system metrics while a stage trains
+(monitor.py), the pyfunc flavour (pyfunc.py), and
 the gate's lease (lease.py).
 
 The door of this room: import these names from ``tasks.registry``. No other room names an MLflow tag.
@@ -32,6 +33,7 @@ from tasks.registry.lookup import (
     version_ref,
     versions,
 )
+from tasks.registry.monitor import training_run
 from tasks.registry.pyfunc import add_pyfunc, load_pyfunc, verified_copy
 from tasks.registry.runs import Pipeline, PipelineRun, StageRunExtras, corpus_input, experiment_id
 
@@ -66,6 +68,7 @@ __all__ = [
     "registered_model",
     "resolve",
     "schema",
+    "training_run",
     "verified_copy",
     "version_ref",
     "versions",

@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from pydantic import BaseModel
@@ -174,17 +174,23 @@ def register(
     extras = extras or StageRunExtras()
     client = registry.client()
     if (existing := find_version(client, model_name, tags.stage_key)) is not None:
+        if extras.run_id:  # another attempt registered this stage while this one trained: its run stands
+            client.delete_run(extras.run_id)
         finalize(registry, existing)
         return existing
     exp = experiment_id(client, registry.artifact_location, experiment)
-    delete_orphans(client, exp, tags.stage_key)
+    delete_orphans(client, exp, tags.stage_key, keep=extras.run_id)
     staged = (root := registry.staging_root()) is not None and model_dir.resolve().is_relative_to(root.resolve())
     tags = tags.model_copy(update={"manifest_sha256": write_manifest(model_dir, hashes, durable=staged)})
     version_tags = tags.to_tags() | (imported.to_tags() if imported else {})
     run_tags = {**version_tags, **extras.tags.to_tags()}
     if extras.parent_run_id:
         run_tags[PARENT_RUN_TAG] = extras.parent_run_id
-    run = client.create_run(exp, run_name=stage_run_name(tags.stage), tags=run_tags)
+    if extras.run_id:  # created when its training began (tasks/registry/monitor.py): it gets the tags now
+        run = client.get_run(extras.run_id)
+        client.log_batch(extras.run_id, tags=[RunTag(k, v) for k, v in run_tags.items()])
+    else:
+        run = client.create_run(exp, run_name=stage_run_name(tags.stage), tags=run_tags)
     run_id = run.info.run_id
     try:
         client.log_batch(run_id, params=[Param(k, v) for k, v in params.to_params().items()])
@@ -262,20 +268,28 @@ def _delete_version(client: MlflowClient, name: str, version: str) -> None:
 STALE_RUN_S = 3600  # a registration takes seconds: a stage run still RUNNING without a version after this is dead
 
 
-def delete_orphans(client: MlflowClient, experiment: str, stage_key: str) -> list[str]:
+def delete_orphans(client: MlflowClient, experiment: str, stage_key: str, keep: str | None = None) -> list[str]:
     """Delete runs of this stage key that never became a model version and whose attempt is over for sure:
-    terminated (FAILED, KILLED: an attempt that failed while registering), or RUNNING for more than
-    ``STALE_RUN_S`` (killed mid-way). A younger RUNNING run may be another live attempt's: it is left alone,
-    and that attempt deletes its run itself if it loses the race. Call only when no version has the key."""
+    terminated (FAILED, KILLED: an attempt that failed while registering or training), or RUNNING with nothing
+    logged for more than ``STALE_RUN_S`` (killed mid-way; a run created for training logs its system metrics every
+    few seconds while it lives). A RUNNING run active more recently may be another live attempt's: it is left alone,
+    and that attempt deletes its run itself if it loses the race. ``keep``: the caller's own run. Call only when no
+    version has the key."""
     cutoff_ms = (time.time() - STALE_RUN_S) * 1000
     orphans = [
         r.info.run_id
         for r in client.search_runs([experiment], filter_string=stage_runs_filter(stage_key))
-        if r.info.status != "RUNNING" or r.info.start_time < cutoff_ms
+        if r.info.run_id != keep and (r.info.status != "RUNNING" or _last_active_ms(r) < cutoff_ms)
     ]
     for run_id in orphans:
         client.delete_run(run_id)
     return orphans
+
+
+def _last_active_ms(run) -> int:
+    """When a run last showed life: its start, or its newest metric (the latest value of each key, with its
+    timestamp, as search_runs returns it; MLflow's own system metrics monitor reads ``_metric_objs`` the same way)."""
+    return max([run.info.start_time or 0, *(m.timestamp for m in run.data._metric_objs)])
 
 
 def metric_history(registry: Registry, run_id: str, key: str) -> list[tuple[int, float]]:

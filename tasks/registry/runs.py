@@ -134,6 +134,7 @@ class StageRunExtras:
     """What a stage run carries besides weights, params and metrics: its parent run, text artifacts, its data."""
 
     parent_run_id: str | None = None
+    run_id: str | None = None  # the stage's run, created when its training began (monitor.py); None: create it
     tags: RunTags = field(default_factory=RunTags)  # on the run only, not on the model version
     texts: dict[str, str] = field(default_factory=dict)  # artifact path -> content
     datasets: list[DatasetInput] = field(default_factory=list)

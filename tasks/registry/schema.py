@@ -272,6 +272,12 @@ def stage_runs_filter(stage_key: str) -> str:
     return f"tags.stage_key = '{stage_key}'"
 
 
+def stage_key_tags(stage_key: str) -> dict[str, str]:
+    """The one tag a stage's run carries from the moment it is created for training (tasks/registry/monitor.py):
+    what ``stage_runs_filter`` finds, so that an attempt that dies leaves an orphan ``delete_orphans`` can find."""
+    return {"stage_key": stage_key}
+
+
 def open_pipeline_runs_filter(config_hash: str) -> str:
     return (
         f"tags.run_kind = '{PIPELINE_RUN}' and tags.config_hash = '{config_hash}' and attributes.status != 'FINISHED'"

@@ -60,3 +60,43 @@ def test_a_racing_registration_that_lost_keeps_the_winner(workdir, tmp_path):
         spec.model_name, source=winner.source, run_id=run.info.run_id, tags=tags.to_tags()
     )
     assert find_version(client, spec.model_name, "key-race").version == winner.version == "1" != str(lost.version)
+
+
+def test_a_run_created_for_training_is_kept_while_it_logs_and_becomes_the_versions_run(workdir, tmp_path):
+    """With train.system_metrics a stage's run exists from the start of its training (tasks/registry/monitor.py):
+    an attempt's registration deletes such a run only when it has been silent for STALE_RUN_S (a long stage started
+    hours ago but still logging its system metrics is live), and registers into its own one."""
+    import time
+
+    from mlflow.entities import Metric
+
+    from tasks.registry import StageRunExtras
+    from tasks.registry.client import STALE_RUN_S
+    from tasks.registry.schema import stage_key_tags
+
+    registry, spec = Registry.resolve(workdir), load_config(SMOKE).stage_specs()[0]
+    out = tmp_path / "model"
+    tags = stage1_tags(save_model(GPT(spec.model), out), "key-long", optimizer_sha256=save_optimizer({}, out))
+    client = registry.client()
+    exp = client.create_experiment(spec.experiment, artifact_location=registry.artifact_location)
+    now_ms, long_ago = int(time.time() * 1000), int((time.time() - 2 * STALE_RUN_S) * 1000)
+    run = {k: client.create_run(exp, start_time=long_ago, tags=stage_key_tags("key-long")).info.run_id for k in "abc"}
+    # a: still training, its monitor logged a moment ago; b: died long ago, silent since; c: this attempt's own
+    client.log_batch(run["a"], metrics=[Metric("system/cpu_utilization_percentage", 50.0, now_ms, 7)])
+    client.log_batch(run["b"], metrics=[Metric("system/cpu_utilization_percentage", 50.0, long_ago, 0)])
+    ref = register(
+        registry,
+        spec.model_name,
+        spec.experiment,
+        model_dir=out,
+        tags=tags,
+        params=stage_params(spec),
+        metrics={"val_loss": [(0, 1.0)]},
+        extras=StageRunExtras(run_id=run["c"]),
+    )
+    assert ref.run_id == run["c"]
+    mine = client.get_run(run["c"])
+    assert mine.info.status == "FINISHED" and mine.data.tags["weights_sha256"] == tags.weights_sha256
+    assert mine.data.params and mine.data.metrics["val_loss"] == 1.0
+    assert client.get_run(run["a"]).info.lifecycle_stage == "active"  # live: left alone
+    assert client.get_run(run["b"]).info.lifecycle_stage == "deleted"  # over for sure
