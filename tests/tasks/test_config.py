@@ -155,3 +155,16 @@ def test_every_float_key_refuses_non_finite_values_in_one_line(key, value):
     message, field = str(e.value), override.rsplit(".", 1)[1]
     assert "\n" not in message and message.startswith("invalid config: "), message
     assert f".{field}: Input should be" in message, message
+
+
+def test_approvals_and_system_metrics_change_no_key_and_no_pipeline_hash():
+    """Asking a person, or watching the machine, changes nothing a stage computes: every stage key and the pipeline's
+    name stay those of the same config without them (a rerun with them on skips what is registered)."""
+    from tasks.config import pipeline_hash, stage_key
+
+    smoke = CONFIGS / "smoke.yaml"
+    plain = load_config(smoke)
+    watched = load_config(smoke, ["train.system_metrics=true", "stages.1.approve=true", "stages.1.approve_timeout_s=5"])
+    assert watched.stage_specs()[0].system_metrics and not plain.stage_specs()[0].system_metrics
+    assert pipeline_hash(watched) == pipeline_hash(plain)
+    assert [stage_key(s, "p") for s in watched.stage_specs()] == [stage_key(s, "p") for s in plain.stage_specs()]
