@@ -18,7 +18,9 @@ from __future__ import annotations
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
-from prefect.settings import PREFECT_API_URL
+from prefect.logging import get_run_logger
+from prefect.runtime import flow_run
+from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 
 from models.errors import UserError
 from tasks.config import PipelineConfig, StageSpec
@@ -62,14 +64,23 @@ def approve(spec: StageSpec, timeout_s: int, card: str | None) -> None:
     """Pause this flow run until a person resumes it; raises NotApproved when refused or not resumed in time."""
     where = f"stages.{spec.index - 1}.approve"
     form = Approval.with_initial_data(description=description(spec, timeout_s, card), approved=True)
+    page = f" ({ui}/runs/flow-run/{flow_run.id})" if (ui := PREFECT_UI_URL.value()) else ""
+    get_run_logger().info(
+        "stage %d waits for a person: resume flow run %s in the Prefect UI%s within %d s",
+        *(spec.index, flow_run.name, page, timeout_s),
+    )
     try:
         answer = pause_flow_run(
             wait_for_input=form, timeout=timeout_s, poll_interval=min(POLL_S, timeout_s), key=f"approve-{spec.index}"
         )
     except FlowPauseTimeout:
-        raise NotApproved(
-            f"{where}: stage {spec.index} was not approved within {timeout_s} s (stages.{spec.index - 1}"
-            ".approve_timeout_s): the pipeline stops before it"
-        ) from None
-    if not answer.approved:
-        raise NotApproved(f"{where}: stage {spec.index} was refused in the Prefect UI: the pipeline stops before it")
+        # Prefect's server fails the flow run itself once the pause has expired (its state then reads "The flow was
+        # ... never resumed."): the line goes to the flow run's log, which the UI shows beside it
+        why = f"was not approved within {timeout_s} s (stages.{spec.index - 1}.approve_timeout_s)"
+    else:
+        if answer.approved:
+            return
+        why = "was refused in the Prefect UI"
+    line = f"{where}: stage {spec.index} {why}: the pipeline stops before it"
+    get_run_logger().error(line)
+    raise NotApproved(line)
