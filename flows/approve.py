@@ -15,12 +15,14 @@ the ``staged run`` process on a port nobody opens, and its pause could only time
 
 from __future__ import annotations
 
+from prefect.client.orchestration import get_client
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+from prefect.states import Running
 
 from models.errors import UserError
 from tasks.config import PipelineConfig, StageSpec
@@ -74,8 +76,11 @@ def approve(spec: StageSpec, timeout_s: int, card: str | None) -> None:
             wait_for_input=form, timeout=timeout_s, poll_interval=min(POLL_S, timeout_s), key=f"approve-{spec.index}"
         )
     except FlowPauseTimeout:
-        # Prefect's server fails the flow run itself once the pause has expired (its state then reads "The flow was
-        # ... never resumed."): the line goes to the flow run's log, which the UI shows beside it
+        # Prefect's server refuses every state after an expired pause but its own Failed ("The flow was ... never
+        # resumed."), which would hide this line from the flow's state and from `staged run` (exit 1, no reason):
+        # the pause is ended here, the flow run Running again, so that it fails with the line like any user error
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(flow_run.id, Running(message="approval timed out"), force=True)
         why = f"was not approved within {timeout_s} s (stages.{spec.index - 1}.approve_timeout_s)"
     else:
         if answer.approved:

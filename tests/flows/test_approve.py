@@ -4,6 +4,7 @@ UI's Resume button does; not resumed in time, the flow run fails with one line. 
 (prefect_test_harness) and an embedded MLflow store. The embedded-Prefect refusal: tests/flows/test_bad_input.py."""
 
 import contextvars
+import sys
 import threading
 import time
 
@@ -97,27 +98,32 @@ def test_an_approved_stage_trains_once_a_person_resumes_the_flow_run(prefect_har
     assert _versions(workdir, name) == ["1", "2"]
 
 
-def test_a_stage_not_approved_in_time_fails_the_flow_run_in_one_line(prefect_harness, workdir):
-    from flows.approve import NotApproved
-    from flows.staged import staged_training
-    from tasks.config import load_config
+def test_a_stage_not_approved_in_time_fails_the_flow_run_in_one_line(prefect_harness, workdir, monkeypatch, capsys):
+    """Through `staged run` as a person runs it against a Prefect server: exit 2, the one line on stderr."""
+    from prefect.settings import PREFECT_API_URL
 
+    from flows.cli.main import main
+
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())  # the session's server, as a user's variable
     name = "staged-approve-timeout"
     sets = [*TWO, "stages.1.approve=true", "stages.1.approve_timeout_s=2", f"registry.model_name={name}"]
     seen: dict = {}
     person = _person(workdir, name, None, seen)  # nobody answers
-    with pytest.raises(NotApproved) as refused:
-        staged_training(load_config(SMOKE, sets), str(workdir))
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", SMOKE, "--workdir", str(workdir), *[a for s in sets for a in ("--set", s)]])
     person.join(timeout=60)
-    message = str(refused.value)
-    assert message == (
+    message = (
         "stages.1.approve: stage 2 was not approved within 2 s (stages.1.approve_timeout_s): the pipeline stops"
         " before it"
     )
+    err = capsys.readouterr().err.strip().splitlines()  # Prefect's log lines (this process's flow), then ours
+    print(err[-1], file=sys.stderr)
+    assert exit_.value.code == 2 and err[-1].startswith("staged: error: ") and message in err[-1], err[-3:]
+    assert [line for line in err if line.startswith("staged:")] == [err[-1]]
     assert "No stage" not in seen["description"] and seen["versions"] == ["1"]
     assert _versions(workdir, name) == ["1"]  # stage 2 never trained
     (run,) = _flow_runs(name)
-    assert run.state.is_failed(), run.state  # Prefect's own message on the state: "The flow was ... never resumed."
+    assert run.state.is_failed() and message in run.state.message, run.state  # what the Prefect UI shows
     deadline = time.monotonic() + 30  # logs reach the API in batches
     while not any(message in log.message for log in _logs(run.id)) and time.monotonic() < deadline:
         time.sleep(0.5)
