@@ -24,7 +24,7 @@ from deploy.local.servers import BUCKET
 from flows.cli.main import main
 from tests.deployed import api
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]  # ~5-9 min on 2 busy cores (servers included)
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # ~5-9 min on 2 busy cores (servers, pool c included)
 SMOKE = str(REPO_ROOT / "configs" / "smoke.yaml")
 POOLS = {"staged-pool-a": 1, "staged-pool-b": 2, "staged-pool-c": 1}  # pool -> workers
 # pool c: Prefect's own work-pool concurrency limit of 1 (a process worker alone would run both stages at once);
