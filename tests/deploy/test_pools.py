@@ -22,6 +22,7 @@ from repo import REPO_ROOT
 from deploy.local.processes import stop_group
 from deploy.local.servers import BUCKET
 from flows.cli.main import main
+from tasks.store.checkpoint import MANIFEST
 from tests.deployed import api
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # ~5-9 min on 2 busy cores (servers, pool c included)
@@ -134,8 +135,10 @@ def _kill_during_stage_2(servers, workers, prefix: str) -> dict:
     )
 
     def stage_dirs() -> set[str]:
+        """The stage keys with a complete checkpoint: its manifest is written last (tasks/store/checkpoint.py); a
+        stage's first object alone may be a checkpoint still being written, which a retry could not resume from."""
         found = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/checkpoints/").get("Contents", [])
-        return {o["Key"].split("/")[2] for o in found}
+        return {o["Key"].split("/")[2] for o in found if o["Key"].endswith(f"/{MANIFEST}")}
 
     deadline, before, run = time.monotonic() + 400, None, None
     while time.monotonic() < deadline:
