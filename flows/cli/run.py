@@ -203,12 +203,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir)
     if args.command == "resume" and not (workdir / "mlflow.db").is_file() and "MLFLOW_TRACKING_URI" not in os.environ:
         fail(f"nothing to resume: workdir {str(workdir)!r} holds no earlier run")
+    # first, before any check imports Prefect: its settings (the embedded database, the start-up timeout) are
+    # read from the environment once, when it is imported
+    _embedded_defaults(workdir)
     _check_inputs(config, workdir)
     for key, value in MLFLOW_RETRY_DEFAULTS.items():
         os.environ.setdefault(key, value)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     _check_endpoints(config, workdir, args.from_version)
-    _embedded_defaults(workdir)
 
     from flows.staged import staged_training
 
