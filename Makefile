@@ -23,7 +23,7 @@ smoke: install
 # two pytest-xdist workers, one per core (tests run one thread each); a worker takes whole groups: a module, or
 # every test of one costly session fixture (tests/conftest.py). One file or test: .venv/bin/python -m pytest PATH
 test: install
-	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup
+	$(VENV)/bin/python -m pytest -n 2
 
 lint: install
 	$(VENV)/bin/ruff format --check .

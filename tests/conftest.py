@@ -1,3 +1,4 @@
+import functools
 import os
 
 import pytest
@@ -14,17 +15,28 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-# session fixtures too costly to build twice: under pytest-xdist, every test that asks for one runs on one worker
-_SHARED = {"local_servers": "servers", "gated_runs": "gated"}
+# session fixtures too costly to build twice: under pytest-xdist, every module that asks for one runs on one worker
+_SHARED = {"local_servers": "servers", "deployed_run": "servers", "gated_runs": "gated"}
 
 
-def pytest_collection_modifyitems(config, items):
-    """Groups for pytest-xdist's ``--dist loadgroup`` (the README's test command runs 2 workers): a worker takes a
-    whole group, by default a test module (its module fixtures are built once), and every user of one of the
-    ``_SHARED`` session fixtures together. Without xdist the marker is inert."""
-    for item in items:
-        group = next((g for f, g in _SHARED.items() if f in item.fixturenames), item.nodeid.split("::")[0])
-        item.add_marker(pytest.mark.xdist_group(group))
+@functools.cache
+def _group(module: str) -> str:
+    """The worker group of a test module: the first ``_SHARED`` fixture its source names, or the module itself."""
+    text = (REPO_ROOT / module).read_text()
+    return next((group for fixture, group in _SHARED.items() if fixture in text), module)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`make test` runs two pytest-xdist workers. A worker takes whole groups (``_group``): a module, so that its
+    module fixtures are built once, and all the modules of one costly session fixture. (xdist's own ``loadgroup``
+    marks cannot do this under pytest 9: they rename a node through an attribute pytest no longer reads.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _group(nodeid.split("::")[0])
+
+    return ByGroup(config, log)
 
 
 @pytest.fixture(autouse=True)
