@@ -133,18 +133,19 @@ def test_a_growth_moment_evaluation_never_meets_the_target():
     assert arm["flops_ratio"] == pytest.approx(0.7)  # at that eval: no interpolation from the growth moment
 
 
-def test_every_arm_of_the_json_is_in_the_docs_table():
-    """docs/llama-budgets.json's (size, tokens/param, arm) rows, each in docs/benchmarks.md's table, none omitted."""
+@pytest.mark.parametrize("summary", ["llama-budgets.json", "fair-cpu.json"])
+def test_every_arm_of_the_json_is_in_the_docs_table(summary):
+    """A summary's (size, tokens/param, arm) rows, each in docs/benchmarks.md's tables, none omitted."""
     from repo import REPO_ROOT
 
-    s = json.loads((REPO_ROOT / "docs" / "llama-budgets.json").read_text())
+    s = json.loads((REPO_ROOT / "docs" / summary).read_text())
     want = {(b["size"], f"{b['tokens_per_param']:g}", n) for b in s["budgets"] for n in b["arms"]}
     rows = set()
     for line in (REPO_ROOT / "docs" / "benchmarks.md").read_text().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) >= 3 and cells[0].split(" ")[0] in s["sizes"] and cells[1].replace(".", "").isdigit():
             rows.add((cells[0].split(" ")[0], cells[1], cells[2]))
-    assert want - rows == set(), "arms of docs/llama-budgets.json missing from docs/benchmarks.md's table"
+    assert want and want - rows == set(), f"arms of docs/{summary} missing from docs/benchmarks.md's tables"
 
 
 def test_the_best_schedule_is_chosen_on_the_validation_half_never_on_test():
