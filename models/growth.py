@@ -331,7 +331,10 @@ def dry_run(operator: str | GrowthConfig, parent: ModelConfig, child: ModelConfi
     """Grow shape-only (meta-device) models and check the result against the child: catches every
     impossible growth request before any data is read or any step is trained."""
     cfg = as_config(operator)
-    check_upcycle(parent, child) if cfg.operator == "upcycle" else check_same_family(parent, child)
+    if cfg.operator == "upcycle":
+        check_upcycle(parent, child)
+    else:
+        check_same_family(parent, child)
     family = family_of(parent)
     with torch.device("meta"):
         parent_state = family.weights(family.build(parent))
