@@ -1,6 +1,10 @@
 """``train.system_metrics: true``: MLflow's own SystemMetricsMonitor samples the machine onto each stage's run while
 it trains (``system/cpu_utilization_percentage``, ...), the same run the version is registered from; off, a stage's
-run has no ``system/`` metric. Real flows on the session's Prefect API, an embedded MLflow store."""
+run has no ``system/`` metric. Real flows on the session's Prefect API, an embedded MLflow store.
+
+How many samples a stage gets is its training time over the interval: a fact about the machine, not the product.
+So the repeated sampling is shown on the monitor's own block, held open until it has sampled twice; the flows
+only need a stage longer than one interval (0.05 s here; stage 1 trains for well over a second)."""
 
 import sys
 import time
@@ -11,8 +15,12 @@ from repo import REPO_ROOT
 pytestmark = [pytest.mark.integration]
 
 SMOKE = str(REPO_ROOT / "configs" / "smoke.yaml")
-# one stage long enough for several samples at a 0.2 s interval, and a short second one
-STAGES = ["stages=[{n_layers: 2, steps: 60}, {n_layers: 4, steps: 2, growth: {operator: stack}}]", "gate.enabled=false"]
+INTERVAL = "0.05"  # seconds; MLflow's own variable (default 10 s)
+# one stage many intervals long, and a short second one
+STAGES = [
+    "stages=[{n_layers: 2, steps: 200}, {n_layers: 4, steps: 2, growth: {operator: stack}}]",
+    "gate.enabled=false",
+]
 
 
 def _runs(workdir, name: str, sets: list[str]):
@@ -25,15 +33,39 @@ def _runs(workdir, name: str, sets: list[str]):
     return client, [client.get_run(r.ref.run_id) for r in results]
 
 
+def test_the_monitor_samples_onto_the_running_run_until_its_block_ends(workdir, monkeypatch):
+    from tasks.registry import Registry, training_run
+
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", INTERVAL)
+    registry = Registry.resolve(workdir)
+    client = registry.client()
+    history = lambda run_id: client.get_metric_history(run_id, "system/cpu_utilization_percentage")  # noqa: E731
+    with training_run(registry, "sysmetrics", 1, "k" * 64, None, True) as run_id:
+        assert client.get_run(run_id).info.status == "RUNNING"
+        deadline = time.monotonic() + 60
+        while len(history(run_id)) < 2:  # a condition, not a sleep: the monitor's thread logs every interval
+            assert time.monotonic() < deadline, "no second sample in 60 s"
+            time.sleep(0.05)
+    samples = history(run_id)
+    assert [m.step for m in samples] == list(range(len(samples)))  # steps 0, 1, ..., one per interval
+    assert all(0 <= m.value <= 100 for m in samples)
+    time.sleep(3 * float(INTERVAL))
+    assert len(history(run_id)) == len(samples)  # the block's end stopped it: nothing arrives after
+    with pytest.raises(RuntimeError):  # a failed training marks the run FAILED, and the error goes on
+        with training_run(registry, "sysmetrics", 2, "f" * 64, None, True) as failed:
+            raise RuntimeError("training failed")
+    assert client.get_run(failed).info.status == "FAILED"
+
+
 def test_each_stage_run_carries_mlflows_system_metrics_when_on(prefect_harness, workdir, monkeypatch):
-    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # MLflow's own variable (default 10 s)
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", INTERVAL)
     began = time.time() * 1000
     client, runs = _runs(workdir, "staged-sysmetrics", ["train.system_metrics=true"])
     first = runs[0]
     assert first.info.status == "FINISHED" and first.data.params  # the version's run: params, curves and model
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(first.data.metrics)
     cpu = client.get_metric_history(first.info.run_id, "system/cpu_utilization_percentage")
-    assert len(cpu) >= 2 and [m.step for m in cpu] == list(range(len(cpu)))  # sampled at steps 0, 1, ...
+    assert cpu and [m.step for m in cpu] == list(range(len(cpu)))  # sampled at steps 0, 1, ...
     assert all(0 <= m.value <= 100 and m.timestamp >= began for m in cpu)
     print(f"system metrics: {len(cpu)} samples over stage 1's run", file=sys.stderr)
     # sampled while it trained: before the run ended, after it began
@@ -47,7 +79,7 @@ def test_each_stage_run_carries_mlflows_system_metrics_when_on(prefect_harness, 
 
 
 def test_no_system_metrics_when_off(prefect_harness, workdir, monkeypatch):
-    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", INTERVAL)
     _, runs = _runs(workdir, "staged-no-sysmetrics", [])
     for run in runs:
         assert run.data.metrics and not [k for k in run.data.metrics if k.startswith("system/")], run.data.metrics
