@@ -4,10 +4,13 @@
 
 Per budget (a FLOPs budget C, named by the tokens per parameter it gives the over-deep reference target):
 
-1. **Right-sizing.** Every depth of ``Fair.depths`` from scratch at C (the preset's default LR, one tuning seed,
-   final *validation* loss); the best is the target ("scratch"), the reference depth stays as a secondary row
-   ("scratch-deep"). So scratch is the best from-scratch depth at equal FLOPs (its effective-compute multiplier,
-   from bench/equal/report.py's fit, is reported), not an over-deep model that any growth beats.
+1. **Right-sizing.** Every depth of ``Fair.depths`` from scratch at C (WSD at each of ``sizing_lrs``, the
+   grid's middle three, one tuning seed, final *validation* loss; a depth's loss is its best LR's). The best depth
+   is run once more at ``within`` x C: its loss there is the line. The target ("scratch") is the deepest depth
+   that reaches the line at C, i.e. within ~10 % of the best from-scratch model at equal FLOPs (the best itself
+   if none deeper does); the reference depth stays as a secondary row ("scratch-deep"), shallower depths as
+   "small-N". So scratch sits on the from-scratch front at equal FLOPs, not an over-deep model that any growth
+   beats, and it is as deep as that allows: the room staged training has to grow.
 2. **Equal tuning.** Every arm, scratch included, over the same grid: ``lr_points`` log-spaced peak LRs x
    {cosine, WSD} (warmup and WSD's decay share fixed). Staged arms then tune their growth knobs at their best
    LR and shape: the growth point (the share of the arm's FLOPs before its last growth), the post-growth LR
@@ -57,6 +60,7 @@ class Fair:
     budgets: list[float]  # tokens per parameter of the reference target: C = that x N_ref x FLOPs/token
     lr_range: tuple[float, float] = (1e-3, 3e-2)
     lr_points: int = 6
+    within: float = 0.9  # right-sizing: a depth qualifies if it reaches the best depth's loss at this share of C
     points: tuple[float, ...] = (0.3, 0.6)  # growth-point grid
     lr_mults: tuple[float, ...] = (1.0, 0.5)
     rewarms: tuple[float, ...] = (0.0, 0.02)
@@ -72,6 +76,12 @@ class Fair:
 
     def lrs(self) -> list[float]:
         return [float(x) for x in np.geomspace(*self.lr_range, self.lr_points)]
+
+    def sizing_lrs(self) -> list[float]:
+        """The right-sizing sweep's LRs: the grid's middle three (where every tuned LR of the first run lay)."""
+        lrs = self.lrs()
+        mid = max(0, len(lrs) // 2 - 1)
+        return lrs[mid : mid + 3]
 
     def grid(self) -> list[HParams]:
         return [HParams(lr=lr, warmup=WARMUP, shape=s, decay=DECAY) for lr in self.lrs() for s in ("cosine", "wsd")]
@@ -103,6 +113,12 @@ class Fair:
         steps = max(2, round(self.flops(tpp) / (train_flops_per_token(p.model) * per_step)))
         n = n_params(p.model)
         return Budget(steps * per_step / n, n, steps, max(1, steps // self.evals), per_step)
+
+    def line_budget(self, depth: int, tpp: float) -> Budget:
+        """The best depth's run at ``within`` x the budget: its loss is the line right-sizing compares with."""
+        b = self.budget(depth, tpp)
+        steps = max(2, round(b.scratch_steps * self.within))
+        return Budget(steps * b.tokens_per_step / b.params, b.params, steps, b.eval_every, b.tokens_per_step)
 
 
 def _half(depth: int) -> int:
@@ -200,9 +216,15 @@ def with_knobs(arm: Schedule, fair: Fair, k: Knobs, b: Budget, target: int) -> S
     return arm.model_copy(update={"stages": [stages[0], *middle, grown(last, upd)]})
 
 
-def right_size(losses: dict[int, float]) -> int:
-    """The target depth: the lowest final validation loss of the from-scratch sweep (ties: the shallower)."""
+def best_depth(losses: dict[int, float]) -> int:
+    """The depth with the lowest final validation loss of the from-scratch sweep (ties: the shallower)."""
     return min(losses, key=lambda d: (losses[d], d))
+
+
+def right_size(losses: dict[int, float], line: float) -> int:
+    """The target depth: the deepest whose loss at C is at most ``line`` (the best depth's loss at ``within`` x C:
+    within ~10 % of the best at equal FLOPs), else the best depth."""
+    return max([d for d, v in losses.items() if v <= line], default=best_depth(losses))
 
 
 def estimate(fair: Fair, step_seconds: dict[int, float], eval_seconds: dict[int, float], per_run: float = 0.0) -> float:
@@ -212,7 +234,9 @@ def estimate(fair: Fair, step_seconds: dict[int, float], eval_seconds: dict[int,
     Right-sizing is not known before it runs: the estimate takes the costliest depth as the target."""
     total = 0.0
     for tpp in fair.budgets:
-        sweep = sum(fair.budget(d, tpp).scratch_steps * step_seconds[d] + per_run for d in fair.depths)
+        sweep = len(fair.sizing_lrs()) * sum(fair.budget(d, tpp).scratch_steps * step_seconds[d] for d in fair.depths)
+        sweep += len(fair.sizing_lrs()) * len(fair.depths) * per_run
+        sweep += max(fair.line_budget(d, tpp).scratch_steps * step_seconds[d] for d in fair.depths) + per_run
         sweep *= len(fair.tuning_seeds)
         d = max(fair.depths, key=lambda x: fair.budget(x, tpp).scratch_steps * step_seconds[x])
         run = fair.budget(d, tpp).scratch_steps * step_seconds[d] + per_run

@@ -22,8 +22,10 @@ def _preset(name: str, model, data: DataConfig, tokenizer: TokenizerConfig, trai
 
 
 # The llama-budgets `s` width (d_model 16, BPE 320, context 64, batch 32) with the 8-layer over-deep reference;
-# budgets named by the reference's tokens/param: 10 and 34 put a 4-layer right-sized target near 22 and 75 (34, not
-# 40: the estimate with an 8-layer target stays under 2 hours of one core's CPU time, measured 2026-12-07).
+# budgets named by the reference's tokens/param (10 and 34; 34, not 40: the first estimate stayed under 2 hours of
+# one core). The first run (v29: depths 2-8, LRs 1e-3..3e-2) chose 2 layers at both budgets, at the sweep's edge,
+# with every staged arm's and small-1's tuned LR at the grid's top: so depth 1 joins the sweep and the grid moves
+# up to 2e-3..8e-2 (the same 6 points, ratio 2.09).
 CPU = Fair(
     name="fair-cpu",
     preset=_preset(
@@ -33,8 +35,9 @@ CPU = Fair(
         TokenizerConfig(train=TrainTokenizer(vocab_size=VOCAB)),
         TrainConfig(batch_size=64),
     ),
-    depths=[2, 4, 8],
+    depths=[1, 2, 4, 8],
     budgets=[10.0, 34.0],
+    lr_range=(2e-3, 8e-2),
     points=(0.3, 0.6),
     lr_mults=(1.0, 0.5),
     rewarms=(0.0,),

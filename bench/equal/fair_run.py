@@ -10,6 +10,7 @@ resumes), the raw file rewritten after each budget ("partial": true until the en
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -27,6 +28,7 @@ from bench.equal.fair import (
     Fair,
     Knobs,
     arms,
+    best_depth,
     estimate,
     ratio_resolution,
     right_size,
@@ -151,7 +153,7 @@ def run(fair: Fair, workdir: Path, raw: Path, log=print, only_estimate: bool = F
 
     def tune_one(name: str, arm, b, target: int, tpp: float) -> tuple[HParams, Knobs, dict]:
         """The LR x shape grid (growth knobs at their defaults), then a staged arm's knob grid at its best LR."""
-        ident = {"fair": fair.name, "budget": tpp, "arm": arm.model_dump(), "target": target, "v": 29}
+        ident = {"fair": fair.name, "budget": tpp, "arm": arm.model_dump(), "target": target, "v": 30}
         as_hp = lambda t: HParams(lr=t["lr"], warmup=WARMUP, shape=t["shape"], decay=DECAY)  # noqa: E731
         knob = lambda k: with_knobs(arm, fair, Knobs(**k), b, target)  # noqa: E731
         grid = {"lr": fair.lrs(), "shape": ["cosine", "wsd"]}
@@ -172,20 +174,35 @@ def run(fair: Fair, workdir: Path, raw: Path, log=print, only_estimate: bool = F
         record = {"best_params": hp.model_dump(), "knobs": vars(knobs), "best_value": value, "trials": trials}
         return hp, knobs, record | {"knob_trials": knob_trials}
 
+    def right_sizing(tpp: float, key: str) -> dict:
+        """Each depth from scratch at the budget (WSD at each sizing LR; a depth's loss: its best LR's), the best
+        depth once more at ``within`` x the budget (the line), and the target: bench.equal.fair.right_size."""
+        scored = lambda one, hp, b: {"loss": final_val(one, hp, b)}  # noqa: E731  (what _cached stores)
+        sweep, lrs, by_lr = {}, {}, {}
+        for d in fair.depths:
+            b, one = fair.budget(d, tpp), arms(d, d)["scratch"]
+            by_lr[d] = {}
+            for lr in fair.sizing_lrs():
+                run = functools.partial(scored, one, _wsd(lr), b)
+                by_lr[d][lr] = _cached(workdir / "sizing" / f"{key}-{d}-{lr:.4g}.json", run)["loss"]
+            lrs[d] = min(by_lr[d], key=by_lr[d].get)
+            sweep[d] = by_lr[d][lrs[d]]
+        best = best_depth(sweep)
+        one, at = arms(best, best)["scratch"], fair.line_budget(best, tpp)
+        line = _cached(
+            workdir / "sizing" / f"{key}-{best}-line.json", functools.partial(scored, one, _wsd(lrs[best]), at)
+        )
+        out = {"losses": sweep, "lrs": lrs, "by_lr": by_lr, "best": best, "line": line["loss"], "within": fair.within}
+        return out | {"target": right_size(sweep, line["loss"]), "reference": max(fair.depths)}
+
     runs, tuned, sizing = [], {}, {}
     for tpp in fair.budgets:
         key = f"{tpp:g}"
-        sweep = {}
-        for d in fair.depths:  # right-sizing: each depth from scratch at the budget, the default LR
-            b = fair.budget(d, tpp)
-            one = arms(d, d)["scratch"]
-            path = workdir / "sizing" / f"{key}-{d}.json"
-            sweep[d] = _cached(path, lambda one=one, b=b: {"loss": final_val(one, fair.preset.defaults, b)})["loss"]
-        target = right_size(sweep)
+        sizing[key] = right_sizing(tpp, key)
+        target = sizing[key]["target"]
         b = fair.budget(target, tpp)
-        sizing[key] = {"losses": sweep, "target": target, "reference": max(fair.depths)}
         sizing[key]["tokens_per_param"] = round(b.tokens_per_param, 2)  # the right-sized target's own
-        log(f"[{fair.name}] {key}: right-sized target {target} layers ({sweep})")
+        log(f"[{fair.name}] {key}: right-sized target {target} layers ({sizing[key]})")
         p = fair.at_depth(target)
         tuned[key] = {}
         for name, arm in arms(target, max(fair.depths)).items():
@@ -201,6 +218,10 @@ def run(fair: Fair, workdir: Path, raw: Path, log=print, only_estimate: bool = F
                 log(f"[{fair.name}] {key} seed {seed} {name}: test {out.get('final_val_loss')}")
         write(summary(fair, tuned, sizing, runs, cost, started, len(val), len(test)), raw, partial=True)
     return summary(fair, tuned, sizing, runs, cost, started, len(val), len(test))
+
+
+def _wsd(lr: float) -> HParams:
+    return HParams(lr=lr, warmup=WARMUP, shape="wsd", decay=DECAY)
 
 
 def _short(by_depth: dict[int, float]) -> str:

@@ -10,7 +10,18 @@ import math
 import pytest
 
 from bench.equal import fair_run
-from bench.equal.fair import DECAY, WARMUP, Knobs, arms, estimate, ratio_resolution, right_size, staged, with_knobs
+from bench.equal.fair import (
+    DECAY,
+    WARMUP,
+    Knobs,
+    arms,
+    best_depth,
+    estimate,
+    ratio_resolution,
+    right_size,
+    staged,
+    with_knobs,
+)
 from bench.equal.fair_presets import CPU, GPU, tiny
 from bench.suite.spec import HParams, n_params, pipeline_config, train_flops_per_token
 
@@ -73,9 +84,19 @@ def test_the_late_jump_under_depth_mup_jumps_in_wsds_stable_phase_with_mup_on_ev
     assert plain.model.depth_mup == "none"
 
 
-def test_right_sizing_picks_the_lowest_validation_loss():
-    assert right_size({2: 3.1, 4: 3.0, 8: 3.2}) == 4
-    assert right_size({2: 3.0, 4: 3.0}) == 2
+def test_right_sizing_picks_the_deepest_depth_within_the_line():
+    assert best_depth({2: 3.1, 4: 3.0, 8: 3.2}) == 4 and best_depth({2: 3.0, 4: 3.0}) == 2
+    # the line: the best depth's loss at 0.9 of the FLOPs; a deeper depth at or under it is within ~10 %
+    assert right_size({1: 2.90, 2: 2.93, 4: 2.99, 8: 3.2}, line=2.95) == 2
+    assert right_size({1: 2.90, 2: 2.93, 4: 2.95, 8: 3.2}, line=2.95) == 4
+    assert right_size({1: 2.90, 2: 2.93}, line=2.91) == 1  # none deeper within: the best itself
+
+
+def test_the_line_is_the_best_depths_run_at_090_of_the_flops():
+    b, line = CPU.budget(2, 10.0), CPU.line_budget(2, 10.0)
+    assert line.scratch_steps == round(0.9 * b.scratch_steps) and line.params == b.params
+    assert line.tokens_per_step == b.tokens_per_step
+    assert CPU.sizing_lrs() == CPU.lrs()[2:5] and len(CPU.lrs()) >= 6
 
 
 def test_the_presets_resolve_a_ratio_to_003_on_a_1e5_token_test_set_with_3_seeds():
@@ -93,9 +114,11 @@ def test_the_estimate_counts_every_run():
     target = max(one.depths, key=lambda d: b[d])
     every = arms(target, max(one.depths))
     runs = len(every) * len(one.grid()) + sum(map(staged, every.values())) * len(one.knobs()) + len(every)
-    assert secs == pytest.approx(sum(b.values()) + runs * b[target])
+    # right-sizing: every depth at each sizing LR, then the costliest depth's line run at 0.9 of the budget
+    n_lrs, line = len(one.sizing_lrs()), max(one.line_budget(d, 0.5).scratch_steps for d in one.depths)
+    assert secs == pytest.approx(n_lrs * sum(b.values()) + line + runs * b[target])
     more = estimate(one, {d: 1.0 for d in one.depths}, {d: 0.0 for d in one.depths}, per_run=0.5)
-    assert more - secs == pytest.approx(0.5 * (len(one.depths) + runs))  # every run's cost beside its steps
+    assert more - secs == pytest.approx(0.5 * (n_lrs * len(one.depths) + 1 + runs))  # every run's cost beside
 
 
 @pytest.mark.slow
