@@ -5,7 +5,7 @@
 Per budget (a FLOPs budget C, named by the tokens per parameter it gives the over-deep reference target):
 
 1. **Right-sizing.** Every depth of ``Fair.depths`` from scratch at C (WSD at each of ``sizing_lrs``, the
-   grid's middle three, one tuning seed, final *validation* loss; a depth's loss is its best LR's). The best depth
+   tuning grid's LRs, one tuning seed, final *validation* loss; a depth's loss is its best LR's). The best depth
    is run once more at ``within`` x C: its loss there is the line. The target ("scratch") is the deepest depth
    that reaches the line at C, i.e. within ~10 % of the best from-scratch model at equal FLOPs (the best itself
    if none deeper does); the reference depth stays as a secondary row ("scratch-deep"), shallower depths as
@@ -78,10 +78,8 @@ class Fair:
         return [float(x) for x in np.geomspace(*self.lr_range, self.lr_points)]
 
     def sizing_lrs(self) -> list[float]:
-        """The right-sizing sweep's LRs: the grid's middle three (where every tuned LR of the first run lay)."""
-        lrs = self.lrs()
-        mid = max(0, len(lrs) // 2 - 1)
-        return lrs[mid : mid + 3]
+        """The right-sizing sweep's LRs: the tuning grid's (each depth at its own best LR, WSD)."""
+        return self.lrs()
 
     def grid(self) -> list[HParams]:
         return [HParams(lr=lr, warmup=WARMUP, shape=s, decay=DECAY) for lr in self.lrs() for s in ("cosine", "wsd")]

@@ -190,7 +190,8 @@ def run(fair: Fair, workdir: Path, raw: Path, log=print, only_estimate: bool = F
         best = best_depth(sweep)
         one, at = arms(best, best)["scratch"], fair.line_budget(best, tpp)
         line = _cached(
-            workdir / "sizing" / f"{key}-{best}-line.json", functools.partial(scored, one, _wsd(lrs[best]), at)
+            workdir / "sizing" / f"{key}-{best}-{lrs[best]:.4g}-line.json",
+            functools.partial(scored, one, _wsd(lrs[best]), at),
         )
         out = {"losses": sweep, "lrs": lrs, "by_lr": by_lr, "best": best, "line": line["loss"], "within": fair.within}
         return out | {"target": right_size(sweep, line["loss"]), "reference": max(fair.depths)}
