@@ -4,8 +4,8 @@
 
 Per budget (a FLOPs budget C, named by the tokens per parameter it gives the over-deep reference target):
 
-1. **Right-sizing.** Every depth of ``Fair.depths`` from scratch at C (WSD at each of ``sizing_lrs``, the
-   tuning grid's LRs, one tuning seed, final *validation* loss; a depth's loss is its best LR's). The best depth
+1. **Right-sizing.** Every depth of ``Fair.depths`` from scratch at C (WSD at each LR of the tuning
+   grid, one tuning seed, final *validation* loss; a depth's loss is its best LR's). The best depth
    is run once more at ``within`` x C: its loss there is the line. The target ("scratch") is the deepest depth
    that reaches the line at C, i.e. within ~10 % of the best from-scratch model at equal FLOPs (the best itself
    if none deeper does); the reference depth stays as a secondary row ("scratch-deep"), shallower depths as
@@ -36,6 +36,11 @@ from bench.suite.schedules import SCHEDULES
 from bench.suite.spec import ArmStage, Budget, HParams, Preset, Schedule, train_flops_per_token
 
 WARMUP, DECAY = 0.05, 0.2  # fixed for every trial: the grid is over the peak LR and the shape
+
+
+def hparams(lr: float, shape: str) -> HParams:
+    """A grid point: the peak LR and the shape, warmup and WSD's decay share fixed."""
+    return HParams(lr=lr, warmup=WARMUP, shape=shape, decay=DECAY)
 
 
 @dataclass(frozen=True)
@@ -77,12 +82,8 @@ class Fair:
     def lrs(self) -> list[float]:
         return [float(x) for x in np.geomspace(*self.lr_range, self.lr_points)]
 
-    def sizing_lrs(self) -> list[float]:
-        """The right-sizing sweep's LRs: the tuning grid's (each depth at its own best LR, WSD)."""
-        return self.lrs()
-
     def grid(self) -> list[HParams]:
-        return [HParams(lr=lr, warmup=WARMUP, shape=s, decay=DECAY) for lr in self.lrs() for s in ("cosine", "wsd")]
+        return [hparams(lr, s) for lr in self.lrs() for s in ("cosine", "wsd")]
 
     def knobs(self) -> list[Knobs]:
         return [
@@ -232,8 +233,8 @@ def estimate(fair: Fair, step_seconds: dict[int, float], eval_seconds: dict[int,
     Right-sizing is not known before it runs: the estimate takes the costliest depth as the target."""
     total = 0.0
     for tpp in fair.budgets:
-        sweep = len(fair.sizing_lrs()) * sum(fair.budget(d, tpp).scratch_steps * step_seconds[d] for d in fair.depths)
-        sweep += len(fair.sizing_lrs()) * len(fair.depths) * per_run
+        sweep = len(fair.lrs()) * sum(fair.budget(d, tpp).scratch_steps * step_seconds[d] for d in fair.depths)
+        sweep += len(fair.lrs()) * len(fair.depths) * per_run
         sweep += max(fair.line_budget(d, tpp).scratch_steps * step_seconds[d] for d in fair.depths) + per_run
         sweep *= len(fair.tuning_seeds)
         d = max(fair.depths, key=lambda x: fair.budget(x, tpp).scratch_steps * step_seconds[x])

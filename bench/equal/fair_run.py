@@ -10,7 +10,6 @@ resumes), the raw file rewritten after each budget ("partial": true until the en
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import os
@@ -23,13 +22,12 @@ import torch
 from optuna.trial import TrialState
 
 from bench.equal.fair import (
-    DECAY,
-    WARMUP,
     Fair,
     Knobs,
     arms,
     best_depth,
     estimate,
+    hparams,
     ratio_resolution,
     right_size,
     staged,
@@ -154,7 +152,7 @@ def run(fair: Fair, workdir: Path, raw: Path, log=print, only_estimate: bool = F
     def tune_one(name: str, arm, b, target: int, tpp: float) -> tuple[HParams, Knobs, dict]:
         """The LR x shape grid (growth knobs at their defaults), then a staged arm's knob grid at its best LR."""
         ident = {"fair": fair.name, "budget": tpp, "arm": arm.model_dump(), "target": target, "v": 30}
-        as_hp = lambda t: HParams(lr=t["lr"], warmup=WARMUP, shape=t["shape"], decay=DECAY)  # noqa: E731
+        as_hp = lambda t: hparams(t["lr"], t["shape"])  # noqa: E731
         knob = lambda k: with_knobs(arm, fair, Knobs(**k), b, target)  # noqa: E731
         grid = {"lr": fair.lrs(), "shape": ["cosine", "wsd"]}
         trials = grid_study(
@@ -175,26 +173,23 @@ def run(fair: Fair, workdir: Path, raw: Path, log=print, only_estimate: bool = F
         return hp, knobs, record | {"knob_trials": knob_trials}
 
     def right_sizing(tpp: float, key: str) -> dict:
-        """Each depth from scratch at the budget (WSD at each sizing LR; a depth's loss: its best LR's), the best
+        """Each depth from scratch at the budget (WSD at each LR of the grid; a depth's loss: its best LR's), the best
         depth once more at ``within`` x the budget (the line), and the target: bench.equal.fair.right_size."""
-        scored = lambda one, hp, b: {"loss": final_val(one, hp, b)}  # noqa: E731  (what _cached stores)
-        sweep, lrs, by_lr = {}, {}, {}
-        for d in fair.depths:
-            b, one = fair.budget(d, tpp), arms(d, d)["scratch"]
-            by_lr[d] = {}
-            for lr in fair.sizing_lrs():
-                run = functools.partial(scored, one, _wsd(lr), b)
-                by_lr[d][lr] = _cached(workdir / "sizing" / f"{key}-{d}-{lr:.4g}.json", run)["loss"]
-            lrs[d] = min(by_lr[d], key=by_lr[d].get)
-            sweep[d] = by_lr[d][lrs[d]]
+
+        def loss(name: str, depth: int, lr: float, b) -> float:  # one from-scratch run, cached under sizing/
+            one = arms(depth, depth)["scratch"]
+            return _cached(workdir / "sizing" / name, lambda: {"loss": final_val(one, hparams(lr, "wsd"), b)})["loss"]
+
+        by_lr = {
+            d: {lr: loss(f"{key}-{d}-{lr:.4g}.json", d, lr, fair.budget(d, tpp)) for lr in fair.lrs()}
+            for d in fair.depths
+        }
+        lrs = {d: min(by, key=by.get) for d, by in by_lr.items()}
+        sweep = {d: by_lr[d][lrs[d]] for d in fair.depths}
         best = best_depth(sweep)
-        one, at = arms(best, best)["scratch"], fair.line_budget(best, tpp)
-        line = _cached(
-            workdir / "sizing" / f"{key}-{best}-{lrs[best]:.4g}-line.json",
-            functools.partial(scored, one, _wsd(lrs[best]), at),
-        )
-        out = {"losses": sweep, "lrs": lrs, "by_lr": by_lr, "best": best, "line": line["loss"], "within": fair.within}
-        return out | {"target": right_size(sweep, line["loss"]), "reference": max(fair.depths)}
+        line = loss(f"{key}-{best}-{lrs[best]:.4g}-line.json", best, lrs[best], fair.line_budget(best, tpp))
+        out = {"losses": sweep, "lrs": lrs, "by_lr": by_lr, "best": best, "line": line, "within": fair.within}
+        return out | {"target": right_size(sweep, line), "reference": max(fair.depths)}
 
     runs, tuned, sizing = [], {}, {}
     for tpp in fair.budgets:
@@ -219,10 +214,6 @@ def run(fair: Fair, workdir: Path, raw: Path, log=print, only_estimate: bool = F
                 log(f"[{fair.name}] {key} seed {seed} {name}: test {out.get('final_val_loss')}")
         write(summary(fair, tuned, sizing, runs, cost, started, len(val), len(test)), raw, partial=True)
     return summary(fair, tuned, sizing, runs, cost, started, len(val), len(test))
-
-
-def _wsd(lr: float) -> HParams:
-    return HParams(lr=lr, warmup=WARMUP, shape="wsd", decay=DECAY)
 
 
 def _short(by_depth: dict[int, float]) -> str:

@@ -96,7 +96,7 @@ def test_the_line_is_the_best_depths_run_at_090_of_the_flops():
     b, line = CPU.budget(2, 10.0), CPU.line_budget(2, 10.0)
     assert line.scratch_steps == round(0.9 * b.scratch_steps) and line.params == b.params
     assert line.tokens_per_step == b.tokens_per_step
-    assert CPU.sizing_lrs() == CPU.lrs() and len(CPU.lrs()) >= 6
+    assert len(CPU.lrs()) >= 6  # right-sizing runs each depth at every LR of the grid
 
 
 def test_the_presets_resolve_a_ratio_to_003_on_a_1e5_token_test_set_with_3_seeds():
@@ -115,7 +115,7 @@ def test_the_estimate_counts_every_run():
     every = arms(target, max(one.depths))
     runs = len(every) * len(one.grid()) + sum(map(staged, every.values())) * len(one.knobs()) + len(every)
     # right-sizing: every depth at each sizing LR, then the costliest depth's line run at 0.9 of the budget
-    n_lrs, line = len(one.sizing_lrs()), max(one.line_budget(d, 0.5).scratch_steps for d in one.depths)
+    n_lrs, line = len(one.lrs()), max(one.line_budget(d, 0.5).scratch_steps for d in one.depths)
     assert secs == pytest.approx(n_lrs * sum(b.values()) + line + runs * b[target])
     more = estimate(one, {d: 1.0 for d in one.depths}, {d: 0.0 for d in one.depths}, per_run=0.5)
     assert more - secs == pytest.approx(0.5 * (n_lrs * len(one.depths) + 1 + runs))  # every run's cost beside
