@@ -15,7 +15,7 @@ Per budget (a FLOPs budget C, named by the tokens per parameter it gives the ove
    {cosine, WSD} (warmup and WSD's decay share fixed). Staged arms then tune their growth knobs at their best
    LR and shape: the growth point (the share of the arm's FLOPs before its last growth), the post-growth LR
    multiplier and the re-warm length (``stages.<i>.schedule.rewarm_steps``; 0 = none). Objective: the mean final
-   loss on the validation half over the tuning seeds. Every trial is reported (Optuna's grid sampler, one
+   loss on the validation half over the tuning seeds. Every trial is reported (every grid point enqueued in one
    SQLite study per arm and budget: a rerun resumes).
 3. **Held-out runs.** Every arm with its best trial on ``heldout`` seeds, the whole budget, evaluated on the test
    split (>= 1e5 tokens) every 1/``evals`` of it, plus once on the validation half (the best schedule's choice).

@@ -10,6 +10,7 @@ resumes), the raw file rewritten after each budget ("partial": true until the en
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -85,32 +86,38 @@ def _per_run(fair: Fair, corpus, val: list, steps: dict[int, float]) -> tuple[fl
 
 
 def grid_study(name: str, workdir: Path, space: dict[str, list], objective, log) -> list[dict]:
-    """Every point of ``space`` once (Optuna's grid sampler, a SQLite study: a rerun runs only the missing points);
-    returns every completed trial as {params..., value}."""
+    """Every point of ``space`` once, in a resumable SQLite Optuna study: each point without a completed trial is
+    enqueued and run, so a rerun runs only those; a trial an interrupted run left RUNNING is marked failed and
+    its point runs again. Returns each point's completed trial as {params..., value}, in the order they ran."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
-        study_name=name,
-        storage=storage_url(workdir),
-        sampler=optuna.samplers.GridSampler(space, seed=0),
-        direction="minimize",
-        load_if_exists=True,
+        study_name=name, storage=storage_url(workdir), direction="minimize", load_if_exists=True
     )
-    for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+    for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(stale.number, state=TrialState.FAIL)  # left behind by an interrupted run
-    size = math.prod(len(v) for v in space.values())
+    point = lambda params: tuple(params[k] for k in space)  # noqa: E731
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))  # enqueued by an interrupted rerun
+    queued = {point(t.system_attrs["fixed_params"]) for t in waiting}
 
-    def done() -> list:
-        return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    def done() -> dict[tuple, optuna.trial.FrozenTrial]:  # each point's first completed trial
+        trials = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: -t.number)
+        return {point(t.params): t for t in trials}
+
+    grid = [dict(zip(space, values)) for values in itertools.product(*space.values())]
+    todo = [p for p in grid if point(p) not in done()]
+    for p in todo:
+        if point(p) not in queued:
+            study.enqueue_trial(p)
 
     def trial(t: optuna.Trial) -> float:
         params = {k: t.suggest_categorical(k, v) for k, v in space.items()}
         value = objective(params)
-        log(f"[tune] {name} {len(done()) + 1}/{size}: {value:.4f} at {params}")
+        log(f"[tune] {name} {len(done()) + 1}/{len(grid)}: {value:.4f} at {params}")
         return value
 
-    if (missing := size - len(done())) > 0:
-        study.optimize(trial, n_trials=missing)  # the grid sampler stops the study once every point is done
-    return [{**t.params, "value": float(t.value)} for t in sorted(done(), key=lambda t: t.number)]
+    if todo:
+        study.optimize(trial, n_trials=len(todo))
+    return [{**t.params, "value": float(t.value)} for t in sorted(done().values(), key=lambda t: t.number)]
 
 
 def run(fair: Fair, workdir: Path, raw: Path, log=print, only_estimate: bool = False) -> dict:

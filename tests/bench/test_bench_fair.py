@@ -4,6 +4,7 @@ to end (slow) that resumes without training again."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -156,3 +157,30 @@ def test_goals_report_the_upper_bound():
     b = [{"size": "s", "tokens_per_param": 21.0, "best_schedule": "x", "arms": {"x": arm}}]
     (g,) = goals(b, [[21.0, "best staged schedule", 0.70, 0.85]])
     assert g["verdict"] == "met; upper bound 0.900 >= 0.85"
+
+
+def test_a_grid_study_stopped_mid_point_then_rerun_runs_each_point_once(tmp_path):
+    """A point whose run failed or was killed (its trial left RUNNING) runs again on the rerun, and no point runs
+    twice: Optuna's GridSampler counted a failed trial's point as visited and filled the gap with a repeat."""
+    import optuna
+
+    from bench.suite.tune import storage_url
+
+    space = {"lr": [1.0, 2.0, 3.0], "shape": ["cosine", "wsd"]}
+    first, again = [], []
+
+    def stopped(p):  # the third point fails, as a run stopped mid-point
+        first.append((p["lr"], p["shape"]))
+        if len(first) == 3:
+            raise RuntimeError("stopped")
+        return p["lr"]
+
+    with pytest.raises(RuntimeError):
+        fair_run.grid_study("g", tmp_path, space, stopped, log=lambda m: None)
+    study = optuna.load_study(study_name="g", storage=storage_url(tmp_path))
+    killed = study.ask()  # the next point, taken by a run that is then SIGKILLed: RUNNING forever
+    left = tuple(killed.suggest_categorical(k, v) for k, v in space.items())
+    trials = fair_run.grid_study("g", tmp_path, space, lambda p: again.append((p["lr"], p["shape"])) or p["lr"], print)
+    assert sorted((t["lr"], t["shape"]) for t in trials) == sorted(itertools.product(*space.values()))
+    assert len(again) == len(set(again)) == 4 and first[2] in again and left in again  # only the missing points
+    assert fair_run.grid_study("g", tmp_path, space, lambda p: pytest.fail("reran a point"), print) == trials
