@@ -65,6 +65,14 @@ GPU = Fair(
 PRESETS = {"cpu": CPU, "gpu": GPU}
 
 
+def by_name(name: str) -> Fair:
+    """The preset a raw file or a law names (``fair-cpu``, ``fair-gpu``, or either's ``-tiny``)."""
+    for fair in PRESETS.values():
+        if name in (fair.name, f"{fair.name}-tiny"):
+            return fair if name == fair.name else tiny(fair)
+    raise ValueError(f"no fair preset named {name!r} (known: {', '.join(f.name for f in PRESETS.values())})")
+
+
 def tiny(fair: Fair) -> Fair:
     """``fair``'s machinery at toy sizes on the CPU: a 2- or 3-layer Llama at hidden 8, a 300-token BPE, two LRs,
     one growth-knob point, one held-out seed. Seconds, not minutes: what the tests run."""

@@ -29,7 +29,9 @@ from bench.suite.curves import paired_bootstrap
 from bench.suite.spec import budget, train_flops_per_token
 
 RESAMPLES = 200
-PREVIOUS = "from the previous protocol's runs (docs/llama-budgets.json, issue 23), re-read under issue 28's rules"
+PREVIOUS = (
+    "from the previous protocol's runs (docs/llama-budgets-issue23.json, issue 23), re-read under issue 28's rules"
+)
 
 
 def growth_share(size: str, tpp: float, name: str) -> float | None:
@@ -107,26 +109,40 @@ def make_law(summary: dict) -> dict:
     if previous:
         summary = renew(summary)
     tuned = summary["tuning"]["arms"]
+    at = {f"{s['tokens_per_param']:g}": k for k, s in summary.get("right_sizing", {}).items()}  # -> by_budget key
     points = []
     for b in summary["budgets"]:
         keep = ("flops_ratio", "flops_ratio_ci95", "reached", "n", "final_test_loss", "delta_loss", "delta_loss_ci95")
-        points.append(
-            {
-                "size": b["size"],
-                "tokens_per_param": b["tokens_per_param"],
-                "params": b["params"],
-                "seeds": len(b["arms"]["scratch"]["rows"]),
-                "ranking": ranking(b, tuned),
-                "arms": {n: {k: a.get(k) for k in keep} | _boot(a) for n, a in b["arms"].items()},
-            }
-        )
-    return {
-        "source": PREVIOUS if previous else f"from {summary['preset']} ({summary['command']})",
-        "family": "llama",
-        "sizes": sizes(summary),
-        "hparams": {n: t["best_params"] for n, t in tuned.items()},
-        "points": points,
-    }
+        point = {
+            "size": b["size"],
+            "tokens_per_param": b["tokens_per_param"],
+            "params": b["params"],
+            "seeds": len(b["arms"]["scratch"]["rows"]),
+            "ranking": ranking(b, tuned),
+            "arms": {n: {k: a.get(k) for k in keep} | _boot(a) for n, a in b["arms"].items()},
+        }
+        if not previous:  # issue 28's protocol tunes every arm at every budget: `staged plan --out` uses the point's
+            here = summary["tuning"]["by_budget"][at[f"{b['tokens_per_param']:g}"]]
+            point["tuned"] = {n: {"hparams": t["best_params"], "knobs": t["knobs"]} for n, t in here.items()}
+        points.append(point)
+    law = {"source": PREVIOUS if previous else f"from {summary['preset']} ({summary['command']})", "family": "llama"}
+    law |= {"sizes": sizes(summary), "points": points}
+    # the previous protocol tuned once for every point; issue 28's names its preset (bench/equal/fair_presets.py)
+    return law | (
+        {"hparams": {n: t["best_params"] for n, t in tuned.items()}} if previous else {"preset": summary["preset"]}
+    )
+
+
+def planned_config(law: dict, point: dict, model, arm: str, tokens: int):
+    """`staged plan --out`: the pipeline config of ``arm`` ending in ``model`` on ``tokens`` tokens, tuned as at
+    ``point`` (the measured point the plan is closest to; the previous protocol's one tuning)."""
+    if "preset" not in law:
+        return llama_budgets.planned_config(model, arm, tokens, law["hparams"][arm])
+    from bench.equal import fair
+    from bench.equal.fair_presets import by_name
+
+    setup = point["tuned"][arm]
+    return fair.planned_config(by_name(law["preset"]), model, arm, tokens, setup["hparams"], setup["knobs"])
 
 
 def main() -> None:

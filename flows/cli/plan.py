@@ -14,7 +14,7 @@ def add_plan_command(sub: argparse._SubParsersAction) -> None:
     plan.add_argument("--tokens", required=True, type=int, help="training tokens of the whole run")
     target = plan.add_mutually_exclusive_group()
     target.add_argument("--config", help="a pipeline YAML: its model (final stage's depth) is the target")
-    target.add_argument("--size", help="a measured size of the law (s or l; default: s)")
+    target.add_argument("--size", help="a measured size of the law (default: its first; a wrong one lists them)")
     plan.add_argument("--law", help="another law file (bench/equal/planlaw.py writes one; default: the shipped one)")
     plan.add_argument("--out", help="write the recommended schedule's pipeline config here (YAML)")
     plan.set_defaults(func=cmd_plan)
@@ -27,7 +27,7 @@ def _target(args: argparse.Namespace, law: dict) -> dict:
     from models.families.lookup import FAMILIES
 
     if not args.config:
-        size = args.size or "s"
+        size = args.size or next(iter(law["sizes"]))
         if size not in law["sizes"]:
             fail(f"--size {size!r}: the law measured sizes {', '.join(law['sizes'])}")
         return law["sizes"][size]
@@ -75,9 +75,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
             fail("--out: no staged schedule saves here, so there is no staged config to write")
         import yaml
 
-        from bench.equal.budgets import planned_config
+        from bench.equal.planlaw import planned_config
 
-        cfg = planned_config(model, p.recommended.arm, args.tokens, law["hparams"][p.recommended.arm])
+        try:
+            cfg = planned_config(law, p.closest, model, p.recommended.arm, args.tokens)
+        except ValueError as e:
+            fail(f"--out: {str(e).splitlines()[0]}")
         Path(args.out).write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_defaults=True), sort_keys=False))
         print(f"wrote {args.out}: staged run {args.out}")
     return 0

@@ -115,6 +115,7 @@ class Plan:
     passed_over: list[str]  # staged arms ranked above it on validation whose own figure is no saving here
     smaller: Figure | None  # a smaller from-scratch model with a lower loss than the target's at this budget
     source: str
+    closest: dict  # the measured point nearest the query: `staged plan --out` trains as it was tuned there
 
     def lines(self) -> list[str]:
         m = self.measured
@@ -191,4 +192,4 @@ def plan(law: dict, params: int, tokens: int) -> Plan:
     else:
         used = [x for f in (recommended, smaller) if f for x in (f.flops_ratio, f.delta_loss) if x]
         rests_on = sorted({_name(p) for x in used for p in x["points"]}) or [_name(p) for p in points]
-    return Plan(params, tokens, tpp, measured, rests_on, recommended, passed, smaller, law["source"])
+    return Plan(params, tokens, tpp, measured, rests_on, recommended, passed, smaller, law["source"], closest)

@@ -133,7 +133,7 @@ def test_a_growth_moment_evaluation_never_meets_the_target():
     assert arm["flops_ratio"] == pytest.approx(0.7)  # at that eval: no interpolation from the growth moment
 
 
-@pytest.mark.parametrize("summary", ["llama-budgets.json", "fair-cpu.json"])
+@pytest.mark.parametrize("summary", ["llama-budgets.json", "llama-budgets-issue23.json"])
 def test_every_arm_of_the_json_is_in_the_docs_table(summary):
     """A summary's (size, tokens/param, arm) rows, each in docs/benchmarks.md's tables, none omitted."""
     from repo import REPO_ROOT

@@ -18,12 +18,13 @@ from bench.equal.fair import (
     arms,
     best_depth,
     estimate,
+    planned_config,
     ratio_resolution,
     right_size,
     staged,
     with_knobs,
 )
-from bench.equal.fair_presets import CPU, GPU, tiny
+from bench.equal.fair_presets import CPU, GPU, by_name, tiny
 from bench.suite.spec import HParams, n_params, pipeline_config, train_flops_per_token
 
 
@@ -69,6 +70,22 @@ def test_growth_knobs_keep_scratchs_flops_and_put_the_growth_where_asked(name):
         assert eq.stages[-1].schedule.rewarm_steps == round(0.02 * b.scratch_steps)
         ramps = [s.growth.new_warmup_steps for s in eq.stages]
         assert ramps == [0] + [round(0.01 * b.scratch_steps)] * (len(eq.stages) - 1)  # grown stages only
+
+
+def test_a_planned_config_is_the_arm_with_its_knobs_at_the_plans_tokens():
+    """`staged plan --out` (bench.equal.planlaw): the arm as the benchmark ran it, at the user's token budget."""
+    model = CPU.at_depth(4).model
+    tokens = 1000 * CPU.preset.train.batch_size * model.context  # scratch: 1000 steps
+    hp, k = {"lr": 0.01, "warmup": WARMUP, "shape": "wsd", "decay": DECAY}, {"point": 0.3, "lr_mult": 0.5}
+    cfg = planned_config(by_name("fair-cpu"), model, "best", tokens, hp, k)
+    want = with_knobs(arms(4, 4)["best"], CPU, Knobs(**k), CPU.budget(4, 10.0), 4)
+    assert [s.n_layers for s in cfg.stages] == [1, 2, 4] and cfg.stages[-1].steps == round(want.stages[-1].share * 1000)
+    assert cfg.train.lr == 0.01 and cfg.stages[-1].train.lr == 0.005  # the post-growth LR multiplier
+    with pytest.raises(ValueError, match="^best has no schedule for a 2-layer target$"):
+        planned_config(CPU, CPU.at_depth(2).model, "best", tokens, hp, k)
+    assert by_name("fair-cpu-tiny").name == "fair-cpu-tiny"
+    with pytest.raises(ValueError, match="no fair preset named 'fair-tpu'"):
+        by_name("fair-tpu")
 
 
 def test_the_late_jump_under_depth_mup_jumps_in_wsds_stable_phase_with_mup_on_every_stage():

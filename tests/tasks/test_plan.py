@@ -111,45 +111,70 @@ def test_refuses_outside_the_hull_in_one_line():
         plan(LAW, 4000, 320_000)
 
 
+# the shipped law: docs/llama-budgets.json (issue 28's fair protocol, CPU preset), one 2-layer target
+TARGET = 14_928  # parameters of its size 2L
+AT_52, AT_178 = 778_200, 2_654_198  # its two measured budgets' tokens: 52.13 and 177.8 tokens/param
+
+
 def test_cli_refuses_outside_the_hull_with_exit_2(tmp_path, capsys):
     law = tmp_path / "law.json"
     law.write_text(json.dumps(load_law()))
     with pytest.raises(SystemExit) as e:
-        main(["plan", "--size", "l", "--tokens", str(80 * 57_240), "--law", str(law)])
+        main(["plan", "--size", "2L", "--tokens", str(20 * TARGET), "--law", str(law)])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and len(err.splitlines()) == 1 and "outside the measured points" in err
 
 
-def test_the_shipped_law_at_a_measured_point(capsys):
-    assert main(["plan", "--size", "l", "--tokens", str(20 * 57_240)]) == 0
+def test_the_shipped_law_at_its_measured_points(capsys):
+    assert main(["plan", "--size", "2L", "--tokens", str(AT_178)]) == 0
     out = capsys.readouterr().out
-    assert "the measured point l/20" in out and "saves 11% [95%" in out
-    assert "from the previous protocol's runs" in out and "small-4 from scratch reaches a lower test loss" in out
-    law = load_law()
+    assert "the measured point fair-cpu/177.8" in out and "2x-once saves 2% [95% 0% to 4%]" in out
+    assert "from fair-cpu" in out and "smaller model" not in out  # small-1 ends 0.076 nats higher there
+    assert main(["plan", "--size", "2L", "--tokens", str(AT_52)]) == 0
+    out = capsys.readouterr().out
+    assert "schedule: none" in out and "small-1 from scratch reaches a lower test loss" in out
+
+
+def test_the_previous_protocols_law_drops_its_growth_moment_ratios():
+    """issue 28: late-jump-mup's 0.517, 0.515, 0.484 in the issue-23 runs were the growth moment's eval."""
+    from repo import REPO_ROOT
+
+    from bench.equal.planlaw import make_law
+
+    law = make_law(json.loads((REPO_ROOT / "docs" / "llama-budgets-issue23.json").read_text()))
     growth_only = {
         (p["size"], p["tokens_per_param"])
         for p in law["points"]
         if p["arms"]["late-jump-mup"]["reached_at_growth_moment"]
     }
-    assert growth_only == {("s", 5.0), ("s", 20.0), ("l", 5.0)}  # issue 28: 0.517, 0.515, 0.484 were the growth moment
+    assert growth_only == {("s", 5.0), ("s", 20.0), ("l", 5.0)}
     assert all(p["arms"]["late-jump-mup"]["flops_ratio"] is None for p in law["points"])
+    assert plan(law, 57_240, 20 * 57_240).recommended is not None  # still a law the planner reads
 
 
-def test_plan_writes_a_pipeline_config(tmp_path, capsys):
+def test_plan_writes_the_pipeline_config_of_the_arm_as_tuned_at_its_point(tmp_path, capsys):
+    import yaml
+
     from tasks.config import PipelineConfig
 
     out = tmp_path / "plan.yaml"
-    assert main(["plan", "--size", "s", "--tokens", str(20 * 28_944), "--out", str(out)]) == 0
-    import yaml
-
+    assert main(["plan", "--size", "2L", "--tokens", str(AT_178), "--out", str(out)]) == 0
     cfg = PipelineConfig.model_validate(yaml.safe_load(out.read_text()))
-    assert [s.n_layers for s in cfg.stages] == [1, 8]  # late-jump: 1 -> 8 layers
+    tuned = next(p for p in load_law()["points"] if p["tokens_per_param"] == 177.8)["tuned"]["2x-once"]
+    assert [s.n_layers for s in cfg.stages] == [1, 2]  # 2x-once: 1 -> 2 layers
+    assert cfg.train.lr == pytest.approx(tuned["hparams"]["lr"]) and tuned["knobs"]["point"] == 0.3
+    steps = round(AT_178 / (cfg.train.batch_size * cfg.model.context))  # scratch's 648 steps of the 2-layer target
+    assert cfg.stages[-1].steps == round(0.7 * steps)  # the growth at its tuned 0.3 of the FLOPs, not 0.5
+    with pytest.raises(SystemExit) as e:  # nothing saves at 52 tokens/param: no config, one line
+        main(["plan", "--size", "2L", "--tokens", str(AT_52), "--out", str(tmp_path / "none.yaml")])
+    assert e.value.code == 2 and "no staged schedule saves here" in capsys.readouterr().err
+    assert not (tmp_path / "none.yaml").exists()
 
 
 @pytest.mark.parametrize(
     "args, says",
     [
-        (["--size", "q", "--tokens", "5"], "the law measured sizes s, l"),
+        (["--size", "q", "--tokens", "5"], "the law measured sizes 2L"),
         (["--tokens", "0"], "must be positive"),
         (["--tokens", "5", "--law", "/nonexistent/law.json"], "not a readable law file"),
         (["--tokens", "5", "--config", "configs/demo.yaml"], "measured on the llama family, not gpt"),

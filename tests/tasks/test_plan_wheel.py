@@ -75,10 +75,11 @@ def test_the_installed_command_is_the_wheels(staged):
 
 
 def test_plan_from_the_wheel_at_a_measured_point_outside_the_hull_and_with_a_smaller_model(staged):
-    at = _plan(staged, "--size", "l", "--tokens", str(20 * 57_240))
+    at = _plan(staged, "--size", "2L", "--tokens", "2654198")  # 177.8 tokens/param: measured
     assert at.returncode == 0, at.stderr
-    assert "the measured point l/20" in at.stdout and "saves 11% [95%" in at.stdout  # the saving with its interval
-    assert "a smaller model is better at this budget: small-4" in at.stdout
-    out = _plan(staged, "--size", "l", "--tokens", str(80 * 57_240))  # never measured
+    assert "the measured point fair-cpu/177.8" in at.stdout and "saves 2% [95% 0% to 4%]" in at.stdout
+    small = _plan(staged, "--size", "2L", "--tokens", "778200")  # 52.13: the smaller model wins
+    assert small.returncode == 0 and "a smaller model is better at this budget: small-1" in small.stdout
+    out = _plan(staged, "--size", "2L", "--tokens", str(20 * 14_928))  # never measured
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
     assert "outside the measured points" in out.stderr and "Traceback" not in out.stderr
