@@ -167,10 +167,12 @@ def arms(target: int, reference: int) -> dict[str, Schedule]:
         out["midas"] = _scaled(SCHEDULES["midas"], target)
     if target >= 2:
         late = SCHEDULES["late-jump"]
-        out["late-jump"] = late.model_copy(
+        jump = late.model_copy(
             update={"stages": [late.stages[0], late.stages[1].model_copy(update={"n_layers": target})]}
         )
-        out["late-jump-mup"] = out["late-jump"].model_copy(
+        if _half(target) > 1:  # below 4 layers the jump from 1 is 2x-once itself: the same config, tuned twice
+            out["late-jump"] = jump
+        out["late-jump-mup"] = jump.model_copy(
             update={
                 "name": "late-jump-mup",
                 "model": {"depth_mup": "sqrt"},

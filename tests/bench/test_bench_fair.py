@@ -47,6 +47,9 @@ def test_the_arms_around_a_right_sized_target():
     four = arms(4, 8)
     assert "scratch-deep" in four and [s.n_layers for s in four["best"].stages] == [1, 2, 4]
     assert [s.n_layers for s in four["2x-once"].stages] == [2, 4]
+    two = arms(2, 8)  # 1 -> 2 is both 2x-once and the late jump: one arm, tuned once (v30 tuned it twice)
+    assert set(two) == {"scratch", "scratch-deep", "small-1", "2x-once", "late-jump-mup"}
+    assert [s.n_layers for s in two["late-jump-mup"].stages] == [1, 2]
     assert (
         four["gstack"].stages[-1].schedule.policy == "rewarm" and four["gstack"].stages[-1].optimizer.state == "reset"
     )
