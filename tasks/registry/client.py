@@ -135,10 +135,24 @@ def get_version(client: MlflowClient, model_name: str, version: str) -> ModelRef
     return ModelRef.of(client.get_model_version(model_name, str(version)))
 
 
+def set_alias(client: MlflowClient, name: str, alias: str, version: str) -> None:
+    """Point ``alias`` at ``version``. MLflow's SQL store looks the alias up, then inserts or updates it, in a
+    transaction that is not serialized: racers that settled on the same winner (``register``) and set its stage
+    alias at the same moment both miss it, and the slower insert fails on ``registered_model_alias_pk``. By then the
+    alias exists, so setting it again updates it, to the same version: what the loser should have done. Any other
+    error, or a second failure, is raised."""
+    try:
+        client.set_registered_model_alias(name, alias, version)
+    except MlflowException as e:
+        if "registered_model_alias_pk" not in str(e):
+            raise
+        client.set_registered_model_alias(name, alias, version)
+
+
 def finalize(registry: Registry, ref: ModelRef) -> None:
     """Finish what a crash after ``create_model_version`` may have left undone: alias and run status."""
     client = registry.client()
-    client.set_registered_model_alias(ref.name, stage_alias(ref.stage), ref.version)
+    set_alias(client, ref.name, stage_alias(ref.stage), ref.version)
     if client.get_run(ref.run_id).info.status == "RUNNING":
         client.set_terminated(ref.run_id, "FINISHED")
 
@@ -214,7 +228,7 @@ def register(
             client.delete_run(run_id)
             finalize(registry, winner)
             return winner
-        client.set_registered_model_alias(model_name, stage_alias(tags.stage), str(mv.version))
+        set_alias(client, model_name, stage_alias(tags.stage), str(mv.version))
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
