@@ -121,7 +121,7 @@ def grid_study(name: str, workdir: Path, space: dict[str, list], objective, log)
 
 
 def run(fair: Fair, workdir: Path, raw: Path, log=print, only_estimate: bool = False) -> dict:
-    started = time.perf_counter()
+    started, before = time.perf_counter(), _sittings(raw)
     workdir.mkdir(parents=True, exist_ok=True)
     seeds = list(dict.fromkeys([*fair.tuning_seeds, *fair.heldout]))
     corpora = open_corpora(fair.preset, seeds, workdir)
@@ -219,15 +219,25 @@ def run(fair: Fair, workdir: Path, raw: Path, log=print, only_estimate: bool = F
                 runs.append(out | {"size": fair.name, "budget": round(b.tokens_per_param, 2), "params": b.params})
                 runs[-1] |= {"flops_budget": flops, "target_layers": target, "reference_tokens_per_param": tpp}
                 log(f"[{fair.name}] {key} seed {seed} {name}: test {out.get('final_val_loss')}")
-        write(summary(fair, tuned, sizing, runs, cost, started, len(val), len(test)), raw, partial=True)
-    return summary(fair, tuned, sizing, runs, cost, started, len(val), len(test))
+        write(summary(fair, tuned, sizing, runs, cost, (before, started), len(val), len(test)), raw, partial=True)
+    return summary(fair, tuned, sizing, runs, cost, (before, started), len(val), len(test))
 
 
 def _short(by_depth: dict[int, float]) -> str:
     return ", ".join(f"{d}L {v:.3g}" for d, v in by_depth.items())
 
 
-def summary(fair, tuned, sizing, runs, cost, started, n_val, n_test) -> dict:
+def _sittings(raw: Path) -> list[float]:
+    """The seconds of the earlier sittings that wrote ``raw`` (a resumed run adds its own): each up to its last write
+    of the file (a stop loses what it ran after that, and the rerun's cache hits cost it nothing)."""
+    if not raw.exists():
+        return []
+    earlier = json.loads(raw.read_text())
+    return earlier.get("sittings", [earlier["bench_seconds"]])
+
+
+def summary(fair, tuned, sizing, runs, cost, clock: tuple[list[float], float], n_val, n_test) -> dict:
+    sittings = [*clock[0], time.perf_counter() - clock[1]]
     return {
         "preset": fair.name,
         "command": "python -m bench.equal.fair_run --preset "
@@ -236,7 +246,8 @@ def summary(fair, tuned, sizing, runs, cost, started, n_val, n_test) -> dict:
         "tuning": {"seeds": fair.tuning_seeds, "by_budget": tuned, "arms": _flat(tuned)},
         "right_sizing": sizing,
         "estimated_seconds": cost,  # wall, at the load when it started
-        "bench_seconds": time.perf_counter() - started,
+        "bench_seconds": sum(sittings),  # every sitting's, a stopped and resumed run's too
+        "sittings": sittings,
         "runs": runs,
         "test_split": {"batches": n_test, "batch_size": fair.eval_batch, "val_batches": n_val},
         "ratio_resolution": ratio_resolution(fair),

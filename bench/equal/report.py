@@ -74,7 +74,7 @@ def summarise(raw: dict) -> dict:
         "law": points,
         "report": report,
         "goals": goals(budgets, report["goals"]),
-    } | {k: raw[k] for k in ("right_sizing", "ratio_resolution", "machine", "partial") if k in raw}
+    } | {k: raw[k] for k in ("sittings", "right_sizing", "ratio_resolution", "machine", "partial") if k in raw}
 
 
 COMMANDS = {

@@ -156,6 +156,9 @@ def test_a_tiny_run_end_to_end_and_resumed(preset, tmp_path, capsys):
     assert all("final_val_split_loss" in r for r in raw["runs"])
     fair_run.main(["--preset", preset, "--tiny", "--workdir", str(tmp_path)])  # everything cached: no training
     assert "[tune]" not in capsys.readouterr().out
+    again = json.loads((tmp_path / f"fair-{preset}-tiny-raw.json").read_text())  # its time adds to the first's
+    assert again["sittings"][0] == raw["bench_seconds"] and len(again["sittings"]) == 2
+    assert again["bench_seconds"] == pytest.approx(sum(again["sittings"]))
     from bench.equal.report import markdown, summarise
 
     s = summarise(raw)  # the report reads it: the goal at the right-sized target's own tokens/param
