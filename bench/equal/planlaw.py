@@ -135,14 +135,19 @@ def make_law(summary: dict) -> dict:
 
 def planned_config(law: dict, point: dict, model, arm: str, tokens: int):
     """`staged plan --out`: the pipeline config of ``arm`` ending in ``model`` on ``tokens`` tokens, tuned as at
-    ``point`` (the measured point the plan is closest to; the previous protocol's one tuning)."""
+    ``point`` (the measured point the plan is closest to; the previous protocol's one tuning). The benchmark
+    evaluated on batches of its own (train()'s evaluations off); the user's run evaluates as any pipeline does."""
     if "preset" not in law:
-        return llama_budgets.planned_config(model, arm, tokens, law["hparams"][arm])
-    from bench.equal import fair
-    from bench.equal.fair_presets import by_name
+        cfg = llama_budgets.planned_config(model, arm, tokens, law["hparams"][arm])
+    else:
+        from bench.equal import fair
+        from bench.equal.fair_presets import by_name
 
-    setup = point["tuned"][arm]
-    return fair.planned_config(by_name(law["preset"]), model, arm, tokens, setup["hparams"], setup["knobs"])
+        setup = point["tuned"][arm]
+        cfg = fair.planned_config(by_name(law["preset"]), model, arm, tokens, setup["hparams"], setup["knobs"])
+    fields = type(cfg.train).model_fields
+    train = cfg.train.model_copy(update={k: fields[k].default for k in ("eval_every", "eval_batches")})
+    return cfg.model_copy(update={"train": train})
 
 
 def main() -> None:

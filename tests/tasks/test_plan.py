@@ -165,6 +165,7 @@ def test_plan_writes_the_pipeline_config_of_the_arm_as_tuned_at_its_point(tmp_pa
     assert cfg.train.lr == pytest.approx(tuned["hparams"]["lr"]) and tuned["knobs"]["point"] == 0.3
     steps = round(AT_178 / (cfg.train.batch_size * cfg.model.context))  # scratch's 648 steps of the 2-layer target
     assert cfg.stages[-1].steps == round(0.7 * steps)  # the growth at its tuned 0.3 of the FLOPs, not 0.5
+    assert "eval_every" not in out.read_text() and cfg.train.eval_every == 50  # evaluated as any run, not off
     with pytest.raises(SystemExit) as e:  # nothing saves at 52 tokens/param: no config, one line
         main(["plan", "--size", "2L", "--tokens", str(AT_52), "--out", str(tmp_path / "none.yaml")])
     assert e.value.code == 2 and "no staged schedule saves here" in capsys.readouterr().err
