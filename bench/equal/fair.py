@@ -221,16 +221,14 @@ def planned_config(fair: Fair, model, arm: str, tokens: int, hp: dict, knobs: di
     """`staged plan --out`: ``arm`` of this protocol ending in ``model``, on ``tokens`` tokens, with the peak LR,
     shape and growth knobs it was tuned to at the measured point the plan rests on, equalised to scratch's FLOPs
     as the benchmark's runs are. A ``ValueError`` (one line) if ``arm`` cannot be built at ``model``'s depth."""
-    from bench.suite.spec import n_params, pipeline_config
+    from bench.suite.spec import budget, n_params, pipeline_config
 
-    at = replace(fair, preset=fair.preset.model_copy(update={"model": model}))
-    per_step, n, depth = at.preset.train.batch_size * model.context, n_params(model), model.n_layers
-    steps = max(2, round(tokens / per_step))
-    b = Budget(steps * per_step / n, n, steps, max(1, steps // fair.evals), per_step)
+    at, depth = replace(fair, preset=fair.preset.model_copy(update={"model": model})), model.n_layers
+    b = budget(at.preset, tokens / n_params(model))  # scratch's run of the target on those tokens
     if (schedule := arms(depth, depth).get(arm)) is None:
         raise ValueError(f"{arm} has no schedule for a {depth}-layer target")
     schedule = with_knobs(schedule, at, Knobs(**knobs), b, depth)
-    return pipeline_config(at.preset, schedule, 0, "staged-plan", HParams(**hp), steps)
+    return pipeline_config(at.preset, schedule, 0, "staged-plan", HParams(**hp), b.scratch_steps)
 
 
 def best_depth(losses: dict[int, float]) -> int:
